@@ -1,0 +1,323 @@
+"""The live probe: the workload-side half of ``harness run``.
+
+It keeps the hot path to a few attribute stores per phase (the shared cell, a timer), and does
+everything expensive (memray windows, tensor tracing, snapshots, event writes) only at step,
+epoch or section boundaries chosen by the scenario.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness import cell as cellmod
+from harness.cell import PHASE_CODE, PHASES
+
+T = TypeVar("T")
+
+CONFIG_FILE = "probe.json"
+CELL_FILE = "probe.cell"
+EVENTS_FILE = "events.jsonl"
+
+
+class EventWriter:
+    """Appends one JSON object per line, flushed at once, so a killed process loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, kind: str, **fields: Any) -> None:
+        record = {"t": time.time(), "kind": kind, **fields}
+        self._fh.write(json.dumps(record, default=str) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class LiveProbe:
+    enabled = True
+
+    def __init__(self, stage_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(stage_dir)
+        cfg = json.loads((self.dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        self.stage: str = cfg["stage"]
+        self.device: str = cfg.get("device", "cpu")
+        self.memray_cfg: dict[str, Any] = cfg["memray"]
+        self.tensors_cfg: dict[str, Any] = cfg["tensors"]
+        self.events = EventWriter(self.dir / EVENTS_FILE)
+        self._mm, self._cell = cellmod.open_cell(self.dir / CELL_FILE)
+        self._cell.pid = os.getpid()
+        self._cell.total = -1
+        self._cell.phase = PHASE_CODE["setup"]
+        self._cell.magic = cellmod.MAGIC
+        # phase timing: seconds per phase code, since the last epoch flush
+        self._seconds = [0.0] * len(PHASES)
+        self._counts = [0] * len(PHASES)
+        self._cur = PHASE_CODE["setup"]
+        self._t = time.perf_counter()
+        self._epoch = 0
+        self._section: str | None = None
+        self._model: Any = None
+        self._optimizer: Any = None
+        self._tracker: Any = None
+        self._tracker_name: str | None = None
+        self._tracer: Any = None  # AllocationTracer while a traced step runs
+        self._tracer_stats: dict[str, dict[str, int]] = {}
+        self._traced_steps = 0
+        self.events.write("stage_start", stage=self.stage, pid=os.getpid())
+        if self.memray_cfg["mode"] == "full":
+            self._memray_start(self.stage)
+
+    # -- the hot path ---------------------------------------------------------------------
+    def phase(self, name: str) -> None:
+        code = PHASE_CODE[name]
+        now = time.perf_counter()
+        self._seconds[self._cur] += now - self._t
+        self._counts[code] += 1
+        self._t = now
+        self._cur = code
+        self._cell.phase = code
+        if self._tracer is not None:
+            self._tracer.set_phase(name)
+
+    def iterate(self, loader: Iterable[T], limit: int | None = None) -> Iterator[T]:
+        training = self._section is None
+        cell = self._cell
+        try:
+            total = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            total = -1
+        if limit is not None:
+            total = limit if total < 0 else min(total, limit)
+        cell.total = total
+        cell.step = 0
+        window = self._window_steps() if training else None
+        trace = self._trace_schedule() if training else None
+        step = 0
+        if window is not None and window[0] == 0:
+            # Open before iter() forks the DataLoader workers, so memray follows them.
+            self._memray_start(f"{self.stage}-e{self._epoch}-train")
+        it = iter(loader)
+        try:
+            while True:
+                if step == limit:
+                    break
+                if training:
+                    if trace is not None and trace(step):
+                        self._trace_begin()
+                    if window is not None and step == window[0] and self._tracker is None:
+                        self._memray_start(f"{self.stage}-e{self._epoch}-train")
+                    self.phase("data")
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                yield batch
+                step += 1
+                cell.step = step
+                cell.heartbeat += 1
+                if training:
+                    if self._tracer is not None:
+                        self._trace_end()
+                    if window is not None and step == window[1]:
+                        self._memray_stop()
+        finally:
+            if self._tracer is not None:
+                self._trace_end()
+            if training and window is not None and self._tracker_name is not None:
+                if self._tracker_name.endswith("-train"):
+                    self._memray_stop()
+            if training:
+                self.events.write("loop_end", epoch=self._epoch, steps=step, total=total)
+            del it
+
+    # -- epochs and sections --------------------------------------------------------------
+    @contextlib.contextmanager
+    def epoch(self, number: int) -> Iterator[None]:
+        self._epoch = number
+        self._cell.epoch = number
+        self.events.write("epoch_start", epoch=number)
+        try:
+            yield
+        finally:
+            self._flush_phases()
+            self.events.write("epoch_end", epoch=number)
+            self.snapshot(f"epoch-{number}")
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        previous = self._section
+        self._section = name
+        self.phase(name)
+        self.events.write("section_start", section=name, epoch=self._epoch)
+        self._cell.step = 0
+        opened = False
+        key = {"validate": "validation"}.get(name, name)
+        if self.memray_cfg["mode"] == "windows" and self.memray_cfg.get(key, False):
+            suffix = f"e{self._epoch}-{name}" if self._epoch else name
+            opened = self._memray_start(f"{self.stage}-{suffix}")
+        try:
+            yield
+        finally:
+            if opened:
+                self._memray_stop()
+            self.events.write("section_end", section=name, epoch=self._epoch, steps=self._cell.step)
+            self._section = previous
+            self.phase("idle")
+
+    def watch(self, model: Any = None, optimizer: Any = None) -> None:
+        if model is not None:
+            self._model = model
+        if optimizer is not None:
+            self._optimizer = optimizer
+        if model is not None:
+            n = sum(p.numel() for p in model.parameters())
+            b = sum(p.numel() * p.element_size() for p in model.parameters())
+            self.events.write("watch", parameters=n, parameter_bytes=b)
+
+    def record(self, kind: str, **fields: Any) -> None:
+        self.events.write(kind, epoch=self._epoch, step=self._cell.step,
+                          phase=PHASES[self._cur], **fields)
+
+    def metric(self, name: str, value: float, **fields: Any) -> None:
+        self.events.write("metric", name=name, value=value, epoch=self._epoch, **fields)
+
+    # -- memray windows -------------------------------------------------------------------
+    def _window_steps(self) -> tuple[int, int] | None:
+        cfg = self.memray_cfg
+        if cfg["mode"] != "windows" or cfg["train_steps"] <= 0:
+            return None
+        epochs = cfg.get("epochs")
+        if epochs is not None and self._epoch not in epochs:
+            return None
+        return cfg["train_start"], cfg["train_start"] + cfg["train_steps"]
+
+    def _memray_start(self, name: str) -> bool:
+        if self._tracker is not None:
+            return False
+        import memray
+
+        out = self.dir / "memray"
+        out.mkdir(exist_ok=True)
+        path = out / f"{name}.bin"
+        tracker = memray.Tracker(
+            destination=memray.FileDestination(path, overwrite=True, compress_on_exit=True),
+            native_traces=bool(self.memray_cfg["native_traces"]),
+            follow_fork=bool(self.memray_cfg["follow_fork"]),
+            trace_python_allocators=False,
+        )
+        tracker.__enter__()
+        self._tracker = tracker
+        self._tracker_name = name
+        self.events.write(
+            "memray_start", capture=name, file=f"memray/{path.name}", epoch=self._epoch,
+            step=self._cell.step, section=self._section,
+        )
+        return True
+
+    def _memray_stop(self) -> None:
+        if self._tracker is None:
+            return
+        tracker, name = self._tracker, self._tracker_name
+        self._tracker = None
+        self._tracker_name = None
+        tracker.__exit__(None, None, None)
+        self.events.write("memray_stop", capture=name, epoch=self._epoch, step=self._cell.step)
+
+    # -- tensor tracing -------------------------------------------------------------------
+    def _trace_schedule(self) -> Any:
+        first = int(self.tensors_cfg["trace_steps"])
+        every = int(self.tensors_cfg["trace_every"])
+        if first <= 0 and every <= 0:
+            return None
+        return lambda step: step < first or (every > 0 and step % every == 0)
+
+    def _trace_begin(self) -> None:
+        from harness.tensors import AllocationTracer
+
+        tracer = AllocationTracer()
+        if self._model is not None:
+            import torch
+
+            seeds: list[torch.Tensor] = list(self._model.parameters())
+            seeds += [p.grad for p in self._model.parameters() if p.grad is not None]
+            if self._optimizer is not None:
+                for state in self._optimizer.state.values():
+                    seeds += [v for v in state.values() if isinstance(v, torch.Tensor)]
+            tracer.seed(seeds)
+        tracer.__enter__()
+        self._tracer = tracer
+
+    def _trace_end(self) -> None:
+        tracer = self._tracer
+        self._tracer = None
+        tracer.__exit__(None, None, None)
+        self._traced_steps += 1
+        per_phase = tracer.take()
+        self.events.write(
+            "traced_step", epoch=self._epoch, step=self._cell.step - 1, phases=tracer.order,
+            tensors=per_phase,
+        )
+        for phase_name, stats in per_phase.items():
+            acc = self._tracer_stats.setdefault(
+                phase_name, {"count": 0, "bytes": 0, "peak_live_bytes": 0, "steps": 0}
+            )
+            acc["count"] += stats["count"]
+            acc["bytes"] += stats["bytes"]
+            acc["steps"] += stats["steps"]
+            acc["peak_live_bytes"] = max(acc["peak_live_bytes"], stats["peak_live_bytes"])
+
+    # -- boundaries -----------------------------------------------------------------------
+    def _flush_phases(self, span: str = "epoch") -> None:
+        now = time.perf_counter()
+        self._seconds[self._cur] += now - self._t
+        self._t = now
+        seconds = {PHASES[i]: round(s, 6) for i, s in enumerate(self._seconds) if s > 0}
+        counts = {PHASES[i]: c for i, c in enumerate(self._counts) if c > 0}
+        self.events.write(
+            "phase_totals",
+            epoch=self._epoch,
+            span=span,
+            seconds=seconds,
+            transitions=counts,
+            tensors=self._tracer_stats,
+            traced_steps=self._traced_steps,
+        )
+        self._seconds = [0.0] * len(PHASES)
+        self._counts = [0] * len(PHASES)
+        self._tracer_stats = {}
+        self._traced_steps = 0
+
+    def snapshot(self, label: str) -> None:
+        if not self.tensors_cfg.get("snapshots", True):
+            return
+        from harness import snapshot
+
+        snap = snapshot.take(
+            label,
+            stage=self.stage,
+            epoch=self._epoch,
+            model=self._model,
+            optimizer=self._optimizer,
+            device=self.device,
+            memray_active=self._tracker is not None,
+        )
+        path = snapshot.write(snap, self.dir / "snapshots")
+        self.events.write(
+            "snapshot", label=label, epoch=self._epoch, file=f"snapshots/{path.name}",
+            tensor_bytes=snap["tensor_bytes"],
+        )
+
+    def close(self) -> None:
+        self.phase("teardown")
+        self._flush_phases("rest")
+        self.snapshot("end")
+        self._memray_stop()
+        self._cell.phase = PHASE_CODE["idle"]
+        self.events.write("stage_end", stage=self.stage)
+        self.events.close()

@@ -1,0 +1,307 @@
+"""Scenario files: YAML parsed once, safely, into frozen typed objects.
+
+Every problem becomes one :class:`ScenarioError` line naming the file, the key and what was
+expected. From here on code receives these objects, never the raw dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ScenarioError
+
+BUILTIN_WORKLOAD = "model.stages:run"
+BUILTIN_STAGES = ("train", "test")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are split and loaded."""
+
+    source: Literal["cifar10", "folder", "synthetic"] = "cifar10"
+    # cifar10: torchvision's download/cache directory; folder: where an archive is unpacked.
+    root: str = "data"
+    # folder: a directory or a .tar.gz laid out train/<class>/*, test/<class>/*.
+    path: str | None = None
+    download: bool = False
+    # synthetic: how many images in all (5/6 "train", 1/6 "test", as CIFAR-10's 50k/10k).
+    size: int = Field(600, ge=12)
+    # fractions of the merged train+test set: train, validation, test.
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    num_workers: int = Field(2, ge=0, le=64)
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in v):
+            raise ValueError("each split fraction must be > 0")
+        if not math.isclose(sum(v), 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions must add up to 1, they add up to {sum(v):g}")
+        return v
+
+
+class TrainConfig(_Section):
+    """The tutorial's hyperparameters."""
+
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(0.001, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    log_every: int = Field(2000, ge=1)  # mini-batches between loss lines
+    max_steps: int | None = Field(None, ge=1)  # cap on training steps per epoch (None: all)
+
+
+class WorkloadConfig(_Section):
+    """What runs in each stage: our tutorial workload, a script path, or ``pkg.module:function``."""
+
+    entry: str = BUILTIN_WORKLOAD
+    args: tuple[str, ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        return self.entry == BUILTIN_WORKLOAD
+
+
+class MemrayConfig(_Section):
+    """Allocation-site capture. ``windows`` tracks bounded windows; ``full`` tracks everything."""
+
+    mode: Literal["off", "windows", "full"] = "windows"
+    native_traces: bool = True
+    follow_fork: bool = True  # DataLoader workers forked while tracking stay tracked
+    train_start: int = Field(100, ge=0)  # first tracked training step of each epoch (0: from the
+    # loader's start, so its forked workers are tracked for the whole epoch)
+    train_steps: int = Field(300, ge=0)  # tracked training steps per epoch (0: none)
+    epochs: tuple[int, ...] | None = None  # 1-based epochs with a training window (None: all)
+    validation: bool = True  # track each validation pass (its workers included)
+    test: bool = True  # track the test stage
+
+
+class SamplingConfig(_Section):
+    """psutil sampling of the stage's process tree, in the harness process."""
+
+    rss_hz: float = Field(50.0, ge=1, le=1000)  # RSS and /proc/<pid>/statm
+    full_hz: float = Field(2.0, gt=0, le=50)  # USS, PSS, swap via smaps_rollup (~8 ms a call)
+
+
+class TensorsConfig(_Section):
+    """Tensor accounting in the workload process (needs the probe API)."""
+
+    trace_steps: int = Field(10, ge=0)  # first steps of each epoch traced per phase
+    trace_every: int = Field(1000, ge=0)  # and every Nth step after (0: never)
+    snapshots: bool = True  # epoch-boundary snapshots with a tensor map
+
+
+class LimitsConfig(_Section):
+    """Limits the harness enforces by stopping the whole process tree."""
+
+    max_rss_mb: float | None = Field(None, gt=0)  # RSS of the stage's whole tree, MiB
+    timeout_s: float | None = Field(None, gt=0)  # wall time of one stage
+
+
+class Scenario(_Section):
+    """A resolved scenario. ``source`` is the file it came from (for error messages)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    seed: int = 0
+    device: str = "cpu"
+    stages: tuple[str, ...] = BUILTIN_STAGES
+    workload: WorkloadConfig = WorkloadConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    memray: MemrayConfig = MemrayConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    tensors: TensorsConfig = TensorsConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
+            raise ValueError("expected 'cpu', 'cuda' or 'cuda:N'")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_form(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("expected at least one stage")
+        if len(set(v)) != len(v):
+            raise ValueError("stages must be unique")
+        for s in v:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", s):
+                raise ValueError(f"stage name {s!r} may hold only letters, digits, '_' and '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _builtin_stages(self) -> Scenario:
+        if self.workload.builtin:
+            unknown = [s for s in self.stages if s not in BUILTIN_STAGES]
+            if unknown:
+                raise ValueError(
+                    f"stages: the built-in workload has stages 'train' and 'test', not {unknown[0]!r}"
+                )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _fail(source: str, key: str, message: str) -> ScenarioError:
+    return ScenarioError(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=1`` -> (["train", "epochs"], 1); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
+        raise _fail("--set", text, "expected KEY=VALUE with a dotted key, e.g. train.epochs=1")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise _fail("--set", key, f"value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``KEY=VALUE`` override applied."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise _fail("--set", ".".join(path), f"{part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _resolve_path(value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def from_dict(raw: Any, source: str, base: Path | None = None) -> Scenario:
+    """Validate a raw mapping. Relative data paths resolve against ``base``."""
+    if not isinstance(raw, dict):
+        raise _fail(source, "", "expected a mapping of scenario keys at the top level")
+    raw = copy.deepcopy(raw)
+    try:
+        scenario = _validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _format_loc(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg = f"{msg}, got {err['input']!r}"
+        msg = msg.removeprefix("Value error, ")
+        raise _fail(source, key, msg) from None
+    if base is not None:
+        data = scenario.data.model_copy(
+            update={
+                "root": _resolve_path(scenario.data.root, base),
+                "path": _resolve_path(scenario.data.path, base),
+            }
+        )
+        workload = scenario.workload
+        entry = workload.entry
+        if entry.endswith(".py"):
+            workload = workload.model_copy(update={"entry": _resolve_path(entry, base)})
+        scenario = scenario.model_copy(update={"data": data, "workload": workload})
+    return scenario
+
+
+def _validate(raw: dict[str, Any]) -> Scenario:
+    # Strict types (no "4" for 4, no "yes" for true) but YAML sequences become tuples.
+    def tuplify(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: tuplify(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return tuple(tuplify(v) for v in node)
+        return node
+
+    return Scenario.model_validate(tuplify(raw))
+
+
+def check_data(scenario: Scenario, source: str) -> None:
+    """Fail early, with the key to fix, when the data a scenario names is not there."""
+    data = scenario.data
+    if not scenario.workload.builtin:
+        return
+    if data.source == "folder":
+        if data.path is None:
+            raise _fail(source, "data.path", "the folder source needs a directory or .tar.gz archive")
+        if not Path(data.path).exists():
+            raise _fail(source, "data.path", f"no such directory or archive: {data.path}")
+    elif data.source == "cifar10" and not data.download:
+        marker = Path(data.root) / "cifar-10-batches-py"
+        if not marker.is_dir():
+            raise _fail(
+                source,
+                "data.root",
+                f"no CIFAR-10 in {data.root} (expected {marker.name}/) and data.download is false",
+            )
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario file; check that its data is reachable."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _fail(source, "", "no such scenario file") from None
+    except OSError as exc:
+        raise _fail(source, "", f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise _fail(source, "", f"not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(source, "", "expected a mapping of scenario keys at the top level")
+    base = path.resolve().parent
+    file_scenario = from_dict(raw, source, base)  # errors in the file name the file
+    if overrides:
+        merged = apply_overrides(file_scenario.to_dict(), overrides)
+        scenario = from_dict(merged, f"{source} (with --set)", Path.cwd())
+    else:
+        scenario = file_scenario
+    check_data(scenario, source)
+    return scenario
+
+
+def dump(scenario: Scenario) -> str:
+    """The resolved scenario as YAML, as saved with every run."""
+    return yaml.safe_dump(scenario.to_dict(), sort_keys=False)

@@ -1,0 +1,179 @@
+"""Epoch-boundary memory snapshots, taken inside the workload process.
+
+A snapshot holds live tensor bytes by category and a tensor map (category, name, shape, dtype,
+bytes, address and the memory mapping that holds it), each process's RSS/USS/PSS, gc counts, a
+summary of ``/proc/self/maps`` and, on CUDA, ``torch.cuda`` statistics.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness import tensors as tensor_census
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    path: str
+
+    @property
+    def kind(self) -> str:
+        if not self.path:
+            return "anonymous"
+        if self.path in ("[heap]", "[stack]"):
+            return self.path.strip("[]")
+        if self.path.startswith("["):
+            return "special"
+        if self.path.startswith("/dev/shm") or "(deleted)" in self.path:
+            return "shared-memory"
+        return "file"
+
+
+def read_maps(pid: int | str = "self") -> list[Mapping]:
+    """Parse ``/proc/<pid>/maps`` into mappings sorted by start address."""
+    maps: list[Mapping] = []
+    with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            parts = line.split(maxsplit=5)
+            lo, hi = parts[0].split("-")
+            path = parts[5].strip() if len(parts) > 5 else ""
+            maps.append(Mapping(int(lo, 16), int(hi, 16), parts[1], path))
+    maps.sort(key=lambda m: m.start)
+    return maps
+
+
+def find_mapping(maps: list[Mapping], address: int) -> Mapping | None:
+    starts = [m.start for m in maps]
+    i = bisect.bisect_right(starts, address) - 1
+    if i >= 0 and maps[i].start <= address < maps[i].end:
+        return maps[i]
+    return None
+
+
+def maps_summary(maps: list[Mapping]) -> dict[str, dict[str, int]]:
+    """Virtual size and mapping count by kind (anonymous, heap, stack, file, ...)."""
+    out: dict[str, dict[str, int]] = {}
+    for m in maps:
+        k = out.setdefault(m.kind, {"count": 0, "bytes": 0})
+        k["count"] += 1
+        k["bytes"] += m.end - m.start
+    return out
+
+
+def process_memory(proc: psutil.Process, role: str) -> dict[str, Any]:
+    try:
+        full = proc.memory_full_info()
+        return {
+            "pid": proc.pid,
+            "role": role,
+            "rss": full.rss,
+            "uss": full.uss,
+            "pss": getattr(full, "pss", None),
+            "shared": full.shared,
+            "swap": getattr(full, "swap", None),
+        }
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return {"pid": proc.pid, "role": role, "gone": True}
+
+
+def process_tree(pid: int) -> list[dict[str, Any]]:
+    me = psutil.Process(pid)
+    out = [process_memory(me, "main")]
+    try:
+        children = sorted(me.children(recursive=True), key=lambda p: p.pid)
+    except psutil.NoSuchProcess:
+        children = []
+    for i, child in enumerate(children):
+        out.append(process_memory(child, f"worker {i}"))
+    return out
+
+
+def cuda_stats(device: str) -> dict[str, Any] | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device(device)
+    free, total = torch.cuda.mem_get_info(dev)
+    stats = torch.cuda.memory_stats(dev)
+    return {
+        "allocated": torch.cuda.memory_allocated(dev),
+        "reserved": torch.cuda.memory_reserved(dev),
+        "max_allocated": torch.cuda.max_memory_allocated(dev),
+        "max_reserved": torch.cuda.max_memory_reserved(dev),
+        "num_alloc_retries": stats.get("num_alloc_retries", 0),
+        "num_ooms": stats.get("num_ooms", 0),
+        "device_free": free,
+        "device_total": total,
+    }
+
+
+def take(
+    label: str,
+    *,
+    stage: str,
+    epoch: int,
+    model: Any,
+    optimizer: Any,
+    device: str,
+    memray_active: bool,
+) -> dict[str, Any]:
+    """Build one snapshot as a JSON-ready dict."""
+    t0 = time.time()
+    records = tensor_census.census(model, optimizer)
+    maps = read_maps()
+    tensor_map = []
+    holding: dict[int, Mapping] = {}
+    for r in records:
+        d = r.to_dict()
+        m = find_mapping(maps, r.address) if r.device == "cpu" else None
+        if m is not None:
+            holding[m.start] = m
+            d["mapping"] = {"start": m.start, "end": m.end, "kind": m.kind, "path": m.path}
+        tensor_map.append(d)
+    return {
+        "label": label,
+        "stage": stage,
+        "epoch": epoch,
+        "t": t0,
+        "pid": os.getpid(),
+        "tensor_bytes": tensor_census.bytes_by_category(records),
+        "tensor_count": len(records),
+        "tensors": tensor_map,
+        "processes": process_tree(os.getpid()),
+        "gc": {"counts": list(gc.get_count()), "stats": gc.get_stats()},
+        "maps": {
+            "summary": maps_summary(maps),
+            "holding_tensors": [
+                {"start": m.start, "end": m.end, "perms": m.perms, "kind": m.kind, "path": m.path}
+                for m in sorted(holding.values(), key=lambda m: m.start)
+            ],
+        },
+        "memray_active": memray_active,
+        "cuda": cuda_stats(device),
+        "took_s": round(time.time() - t0, 4),
+    }
+
+
+def write(snapshot: dict[str, Any], directory: Path) -> Path:
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{snapshot['label']}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(snapshot, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path

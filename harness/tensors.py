@@ -1,0 +1,200 @@
+"""Tensor accounting inside the workload process.
+
+Two instruments:
+
+* :func:`census` lists the live tensors the workload handed to the probe (parameters, gradients,
+  optimizer state) plus every other tensor the garbage collector can see, each with its category,
+  name, shape, dtype, bytes and address. Used at epoch boundaries.
+* :class:`AllocationTracer` is a ``TorchDispatchMode`` switched on for a few traced steps. It counts
+  the storages each phase allocates (views and in-place results are not allocations) and follows
+  their frees through weak references, so it knows the peak of live tensor bytes per phase.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "other")
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    category: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+    address: int
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _record(category: str, name: str, t: torch.Tensor) -> TensorRecord:
+    return TensorRecord(
+        category=category,
+        name=name,
+        shape=tuple(t.shape),
+        dtype=str(t.dtype).removeprefix("torch."),
+        bytes=_nbytes(t),
+        address=t.data_ptr(),
+        device=str(t.device),
+    )
+
+
+def watched_tensors(
+    model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
+) -> list[TensorRecord]:
+    """Parameters, their gradients and the optimizer's state, named after the parameters."""
+    records: list[TensorRecord] = []
+    names: dict[int, str] = {}
+    if model is not None:
+        for name, p in model.named_parameters():
+            names[id(p)] = name
+            records.append(_record("parameters", name, p))
+            if p.grad is not None:
+                records.append(_record("gradients", f"{name}.grad", p.grad))
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                pname = names.get(id(p), f"param@{p.data_ptr():#x}")
+                for key, value in optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.numel() > 0:
+                        records.append(_record("optimizer_state", f"{pname}.{key}", value))
+    return records
+
+
+def census(
+    model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
+) -> list[TensorRecord]:
+    """Every live tensor: the watched ones by category, then the rest the GC can find as 'other'."""
+    records = watched_tensors(model, optimizer)
+    seen = {r.address for r in records}
+    with warnings.catch_warnings():
+        # isinstance() on some deprecated torch objects warns; the census only asks the type.
+        warnings.simplefilter("ignore")
+        found = [o for o in gc.get_objects() if _is_tensor(o)]
+    for obj in found:
+        if obj.is_meta or obj.numel() == 0:
+            continue
+        addr = obj.data_ptr()
+        if addr in seen:
+            continue
+        seen.add(addr)
+        records.append(_record("other", "", obj))
+    return records
+
+
+def _is_tensor(obj: object) -> bool:
+    try:
+        return isinstance(obj, torch.Tensor)
+    except ReferenceError:  # a weakproxy to something gone
+        return False
+
+
+def bytes_by_category(records: list[TensorRecord]) -> dict[str, int]:
+    out = dict.fromkeys(CATEGORIES, 0)
+    for r in records:
+        out[r.category] += r.bytes
+    return out
+
+
+@dataclass
+class PhaseAllocations:
+    """What one phase allocated over the traced steps."""
+
+    count: int = 0
+    bytes: int = 0
+    peak_live_bytes: int = 0
+    steps: int = 0  # traced steps in which the phase ran
+
+
+class AllocationTracer(TorchDispatchMode):
+    """Counts tensor storages allocated per phase and follows live bytes while enabled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = "idle"
+        self.live: dict[int, int] = {}  # storage address -> bytes
+        self.live_bytes = 0
+        self.by_phase: dict[str, PhaseAllocations] = {}
+        self.order: list[str] = []  # phases in the order they were entered
+
+    # -- live-byte bookkeeping ------------------------------------------------------------
+    def _forget(self, key: int) -> None:
+        n = self.live.pop(key, 0)
+        self.live_bytes -= n
+
+    def _track(self, storage: torch.UntypedStorage) -> int:
+        key = storage.data_ptr()
+        if key in self.live or key == 0:
+            return 0
+        n = storage.nbytes()
+        self.live[key] = n
+        self.live_bytes += n
+        weakref.finalize(storage, self._forget, key)
+        return n
+
+    def seed(self, tensors: list[torch.Tensor]) -> None:
+        """Count tensors that already exist (parameters, gradients, state) as live."""
+        for t in tensors:
+            self._track(t.untyped_storage())
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.order.append(phase)
+        stats = self.by_phase.get(phase)
+        if stats is None:
+            stats = self.by_phase[phase] = PhaseAllocations()
+        stats.steps += 1
+        if self.live_bytes > stats.peak_live_bytes:
+            stats.peak_live_bytes = self.live_bytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        outputs, _ = tree_flatten(out)
+        inputs, _ = tree_flatten((args, kwargs))
+        # Views and in-place results share an input's storage: they allocate nothing.
+        reused = {
+            t.untyped_storage().data_ptr()
+            for t in inputs
+            if isinstance(t, torch.Tensor) and not t.is_meta
+        }
+        stats = None
+        for t in outputs:
+            if not isinstance(t, torch.Tensor) or t.is_meta:
+                continue
+            if t.untyped_storage().data_ptr() in reused:
+                continue
+            n = self._track(t.untyped_storage())
+            if n:
+                if stats is None:
+                    stats = self.by_phase.get(self.phase)
+                    if stats is None:
+                        stats = self.by_phase[self.phase] = PhaseAllocations()
+                stats.count += 1
+                stats.bytes += n
+                if self.live_bytes > stats.peak_live_bytes:
+                    stats.peak_live_bytes = self.live_bytes
+        return out
+
+    def take(self) -> dict[str, dict[str, int]]:
+        """The per-phase totals since the last call; resets them."""
+        out = {k: asdict(v) for k, v in self.by_phase.items()}
+        self.by_phase = {}
+        return out

@@ -1,0 +1,67 @@
+"""What a stage runs: the built-in tutorial, a script path, or ``package.module:function``."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import runpy
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ScenarioError
+from harness.scenario import Scenario
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Handed to function workloads: which stage to run, with which scenario, where to write."""
+
+    stage: str
+    scenario: Scenario
+    run_dir: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
+
+
+def resolve(entry: str) -> Callable[[StageContext], Any] | Path:
+    """A callable for ``pkg.module:function``, or the path of a script."""
+    if entry.endswith(".py"):
+        path = Path(entry)
+        if not path.is_file():
+            raise ScenarioError(f"workload.entry: no such script: {entry}")
+        return path
+    module_name, sep, func_name = entry.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ScenarioError(
+            f"workload.entry: expected a script path ending in .py or package.module:function, got {entry!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ScenarioError(f"workload.entry: cannot import {module_name!r}: {exc}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ScenarioError(f"workload.entry: {module_name!r} has no function {func_name!r}")
+    return func  # type: ignore[no-any-return]
+
+
+def run_stage(ctx: StageContext) -> None:
+    """Run one stage in this process."""
+    target = resolve(ctx.scenario.workload.entry)
+    if isinstance(target, Path):
+        sys.argv = [str(target), *ctx.scenario.workload.args]
+        sys.path.insert(0, str(target.parent))
+        runpy.run_path(str(target), run_name="__main__")
+        return
+    params = inspect.signature(target).parameters
+    if params:
+        target(ctx)
+    else:
+        target()  # type: ignore[call-arg]
