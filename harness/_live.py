@@ -313,11 +313,14 @@ class LiveProbe:
             tensor_bytes=snap["tensor_bytes"],
         )
 
-    def close(self) -> None:
-        self.phase("teardown")
+    def close(self, failed: bool = False) -> None:
+        """Flush and stop. After a failure the cell keeps the phase it failed in."""
+        if not failed:
+            self.phase("teardown")
         self._flush_phases("rest")
         self.snapshot("end")
         self._memray_stop()
-        self._cell.phase = PHASE_CODE["idle"]
+        if not failed:
+            self._cell.phase = PHASE_CODE["idle"]
         self.events.write("stage_end", stage=self.stage)
         self.events.close()

@@ -45,13 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     if error is not None and probe.enabled():
         _record_error(args.stage, error)
-    probe.deactivate()
+    probe.deactivate(failed=error is not None)
     sys.stdout.flush()
     return code
 
 
 def _record_error(stage: str, error: BaseException) -> None:
     message = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, SystemExit):
+        message = f"exit code {message}" if isinstance(error.code, int) else message
     probe.record("stage_error", stage=stage, error=type(error).__name__, message=message)
 
 

@@ -66,7 +66,7 @@ class NullProbe:
     def record(self, kind: str, **fields: Any) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         pass
 
 
@@ -85,10 +85,10 @@ def activate_from_env() -> None:
         _active = LiveProbe(stage_dir)
 
 
-def deactivate() -> None:
+def deactivate(failed: bool = False) -> None:
     """Flush and close the live probe (end of stage)."""
     global _active
-    _active.close()
+    _active.close(failed)
     _active = NullProbe()
 
 

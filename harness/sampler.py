@@ -112,21 +112,37 @@ class TreeSampler(threading.Thread):
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
         self._worker_slots: dict[int, int] = {}
+        self._roles: dict[int, str] = {}
+        self._main_cmdline: list[str] | None = None
 
     def stop(self) -> None:
         self._halt.set()
 
+    def _cmdline(self, pid: int) -> list[str] | None:
+        proc = self._procs.get(pid)
+        try:
+            return proc.cmdline() if proc is not None else None
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+
     def _role(self, pid: int, ppid: int) -> str:
         if pid == self.root:
             return "main"
-        if ppid == self.root:
-            slot = self._worker_slots.get(pid)
-            if slot is None:
-                used = {s for p, s in self._worker_slots.items() if p in self._procs}
-                slot = next(i for i in range(len(used) + 1) if i not in used)
-                self._worker_slots[pid] = slot
-            return f"worker {slot}"
-        return "child"
+        role = self._roles.get(pid)
+        if role is None:
+            role = "child"
+            # A DataLoader worker is forked, not exec'd: it runs the main process's command
+            # line. Anything else the workload starts (ldconfig, a compiler) is just a child.
+            if ppid == self.root:
+                if self._main_cmdline is None:
+                    self._main_cmdline = self._cmdline(self.root)
+                if self._cmdline(pid) == self._main_cmdline:
+                    used = set(self._worker_slots.values())
+                    slot = next(i for i in range(len(used) + 1) if i not in used)
+                    self._worker_slots[pid] = slot
+                    role = f"worker {slot}"
+            self._roles[pid] = role
+        return role
 
     def _process(self, pid: int) -> psutil.Process | None:
         proc = self._procs.get(pid)
@@ -189,6 +205,8 @@ class TreeSampler(threading.Thread):
                 fmem = proc.memory_full_info() if full else None
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
+            if mem.rss == 0:  # a zombie waiting to be reaped: nothing left to measure
+                continue
             alive.add(pid)
             role = self._role(pid, ppid)
             self.stats.roles[pid] = role
@@ -204,6 +222,8 @@ class TreeSampler(threading.Thread):
         for pid in list(self._procs):
             if pid not in alive:
                 del self._procs[pid]
+                self._roles.pop(pid, None)
+                self._worker_slots.pop(pid, None)
         self.stats.ticks += 1
         if full:
             self.stats.full_ticks += 1

@@ -85,6 +85,11 @@ class MemrayConfig(_Section):
     validation: bool = True  # track each validation pass (its workers included)
     test: bool = True  # track the test stage
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
 
 class SamplingConfig(_Section):
     """psutil sampling of the stage's process tree, in the harness process."""

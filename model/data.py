@@ -100,7 +100,10 @@ def _folder_sets(data: DataConfig, transform: transforms.Compose) -> tuple[Datas
         folder = path / part
         if not folder.is_dir():
             raise DataError(f"{data.path}: expected a {part}/<class>/ folder in {path}")
-        ds = torchvision.datasets.ImageFolder(str(folder), transform=transform)
+        try:
+            ds = torchvision.datasets.ImageFolder(str(folder), transform=transform)
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"{data.path}: {part}/: {exc}") from None
         if classes is not None and ds.classes != classes:
             raise DataError(f"{data.path}: train/ and test/ hold different classes")
         classes = ds.classes

@@ -1,0 +1,59 @@
+"""Shared helpers: small scenarios written into tmp_path, and the CLI run in-process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKLOADS = Path(__file__).resolve().parent / "workloads"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def write_scenario(path: Path, **sections: Any) -> Path:
+    """A small synthetic scenario (1 epoch, 120 images, no workers) with ``sections`` merged in."""
+    scenario: dict[str, Any] = {
+        "name": "t",
+        "seed": 0,
+        "stages": ["train", "test"],
+        "data": {"source": "synthetic", "size": 120, "num_workers": 0},
+        "train": {"epochs": 1, "batch_size": 4, "log_every": 10},
+        "memray": {"train_start": 0, "train_steps": 5},
+        "tensors": {"trace_steps": 3, "trace_every": 0},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(scenario.get(key), dict):
+            scenario[key] = {**scenario[key], **value}
+        else:
+            scenario[key] = value
+    path.write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def latest_run(reports: Path) -> Path:
+    runs = sorted(p for p in reports.glob("*/*") if (p / "manifest.json").exists())
+    assert runs, f"no run directory under {reports}"
+    return runs[-1]
+
+
+def read_events(stage_dir: Path) -> list[dict[str, Any]]:
+    lines = (stage_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run ``harness ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from harness.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
