@@ -49,6 +49,12 @@ class LiveProbe:
         self.device: str = cfg.get("device", "cpu")
         self.memray_cfg: dict[str, Any] = cfg["memray"]
         self.tensors_cfg: dict[str, Any] = cfg["tensors"]
+        self.cuda_cfg: dict[str, Any] = cfg.get("cuda") or {}
+        self._cuda = self.device.startswith("cuda")
+        self._cuda_step: dict[str, dict[str, Any]] = {}  # this traced step: phase -> reading
+        self._cuda_epoch: dict[str, dict[str, Any]] = {}  # this epoch: phase -> peaks
+        self._cuda_history = False
+        self._cuda_every = int(self.cuda_cfg.get("sample_every", 25))
         self.events = EventWriter(self.dir / EVENTS_FILE)
         self._mm, self._cell = cellmod.open_cell(self.dir / CELL_FILE)
         self._cell.pid = os.getpid()
@@ -77,13 +83,20 @@ class LiveProbe:
     def phase(self, name: str) -> None:
         code = PHASE_CODE[name]
         now = time.perf_counter()
-        self._seconds[self._cur] += now - self._t
+        prev = self._cur
+        self._seconds[prev] += now - self._t
         self._counts[code] += 1
         self._t = now
         self._cur = code
         self._cell.phase = code
         if self._tracer is not None:
-            self._tracer.set_phase(name)
+            self._traced_phase(prev, name)
+
+    def _traced_phase(self, prev: int, name: str) -> None:
+        """On a traced step: close the previous phase's device-memory window, open the next."""
+        if self._cuda and self._tracer.order:  # the step's first phase closes nothing
+            self._cuda_reading(PHASES[prev])
+        self._tracer.set_phase(name)
 
     def iterate(self, loader: Iterable[T], limit: int | None = None) -> Iterator[T]:
         training = self._section is None
@@ -121,7 +134,11 @@ class LiveProbe:
                 step += 1
                 cell.step = step
                 cell.heartbeat += 1
+                if self._cuda and step % self._cuda_every == 0:
+                    self._cuda_cell()
                 if training:
+                    if self._cuda:
+                        self._cuda_history_window(step)
                     if self._tracer is not None:
                         self._trace_end()
                     if window is not None and step == window[1]:
@@ -252,16 +269,23 @@ class LiveProbe:
             tracer.seed(seeds)
         tracer.__enter__()
         self._tracer = tracer
+        if self._cuda:
+            from harness import cuda
+
+            self._cuda_step = {}
+            cuda.reset_phase_peak(self.device)
 
     def _trace_end(self) -> None:
         tracer = self._tracer
+        if self._cuda:
+            self._cuda_reading(tracer.phase)
         self._tracer = None
         tracer.__exit__(None, None, None)
         self._traced_steps += 1
         per_phase = tracer.take()
         self.events.write(
             "traced_step", epoch=self._epoch, step=self._cell.step - 1, phases=tracer.order,
-            tensors=per_phase,
+            tensors=per_phase, **({"cuda": self._cuda_step} if self._cuda else {}),
         )
         for phase_name, stats in per_phase.items():
             acc = self._tracer_stats.setdefault(
@@ -271,6 +295,53 @@ class LiveProbe:
             acc["bytes"] += stats["bytes"]
             acc["steps"] += stats["steps"]
             acc["peak_live_bytes"] = max(acc["peak_live_bytes"], stats["peak_live_bytes"])
+
+    # -- CUDA -----------------------------------------------------------------------------
+    def _cuda_reading(self, phase: str) -> None:
+        """Device memory at the end of ``phase`` with the peak since it began; resets the peak."""
+        from harness import cuda
+
+        reading = cuda.device_sample(self.device)
+        cuda.reset_phase_peak(self.device)
+        self._cuda_step[phase] = reading
+        self._cell.cuda_allocated = reading["allocated"]
+        self._cell.cuda_reserved = reading["reserved"]
+        acc = self._cuda_epoch.setdefault(phase, {"peak_allocated": 0, "peak_reserved": 0})
+        acc["peak_allocated"] = max(acc["peak_allocated"], reading["peak_allocated"])
+        acc["peak_reserved"] = max(acc["peak_reserved"], reading["peak_reserved"])
+        acc["retries"] = reading["retries"]
+        acc["ooms"] = reading["ooms"]
+
+    def _cuda_cell(self) -> None:
+        """Refresh the cell's device-memory slots for the sampler's timeline (every few steps)."""
+        import torch
+
+        dev = torch.device(self.device)
+        self._cell.cuda_allocated = torch.cuda.memory_allocated(dev)
+        self._cell.cuda_reserved = torch.cuda.memory_reserved(dev)
+
+    def _cuda_history_window(self, step: int) -> None:
+        cfg = self.cuda_cfg
+        if not cfg or self._epoch != cfg.get("history_epoch", 1):
+            return
+        start = int(cfg.get("history_start", 100))
+        stop = start + int(cfg.get("history_steps", 50))
+        from harness import cuda
+
+        if step == start and not self._cuda_history:
+            cuda.start_history(device=self.device)
+            self._cuda_history = True
+        elif step == stop and self._cuda_history:
+            self._cuda_history = False
+            name = f"{self.stage}-e{self._epoch}-steps{start}-{stop}.pickle"
+            dump = cuda.dump_history(
+                self.dir / "cuda" / name, int(float(cfg.get("history_max_mb", 64)) * 1024 * 1024)
+            )
+            self.events.write(
+                "cuda_history", epoch=self._epoch, start=start, stop=stop, file=f"cuda/{name}",
+                bytes=dump.bytes, entries_kept=dump.entries_kept,
+                entries_dropped=dump.entries_dropped,
+            )
 
     # -- boundaries -----------------------------------------------------------------------
     def _flush_phases(self, span: str = "epoch") -> None:
@@ -287,7 +358,9 @@ class LiveProbe:
             transitions=counts,
             tensors=self._tracer_stats,
             traced_steps=self._traced_steps,
+            **({"cuda": self._cuda_epoch} if self._cuda else {}),
         )
+        self._cuda_epoch = {}
         self._seconds = [0.0] * len(PHASES)
         self._counts = [0] * len(PHASES)
         self._tracer_stats = {}

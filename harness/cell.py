@@ -40,6 +40,8 @@ class CellLayout(ctypes.Structure):
         ("total", ctypes.c_int64),  # steps in the current loop, -1 when unknown
         ("phase", ctypes.c_int64),  # index into PHASES
         ("heartbeat", ctypes.c_int64),  # bumped at every step; tells a hung loop from a slow one
+        ("cuda_allocated", ctypes.c_int64),  # device bytes, refreshed every few steps on CUDA
+        ("cuda_reserved", ctypes.c_int64),
     ]
 
 
@@ -54,6 +56,8 @@ class CellState:
     total: int
     phase: str
     heartbeat: int
+    cuda_allocated: int
+    cuda_reserved: int
 
 
 def create(path: Path) -> None:
@@ -89,6 +93,8 @@ class CellReader:
             total=c.total,
             phase=PHASES[phase] if 0 <= phase < len(PHASES) else "idle",
             heartbeat=c.heartbeat,
+            cuda_allocated=c.cuda_allocated,
+            cuda_reserved=c.cuda_reserved,
         )
 
     def close(self) -> None:

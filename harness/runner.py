@@ -154,6 +154,7 @@ def _probe_config(scenario: Scenario, stage: str) -> dict[str, Any]:
         "device": scenario.device,
         "memray": scenario.memray.model_dump(mode="json"),
         "tensors": scenario.tensors.model_dump(mode="json"),
+        "cuda": scenario.cuda.model_dump(mode="json"),
     }
 
 

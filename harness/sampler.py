@@ -22,7 +22,7 @@ from harness.cell import CellReader, CellState
 
 COLUMNS = (
     "t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
-    "uss", "pss", "swap", "stage", "epoch", "step", "phase",
+    "uss", "pss", "swap", "stage", "epoch", "step", "phase", "cuda_allocated", "cuda_reserved",
 )
 
 
@@ -189,10 +189,11 @@ class TreeSampler(threading.Thread):
     def _tick(self, writer: csv._writer, cell: CellReader | None, full: bool) -> None:  # type: ignore[name-defined]
         t = time.time()
         state = cell.read() if cell is not None else None
-        epoch = step = ""
-        phase = ""
+        epoch = step = phase = cuda_alloc = cuda_res = ""
         if state is not None:
             epoch, step, phase = str(state.epoch), str(state.step), state.phase
+            if state.cuda_reserved:
+                cuda_alloc, cuda_res = str(state.cuda_allocated), str(state.cuda_reserved)
         tree = tree_of(self.root)
         alive = set()
         main_rss = tree_rss = 0
@@ -215,6 +216,7 @@ class TreeSampler(threading.Thread):
                 fmem.uss if fmem else "", getattr(fmem, "pss", "") if fmem else "",
                 getattr(fmem, "swap", "") if fmem else "",
                 self.stage, epoch, step, phase,
+                cuda_alloc if pid == self.root else "", cuda_res if pid == self.root else "",
             ))
             tree_rss += mem.rss
             if pid == self.root:

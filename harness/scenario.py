@@ -106,6 +106,16 @@ class TensorsConfig(_Section):
     snapshots: bool = True  # epoch-boundary snapshots with a tensor map
 
 
+class CudaConfig(_Section):
+    """Device memory, when ``device`` is CUDA (ignored on the CPU)."""
+
+    sample_every: int = Field(25, ge=1)  # training steps between device-memory readings
+    history_epoch: int = Field(1, ge=0)  # epoch with an allocator-history window (0: none)
+    history_start: int = Field(100, ge=0)  # first step of that window
+    history_steps: int = Field(50, ge=1)  # steps recorded (~90 alloc/free events a step)
+    history_max_mb: float = Field(64, gt=0)  # the pickle is trimmed to this size
+
+
 class LimitsConfig(_Section):
     """Limits the harness enforces by stopping the whole process tree."""
 
@@ -126,6 +136,7 @@ class Scenario(_Section):
     memray: MemrayConfig = MemrayConfig()
     sampling: SamplingConfig = SamplingConfig()
     tensors: TensorsConfig = TensorsConfig()
+    cuda: CudaConfig = CudaConfig()
     limits: LimitsConfig = LimitsConfig()
 
     @field_validator("device")

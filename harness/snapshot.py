@@ -100,24 +100,19 @@ def process_tree(pid: int) -> list[dict[str, Any]]:
 
 
 def cuda_stats(device: str) -> dict[str, Any] | None:
+    """Device memory for the snapshot: live figures, the full parsed stats, pinned host memory."""
     if not device.startswith("cuda"):
         return None
     import torch
 
+    from harness import cuda
+
     if not torch.cuda.is_available():
         return None
-    dev = torch.device(device)
-    free, total = torch.cuda.mem_get_info(dev)
-    stats = torch.cuda.memory_stats(dev)
     return {
-        "allocated": torch.cuda.memory_allocated(dev),
-        "reserved": torch.cuda.memory_reserved(dev),
-        "max_allocated": torch.cuda.max_memory_allocated(dev),
-        "max_reserved": torch.cuda.max_memory_reserved(dev),
-        "num_alloc_retries": stats.get("num_alloc_retries", 0),
-        "num_ooms": stats.get("num_ooms", 0),
-        "device_free": free,
-        "device_total": total,
+        **cuda.device_sample(device),
+        "stats": cuda.parse_memory_stats(torch.cuda.memory_stats(torch.device(device))).to_dict(),
+        "host": cuda.host_sample(),
     }
 
 

@@ -1,0 +1,68 @@
+"""Shared by the benchmark scripts: timing a command, machine facts, a printed table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": metadata.version("torch"),
+        "torchvision": metadata.version("torchvision"),
+        "memray": metadata.version("memray"),
+        "psutil": metadata.version("psutil"),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+def timed(cmd: list[str], cwd: Path = REPO, log: Path | None = None) -> tuple[float, str]:
+    """Run ``cmd``; return its wall time and its output. Fails loudly on a non-zero exit."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    if log is not None:
+        log.write_text(out, encoding="utf-8")
+    if proc.returncode != 0:
+        sys.exit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{out[-2000:]}")
+    return wall, out
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    return path
+
+
+def harness_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "harness", *args]
+
+
+def run_dir_from(output: str) -> Path:
+    for line in output.splitlines():
+        if line.startswith("harness: run directory "):
+            return REPO / line.removeprefix("harness: run directory ").strip()
+    raise RuntimeError("no run directory in the harness output")

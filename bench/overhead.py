@@ -1,0 +1,78 @@
+"""`harness run` (default instrumentation) against the bare workload (`harness train`).
+
+ABBA order (bare, run, run, bare) on one scenario, in one invocation. Prints a table and writes
+bench/out/overhead.json: wall times and their ratio (goal <= 1.15), the memray captures' total
+size (goal < 100 MB), and the sampling rates achieved per stage (goal >= 20 Hz RSS, >= 1 Hz USS).
+
+    python bench/overhead.py [--pairs 1] [--scenario scenarios/cifar10-jpeg.yaml] [--set K=V ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from _common import harness_cmd, machine, run_dir_from, table, timed, write_result
+
+
+def capture_bytes(run_dir: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in run_dir.glob("stages/*/memray/*"):
+        group = "workers" if f.suffix.lstrip(".").isdigit() else "main"
+        out[group] = out.get(group, 0) + f.stat().st_size
+    return out
+
+
+def stage_seconds(run_dir: Path) -> float:
+    m = json.loads((run_dir / "manifest.json").read_text())
+    return float(sum(s["wall_s"] for s in m["stages"]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=1)
+    ap.add_argument("--scenario", default="scenarios/cifar10-jpeg.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    sets = [a for o in args.overrides for a in ("--set", o)]
+    walls: dict[str, list[float]] = {"bare": [], "run": []}
+    stages: dict[str, list[float]] = {"bare": [], "run": []}
+    runs: list[dict[str, object]] = []
+    for i, kind in enumerate(["bare", "run", "run", "bare"] * args.pairs, 1):
+        cmd = harness_cmd("train" if kind == "bare" else "run", args.scenario, "--quiet", *sets)
+        wall, out = timed(cmd)
+        rd = run_dir_from(out)
+        walls[kind].append(wall)
+        stages[kind].append(stage_seconds(rd))
+        info: dict[str, object] = {"kind": kind, "wall_s": wall, "stage_s": stages[kind][-1], "run_dir": str(rd)}
+        if kind == "run":
+            m = json.loads((rd / "manifest.json").read_text())
+            info["sampling"] = {s["name"]: s["sampling"] for s in m["stages"]}
+            info["capture_bytes"] = capture_bytes(rd)
+        runs.append(info)
+        print(f"run {i}: {kind:<4} {wall:7.1f} s (stages {stages[kind][-1]:.1f} s)  {rd}", flush=True)
+    ratio = statistics.mean(stages["run"]) / statistics.mean(stages["bare"])
+    ratio_wall = statistics.mean(walls["run"]) / statistics.mean(walls["bare"])
+    rows = [[k, len(v), f"{statistics.mean(v):.1f}", f"{statistics.mean(stages[k]):.1f}"] for k, v in walls.items()]
+    print(table(rows, ["mode", "runs", "command wall s", "stages wall s"]))
+    print(f"overhead ratio (stages) = {ratio:.3f}, (command incl. report) = {ratio_wall:.3f}  goal <= 1.15")
+    last = [r for r in runs if r["kind"] == "run"][-1]
+    caps = last["capture_bytes"]
+    assert isinstance(caps, dict)
+    total = sum(caps.values())
+    print(f"memray captures: {total / 1e6:.1f} MB in all ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in caps.items())})  goal < 100 MB")
+    srows = []
+    for stage, s in last["sampling"].items():  # type: ignore[union-attr]
+        srows.append([stage, s["rss_hz"], s["full_hz"], s["max_tick_ms"], s["ticks"]])
+    print(table(srows, ["stage", "RSS Hz", "USS/PSS Hz", "max tick ms", "ticks"]))
+    path = write_result("overhead", {"machine": machine(), "runs": runs, "ratio_stages": ratio,
+                                     "ratio_command": ratio_wall, "capture_bytes_total": total})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

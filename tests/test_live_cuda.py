@@ -1,0 +1,110 @@
+"""The live probe's CUDA path, driven in-process with the device calls replaced by recordings.
+
+No GPU is needed: ``harness.cuda``'s device functions are swapped for ones that replay the
+H100 figures' shape (allocated grows in forward, peaks in backward), so what is checked is the
+probe's bookkeeping: one reading per phase on traced steps, peaks reset per phase, the cell's
+device slots, the allocator-history window and the events that carry them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from harness import cell as cellmod
+from harness import cuda
+from harness._live import CELL_FILE, CONFIG_FILE, LiveProbe
+from harness.scenario import CudaConfig, MemrayConfig, TensorsConfig
+from conftest import read_events
+
+MB = 1_000_000
+# allocated at the end of each phase, and the peak inside it (bytes)
+PHASE_FIGURES = {
+    "data": (68 * MB, 69 * MB),
+    "forward": (70 * MB, 71 * MB),
+    "loss": (70 * MB, 70 * MB),
+    "backward": (68 * MB, 75 * MB),
+    "optimizer": (68 * MB, 69 * MB),
+}
+
+
+class FakeDevice:
+    def __init__(self) -> None:
+        self.phase = "data"
+        self.resets = 0
+        self.history: list[str] = []
+
+    def sample(self, device: str) -> dict[str, Any]:
+        alloc, peak = PHASE_FIGURES[self.phase]
+        return {"t": 0.0, "allocated": alloc, "reserved": 80 * MB, "peak_allocated": peak,
+                "peak_reserved": 80 * MB, "active": alloc, "inactive_split": 0, "retries": 0,
+                "ooms": 0, "device_free": 1000 * MB, "device_total": 2000 * MB}
+
+    def reset(self, device: str) -> None:
+        self.resets += 1
+
+    def dump(self, path: Any, max_bytes: int, **kw: Any) -> cuda.HistoryDump:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"x" * 10)
+        self.history.append("dump")
+        return cuda.HistoryDump(str(path), 10, 123, 0, False, False)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeDevice:
+    dev = FakeDevice()
+    monkeypatch.setattr(cuda, "device_sample", dev.sample)
+    monkeypatch.setattr(cuda, "reset_phase_peak", dev.reset)
+    monkeypatch.setattr(cuda, "start_history", lambda **kw: dev.history.append("start"))
+    monkeypatch.setattr(cuda, "dump_history", dev.dump)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 12 * MB)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 34 * MB)
+    return dev
+
+
+def _probe(tmp_path: Path) -> LiveProbe:
+    cfg = {
+        "stage": "train", "device": "cuda",
+        "memray": MemrayConfig(mode="off").model_dump(mode="json"),
+        "tensors": TensorsConfig(trace_steps=2, trace_every=0, snapshots=False).model_dump(mode="json"),
+        "cuda": CudaConfig(sample_every=3, history_epoch=1, history_start=2, history_steps=3).model_dump(mode="json"),
+    }
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    cellmod.create(tmp_path / CELL_FILE)
+    return LiveProbe(tmp_path)
+
+
+def test_per_phase_device_readings_on_traced_steps(tmp_path: Path, fake: FakeDevice) -> None:
+    p = _probe(tmp_path)
+    with p.epoch(1):
+        for _ in p.iterate(range(6)):
+            ending = "data"
+            for phase in ("forward", "loss", "backward", "optimizer"):
+                fake.phase = ending  # the device figures of the phase that is ending
+                p.phase(phase)
+                ending = phase
+            fake.phase = "optimizer"
+    p.close()
+    events = read_events(tmp_path)
+    traced = [e for e in events if e["kind"] == "traced_step"]
+    assert len(traced) == 2
+    readings = traced[0]["cuda"]
+    assert list(readings) == ["data", "forward", "loss", "backward", "optimizer"]
+    assert readings["backward"]["peak_allocated"] == 75 * MB
+    assert readings["forward"]["allocated"] == 70 * MB
+    totals = next(e for e in events if e["kind"] == "phase_totals" and e["span"] == "epoch")
+    assert totals["cuda"]["backward"]["peak_allocated"] == 75 * MB
+    assert totals["cuda"]["data"]["peak_allocated"] == 69 * MB
+    # one reset when each traced step begins, one after each of its 5 readings
+    assert fake.resets == 2 * (1 + 5)
+    hist = [e for e in events if e["kind"] == "cuda_history"]
+    assert fake.history == ["start", "dump"] and hist[0]["start"] == 2 and hist[0]["stop"] == 5
+    assert (tmp_path / hist[0]["file"]).exists()
+    reader = cellmod.CellReader(tmp_path / CELL_FILE)
+    state = reader.read()
+    assert state is not None
+    assert (state.cuda_allocated, state.cuda_reserved) == (12 * MB, 34 * MB)  # step 6 refresh
