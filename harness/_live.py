@@ -146,6 +146,8 @@ class LiveProbe:
         finally:
             if self._tracer is not None:
                 self._trace_end()
+            if self._cuda_history:  # the loop ended inside the history window
+                self._cuda_history_window(step, end=True)
             if training and window is not None and self._tracker_name is not None:
                 if self._tracker_name.endswith("-train"):
                     self._memray_stop()
@@ -320,7 +322,7 @@ class LiveProbe:
         self._cell.cuda_allocated = torch.cuda.memory_allocated(dev)
         self._cell.cuda_reserved = torch.cuda.memory_reserved(dev)
 
-    def _cuda_history_window(self, step: int) -> None:
+    def _cuda_history_window(self, step: int, end: bool = False) -> None:
         cfg = self.cuda_cfg
         if not cfg or self._epoch != cfg.get("history_epoch", 1):
             return
@@ -328,10 +330,11 @@ class LiveProbe:
         stop = start + int(cfg.get("history_steps", 50))
         from harness import cuda
 
-        if step == start and not self._cuda_history:
+        if step == start and not self._cuda_history and not end:
             cuda.start_history(device=self.device)
             self._cuda_history = True
-        elif step == stop and self._cuda_history:
+        elif self._cuda_history and (step == stop or end):
+            stop = step
             self._cuda_history = False
             name = f"{self.stage}-e{self._epoch}-steps{start}-{stop}.pickle"
             dump = cuda.dump_history(

@@ -75,7 +75,7 @@ class Console:
         self.quiet = quiet
         self._lock = threading.Lock()
         self._status = ""
-        self._last_plain = 0.0
+        self._last_plain = float("-inf")  # the first status line always prints
 
     def line(self, text: str) -> None:
         if self.quiet:
