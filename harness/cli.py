@@ -51,9 +51,125 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a run directory written by harness run")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Write RUN_DIR/report/ (report.html, summary.json, tables, timeline, flamegraphs) and summarize."""
+    from harness.report import build_report
+
+    result = build_report(args.run_dir)
+    print(result.text)
+    return 0
+
+
+def _add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a run directory written by harness run")
+    p.add_argument("--baseline", type=Path, metavar="FILE",
+                   help="a baseline file written by harness baseline")
+    p.add_argument("--tolerance", default="10%",
+                   help="how far above the baseline's mean a metric may go, '10%%' or 0.1; a "
+                        "baseline of several runs widens it to their spread (default: 10%%)")
+    p.add_argument("--slack", default=None, metavar="SIZE",
+                   help="the least a baseline limit lies above the mean, e.g. '8 MiB' (default: "
+                        "each metric's noise floor, docs/checks.md)")
+    p.add_argument("--budgets", type=Path, default=None, metavar="SCENARIO",
+                   help="take the budgets from this scenario file (default: the run's scenario.yaml)")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Hold a run to its scenario's budgets and to a baseline; exit 1 on a regression."""
+    from harness.errors import UsageError
+    from harness.gate import check, metrics, render, runs
+    from harness.sizes import SizeError, parse_size, parse_tolerance
+
+    try:
+        tolerance = parse_tolerance(args.tolerance)
+        slack = None if args.slack is None else parse_size(args.slack)
+    except SizeError as exc:
+        raise UsageError(f"--tolerance/--slack: {exc}") from None
+    summary = runs.summary(args.run_dir)
+    budgets = (runs.budgets_from(args.budgets) if args.budgets
+               else runs.run_scenario(args.run_dir).budgets)
+    base = runs.read_baseline(args.baseline) if args.baseline else None
+    if not check.budget_limits(budgets) and base is None:
+        raise UsageError(f"{args.run_dir}: nothing to check: the scenario has no budgets and no "
+                         "--baseline was given")
+    result = check.check(metrics.from_summary(summary), budgets=budgets, baseline=base,
+                         tolerance=tolerance, slack=slack, run_status=summary["run"]["status"])
+    title = f"harness: check {args.run_dir}"
+    if base is not None:
+        title += f" against {args.baseline} ({base.scenario}, {len(base.runs)} run(s), tolerance {args.tolerance})"
+    print(render.check_text(result, title))
+    return result.exit_code
+
+
+def _add_baseline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                   help="one or more run directories of the same scenario")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="the baseline file to write (JSON)")
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    """Record a baseline (every metric of each run, with provenance) from one or more runs."""
+    from harness.gate import runs
+
+    doc = runs.write_baseline(args.run_dirs, args.output)
+    print(f"harness: baseline of {doc['scenario']!r}: {len(doc['metrics'])} metrics over "
+          f"{len(doc['runs'])} run(s) written to {args.output}")
+    return 0
+
+
+def _add_compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="the run compared against (before)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="the run compared (after)")
+    p.add_argument("--html", type=Path, default=None, metavar="FILE",
+                   help="where the HTML page goes (default: reports/compare/<A>-vs-<B>.html)")
+    p.add_argument("--top", type=int, default=10, help="allocation sites listed (default: 10)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Two runs side by side by phase, epoch and process, and the allocation sites that grew."""
+    from harness.gate import compare, render, runs
+
+    sa, sb = runs.summary(args.run_a), runs.summary(args.run_b)
+    result = compare.compare(sa, sb, runs.processes(args.run_a), runs.processes(args.run_b),
+                             runs.sites(args.run_a), runs.sites(args.run_b), args.top)
+    out = args.html or Path("reports") / "compare" / f"{args.run_a.name}-vs-{args.run_b.name}.html"
+    runs.write_text(out, render.compare_html(result))
+    print(render.compare_text(result))
+    print(f"\nharness: comparison page {out}")
+    return 0
+
+
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    _add_scenario_args(p)
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a knob and its values, e.g. --vary train.batch_size=4,16,64 (repeatable: "
+                        "the grid is every combination)")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a scenario over a grid of settings; tabulate and plot peak memory by process role."""
+    from harness.gate import render, runs
+
+    result = runs.sweep(args.scenario, args.vary, args.overrides, args.reports, args.quiet)
+    print(render.sweep_text(result))
+    print(f"harness: sweep table {result.files['csv']}, plot {result.files['png']}")
+    failed = (result.table["status"] != "ok").sum()
+    return 1 if failed else 0
+
+
 COMMANDS = {
     "run": (_cmd_run, _add_scenario_args),
     "train": (_cmd_train, _add_scenario_args),
+    "report": (_cmd_report, _add_report_args),
+    "check": (_cmd_check, _add_check_args),
+    "baseline": (_cmd_baseline, _add_baseline_args),
+    "compare": (_cmd_compare, _add_compare_args),
+    "sweep": (_cmd_sweep, _add_sweep_args),
 }
 
 

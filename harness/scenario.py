@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
+from harness.cell import PHASES
 from harness.errors import ScenarioError
+from harness.sizes import parse_size
 
 BUILTIN_WORKLOAD = "model.stages:run"
 BUILTIN_STAGES = ("train", "test")
@@ -123,6 +127,57 @@ class LimitsConfig(_Section):
     timeout_s: float | None = Field(None, gt=0)  # wall time of one stage
 
 
+def _size_or_none(v: Any) -> Any:
+    # Sizes as people write them ("900 MB", "1.5 GiB"); the model holds bytes.
+    return None if v is None else parse_size(v)
+
+
+class PhaseBudget(_Section):
+    """Limits on one phase's figures (bytes): the largest over every stage and epoch."""
+
+    peak_main_rss: int | None = None  # RSS of the stage's main process
+    peak_tree_rss: int | None = None  # RSS summed over the stage's process tree
+    peak_workers_uss: int | None = None  # USS summed over the DataLoader workers
+    peak_live_tensor_bytes: int | None = None  # live tensor bytes on the traced steps
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        return _size_or_none(v)
+
+
+class BudgetsConfig(_Section):
+    """What ``harness check`` holds a run to (bytes); unset keys are not checked."""
+
+    peak_main_rss: int | None = None
+    peak_tree_rss: int | None = None
+    peak_workers_uss: int | None = None
+    peak_heap: int | None = None  # memray's high-water mark, largest over the captures
+    peak_live_tensor_bytes: int | None = None
+    growth_per_epoch: int | None = None  # main RSS growth between epoch-end snapshots, mean
+    phases: dict[str, PhaseBudget] = Field(default_factory=dict)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any, info: ValidationInfo) -> Any:
+        return v if info.field_name == "phases" else _size_or_none(v)
+
+    def __hash__(self) -> int:
+        # Frozen like every section, so hashable like them, although ``phases`` is a dict.
+        fields = tuple(v for k, v in self.__dict__.items() if k != "phases")
+        return hash((fields, tuple(sorted(self.phases.items()))))
+
+    @field_validator("phases")
+    @classmethod
+    def _known_phases(cls, v: dict[str, PhaseBudget]) -> dict[str, PhaseBudget]:
+        for name in v:
+            if name not in PHASES and name != "none":
+                raise ValueError(
+                    f"unknown phase {name!r}; expected one of {', '.join(PHASES)} or none"
+                )
+        return v
+
+
 class Scenario(_Section):
     """A resolved scenario. ``source`` is the file it came from (for error messages)."""
 
@@ -138,6 +193,7 @@ class Scenario(_Section):
     tensors: TensorsConfig = TensorsConfig()
     cuda: CudaConfig = CudaConfig()
     limits: LimitsConfig = LimitsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
 
     @field_validator("device")
     @classmethod

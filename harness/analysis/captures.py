@@ -1,0 +1,216 @@
+"""Read each memray capture once: its peak records, its leaks, its heap over time.
+
+Only Python frames are read (``stack_trace``): resolving native frames costs seconds per
+capture on a libtorch process and the tables and findings need the Python lines only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.attribution import (
+    Frame,
+    describe,
+    phase_of,
+    site_frame,
+    source_line,
+    workload_frame,
+)
+from harness.analysis.load import Capture, Stage
+
+# memray drops, on the main thread, the frames that were on the stack when tracking started: for
+# a window opened inside the probe that is the workload's own loop. Ask for the whole stack.
+MAX_FRAMES = 256
+SITE_COLUMNS = (
+    "stage", "capture", "process", "pid", "phase", "site", "workload_line", "source",
+    "bytes_at_peak", "allocations_at_peak", "leaked_bytes", "leaked_allocations",
+)
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the event stream says about a capture: when it ran and over which steps."""
+
+    epoch: int | None
+    section: str | None
+    start_step: int | None
+    stop_step: int | None
+    t_start: float | None
+    t_stop: float | None
+
+    @property
+    def steps(self) -> int | None:
+        if self.start_step is None or self.stop_step is None:
+            return None
+        return max(self.stop_step - self.start_step, 0)
+
+
+@dataclass
+class CaptureData:
+    """One capture file, read and reduced to plain data (picklable: no memray objects)."""
+
+    capture: Capture
+    window: Window
+    pid: int | None = None
+    peak_memory: int | None = None
+    total_allocations: int | None = None
+    snapshots: list[tuple[float, int, int]] = field(default_factory=list)  # (t s, rss, heap)
+    sites: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SITE_COLUMNS))
+    error: str | None = None
+    leaks_read: bool = False  # False: the sites' leaked_* columns were not computed
+
+
+@dataclass
+class Records:
+    """The memray objects behind a CaptureData, for renderers that need them (flamegraphs)."""
+
+    reader: Any  # kept open: the records resolve their stacks through it
+    metadata: Any
+    peak: list[Any]
+    memory_snapshots: list[Any]
+
+
+def windows(stage: Stage) -> dict[str, Window]:
+    """Capture name -> its window, from memray_start/memray_stop events."""
+    starts: dict[str, dict[str, Any]] = {}
+    stops: dict[str, dict[str, Any]] = {}
+    for ev in stage.events:
+        if ev.get("kind") == "memray_start":
+            starts[str(ev.get("capture"))] = ev
+        elif ev.get("kind") == "memray_stop":
+            stops[str(ev.get("capture"))] = ev
+    out: dict[str, Window] = {}
+    for name, st in starts.items():
+        sp = stops.get(name, {})
+        out[name] = Window(
+            epoch=_int(st.get("epoch")),
+            section=st.get("section") or None,
+            start_step=_int(st.get("step")),
+            stop_step=_int(sp.get("step")),
+            t_start=_float(st.get("t")),
+            t_stop=_float(sp.get("t")),
+        )
+    return out
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) else None
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _guess_window(capture: Capture) -> Window:
+    """For a capture without events (a crash before memray_start was flushed): from its name."""
+    section = None
+    for s in ("validate", "test"):
+        if capture.name.endswith("-" + s):
+            section = s
+    epoch = None
+    for part in capture.name.split("-"):
+        if part.startswith("e") and part[1:].isdigit():
+            epoch = int(part[1:])
+    return Window(epoch, section, None, None, None, None)
+
+
+def aggregate_sites(
+    peak: Iterable[tuple[Sequence[Frame], int, int]],
+    leaked: Iterable[tuple[Sequence[Frame], int, int]],
+    *,
+    stage: str,
+    capture: str,
+    process: str,
+    pid: int | None,
+    section: str | None,
+) -> pd.DataFrame:
+    """Group (frames, bytes, count) records by site and workload line; attribute each a phase.
+
+    A site is the innermost Python frame; the workload line is the innermost frame in the
+    workload's own code (what a person would change).
+    """
+    role = "main" if process == "main" else "worker"
+    acc: dict[tuple[str, str], list[Any]] = {}
+    cache: dict[tuple[Frame, ...], tuple[str, str, str, str]] = {}
+
+    def key_of(frames: Sequence[Frame]) -> tuple[str, str, str, str]:
+        t = tuple(frames)
+        hit = cache.get(t)
+        if hit is None:
+            where = workload_frame(t)
+            site = describe(site_frame(t)) if t else "(no Python frame)"
+            hit = (site, describe(where), source_line(where) if where else "",
+                   phase_of(t, section=section, role=role))
+            cache[t] = hit
+        return hit
+
+    for column, records in ((0, peak), (2, leaked)):
+        for frames, size, count in records:
+            site, where, text, phase = key_of(frames)
+            row = acc.get((site, where))
+            if row is None:
+                row = acc[(site, where)] = [text, phase, 0, 0, 0, 0]
+            row[2 + column] += int(size)
+            row[3 + column] += int(count)
+    rows = [
+        (stage, capture, process, pid, v[1], site, where, v[0], v[2], v[3], v[4], v[5])
+        for (site, where), v in acc.items()
+    ]
+    df = pd.DataFrame(rows, columns=SITE_COLUMNS)
+    return df.sort_values(["bytes_at_peak", "leaked_bytes"], ascending=False, ignore_index=True)
+
+
+def wants_leaks(window: Window) -> bool:
+    """Leaks are read for training windows only.
+
+    Reading them is a full pass over the file, the dearest of the three; a training window's
+    leaks are what the leak finding compares from epoch to epoch, while a validation or test
+    capture spans its whole pass and its workers' whole lives, so nearly everything it keeps
+    is freed with them.
+    """
+    return window.section is None
+
+
+def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, Records | None]:
+    """Read one capture once: high-watermark records, memory snapshots, leaks where wanted."""
+    import memray
+
+    win = window or _guess_window(capture)
+    data = CaptureData(capture=capture, window=win)
+    try:
+        reader = memray.FileReader(str(capture.path), report_progress=False)
+        meta = reader.metadata
+        peak = list(reader.get_high_watermark_allocation_records(merge_threads=True))
+        leaked = (list(reader.get_leaked_allocation_records(merge_threads=True))
+                  if wants_leaks(win) else [])
+        snaps = list(reader.get_memory_snapshots())
+    except (OSError, RuntimeError, ValueError) as exc:
+        # A capture cut short by a kill may not parse: say so and go on with the rest.
+        data.error = f"{capture.path.name}: unreadable ({exc})"
+        return data, None
+    data.pid = int(meta.pid)
+    data.peak_memory = int(meta.peak_memory)
+    data.total_allocations = int(meta.total_allocations)
+    data.snapshots = [(s.time / 1000.0, int(s.rss), int(s.heap)) for s in snaps]
+    data.leaks_read = wants_leaks(win)
+    data.sites = aggregate_sites(
+        ((r.stack_trace(MAX_FRAMES), r.size, r.n_allocations) for r in peak),
+        ((r.stack_trace(MAX_FRAMES), r.size, r.n_allocations) for r in leaked),
+        stage=capture.stage,
+        capture=capture.name,
+        process=capture.role,
+        pid=data.pid,
+        section=win.section,
+    )
+    if not data.leaks_read:
+        data.sites[["leaked_bytes", "leaked_allocations"]] = float("nan")
+    return data, Records(reader, meta, peak, snaps)
+
+
+def read_stage_captures(stage: Stage) -> list[CaptureData]:
+    wins = windows(stage)
+    return [read_capture(c, wins.get(c.name))[0] for c in stage.captures]

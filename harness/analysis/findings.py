@@ -1,0 +1,355 @@
+"""Plain-language diagnoses, each computed from the recorded data with the numbers behind it.
+
+Every detector returns ``None`` when the data does not support its finding. Thresholds are module
+constants so tests and the README can name them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.captures import CaptureData
+from harness.analysis.load import Run
+from harness.analysis.tables import snapshot_metrics
+
+MiB = 1024 * 1024
+
+# leak: growth at every epoch boundary after the first ...
+LEAK_MIN_TENSORS_PER_EPOCH = 10  # ... of live tensors, or
+LEAK_MIN_USS_PER_EPOCH = 16 * MiB  # ... of the main process's USS by at least this
+LEAK_MIN_USS_FRACTION = 0.05  # ... and this fraction of its USS after epoch 1, or
+LEAK_MIN_SITE_RATE = 1.0  # a site that keeps this many allocations per step of a window
+LEAK_MIN_WINDOW_STEPS = 20  # (in a window of at least this many steps, in epoch 2 or later)
+LEAK_MIN_SITE_WINDOWS = 2  # windows of different epochs a site must keep memory in to be a
+# finding on its own (with one window, it only names the sites behind a snapshot growth)
+# copy-on-read: a worker's private memory grows ...
+COW_MIN_USS_GROWTH = 32 * MiB  # ... by at least this,
+COW_MIN_SHARE_FROM_SHARED = 0.5  # mostly in pages it already had (its anonymous RSS flat),
+COW_PARENT_FLAT_BYTES = 8 * MiB  # while the parent's heap (or RSS) moves less than this
+COW_PARENT_FLAT_FRACTION = 0.25  # or this fraction of the worker's growth.
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: a kind, a one-line title, a paragraph, and the figures behind it."""
+
+    kind: str  # leak | copy_on_read | rss_heap_gap | peak_phase
+    title: str
+    text: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "title": self.title, "text": self.text, "numbers": self.numbers}
+
+
+def mib(n: float) -> str:
+    return f"{n / MiB:,.1f} MiB"
+
+
+def _epoch_snapshots(run: Run) -> dict[str, list[tuple[int, dict[str, float]]]]:
+    """Per stage, the epoch-end snapshots' metrics in epoch order."""
+    out: dict[str, list[tuple[int, dict[str, float]]]] = {}
+    for st in run.stages:
+        rows = [(int(s.get("epoch") or 0), snapshot_metrics(s))
+                for label, s in st.snapshots.items() if label.startswith("epoch-")]
+        if rows:
+            out[st.name] = sorted(rows, key=lambda r: r[0])
+    return out
+
+
+def _steps_per_epoch(run: Run, stage: str) -> int | None:
+    for st in run.stages:
+        if st.name == stage:
+            steps = [int(e.get("steps") or 0) for e in st.events_of("loop_end")]
+            return max(steps) if steps else None
+    return None
+
+
+def growing_sites(captures: list[CaptureData]) -> pd.DataFrame:
+    """Sites that kept at least LEAK_MIN_SITE_RATE allocations per step of a training window.
+
+    Only windows of epoch 2 and later count: the first epoch's warm-up (caches, optimizer
+    state, first-call registrations) legitimately keeps memory once.
+    """
+    rows = []
+    for c in captures:
+        w = c.window
+        steps = w.steps
+        if c.error or w.section or steps is None or steps < LEAK_MIN_WINDOW_STEPS:
+            continue
+        if w.epoch is None or w.epoch < 2 or c.sites.empty:
+            continue
+        s = c.sites
+        hit = s[(s["leaked_allocations"] >= LEAK_MIN_SITE_RATE * steps) & (s["leaked_bytes"] > 0)]
+        for r in hit.itertuples(index=False):
+            rows.append({
+                "stage": r.stage, "capture": r.capture, "process": r.process, "pid": r.pid,
+                "epoch": w.epoch, "window_steps": steps, "site": r.site,
+                "workload_line": r.workload_line, "source": r.source, "phase": r.phase,
+                "leaked_bytes": int(r.leaked_bytes), "leaked_allocations": int(r.leaked_allocations),
+                "allocations_per_step": r.leaked_allocations / steps,
+                "bytes_per_step": r.leaked_bytes / steps,
+            })
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("leaked_bytes", ascending=False, ignore_index=True)
+    return df
+
+
+def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
+    """Memory that grows from epoch to epoch after the first: how much, where, which sites."""
+    evidence: list[str] = []
+    numbers: dict[str, Any] = {"stages": {}}
+    for stage, snaps in _epoch_snapshots(run).items():
+        if len(snaps) < 2:
+            continue
+        first = snaps[0][1]
+        deltas = [{k: cur[k] - prev.get(k, 0.0) for k in cur}
+                  for (_, prev), (_, cur) in zip(snaps, snaps[1:])]
+        n = len(deltas)
+        tensors = [d["tensor_count"] for d in deltas]
+        uss = [d["main_uss"] for d in deltas]
+        uss_floor = max(LEAK_MIN_USS_PER_EPOCH, LEAK_MIN_USS_FRACTION * first["main_uss"])
+        per_epoch = {
+            "epochs": [e for e, _ in snaps],
+            "tensor_count_per_epoch": sum(tensors) / n,
+            "tensor_bytes_per_epoch": sum(d["tensor_bytes_total"] for d in deltas) / n,
+            "main_uss_per_epoch": sum(uss) / n,
+            "main_rss_per_epoch": sum(d["main_rss"] for d in deltas) / n,
+        }
+        grew_tensors = all(t >= LEAK_MIN_TENSORS_PER_EPOCH for t in tensors)
+        grew_uss = all(u >= uss_floor for u in uss)
+        if grew_tensors or grew_uss:
+            numbers["stages"][stage] = per_epoch
+            what = []
+            if grew_tensors:
+                what.append(f"{per_epoch['tensor_count_per_epoch']:,.0f} more live tensors "
+                            f"({per_epoch['tensor_bytes_per_epoch']:,.0f} bytes of tensor data)")
+            what.append(f"USS {mib(per_epoch['main_uss_per_epoch'])}, "
+                        f"RSS {mib(per_epoch['main_rss_per_epoch'])}")
+            evidence.append(
+                f"in stage {stage!r} the main process grew at each of the {n} epoch boundaries "
+                f"after the first: per epoch {'; '.join(what)}"
+            )
+    sites = growing_sites(captures)
+    if not sites.empty and not evidence:
+        # Without snapshot growth, a site counts only if it kept memory in several epochs.
+        epochs = sites.groupby(["process", "site", "workload_line"])["epoch"].transform("nunique")
+        sites = sites[epochs >= LEAK_MIN_SITE_WINDOWS]
+    if not sites.empty:
+        steps_epoch = {st: _steps_per_epoch(run, st) for st in sites["stage"].unique()}
+        # One line per place a person would edit: the workload's line, else the site itself.
+        sites = sites.assign(where=sites["workload_line"].where(sites["workload_line"] != "",
+                                                                sites["site"]))
+        per = sites.groupby(["stage", "process", "where", "capture"], sort=False).agg(
+            source=("source", "first"), phase=("phase", "first"),
+            leaked_bytes=("leaked_bytes", "sum"), leaked_allocations=("leaked_allocations", "sum"),
+            window_steps=("window_steps", "first")).reset_index()
+        per = per.sort_values("leaked_bytes", ascending=False).drop_duplicates(["process", "where"])
+        top = per.head(5)
+        lines = []
+        for r in top.itertuples(index=False):
+            per_step = r.leaked_bytes / r.window_steps
+            per_epoch_bytes = per_step * (steps_epoch.get(r.stage) or r.window_steps)
+            code = f" `{r.source}`" if r.source else ""
+            lines.append(f"{r.where}{code} [{r.process}, phase {r.phase}]: "
+                         f"{r.leaked_allocations / r.window_steps:.1f} allocations "
+                         f"({per_step:,.0f} bytes) kept per step, about {mib(per_epoch_bytes)} "
+                         "per epoch")
+        evidence.append("allocation sites that kept memory at every step of a training window: "
+                        + "; ".join(lines))
+        numbers["sites"] = top.to_dict(orient="records")
+    if not evidence:
+        return None
+    processes = sorted({"main"} | (set(sites["process"]) if not sites.empty else set()))
+    numbers["processes"] = processes
+    return Finding(
+        kind="leak",
+        title="Memory grows from epoch to epoch (a leak)",
+        text="Memory that is not given back: " + ". Also, ".join(evidence) + ".",
+        numbers=numbers,
+    )
+
+
+def _nearest(series: pd.DataFrame, t: float, column: str) -> float | None:
+    s = series.dropna(subset=[column])
+    if s.empty:
+        return None
+    i = (s["t"] - t).abs().idxmin()
+    return float(s.loc[i, column])
+
+
+def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
+    """Forked workers' private memory growing while the parent's heap stays flat."""
+    s = run.samples
+    if s.empty:
+        return None
+    hits = []
+    for (stage, pid), g in s[s["role"].str.startswith("worker")].groupby(["stage", "pid"]):
+        full = g.dropna(subset=["uss"]).sort_values("t")
+        if len(full) < 2:
+            continue
+        a, b = full.iloc[0], full.iloc[-1]
+        d_uss = float(b["uss"] - a["uss"])
+        d_anon = float((b["rss"] - b["shared"]) - (a["rss"] - a["shared"]))
+        from_shared = d_uss - max(d_anon, 0.0)
+        if d_uss < COW_MIN_USS_GROWTH or from_shared < COW_MIN_SHARE_FROM_SHARED * d_uss:
+            continue
+        t0, t1 = float(a["t"]), float(b["t"])
+        parent, how = _parent_change(s, captures, stage, t0, t1)
+        if parent is None or abs(parent) > max(COW_PARENT_FLAT_BYTES, COW_PARENT_FLAT_FRACTION * d_uss):
+            continue
+        hits.append({"stage": stage, "pid": int(pid), "role": str(a["role"]),
+                     "uss_start": float(a["uss"]), "uss_end": float(b["uss"]), "uss_growth": d_uss,
+                     "anon_rss_growth": d_anon, "seconds": t1 - t0,
+                     "parent_change": parent, "parent_measure": how})
+    if not hits:
+        return None
+    total = sum(h["uss_growth"] for h in hits)
+    per = "; ".join(f"{h['role']} (pid {h['pid']}, {h['stage']}): USS {mib(h['uss_start'])} → "
+                    f"{mib(h['uss_end'])} in {h['seconds']:.1f} s" for h in hits[:6])
+    parent_how = hits[0]["parent_measure"]
+    return Finding(
+        kind="copy_on_read",
+        title="DataLoader workers copy the parent's memory as they read it (copy-on-read)",
+        text=(f"{len(hits)} forked worker(s) turned {mib(total)} of pages shared with the parent "
+              f"into private copies while the parent's {parent_how} stayed flat: {per}. Reading "
+              "Python objects in a forked process writes their reference counts (and the garbage "
+              "collector's headers), so every page the dataset's objects live on is copied. "
+              "Keep the dataset in a few large buffers (numpy arrays, tensors) instead of many "
+              "Python objects, or use fewer workers."),
+        numbers={"workers": hits, "total_uss_growth": total},
+    )
+
+
+def _parent_change(s: pd.DataFrame, captures: list[CaptureData], stage: str,
+                   t0: float, t1: float) -> tuple[float | None, str]:
+    """How much the parent moved over [t0, t1]: its memray heap where captured, else its RSS.
+
+    Not its USS: forking makes the parent's pages shared, and every page a worker copies turns
+    back into the parent's own, so the parent's USS rises with the very effect measured here.
+    """
+    heap = [(t, h) for c in captures if c.capture.stage == stage and c.capture.pid is None
+            for t, _rss, h in c.snapshots if t0 <= t <= t1]
+    if len(heap) >= 2:
+        hs = [h for _, h in heap]
+        return float(max(hs) - min(hs)), "heap"
+    main = s[(s["stage"] == stage) & (s["role"] == "main")]
+    main = main[(main["t"] >= t0) & (main["t"] <= t1)]
+    if len(main) < 2:
+        return None, "RSS"
+    return float(main["rss"].max() - main["rss"].min()), "RSS"
+
+
+def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | None:
+    """Explain RSS minus the memray heap at the main process's largest RSS under a capture."""
+    best: tuple[int, int, float, CaptureData] | None = None
+    for c in captures:
+        if c.capture.pid is not None or c.error:
+            continue
+        for t, rss, heap in c.snapshots:
+            if best is None or rss > best[0]:
+                best = (rss, heap, t, c)
+    if best is None or tk.empty:
+        return None
+    rss, heap, t, cap = best
+    near = tk[tk["stage"] == cap.capture.stage]
+    if near.empty:
+        return None
+    i = (near["t"] - t).abs().idxmin()
+    row = near.loc[i]
+    shared = float(row["main_shared"]) if pd.notna(row["main_shared"]) else 0.0
+    gap = float(rss - heap)
+    untracked = max(gap - shared, 0.0)
+    workers_rss = float(row["workers_rss"]) if pd.notna(row["workers_rss"]) else 0.0
+    wu = _nearest(near, t, "workers_uss") if workers_rss else None
+    windowed = cap.window.start_step is not None and (cap.window.section or cap.window.epoch)
+    text = (f"At its largest RSS under capture {cap.capture.name} ({mib(rss)}), the main "
+            f"process's memray heap was {mib(heap)}: {mib(gap)} of RSS is not live heap. "
+            f"{mib(shared)} of it is file-backed pages (shared libraries such as libtorch, mapped "
+            f"files), counted in RSS but shared with every process that maps them; the other "
+            f"{mib(untracked)} is anonymous memory outside the heap: allocator caches and "
+            f"fragmentation, thread stacks, interpreter internals")
+    if windowed:
+        text += (", and memory allocated before the capture opened (a windowed capture sees "
+                 "only what is allocated while it is open)")
+    text += "."
+    if workers_rss:
+        text += (f" Beyond the main process, its {int(row['workers'])} worker(s) hold "
+                 f"{mib(workers_rss)} of RSS")
+        text += (f", of which {mib(wu)} is private (USS: copies of the parent's pages and their "
+                 f"own allocations); the rest is the parent's pages, shared, counted again in "
+                 f"each worker's RSS." if wu is not None else ".")
+    return Finding(
+        kind="rss_heap_gap",
+        title="Why RSS is larger than the heap",
+        text=text,
+        numbers={"capture": cap.capture.name, "t": t, "rss": rss, "heap": heap, "gap": gap,
+                 "file_backed": shared, "anonymous_outside_heap": untracked,
+                 "windowed_capture": bool(windowed), "workers_rss": workers_rss,
+                 "workers_uss": wu},
+    )
+
+
+INSTRUMENT_EVENTS = {"memray_start": "started a memray capture",
+                     "memray_stop": "stopped a memray capture",
+                     "snapshot": "took an epoch-boundary snapshot"}
+INSTRUMENT_NEAR_S = 1.0  # a peak this close to one of the harness's own actions may be its doing
+
+
+def _instrument_near(run: Run | None, stage: str, t: float) -> list[str]:
+    if run is None:
+        return []
+    out = []
+    for st in run.stages:
+        if st.name != stage:
+            continue
+        for e in st.events:
+            what = INSTRUMENT_EVENTS.get(str(e.get("kind")))
+            if what and abs(float(e.get("t", 0.0)) - t) <= INSTRUMENT_NEAR_S:
+                out.append(what)
+            if e.get("kind") == "stage_end" and float(e.get("t", 0.0)) < t:
+                out.append("had closed the probe (the workload had finished; this is the "
+                           "process shutting down)")
+    return list(dict.fromkeys(out))
+
+
+def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
+    """The phase (and stage, epoch, step) that holds the peak RSS of the main process and tree."""
+    if tk.empty or tk["main_rss"].isna().all():
+        return None
+    at: dict[str, dict[str, Any]] = {}
+    for col in ("main_rss", "tree_rss"):
+        row = tk.loc[tk[col].idxmax()]
+        at[col] = {"bytes": float(row[col]), "stage": str(row["stage"]), "epoch": int(row["epoch"]),
+                   "step": int(row["step"]), "phase": str(row["phase"]), "t": float(row["t"])}
+    m = at["main_rss"]
+    if m["phase"] == "none":
+        return None  # a workload without probe calls has no phases to name
+    rest = tk[(tk["phase"] != m["phase"]) & (tk["stage"] == m["stage"])]["main_rss"]
+    other_max = float(rest.max()) if not rest.empty else None
+    epoch = f", epoch {m['epoch']}" if m["epoch"] else ""
+    text = (f"The main process peaked at {mib(m['bytes'])} in phase {m['phase']} "
+            f"(stage {m['stage']}{epoch}, step {m['step']})")
+    if other_max is not None and not math.isnan(other_max):
+        text += f", {mib(m['bytes'] - other_max)} above the largest RSS of any other phase"
+    tr = at["tree_rss"]
+    text += (f". The whole process tree peaked at {mib(tr['bytes'])} in phase {tr['phase']} "
+             f"(stage {tr['stage']}{', epoch ' + str(tr['epoch']) if tr['epoch'] else ''}).")
+    near = _instrument_near(run, m["stage"], m["t"])
+    if near:
+        text += (f" When the main process peaked (within {INSTRUMENT_NEAR_S:g} s), the harness "
+                 f"{' and '.join(near)}: part of this peak may not be the training's own memory.")
+    return Finding(kind="peak_phase", title=f"The peak is in phase {m['phase']}", text=text,
+                   numbers={"main": m, "tree": tr, "main_other_phases_max": other_max,
+                            "harness_actions_near_peak": near})
+
+
+def all_findings(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Finding]:
+    found = [leak(run, captures), copy_on_read(run, captures), rss_heap_gap(tk, captures),
+             peak_phase(tk, run)]
+    return [f for f in found if f is not None]

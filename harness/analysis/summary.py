@@ -1,0 +1,167 @@
+"""summary.json: the run's headline numbers for machines. Schema: harness/schemas/summary.schema.json.
+
+Bump SCHEMA_VERSION on any change a reader could notice (a field removed, renamed or retyped);
+adding an optional field does not need a bump.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.captures import CaptureData
+from harness.analysis.findings import Finding
+from harness.analysis.load import Run
+from harness.analysis.tables import snapshot_metrics
+
+SCHEMA_ID = "harness-summary"
+SCHEMA_VERSION = 1
+
+
+def _num(v: Any) -> float | int | None:
+    """JSON-safe number: NaN and missing become null; whole floats stay floats."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if pd.isna(v):
+        return None
+    if isinstance(v, (int, bool)):
+        return int(v)
+    return float(v)
+
+
+def _int(v: Any) -> int | None:
+    n = _num(v)
+    return None if n is None else int(n)
+
+
+def _peak_at(tk: pd.DataFrame, column: str) -> dict[str, Any] | None:
+    s = tk.dropna(subset=[column]) if not tk.empty else tk
+    if s.empty:
+        return None
+    row = s.loc[s[column].idxmax()]
+    return {"bytes": int(row[column]), "stage": str(row["stage"]), "epoch": int(row["epoch"]),
+            "step": int(row["step"]), "phase": str(row["phase"]), "t": float(row["t"])}
+
+
+def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
+    best = None
+    for c in captures:
+        if c.error or c.peak_memory is None:
+            continue
+        if best is None or c.peak_memory > best["bytes"]:
+            best = {"bytes": int(c.peak_memory), "stage": c.capture.stage,
+                    "capture": c.capture.name, "process": c.capture.role, "pid": c.pid}
+    return best
+
+
+def _peak_tensors(phases: pd.DataFrame) -> dict[str, Any] | None:
+    s = phases.dropna(subset=["peak_live_tensor_bytes"])
+    if s.empty:
+        return None
+    row = s.loc[s["peak_live_tensor_bytes"].idxmax()]
+    return {"bytes": int(row["peak_live_tensor_bytes"]), "stage": str(row["stage"]),
+            "epoch": int(row["epoch"]), "phase": str(row["phase"])}
+
+
+def _growth(run: Run) -> list[dict[str, Any]]:
+    out = []
+    for st in run.stages:
+        snaps = [(int(s.get("epoch") or 0), snapshot_metrics(s))
+                 for label, s in st.snapshots.items() if label.startswith("epoch-")]
+        snaps.sort(key=lambda r: r[0])
+        for (e0, a), (e1, b) in zip(snaps, snaps[1:]):
+            out.append({"stage": st.name, "from_epoch": e0, "to_epoch": e1,
+                        "main_rss": int(b["main_rss"] - a["main_rss"]),
+                        "main_uss": int(b["main_uss"] - a["main_uss"]),
+                        "tensor_count": int(b["tensor_count"] - a["tensor_count"]),
+                        "tensor_bytes": int(b["tensor_bytes_total"] - a["tensor_bytes_total"])})
+    return out
+
+
+def _epoch_durations(run: Run) -> list[dict[str, Any]]:
+    out = []
+    for st in run.stages:
+        starts = {e.get("epoch"): e.get("t") for e in st.events_of("epoch_start")}
+        for e in st.events_of("epoch_end"):
+            t0 = starts.get(e.get("epoch"))
+            if t0 is not None:
+                out.append({"stage": st.name, "epoch": int(e["epoch"]),
+                            "seconds": round(float(e["t"]) - float(t0), 3)})
+    return out
+
+
+def _metrics(run: Run) -> dict[str, Any]:
+    series = []
+    final: dict[str, float] = {}
+    for st in run.stages:
+        for e in st.events_of("metric"):
+            value = _num(e.get("value"))
+            if value is None or not isinstance(e.get("name"), str):
+                continue
+            item = {"stage": st.name, "name": e["name"], "value": value,
+                    "epoch": _int(e.get("epoch")), "step": _int(e.get("step"))}
+            series.append(item)
+            final[e["name"]] = value
+    return {"final": final, "series": series}
+
+
+def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
+                  captures: list[CaptureData], findings: list[Finding]) -> dict[str, Any]:
+    """The summary as a JSON-ready dict."""
+    m = run.manifest
+    stages = []
+    for st in run.stages:
+        o = st.outcome or {}
+        stages.append({"name": st.name, "status": o.get("status", "unknown"),
+                       "exit_code": _int(o.get("exit_code")), "signal": o.get("signal"),
+                       "wall_s": _num(o.get("wall_s")), "message": o.get("message") or "",
+                       "peak_main_rss": _int(o.get("peak_main_rss")),
+                       "peak_tree_rss": _int(o.get("peak_tree_rss"))})
+    phase_rows = [{
+        "stage": str(r.stage), "epoch": int(r.epoch), "phase": str(r.phase),
+        "seconds": round(float(r.seconds), 4), "time_share": round(float(r.time_share), 4),
+        "main_rss_max": _int(r.main_rss_max), "tree_rss_max": _int(r.tree_rss_max),
+        "workers_uss_max": _int(r.workers_uss_max),
+        "peak_live_tensor_bytes": _int(r.peak_live_tensor_bytes),
+    } for r in phases.itertuples(index=False)]
+    return {
+        "schema": SCHEMA_ID,
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "dir": str(run.dir),
+            "scenario": str(m.get("scenario_name", "")),
+            "kind": str(m.get("kind", "run")),
+            "status": run.status,
+            "complete": run.complete,
+            "incomplete_reasons": run.incomplete_reasons(),
+            "started": m.get("started"),
+            "ended": m.get("ended"),
+            "git_revision": m.get("git_revision"),
+            "harness_version": (m.get("versions") or {}).get("harness"),
+            "host": m.get("host"),
+        },
+        "stages": stages,
+        "peaks": {
+            "main_rss": _peak_at(tk, "main_rss"),
+            "tree_rss": _peak_at(tk, "tree_rss"),
+            "workers_uss": _peak_at(tk, "workers_uss"),
+            "heap": _peak_heap(captures),
+            "live_tensor_bytes": _peak_tensors(phases),
+        },
+        "phases": phase_rows,
+        "growth_per_epoch": _growth(run),
+        "durations": {
+            "wall_s": _num(m.get("wall_s")),
+            "stages": {s["name"]: s["wall_s"] for s in stages},
+            "epochs": _epoch_durations(run),
+        },
+        "metrics": _metrics(run),
+        "findings": [f.to_dict() for f in findings],
+        "captures": [{"stage": c.capture.stage, "name": c.capture.name, "process": c.capture.role,
+                      "pid": c.pid, "file": str(c.capture.path.relative_to(run.dir)),
+                      "file_bytes": c.capture.size, "peak_heap": c.peak_memory,
+                      "allocations": c.total_allocations, "error": c.error} for c in captures],
+        "problems": list(run.problems),
+    }

@@ -1,0 +1,188 @@
+"""The report's tables, as DataFrames: by phase, by epoch, by process, by allocation site."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.captures import SITE_COLUMNS, CaptureData
+from harness.analysis.load import Run, Stage
+from harness.analysis.ticks import phase_order, ticks
+
+PHASE_COLUMNS = (
+    "stage", "epoch", "phase", "seconds", "time_share", "ticks",
+    "main_rss_min", "main_rss_mean", "main_rss_max",
+    "tree_rss_min", "tree_rss_mean", "tree_rss_max",
+    "workers_uss_mean", "workers_uss_max", "cuda_allocated_max", "cuda_reserved_max",
+    "traced_steps", "tensor_allocations_per_step", "tensor_bytes_per_step", "peak_live_tensor_bytes",
+)
+PROCESS_COLUMNS = (
+    "stage", "pid", "ppid", "role", "start_s", "end_s", "lifetime_s", "samples",
+    "born_epoch", "born_phase", "peak_rss", "peak_uss", "peak_pss", "peak_swap",
+)
+
+
+def _tensor_stats(stages: list[Stage]) -> pd.DataFrame:
+    """Traced-step tensor figures per (stage, epoch, phase), summed over the traced steps."""
+    rows: list[tuple[Any, ...]] = []
+    for st in stages:
+        for ev in st.events_of("traced_step"):
+            for phase, t in (ev.get("tensors") or {}).items():
+                rows.append((st.name, int(ev.get("epoch") or 0), phase, int(t.get("count", 0)),
+                             int(t.get("bytes", 0)), int(t.get("peak_live_bytes", 0)),
+                             int(t.get("steps", 0))))
+    df = pd.DataFrame(rows, columns=["stage", "epoch", "phase", "count", "bytes", "peak", "steps"])
+    if df.empty:
+        return pd.DataFrame(columns=["stage", "epoch", "phase", "traced_steps",
+                                     "tensor_allocations_per_step", "tensor_bytes_per_step",
+                                     "peak_live_tensor_bytes"])
+    g = df.groupby(["stage", "epoch", "phase"], sort=False)
+    out = g.agg(count=("count", "sum"), bytes=("bytes", "sum"), peak=("peak", "max"),
+                steps=("steps", "sum")).reset_index()
+    steps = out["steps"].where(out["steps"] > 0)
+    return pd.DataFrame({
+        "stage": out["stage"], "epoch": out["epoch"], "phase": out["phase"],
+        "traced_steps": out["steps"],
+        "tensor_allocations_per_step": out["count"] / steps,
+        "tensor_bytes_per_step": out["bytes"] / steps,
+        "peak_live_tensor_bytes": out["peak"],
+    })
+
+
+def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per stage x epoch x phase: time share, RSS of main and tree, workers' USS, tensor bytes.
+
+    Times are the sampler's: each tick counts until the next one. Epoch 0 is what came before
+    the first epoch (setup) or a stage without epochs (test).
+    """
+    tk = ticks(run.samples) if tk is None else tk
+    key = ["stage", "epoch", "phase"]
+    if tk.empty:
+        base = pd.DataFrame(columns=key)
+    else:
+        g = tk.groupby(key, sort=False)
+        base = g.agg(
+            seconds=("dt", "sum"), ticks=("t", "size"),
+            main_rss_min=("main_rss", "min"), main_rss_mean=("main_rss", "mean"),
+            main_rss_max=("main_rss", "max"),
+            tree_rss_min=("tree_rss", "min"), tree_rss_mean=("tree_rss", "mean"),
+            tree_rss_max=("tree_rss", "max"),
+            workers_uss_mean=("workers_uss", "mean"), workers_uss_max=("workers_uss", "max"),
+            cuda_allocated_max=("cuda_allocated", "max"), cuda_reserved_max=("cuda_reserved", "max"),
+        ).reset_index()
+        total = base.groupby(["stage", "epoch"])["seconds"].transform("sum")
+        base["time_share"] = (base["seconds"] / total.where(total > 0)).fillna(0.0)
+    df = base.merge(_tensor_stats(run.stages), on=key, how="outer")
+    order = {s.name: i for i, s in enumerate(run.stages)}
+    df["_s"] = df["stage"].map(order).fillna(len(order))
+    df["_p"] = df["phase"].map(phase_order)
+    df = df.sort_values(["_s", "epoch", "_p"], ignore_index=True).drop(columns=["_s", "_p"])
+    for c in PHASE_COLUMNS:
+        if c not in df.columns:
+            df[c] = float("nan")
+    df["ticks"] = df["ticks"].fillna(0).astype(int)
+    df["seconds"] = df["seconds"].fillna(0.0)
+    df["time_share"] = df["time_share"].fillna(0.0)
+    return df[list(PHASE_COLUMNS)]
+
+
+def snapshot_metrics(snap: dict[str, Any]) -> dict[str, float]:
+    """The figures of one snapshot that are worth comparing from epoch to epoch."""
+    m: dict[str, float] = {}
+    tb = snap.get("tensor_bytes") or {}
+    for cat in ("parameters", "gradients", "optimizer_state", "other"):
+        m[f"tensor_bytes_{cat}"] = float(tb.get(cat, 0) or 0)
+    m["tensor_bytes_total"] = sum(float(v or 0) for v in tb.values())
+    m["tensor_count"] = float(snap.get("tensor_count") or 0)
+    procs = [p for p in snap.get("processes") or [] if not p.get("gone")]
+    main = next((p for p in procs if p.get("role") == "main"), {})
+    workers = [p for p in procs if p.get("role") != "main"]
+    for k in ("rss", "uss", "pss"):
+        m[f"main_{k}"] = float(main.get(k) or 0)
+    m["workers"] = float(len(workers))
+    m["workers_rss"] = float(sum(p.get("rss") or 0 for p in workers))
+    m["workers_uss"] = float(sum(p.get("uss") or 0 for p in workers))
+    summary = (snap.get("maps") or {}).get("summary") or {}
+    for kind in ("heap", "anonymous", "file", "shared-memory"):
+        m[f"maps_{kind.replace('-', '_')}_bytes"] = float((summary.get(kind) or {}).get("bytes", 0))
+    counts = (snap.get("gc") or {}).get("counts") or []
+    for i, c in enumerate(counts[:3]):
+        m[f"gc_count_gen{i}"] = float(c)
+    cuda = snap.get("cuda") or {}
+    for k in ("allocated", "reserved", "max_allocated"):
+        if k in cuda:
+            m[f"cuda_{k}"] = float(cuda[k])
+    return m
+
+
+def epoch_table(run: Run) -> pd.DataFrame:
+    """Snapshots side by side (one column each, ``stage:label``) with the change from the previous.
+
+    Rows are metrics; a ``Δ stage:label`` column follows each snapshot after a stage's first.
+    """
+    cols: dict[str, dict[str, float]] = {}
+    for st in run.stages:
+        prev: dict[str, float] | None = None
+        for label, snap in st.snapshots.items():
+            cur = snapshot_metrics(snap)
+            cols[f"{st.name}:{label}"] = cur
+            if prev is not None:
+                cols[f"Δ {st.name}:{label}"] = {k: v - prev.get(k, 0.0) for k, v in cur.items()}
+            prev = cur
+    df = pd.DataFrame(cols)
+    df.index.name = "metric"
+    return df
+
+
+def process_table(run: Run) -> pd.DataFrame:
+    """Per process: role, lifetime, peak RSS, USS and PSS (times from the run's first sample)."""
+    s = run.samples
+    if s.empty:
+        return pd.DataFrame(columns=PROCESS_COLUMNS)
+    t0 = float(s["t"].min())
+    s = s.sort_values("t", kind="stable")
+    g = s.groupby(["stage", "pid"], sort=False)
+    df = g.agg(
+        ppid=("ppid", "first"), role=("role", "first"), first=("t", "min"), last=("t", "max"),
+        samples=("t", "size"), born_epoch=("epoch", "first"), born_phase=("phase", "first"),
+        peak_rss=("rss", "max"), peak_uss=("uss", "max"), peak_pss=("pss", "max"),
+        peak_swap=("swap", "max"),
+    ).reset_index()
+    df["start_s"] = df["first"] - t0
+    df["end_s"] = df["last"] - t0
+    df["lifetime_s"] = df["last"] - df["first"]
+    df["born_epoch"] = df["born_epoch"].fillna(0).astype(int)
+    df["pid"] = df["pid"].astype(int)
+    df["ppid"] = df["ppid"].fillna(0).astype(int)
+    return df.sort_values(["start_s", "pid"], ignore_index=True)[list(PROCESS_COLUMNS)]
+
+
+def _sum_or_nan(s: pd.Series) -> float:
+    return float(s.sum(min_count=1))  # NaN (not read) stays NaN instead of becoming 0
+
+
+def sites_table(captures: list[CaptureData], top: int = 15) -> pd.DataFrame:
+    """Top allocation sites per capture and process group (main; workers merged).
+
+    ``bytes_at_peak``: live at the capture's high-water mark; ``leaked_*``: allocated inside
+    the window and still live when it closed.
+    """
+    frames = [c.sites for c in captures if not c.sites.empty]
+    if not frames:
+        return pd.DataFrame(columns=[c for c in SITE_COLUMNS if c != "pid"] + ["processes"])
+    df = pd.concat(frames, ignore_index=True)
+    key = ["stage", "capture", "process", "phase", "site", "workload_line", "source"]
+    df = df.groupby(key, sort=False, dropna=False).agg(
+        bytes_at_peak=("bytes_at_peak", "sum"), allocations_at_peak=("allocations_at_peak", "sum"),
+        leaked_bytes=("leaked_bytes", _sum_or_nan), leaked_allocations=("leaked_allocations", _sum_or_nan),
+        processes=("pid", "nunique"),
+    ).reset_index()
+    df = df.sort_values(["bytes_at_peak", "leaked_bytes"], ascending=False, kind="stable")
+    df = df.groupby(["stage", "capture", "process"], sort=False).head(top)
+    order = {name: i for i, name in enumerate(dict.fromkeys(c.capture.name for c in captures))}
+    df["_c"] = df["capture"].map(order)
+    df["_p"] = (df["process"] != "main").astype(int)
+    df = df.sort_values(["_c", "_p", "bytes_at_peak"], ascending=[True, True, False],
+                        ignore_index=True)
+    return df.drop(columns=["_c", "_p"])

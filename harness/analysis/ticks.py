@@ -1,0 +1,54 @@
+"""Sampler ticks: one row per tick with the whole tree's figures, from samples.csv's per-process rows."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.cell import PHASES
+
+NO_PHASE = "none"  # ticks of a workload that makes no probe calls
+TICK_COLUMNS = (
+    "stage", "t", "dt", "epoch", "step", "phase", "main_rss", "main_uss", "main_shared",
+    "tree_rss", "workers_rss", "workers_uss", "workers", "cuda_allocated", "cuda_reserved",
+)
+
+
+def phase_order(phase: str) -> int:
+    return PHASES.index(phase) if phase in PHASES else len(PHASES)
+
+
+def ticks(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per (stage, tick): main RSS/USS, tree RSS, workers' RSS and USS summed, the cell's state.
+
+    ``dt`` is the time to the stage's next tick (0 for its last), so summing it over a phase
+    gives the time spent in it as the sampler saw it. ``workers_uss`` is set on full ticks only.
+    """
+    if samples.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object" if c in ("stage", "phase") else "float64")
+                             for c in TICK_COLUMNS})
+    s = samples
+    key = ["stage", "t"]
+    grouped = s.groupby(key, sort=True)
+    out = grouped["rss"].sum().rename("tree_rss").to_frame()
+    main = s[s["role"] == "main"].drop_duplicates(key).set_index(key)
+    out["main_rss"] = main["rss"]
+    out["main_uss"] = main["uss"]
+    out["main_shared"] = main["shared"]
+    out["cuda_allocated"] = main["cuda_allocated"]  # CUDA only, on the main process's rows
+    out["cuda_reserved"] = main["cuda_reserved"]
+    # The cell state is the same for every row of a tick; take it from any row.
+    first = grouped[["epoch", "step", "phase"]].first()
+    out["epoch"] = first["epoch"].fillna(0).astype(int)
+    out["step"] = first["step"].fillna(0).astype(int)
+    out["phase"] = first["phase"].replace("", NO_PHASE)
+    workers = s[s["role"].str.startswith("worker")]
+    wg = workers.groupby(key)
+    out["workers_rss"] = wg["rss"].sum()
+    # USS only where every worker of the tick has it (a full tick).
+    out["workers_uss"] = wg["uss"].sum().where(wg["uss"].count() == wg["pid"].size())
+    out["workers"] = wg["pid"].nunique() if not workers.empty else 0
+    out["workers"] = out["workers"].fillna(0).astype(int)
+    out = out.reset_index()
+    nxt = out.groupby("stage", sort=False)["t"].shift(-1)
+    out["dt"] = (nxt - out["t"]).fillna(0.0)
+    return out[list(TICK_COLUMNS)]

@@ -1,0 +1,200 @@
+"""``harness compare``: two runs side by side by phase, epoch and process, and the sites that grew.
+
+Pure: summaries (dicts) and the report's process and site tables (DataFrames) in, a
+:class:`Comparison` out. Figures missing from one run stay ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+from harness.gate import metrics as m
+
+Unit = Literal["bytes", "seconds", "count"]
+Pair = tuple[float | None, float | None]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    label: str
+    unit: Unit
+
+
+@dataclass
+class Section:
+    """One table: key columns, then for each metric the value in A and in B."""
+
+    title: str
+    keys: list[str]
+    columns: list[Column]
+    rows: list[tuple[tuple[str, ...], list[Pair]]] = field(default_factory=list)
+
+
+@dataclass
+class SiteDelta:
+    stage: str
+    capture: str
+    process: str
+    phase: str
+    site: str
+    workload_line: str
+    a: int
+    b: int
+
+    @property
+    def delta(self) -> int:
+        return self.b - self.a
+
+
+@dataclass
+class Comparison:
+    a: dict[str, Any]  # the summaries' "run" blocks
+    b: dict[str, Any]
+    sections: list[Section]
+    sites: list[SiteDelta]
+    notes: list[str] = field(default_factory=list)
+
+
+def delta(pair: Pair) -> float | None:
+    a, b = pair
+    return None if a is None or b is None else b - a
+
+
+def ratio(pair: Pair) -> float | None:
+    a, b = pair
+    return None if a is None or b is None or a == 0 else (b - a) / abs(a)
+
+
+def _num(v: Any) -> float | None:
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    return float(v)
+
+
+def _join(title: str, keys: list[str], columns: list[Column],
+          a: Mapping[tuple[str, ...], Mapping[str, Any]],
+          b: Mapping[tuple[str, ...], Mapping[str, Any]]) -> Section:
+    order = list(a) + [k for k in b if k not in a]
+    rows = []
+    for k in order:
+        ra, rb = a.get(k, {}), b.get(k, {})
+        rows.append((k, [(_num(ra.get(c.name)), _num(rb.get(c.name))) for c in columns]))
+    return Section(title, keys, columns, rows)
+
+
+_RUN_COLUMNS = [Column(d.key, d.label, "bytes") for d in m.RUN_METRICS] + [
+    Column("wall_s", "wall time", "seconds")]
+_PHASE_COLUMNS = [
+    Column("main_rss_max", "main RSS", "bytes"), Column("tree_rss_max", "tree RSS", "bytes"),
+    Column("workers_uss_max", "workers' USS", "bytes"),
+    Column("peak_live_tensor_bytes", "live tensors", "bytes"), Column("seconds", "time", "seconds"),
+]
+_EPOCH_COLUMNS = _PHASE_COLUMNS[:4] + [
+    Column("growth", "main RSS growth", "bytes"), Column("seconds", "time", "seconds")]
+_PROCESS_COLUMNS = [
+    Column("processes", "processes", "count"), Column("peak_rss", "peak RSS", "bytes"),
+    Column("peak_uss", "peak USS", "bytes"), Column("peak_pss", "peak PSS", "bytes"),
+]
+
+
+def _run_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+    values: dict[str, Any] = {k: v for k, v in m.from_summary(s).items() if "." not in k}
+    values["wall_s"] = (s.get("durations") or {}).get("wall_s")
+    return {("run",): values}
+
+
+def _phase_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+    return {(str(r["stage"]), str(r["epoch"]), str(r["phase"])): r for r in s.get("phases") or []}
+
+
+def _max(values: list[Any]) -> float | None:
+    nums = [float(v) for v in values if v is not None]
+    return max(nums) if nums else None
+
+
+def _epoch_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    by_epoch: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in s.get("phases") or []:
+        by_epoch.setdefault((str(r["stage"]), str(r["epoch"])), []).append(r)
+    for key, rows in by_epoch.items():
+        out[key] = {c.name: _max([r.get(c.name) for r in rows]) for c in _PHASE_COLUMNS[:4]}
+        out[key]["seconds"] = sum(float(r.get("seconds") or 0) for r in rows)
+    for e in (s.get("durations") or {}).get("epochs") or []:
+        out.setdefault((str(e["stage"]), str(e["epoch"])), {})["seconds"] = e.get("seconds")
+    for g in s.get("growth_per_epoch") or []:
+        out.setdefault((str(g["stage"]), str(g["to_epoch"])), {})["growth"] = g.get("main_rss")
+    return dict(sorted(out.items(), key=lambda kv: (_stage_rank(s, kv[0][0]), int(kv[0][1]))))
+
+
+def _stage_rank(s: Mapping[str, Any], stage: str) -> int:
+    names = [str(st.get("name")) for st in s.get("stages") or []]
+    return names.index(stage) if stage in names else len(names)
+
+
+def process_rows(processes: pd.DataFrame) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The report's process table by (stage, role): how many, and the largest peaks."""
+    if processes.empty:
+        return {}
+    g = processes.groupby(["stage", "role"], sort=False)
+    df = g.agg(processes=("pid", "nunique"), peak_rss=("peak_rss", "max"),
+               peak_uss=("peak_uss", "max"), peak_pss=("peak_pss", "max")).reset_index()
+    return {(str(r.stage), str(r.role)): r._asdict() for r in df.itertuples(index=False)}
+
+
+def site_deltas(sites_a: pd.DataFrame, sites_b: pd.DataFrame, top: int = 10) -> list[SiteDelta]:
+    """Allocation sites by bytes live at their capture's peak, B minus A, largest growth first."""
+    key = ["stage", "capture", "process", "site"]
+
+    def totals(df: pd.DataFrame) -> pd.DataFrame:
+        if df.empty:
+            return pd.DataFrame(columns=key + ["phase", "workload_line", "bytes"])
+        df = df.fillna({"phase": "", "workload_line": ""})
+        return df.groupby(key, sort=False, dropna=False).agg(
+            phase=("phase", "first"), workload_line=("workload_line", "first"),
+            bytes=("bytes_at_peak", "sum")).reset_index()
+
+    ta, tb = totals(sites_a), totals(sites_b)
+    j = ta.merge(tb, on=key, how="outer", suffixes=("_a", "_b"))
+    if j.empty:
+        return []
+    j["bytes_a"] = j["bytes_a"].fillna(0).astype(int)
+    j["bytes_b"] = j["bytes_b"].fillna(0).astype(int)
+    j["delta"] = j["bytes_b"] - j["bytes_a"]
+    j = j[j["delta"] > 0].sort_values("delta", ascending=False, kind="stable").head(top)
+    out = []
+    for r in j.itertuples(index=False):
+        phase = r.phase_b if isinstance(r.phase_b, str) else r.phase_a
+        line = r.workload_line_b if isinstance(r.workload_line_b, str) else r.workload_line_a
+        out.append(SiteDelta(str(r.stage), str(r.capture), str(r.process), str(phase or ""),
+                             str(r.site), str(line or ""), int(r.bytes_a), int(r.bytes_b)))
+    return out
+
+
+def compare(sa: Mapping[str, Any], sb: Mapping[str, Any], procs_a: pd.DataFrame,
+            procs_b: pd.DataFrame, sites_a: pd.DataFrame | None, sites_b: pd.DataFrame | None,
+            top: int = 10) -> Comparison:
+    """Run A against run B: run-wide, by phase, by epoch, by process; the sites that grew."""
+    sections = [
+        _join("Run", ["run"], _RUN_COLUMNS, _run_rows(sa), _run_rows(sb)),
+        _join("By phase", ["stage", "epoch", "phase"], _PHASE_COLUMNS, _phase_rows(sa), _phase_rows(sb)),
+        _join("By epoch", ["stage", "epoch"], _EPOCH_COLUMNS, _epoch_rows(sa), _epoch_rows(sb)),
+        _join("By process", ["stage", "role"], _PROCESS_COLUMNS, process_rows(procs_a),
+              process_rows(procs_b)),
+    ]
+    notes = []
+    if sites_a is None or sites_b is None:
+        which = " and ".join(n for n, s in (("A", sites_a), ("B", sites_b)) if s is None)
+        notes.append(f"no allocation sites for run {which} (memray off, or no captures)")
+        sites: list[SiteDelta] = []
+    else:
+        sites = site_deltas(sites_a, sites_b, top)
+    ra, rb = dict(sa.get("run") or {}), dict(sb.get("run") or {})
+    if ra.get("scenario") != rb.get("scenario"):
+        notes.append(f"the runs are of different scenarios: {ra.get('scenario')!r} and {rb.get('scenario')!r}")
+    return Comparison(ra, rb, sections, sites, notes)

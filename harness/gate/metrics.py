@@ -1,0 +1,142 @@
+"""A run's summary flattened into named metrics: ``peak_main_rss``, ``phases.backward.peak_heap``...
+
+Names follow the scenario's ``budgets:`` keys, so a budget, a baseline entry and a check row
+all speak of the same thing. Every value is in bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric: its budget key, what it measures, the noise a baseline check forgives."""
+
+    key: str
+    label: str
+    noise_floor: int  # absolute slack a baseline limit never goes below (bytes), see check.limit
+
+
+# Run-wide metrics, in the order tables show them. Floors: process memory on a shared machine
+# moves by a few MiB from run to run (allocator arenas, page cache, when the sampler looks);
+# memray's heap and the traced tensor bytes are nearly deterministic.
+RUN_METRICS: tuple[MetricDef, ...] = (
+    MetricDef("peak_main_rss", "peak RSS, main process", 16 * MiB),
+    MetricDef("peak_tree_rss", "peak RSS, process tree", 32 * MiB),
+    MetricDef("peak_workers_uss", "peak USS, workers summed", 8 * MiB),
+    MetricDef("peak_heap", "peak heap (memray)", 1 * MiB),
+    MetricDef("peak_live_tensor_bytes", "peak live tensor bytes", 64 * 1024),
+    MetricDef("growth_per_epoch", "growth per epoch, main RSS", 4 * MiB),
+)
+# Per phase: the phase table's columns behind each budget key.
+PHASE_METRICS: tuple[tuple[MetricDef, str], ...] = (
+    (RUN_METRICS[0], "main_rss_max"),
+    (RUN_METRICS[1], "tree_rss_max"),
+    (RUN_METRICS[2], "workers_uss_max"),
+    (RUN_METRICS[4], "peak_live_tensor_bytes"),
+)
+# Phases between the workload's own steps (and a no-probe stage's "none"): short, host the
+# epoch snapshots, and seen by the sampler at a few ticks; a baseline records their process
+# memory only at run level, where the noise is averaged in, never per phase.
+TRANSITIONAL_PHASES = frozenset({"idle", "setup", "teardown", "none"})
+_DEFS = {m.key: m for m in RUN_METRICS}
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    """``phases.backward.peak_main_rss`` -> (``backward``, ``peak_main_rss``); run-wide -> (None, name)."""
+    if name.startswith("phases."):
+        _, phase, key = name.split(".", 2)
+        return phase, key
+    return None, name
+
+
+def phase_name(phase: str, key: str) -> str:
+    return f"phases.{phase}.{key}"
+
+
+def definition(name: str) -> MetricDef:
+    """The definition behind a flat metric name; unknown names get a zero noise floor."""
+    _, key = split_name(name)
+    return _DEFS.get(key, MetricDef(key, key, 0))
+
+
+def label(name: str) -> str:
+    phase, key = split_name(name)
+    text = definition(name).label
+    return f"{text} [{phase}]" if phase else text
+
+
+def _bytes(peak: Any) -> int | None:
+    if isinstance(peak, Mapping) and peak.get("bytes") is not None:
+        return int(peak["bytes"])
+    return None
+
+
+def growth_per_epoch(summary: Mapping[str, Any]) -> int | None:
+    """Mean growth of the main process's RSS from one epoch-end snapshot to the next.
+
+    Per stage: (RSS at the last epoch's end - RSS at the first epoch's end) / epochs between;
+    the largest over the stages. None when no stage has two epoch snapshots.
+    """
+    per_stage: dict[str, tuple[int, int]] = {}
+    for g in summary.get("growth_per_epoch") or []:
+        if g.get("main_rss") is None:
+            continue
+        total, epochs = per_stage.get(str(g.get("stage")), (0, 0))
+        span = max(int(g.get("to_epoch", 0)) - int(g.get("from_epoch", 0)), 1)
+        per_stage[str(g.get("stage"))] = (total + int(g["main_rss"]), epochs + span)
+    if not per_stage:
+        return None
+    return max(round(total / epochs) for total, epochs in per_stage.values())
+
+
+def from_summary(summary: Mapping[str, Any]) -> dict[str, int]:
+    """Every metric the summary can give, by flat name. Absent figures are left out."""
+    peaks = summary.get("peaks") or {}
+    raw: dict[str, int | None] = {
+        "peak_main_rss": _bytes(peaks.get("main_rss")),
+        "peak_tree_rss": _bytes(peaks.get("tree_rss")),
+        "peak_workers_uss": _bytes(peaks.get("workers_uss")),
+        "peak_heap": _bytes(peaks.get("heap")),
+        "peak_live_tensor_bytes": _bytes(peaks.get("live_tensor_bytes")),
+        "growth_per_epoch": growth_per_epoch(summary),
+    }
+    out = {k: v for k, v in raw.items() if v is not None}
+    for row in summary.get("phases") or []:
+        phase = str(row.get("phase"))
+        for mdef, column in PHASE_METRICS:
+            value = row.get(column)
+            if value is None:
+                continue
+            name = phase_name(phase, mdef.key)
+            out[name] = max(out.get(name, int(value)), int(value))
+    return out
+
+
+def for_baseline(metrics: Mapping[str, int]) -> dict[str, int]:
+    """The metrics a baseline records: all but process memory of the transitional phases."""
+    out = {}
+    for name, value in metrics.items():
+        phase, key = split_name(name)
+        if phase in TRANSITIONAL_PHASES and key != "peak_live_tensor_bytes":
+            continue
+        out[name] = value
+    return out
+
+
+def sort_key(name: str) -> tuple[int, int, int]:
+    """Run-wide metrics first, then phases in the order a step goes through them."""
+    from harness.cell import PHASES
+
+    phase, key = split_name(name)
+    order = [m.key for m in RUN_METRICS]
+    k = order.index(key) if key in order else len(order)
+    if phase is None:
+        return (0, 0, k)
+    p = PHASES.index(phase) if phase in PHASES else len(PHASES)
+    return (1, p, k)

@@ -1,0 +1,222 @@
+"""The file side of the gates: a run's summary (reported first if need be), its budgets, baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import yaml
+
+from harness import rundir
+from harness.errors import ScenarioError, UsageError
+from harness.gate import baseline as baseline_mod
+from harness.scenario import BudgetsConfig, Scenario, from_dict
+
+if TYPE_CHECKING:
+    from harness.gate.sweep import SweepResult
+
+SUMMARY = Path("report") / "summary.json"
+SUMMARY_SCHEMA = "harness-summary"
+SUMMARY_VERSIONS = (1,)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from None
+
+
+def summary(run_dir: Path, *, refresh: bool = False) -> dict[str, Any]:
+    """``RUN_DIR/report/summary.json``, writing the report first when it is absent (or ``refresh``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / rundir.MANIFEST).is_file():
+        raise UsageError(f"{run_dir}: not a run directory (no {rundir.MANIFEST})")
+    path = run_dir / SUMMARY
+    if refresh or not path.is_file():
+        from harness.report import build_report
+
+        build_report(run_dir)
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("schema") != SUMMARY_SCHEMA:
+        raise UsageError(f"{path}: not a harness summary")
+    if data.get("schema_version") not in SUMMARY_VERSIONS:
+        raise UsageError(f"{path}: summary schema_version {data.get('schema_version')!r} is not "
+                         f"one this harness reads ({SUMMARY_VERSIONS}); run harness report again")
+    return data
+
+
+def run_scenario(run_dir: Path) -> Scenario:
+    """The resolved scenario a run was made with (its ``scenario.yaml``)."""
+    path = Path(run_dir) / rundir.SCENARIO
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file (not a run directory?)") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    return from_dict(raw, str(path))
+
+
+def budgets_from(path: Path) -> BudgetsConfig:
+    """The ``budgets:`` section of a scenario file (validated like any scenario key).
+
+    Its data need not be reachable: only the budgets are read.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    return from_dict(raw, str(path), path.resolve().parent).budgets
+
+
+def read_baseline(path: Path) -> baseline_mod.Baseline:
+    return baseline_mod.from_dict(_read_json(Path(path)), str(path))
+
+
+def _shown_path(path: Path) -> str:
+    """Relative to the current directory where it lies below it: baselines get committed."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def run_provenance(run_dir: Path, summary_doc: dict[str, Any]) -> dict[str, Any]:
+    """What a baseline keeps about each run it was recorded from."""
+    manifest = rundir.read_manifest(Path(run_dir))
+    run = summary_doc.get("run") or {}
+    return {
+        "dir": _shown_path(run_dir),
+        "status": run.get("status"),
+        "started": run.get("started"),
+        "wall_s": manifest.get("wall_s"),
+        "git_revision": run.get("git_revision"),
+        "harness_version": run.get("harness_version"),
+        "host": run.get("host"),
+        "cpu_count": manifest.get("cpu_count"),
+        "versions": manifest.get("versions"),
+        "command_line": manifest.get("command_line"),
+        "scenario": manifest.get("scenario"),
+    }
+
+
+def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
+    """Record a baseline from ``run_dirs`` into ``out`` (written whole, atomically)."""
+    summaries = [summary(d) for d in run_dirs]
+    prov = [run_provenance(d, s) for d, s in zip(run_dirs, summaries)]
+    created = {**{k: v for k, v in rundir.provenance().items()
+                  if k in ("host", "git_revision", "command_line")},
+               "at": rundir.now_iso()}
+    doc = baseline_mod.build(summaries, prov, created)
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write: {exc.strerror}") from None
+    return doc
+
+
+
+def report_table(run_dir: Path, name: str) -> pd.DataFrame | None:
+    """``report/tables/<name>.csv`` (processes, sites) or None when the report has none."""
+    path = Path(run_dir) / "report" / "tables" / f"{name}.csv"
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
+
+
+def processes(run_dir: Path) -> pd.DataFrame:
+    """The run's process table: the report's CSV, else computed from the samples."""
+    df = report_table(run_dir, "processes")
+    if df is not None:
+        return df
+    from harness.analysis import load_run
+    from harness.analysis.tables import process_table
+
+    return process_table(load_run(Path(run_dir)))
+
+
+def sites(run_dir: Path) -> pd.DataFrame | None:
+    """The report's top allocation sites, or None when the run has no memray captures."""
+    df = report_table(run_dir, "sites")
+    return None if df is None or df.empty else df
+
+
+def write_text(path: Path, text: str) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+    return path
+
+
+def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path,
+          quiet: bool = False) -> SweepResult:
+    """Run the grid (every point validated before the first runs), report each run, write the
+    sweep's table and plot; returns the SweepResult."""
+    import datetime as dt
+    import sys
+
+    from harness import runner, scenario
+    from harness.errors import RunFailed
+    from harness.gate import render
+    from harness.gate import sweep as sweep_mod
+
+    knobs = sweep_mod.parse_knobs(varies, sets)
+    points = sweep_mod.grid(knobs)
+    loaded = {tuple(p): scenario.load(scenario_path, [*sets, *p]) for p in points}
+    name = next(iter(loaded.values())).name
+    console = runner.Console(sys.stdout, quiet=quiet)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = Path(reports) / name / f"sweep-{stamp}"
+
+    def run_point(point: list[str]) -> tuple[str, str, dict[str, Any] | None, pd.DataFrame | None]:
+        sc = loaded[tuple(point)]
+        before = set((Path(reports) / name).glob("*/" + rundir.MANIFEST))
+        try:
+            run_dir = runner.run_scenario(sc, Path(reports), instrumented=True, console=console)
+            status = "ok"
+        except RunFailed as exc:
+            # The failed point stays in the table: where the cost curve ends is worth seeing.
+            print(f"harness: sweep: {exc}", flush=True)
+            new = sorted(set((Path(reports) / name).glob("*/" + rundir.MANIFEST)) - before)
+            if not new:
+                return "", "failed", None, None
+            run_dir = new[-1].parent
+            status = str(rundir.read_manifest(run_dir).get("status", "failed"))
+        try:
+            doc = summary(run_dir, refresh=True)
+        except UsageError as exc:
+            print(f"harness: sweep: no report for {run_dir}: {exc}", flush=True)
+            return str(run_dir), status, None, None
+        return str(run_dir), status, doc, processes(run_dir)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / "sweep.csv"
+    # rewritten after every point: a sweep stopped half-way keeps what it measured
+    df = sweep_mod.run_grid(knobs, run_point, lambda text: print(text, flush=True),
+                            on_table=lambda t: t.to_csv(csv, index=False))
+    result = sweep_mod.SweepResult(name, knobs, df, out_dir)
+    png = render.sweep_plot(result, out_dir / "sweep.png", f"{name}: peak memory against "
+                            + ", ".join(k.key for k in knobs))
+    result.files = {"csv": csv, "png": png}
+    return result

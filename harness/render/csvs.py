@@ -1,0 +1,19 @@
+"""The tables as CSV files, one per table, written where the report says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_tables(tables: dict[str, pd.DataFrame], directory: Path) -> dict[str, Path]:
+    """Write each table as ``<name>.csv``; returns name -> path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for name, df in tables.items():
+        path = directory / f"{name}.csv"
+        # The epoch table's metric names are its index; the others' index means nothing.
+        df.to_csv(path, index=df.index.name is not None, float_format="%.6g")
+        out[name] = path
+    return out

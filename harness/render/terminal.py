@@ -1,0 +1,57 @@
+"""The short summary printed at the end of ``harness run`` and by ``harness report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+def _mib(n: Any) -> str:
+    return "-" if n is None else f"{n / MiB:,.0f} MiB"
+
+
+def _where(p: dict[str, Any] | None) -> str:
+    if not p:
+        return ""
+    bits = [p.get("stage", "")]
+    if p.get("epoch"):
+        bits.append(f"epoch {p['epoch']}")
+    if p.get("phase") and p["phase"] != "none":
+        bits.append(p["phase"])
+    return " (" + ", ".join(b for b in bits if b) + ")"
+
+
+def summary_text(summary: dict[str, Any], report_html: Path) -> str:
+    """A few lines: status, peaks, metrics, one line per finding, where the report is."""
+    run = summary["run"]
+    peaks = summary["peaks"]
+    lines = [f"harness: report for {run['scenario']}: status {run['status']}"
+             + ("" if run["complete"] else " (INCOMPLETE)")]
+    for reason in run["incomplete_reasons"]:
+        lines.append(f"  incomplete: {reason}")
+    lines.append(f"  peak RSS   main {_mib((peaks['main_rss'] or {}).get('bytes'))}"
+                 f"{_where(peaks['main_rss'])}, tree {_mib((peaks['tree_rss'] or {}).get('bytes'))}"
+                 f"{_where(peaks['tree_rss'])}")
+    extra = []
+    if peaks["workers_uss"]:
+        extra.append(f"workers' USS {_mib(peaks['workers_uss']['bytes'])}")
+    if peaks["heap"]:
+        extra.append(f"memray heap {_mib(peaks['heap']['bytes'])} ({peaks['heap']['capture']})")
+    if peaks["live_tensor_bytes"]:
+        extra.append(f"live tensors {_mib(peaks['live_tensor_bytes']['bytes'])}")
+    if extra:
+        lines.append("  peak       " + ", ".join(extra))
+    final = summary["metrics"]["final"]
+    if final:
+        lines.append("  metrics    " + ", ".join(f"{k} {v:g}" for k, v in final.items()))
+    findings = summary["findings"]
+    if findings:
+        lines.append(f"  findings   {len(findings)}:")
+        for f in findings:
+            lines.append(f"    - {f['title']}")
+    else:
+        lines.append("  findings   none")
+    lines.append(f"  report     {report_html}")
+    return "\n".join(lines)

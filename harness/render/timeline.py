@@ -1,0 +1,216 @@
+"""The timeline plot: memory over the whole run with stages, epochs and validation shaded.
+
+The data for it is computed by :func:`timeline_data` (pure, tested); :func:`render` only draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.captures import CaptureData
+from harness.analysis.load import Run
+
+MiB = 1024 * 1024
+MAX_POINTS = 4000  # per series: more adds nothing a reader can see, and bloats the SVG
+
+
+@dataclass
+class Band:
+    start: float
+    end: float
+    label: str
+    kind: str  # stage | epoch | validate | test
+
+
+@dataclass
+class TimelineData:
+    """Everything the plot draws, times in seconds from the run's first sample, bytes as bytes."""
+
+    t0: float
+    ticks: pd.DataFrame  # stage, x, main_rss, tree_rss
+    workers: pd.DataFrame  # x plus one column per worker slot: USS, 0 when absent
+    heap: list[pd.DataFrame] = field(default_factory=list)  # per main capture: x, heap
+    cuda: pd.DataFrame = field(default_factory=pd.DataFrame)  # x, allocated
+    bands: list[Band] = field(default_factory=list)
+
+
+def _decimate(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Keep at most MAX_POINTS rows per stage, by taking each bin's maximum (peaks stay visible)."""
+    if len(df) <= MAX_POINTS:
+        return df
+    parts = []
+    per = max(MAX_POINTS // max(df["stage"].nunique(), 1), 10)
+    for _, g in df.groupby("stage", sort=False):
+        if len(g) <= per:
+            parts.append(g)
+            continue
+        bins = pd.cut(g["x"], per, labels=False)
+        agg = g.groupby(bins).agg({"x": "first", "stage": "first", **{c: "max" for c in columns}})
+        parts.append(agg)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _worker_uss(run: Run, t0: float, tk: pd.DataFrame) -> pd.DataFrame:
+    """USS of each worker slot at every tick (forward-filled between full ticks, within a pid)."""
+    s = run.samples
+    w = s[s["role"].str.startswith("worker")].sort_values("t")
+    if w.empty:
+        return pd.DataFrame({"stage": tk["stage"], "x": tk["t"] - t0})
+    w = w.assign(uss=w.groupby("pid")["uss"].transform(lambda u: u.ffill().bfill()))
+    wide = w.pivot_table(index=["stage", "t"], columns="role", values="uss", aggfunc="sum")
+    wide = wide.reindex(pd.MultiIndex.from_frame(tk[["stage", "t"]])).fillna(0.0)
+    wide = wide.reset_index()
+    wide.insert(1, "x", wide["t"] - t0)
+    return wide.drop(columns=["t"])
+
+
+def _bands(run: Run, t0: float, tk: pd.DataFrame) -> list[Band]:
+    out: list[Band] = []
+    for st in run.stages:
+        ts = tk[tk["stage"] == st.name]["t"]
+        if not ts.empty:
+            out.append(Band(float(ts.min()) - t0, float(ts.max()) - t0, st.name, "stage"))
+        starts: dict[Any, float] = {}
+        for e in st.events:
+            k = e.get("kind")
+            if k == "epoch_start":
+                starts[("epoch", e.get("epoch"))] = float(e["t"])
+            elif k == "epoch_end" and ("epoch", e.get("epoch")) in starts:
+                out.append(Band(starts.pop(("epoch", e.get("epoch"))) - t0, float(e["t"]) - t0,
+                                f"epoch {e.get('epoch')}", "epoch"))
+            elif k == "section_start":
+                starts[("section", e.get("section"))] = float(e["t"])
+            elif k == "section_end" and ("section", e.get("section")) in starts:
+                sec = str(e.get("section"))
+                out.append(Band(starts.pop(("section", sec)) - t0, float(e["t"]) - t0, sec,
+                                sec if sec in ("validate", "test") else "validate"))
+        # A crash leaves epochs and sections open: draw them to the stage's last sample.
+        end = float(ts.max()) - t0 if not ts.empty else None
+        for (kind, name), start in starts.items():
+            if end is not None:
+                label = f"epoch {name}" if kind == "epoch" else str(name)
+                out.append(Band(start - t0, end, label + " (unfinished)",
+                                "epoch" if kind == "epoch" else "validate"))
+    return out
+
+
+def timeline_data(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> TimelineData:
+    t0 = float(tk["t"].min()) if not tk.empty else 0.0
+    base = pd.DataFrame({"stage": tk["stage"], "x": tk["t"] - t0, "main_rss": tk["main_rss"],
+                         "tree_rss": tk["tree_rss"], "cuda_allocated": tk["cuda_allocated"]})
+    workers = _worker_uss(run, t0, tk)
+    slots = [c for c in workers.columns if c not in ("stage", "x")]
+    both = pd.concat([base, workers[slots]], axis=1)
+    both = _decimate(both, ["main_rss", "tree_rss", "cuda_allocated", *slots])
+    heap = []
+    for c in captures:
+        if c.capture.pid is None and c.snapshots:
+            h = pd.DataFrame(c.snapshots, columns=["t", "rss", "heap"])
+            h["x"] = h["t"] - t0
+            heap.append(h[["x", "heap"]])
+    cuda_rows = []
+    for st in run.stages:
+        for snap in st.snapshots.values():
+            cu = snap.get("cuda") or {}
+            if "allocated" in cu and snap.get("t") is not None:
+                cuda_rows.append((float(snap["t"]) - t0, float(cu["allocated"])))
+    cuda = pd.DataFrame(cuda_rows, columns=["x", "allocated"])
+    return TimelineData(
+        t0=t0,
+        ticks=both[["stage", "x", "main_rss", "tree_rss", "cuda_allocated"]],
+        workers=both[["stage", "x", *slots]],
+        heap=heap,
+        cuda=cuda,
+        bands=_bands(run, t0, tk),
+    )
+
+
+def render(data: TimelineData, png: Path, svg: Path, title: str) -> None:
+    """Draw the timeline into ``png`` and ``svg``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(14, 6), dpi=100)
+    try:
+        _draw(ax, data, title)
+        fig.tight_layout()
+        fig.savefig(png, format="png")
+        fig.savefig(svg, format="svg")
+    finally:
+        plt.close(fig)
+
+
+def _draw(ax: Any, data: TimelineData, title: str) -> None:
+    colors = {"stage": "#f2f2f2", "epoch": "#e3ecf7", "validate": "#fbe5c8", "test": "#e6f2e1"}
+    ymax = 1.0
+    for band in data.bands:
+        if band.kind == "stage":
+            ax.axvspan(band.start, band.end, color=colors["stage"], zorder=0, lw=0)
+    for i, band in enumerate(b for b in data.bands if b.kind == "epoch"):
+        ax.axvspan(band.start, band.end, color=colors["epoch"], alpha=0.5 + 0.3 * (i % 2),
+                   zorder=0.5, lw=0)
+    for band in data.bands:
+        if band.kind in ("validate", "test"):
+            ax.axvspan(band.start, band.end, color=colors[band.kind], zorder=0.7, lw=0)
+    tk = data.ticks
+    segs = list(tk.groupby("stage", sort=False))
+    w = data.workers
+    slots = [c for c in w.columns if c not in ("stage", "x")]
+    palette = ["#fd8d3c", "#74c476", "#9e9ac8", "#fdd0a2", "#c7e9c0", "#dadaeb"]
+    for n, (_stage, g) in enumerate(segs):
+        x = g["x"].to_numpy()
+        base = (g["main_rss"].fillna(0) / MiB).to_numpy()
+        ax.fill_between(x, 0, base, color="#3182bd", alpha=0.25, lw=0, zorder=1,
+                        label="main RSS" if n == 0 else None)
+        ax.plot(x, base, color="#08519c", lw=1.2, zorder=3)
+        wg = w.loc[g.index]
+        for i, slot in enumerate(slots):
+            top = base + (wg[slot].fillna(0) / MiB).to_numpy()
+            ax.fill_between(x, base, top, color=palette[i % len(palette)], lw=0, zorder=2,
+                            label=f"{slot} USS (stacked)" if n == 0 else None)
+            base = top
+        tree = (g["tree_rss"] / MiB).to_numpy()
+        ax.plot(x, tree, color="#636363", lw=0.8, ls=":", zorder=3,
+                label="tree RSS (shared pages counted per process)" if n == 0 else None)
+        ymax = max(ymax, float(max(base.max(initial=0), tree.max(initial=0))))
+    for i, h in enumerate(data.heap):
+        ax.plot(h["x"], h["heap"] / MiB, color="#d62728", lw=1.8, zorder=4,
+                label="memray heap (main, captured windows)" if i == 0 else None)
+    sampled = tk.dropna(subset=["cuda_allocated"])
+    if not sampled.empty:
+        for n, (_, g) in enumerate(sampled.groupby("stage", sort=False)):
+            ax.plot(g["x"], g["cuda_allocated"] / MiB, color="#6a3d9a", lw=1.2, zorder=5,
+                    label="CUDA allocated (main)" if n == 0 else None)
+            ymax = max(ymax, float((g["cuda_allocated"] / MiB).max()))
+    if not data.cuda.empty:
+        ax.plot(data.cuda["x"], data.cuda["allocated"] / MiB, "D", color="#6a3d9a", zorder=5,
+                label="CUDA allocated (epoch snapshots)")
+    top = ymax * 1.12
+    ax.set_ylim(0, top)
+    for band in data.bands:
+        if band.kind == "stage":
+            ax.text(band.start, top * 0.985, f" {band.label}", va="top", ha="left", fontsize=9,
+                    fontweight="bold", color="#444444")
+        elif band.kind == "epoch":
+            ax.text((band.start + band.end) / 2, top * 0.94, band.label, va="top", ha="center",
+                    fontsize=8, color="#2b5d8a")
+    ax.set_xlabel("seconds since the run's first sample")
+    ax.set_ylabel("MiB")
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, axis="y", color="#dddddd", lw=0.5)
+    ax.margins(x=0.01)
+    handles, labels = ax.get_legend_handles_labels()
+    import matplotlib.patches as mpatches
+
+    for kind, text in (("epoch", "epoch"), ("validate", "validation"), ("test", "test")):
+        if any(b.kind == kind for b in data.bands):
+            handles.append(mpatches.Patch(color=colors[kind], label=text))
+            labels.append(text)
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8,
+              frameon=False)

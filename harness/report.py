@@ -1,0 +1,380 @@
+"""``build_report(run_dir)``: everything under ``<run_dir>/report/``, from the run's files alone.
+
+Compute (``harness.analysis``), then render (``harness.render``). The memray captures are the
+slow part: each is read once, in a pool of processes (one per core) that also draws its
+flamegraphs from the records it read, while this process computes the sample-based tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.analysis import findings as findings_mod
+from harness.analysis import tables
+from harness.analysis.captures import CaptureData, Window, read_capture, windows
+from harness.analysis.load import Capture, Run, load_run
+from harness.analysis.summary import build_summary
+from harness.analysis.ticks import ticks
+from harness.render import csvs, flamegraphs, html, terminal, timeline
+
+REPORT_DIR = "report"
+RUN_DIR_BUDGET = 150 * 1000 * 1000  # the whole run directory, report included
+FLAMEGRAPH_ESTIMATE = 2 * 1000 * 1000  # one flamegraph's HTML (its scripts are shared)
+INLINE_BELOW_BYTES = 8 * 1000 * 1000  # captures smaller than this in all: no process pool
+IMAGE_COST_BYTES = 6 * 1000 * 1000  # memray's first read of a process image costs about this
+
+
+@dataclass
+class ReportResult:
+    """What build_report wrote, and the terminal summary."""
+
+    report_dir: Path
+    html: Path
+    summary: Path
+    timeline_png: Path | None
+    timeline_svg: Path | None
+    tables: dict[str, Path]
+    flamegraphs: list[flamegraphs.Flamegraph]
+    text: str
+    complete: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CaptureJob:
+    """Read the files of one capture and one process group; draw their flamegraphs."""
+
+    stage: str
+    name: str
+    group: str  # main | workers
+    files: tuple[Capture, ...]
+    window: Window | None
+    peak_out: Path | None
+    temporal_out: Path | None
+    native: bool = False  # the memray CLI's flamegraph (native frames, slow) instead
+
+
+def _run_job(job: CaptureJob) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
+    datas: list[CaptureData] = []
+    records = []
+    for cap in job.files:
+        data, rec = read_capture(cap, job.window)
+        datas.append(data)
+        if rec is not None:
+            records.append(rec)
+    out: list[flamegraphs.Flamegraph] = []
+    if job.native and job.peak_out is not None:
+        # The CLI reads one file: for the workers, the first worker stands for them all.
+        return datas, [flamegraphs.write_with_cli(job.files[0].path, job.peak_out,
+                                                  capture=job.name, group=job.group)]
+    if records and job.peak_out is not None:
+        peak = [r for rec in records for r in rec.peak]
+        out.append(_guarded(lambda: flamegraphs.write_peak(
+            peak, records[0].memory_snapshots, records[0].metadata, job.peak_out,
+            capture=job.name, group=job.group), job, temporal=False))
+    if records and job.temporal_out is not None:
+        first = records[0]
+        out.append(_guarded(lambda: flamegraphs.write_temporal(
+            first.reader, job.files[0].path, first.metadata, first.memory_snapshots,
+            job.temporal_out, capture=job.name, group=job.group), job, temporal=True))
+    return datas, out
+
+
+def _guarded(draw: Any, job: CaptureJob, temporal: bool) -> flamegraphs.Flamegraph:
+    # memray's reporter is a third-party renderer: its failure costs one flamegraph, not the report.
+    try:
+        result: flamegraphs.Flamegraph = draw()
+        return result
+    except Exception as exc:  # noqa: BLE001 - recorded in the report, never silent
+        return flamegraphs.Flamegraph(job.name, job.group, temporal, None, 0,
+                                      f"failed: {type(exc).__name__}: {exc}")
+
+
+def plan_jobs(
+    run: Run, out_dir: Path, budget: int, native: bool = False,
+) -> tuple[list[CaptureJob], list[flamegraphs.Flamegraph]]:
+    """One job per (capture, process group); flamegraphs while the size budget lasts.
+
+    Priority: training windows' main process, then their workers, then validation and test;
+    one temporal flamegraph, for the largest training capture small enough to allow it.
+    """
+    groups: list[tuple[int, str, str, str, tuple[Capture, ...], Window | None]] = []
+    for st in run.stages:
+        wins = windows(st)
+        by_name: dict[str, list[Capture]] = {}
+        for c in st.captures:
+            by_name.setdefault(c.name, []).append(c)
+        for name, caps in by_name.items():
+            win = wins.get(name)
+            section = win.section if win else ("validate" if name.endswith(("-validate", "-test")) else None)
+            for group in ("main", "workers"):
+                files = tuple(c for c in caps if (c.pid is None) == (group == "main"))
+                if files:
+                    rank = (0 if section is None else 2) + (0 if group == "main" else 1)
+                    groups.append((rank, st.name, name, group, files, win))
+    declined: list[flamegraphs.Flamegraph] = []
+    chosen: set[tuple[str, str, str]] = set()
+    left = budget
+    for _rank, stage, name, group, _files, _win in sorted(groups, key=lambda g: g[0]):
+        if left >= FLAMEGRAPH_ESTIMATE:
+            chosen.add((stage, name, group))
+            left -= FLAMEGRAPH_ESTIMATE
+        else:
+            declined.append(flamegraphs.Flamegraph(
+                name, group, False, None, 0, "declined: the run directory's size budget is spent"))
+    temporal: tuple[str, str] | None = None
+    train_main = [g for g in groups if g[0] == 0 and g[4][0].size <= flamegraphs.TEMPORAL_MAX_CAPTURE_BYTES]
+    if train_main and left >= 3 * max(g[4][0].size for g in train_main):
+        best = max(train_main, key=lambda g: g[4][0].size)
+        temporal = (best[1], best[2])
+    jobs = []
+    fg_dir = out_dir / "flamegraphs"
+    for _, stage, name, group, files, win in groups:
+        peak_out = fg_dir / f"{name}-{group}.html" if (stage, name, group) in chosen else None
+        temporal_out = (fg_dir / f"{name}-{group}-temporal.html"
+                        if group == "main" and temporal == (stage, name) else None)
+        jobs.append(CaptureJob(stage, name, group, files, win, peak_out,
+                               None if native else temporal_out, native))
+    jobs.sort(key=lambda j: -sum(c.size for c in j.files))  # biggest first: the pool ends together
+    return jobs, declined
+
+
+def _dir_bytes(path: Path, skip: Path) -> int:
+    total = 0
+    for root, dirs, files in os.walk(path):
+        if Path(root) == skip:
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if Path(root, d) != skip]
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                     if os.path.isfile(os.path.join(root, f)))
+    return total
+
+
+def jsonable(obj: Any) -> Any:
+    """numpy scalars to Python, NaN to null, paths to strings: what json.dumps needs."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return obj
+
+
+def _run_jobs(jobs: list[CaptureJob]) -> list[tuple[list[CaptureData], list[flamegraphs.Flamegraph]]]:
+    return [_run_job(j) for j in jobs]
+
+
+def partition(jobs: list[CaptureJob], bins: int) -> list[list[CaptureJob]]:
+    """Split jobs into ``bins`` of about equal work, keeping each stage's captures together.
+
+    memray spends seconds on the first capture of each process image (a stage's main process
+    and its forked workers share one) that a process reads, so a bin that reads a second
+    stage pays that again: it counts as IMAGE_COST_BYTES of reading.
+    """
+    loads = [0] * bins
+    images: list[set[str]] = [set() for _ in range(bins)]
+    out: list[list[CaptureJob]] = [[] for _ in range(bins)]
+    for job in sorted(jobs, key=lambda j: -sum(c.size for c in j.files)):
+        size = sum(c.size for c in job.files)
+
+        def cost(b: int, size: int = size, job: CaptureJob = job) -> int:
+            return loads[b] + size + (0 if job.stage in images[b] else IMAGE_COST_BYTES)
+
+        b = min(range(bins), key=cost)
+        loads[b] = cost(b)
+        images[b].add(job.stage)
+        out[b].append(job)
+    return [b for b in out if b]
+
+
+class CaptureReading:
+    """Reading the captures: the spawned share starts at once, :meth:`collect` reads the rest here.
+
+    Started before the sample tables are computed, so the spawned process's start-up (imports)
+    overlaps that work.
+    """
+
+    def __init__(self, jobs: list[CaptureJob], processes: int) -> None:
+        total = sum(c.size for j in jobs for c in j.files)
+        self._pool: ProcessPoolExecutor | None = None
+        self._futures: list[Future[Any]] = []
+        self._here = jobs
+        if processes > 1 and len(jobs) > 1 and total >= INLINE_BELOW_BYTES:
+            bins = partition(jobs, processes)
+            # spawn, not fork: the caller (harness run) may still hold threads and open files.
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=len(bins) - 1, mp_context=ctx)
+            self._futures = [self._pool.submit(_run_jobs, b) for b in bins[1:]]
+            self._here = bins[0]
+
+    def collect(self) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
+        try:
+            results = _run_jobs(self._here)
+            for f in self._futures:
+                results += f.result()
+        finally:
+            self.close()
+        return [d for r in results for d in r[0]], [f for r in results for f in r[1]]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _order_captures(run: Run, datas: list[CaptureData]) -> list[CaptureData]:
+    order = {(c.stage, c.path): i for i, c in enumerate(c for st in run.stages for c in st.captures)}
+    return sorted(datas, key=lambda d: order.get((d.capture.stage, d.capture.path), 0))
+
+
+TABLE_TITLES = {
+    "phases": ("By stage, epoch and phase",
+               "Time as the sampler saw it (each tick counts until the next). RSS of the main "
+               "process and of the whole tree; workers' USS summed on full ticks; tensor figures "
+               "from the traced steps. Epoch 0: before the first epoch, or a stage without epochs."),
+    "epochs": ("Epoch-boundary snapshots side by side",
+               "Each snapshot as a column; a Δ column is the change from the previous snapshot of "
+               "the same stage."),
+    "processes": ("By process",
+                  "Every process the sampler saw; USS is the process's private memory, PSS its "
+                  "share of the pages it shares (so workers' copies show apart from the parent)."),
+    "sites": ("Top allocation sites (memray)",
+              "Per capture and process group (workers merged): bytes live at the capture's peak, "
+              "and bytes allocated in the window and still live when it closed (leaked). Phase "
+              "from the stack; workload_line is the innermost line in the workload's own code."),
+}
+
+
+def _provenance(run: Run) -> list[tuple[str, str]]:
+    m = run.manifest
+    versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)
+    rows = [
+        ("scenario", str(m.get("scenario_name", ""))),
+        ("kind", str(m.get("kind", ""))),
+        ("command line", " ".join(str(a) for a in m.get("command_line") or [])),
+        ("git revision", str(m.get("git_revision"))),
+        ("started", str(m.get("started"))),
+        ("ended", str(m.get("ended"))),
+        ("python", str(m.get("python"))),
+        ("versions", versions),
+        ("host", str(m.get("host"))),
+        ("platform", str(m.get("platform"))),
+        ("cpu count", str(m.get("cpu_count"))),
+    ]
+    for st in run.stages:
+        o = st.outcome or {}
+        rows.append((f"stage {st.name}",
+                     f"{o.get('status', 'unknown')}, exit code {o.get('exit_code')}, "
+                     f"{o.get('wall_s')} s" + (f", {o['message']}" if o.get("message") else "")))
+    return rows
+
+
+def build_report(run_dir: Path, *, processes: int | None = None,
+                 native_flamegraphs: bool = False) -> ReportResult:
+    """Analyse ``run_dir`` and write ``run_dir/report/``; raises UsageError for a non-run directory.
+
+    ``processes``: how many processes read the memray captures (default: up to 2, one per
+    core). ``native_flamegraphs``: draw flamegraphs with the memray CLI, native frames
+    included (seconds per capture; the default draws Python frames from the records read).
+    """
+    clock: dict[str, float] = {}
+    t_start = t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        clock[name] = round(now - t, 3)
+        t = now
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    out = run_dir / REPORT_DIR
+    if out.exists():
+        shutil.rmtree(out)  # a report is regenerated whole, never merged with an older one
+    out.mkdir()
+    lap("load")
+    assets = flamegraphs.copy_assets(out / "flamegraphs") if any(s.captures for s in run.stages) else 0
+    # Whatever the run directory already holds, the report must keep the whole under budget.
+    budget = max(RUN_DIR_BUDGET - _dir_bytes(run_dir, out) - assets - 10 * 1000 * 1000, 0)
+    jobs, declined = plan_jobs(run, out, min(budget, 40 * 1000 * 1000), native_flamegraphs)
+    procs = processes if processes is not None else min(os.cpu_count() or 1, 2)
+
+    reading = CaptureReading(jobs, procs)
+    try:
+        tk = ticks(run.samples)
+        phase_df = tables.phase_table(run, tk)
+        epoch_df = tables.epoch_table(run)
+        process_df = tables.process_table(run)
+        lap("tables")
+        datas, flames = reading.collect()
+    finally:
+        reading.close()
+    datas = _order_captures(run, datas)
+    lap("captures")
+    sites_df = tables.sites_table(datas)
+    found = findings_mod.all_findings(run, tk, datas)
+    summary = jsonable(build_summary(run, tk, phase_df, datas, found))
+    lap("findings")
+
+    table_paths = csvs.write_tables(
+        {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df},
+        out / "tables")
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    png = svg = None
+    if not tk.empty:
+        png, svg = out / "timeline.png", out / "timeline.svg"
+        title = f"{run.manifest.get('scenario_name', '')}: memory over time ({run.status})"
+        timeline.render(timeline.timeline_data(run, tk, datas), png, svg, title)
+    lap("timeline")
+
+    all_flames = flames + declined
+    links = [html.Link(
+        f"{f.capture} · {f.group}{' · temporal' if f.temporal else ''}",
+        html.href(str(f.path.relative_to(out))) if f.path else "",
+        f"({f.bytes / 1e6:.1f} MB)" if f.path else f.note) for f in all_flames]
+    page = html.ReportPage(
+        title=f"Memory report: {run.manifest.get('scenario_name', run_dir.name)}",
+        summary=summary,
+        findings=summary["findings"],
+        timeline_png=png.read_bytes() if png else None,
+        timeline_svg=html.href(svg.name) if svg else None,
+        tables=[html.html_table(name, *TABLE_TITLES[name], df, html.href(f"tables/{name}.csv"),
+                                index=name == "epochs")
+                for name, df in (("phases", phase_df), ("epochs", epoch_df),
+                                 ("processes", process_df), ("sites", sites_df))],
+        flamegraphs=links,
+        provenance=_provenance(run),
+        scenario_text=(run_dir / "scenario.yaml").read_text(encoding="utf-8", errors="replace")
+        if (run_dir / "scenario.yaml").is_file() else json.dumps(run.manifest.get("scenario"), indent=1),
+        problems=run.problems + [d.error for d in datas if d.error],
+    )
+    html_path = out / "report.html"
+    html_path.write_text(html.render(page), encoding="utf-8")
+    lap("html")
+    clock["total"] = round(time.perf_counter() - t_start, 3)
+    return ReportResult(
+        report_dir=out, html=html_path, summary=summary_path, timeline_png=png, timeline_svg=svg,
+        tables=table_paths, flamegraphs=all_flames, text=terminal.summary_text(summary, html_path),
+        complete=run.complete, seconds=clock,
+    )

@@ -1,0 +1,171 @@
+"""A run directory written by hand, with numbers chosen so every table has a known answer.
+
+One stage, ``train``, two epochs. Ticks (t, epoch, phase, main RSS MiB) and workers:
+
+    1000.0  0 setup     100                          (full tick)
+    1001.0  1 forward   120  worker 0 (pid 201) 110 RSS, 10 USS (full)
+    1002.0  1 backward  150  worker 0 110 RSS (not a full tick)
+    1004.0  1 forward   130  worker 0 112 RSS, 14 USS (full)
+    1005.0  2 forward   130  worker 1 (pid 202) 110 RSS, 10 USS (full); worker 0 gone (rss 0)
+    1006.0  2 backward  160  worker 1 111 RSS, 12 USS (full)
+    1007.0  2 teardown  140
+
+The main process's USS on full ticks: 60, 70, -, 75, 75, 90, 80 MiB; PSS = USS + 20 MiB;
+statm shared = 40 MiB throughout. Workers' PSS = USS + 50 MiB, shared 100 MiB.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+COLUMNS = ("t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
+           "uss", "pss", "swap", "stage", "epoch", "step", "phase")
+
+# (t, epoch, step, phase, main rss, main uss or None, [(pid, role, rss, uss or None)])
+TICKS: list[tuple[float, int, int, str, int, int | None, list[tuple[int, str, int, int | None]]]] = [
+    (1000.0, 0, 0, "setup", 100, 60, []),
+    (1001.0, 1, 1, "forward", 120, 70, [(201, "worker 0", 110, 10)]),
+    (1002.0, 1, 2, "backward", 150, None, [(201, "worker 0", 110, None)]),
+    (1004.0, 1, 4, "forward", 130, 75, [(201, "worker 0", 112, 14)]),
+    (1005.0, 2, 1, "forward", 130, 75, [(202, "worker 1", 110, 10), (201, "worker 0", 0, None)]),
+    (1006.0, 2, 2, "backward", 160, 90, [(202, "worker 1", 111, 12)]),
+    (1007.0, 2, 3, "teardown", 140, 80, []),
+]
+
+
+def _row(t: float, pid: int, ppid: int, role: str, rss: int, uss: int | None, shared: int,
+         pss_extra: int, epoch: int, step: int, phase: str) -> list[Any]:
+    full = uss is not None
+    return [f"{t:.4f}", pid, ppid, role, rss * MiB, 2 * rss * MiB, shared * MiB, 4096, rss * MiB,
+            uss * MiB if full else "", (uss + pss_extra) * MiB if full else "",
+            0 if full else "", "train", epoch, step, phase]
+
+
+def samples_rows() -> list[list[Any]]:
+    rows = []
+    for t, epoch, step, phase, rss, uss, workers in TICKS:
+        rows.append(_row(t, 100, 0, "main", rss, uss, 40, 20, epoch, step, phase))
+        for pid, role, wrss, wuss in workers:
+            rows.append(_row(t, pid, 100, role, wrss, wuss, 100, 50, epoch, step, phase))
+    return rows
+
+
+def snapshot(label: str, epoch: int, t: float, *, other: int, count: int, main_rss: int,
+             main_uss: int, heap: int, gc: list[int]) -> dict[str, Any]:
+    return {
+        "label": label, "stage": "train", "epoch": epoch, "t": t, "pid": 100,
+        "tensor_bytes": {"parameters": 1000, "gradients": 1000, "optimizer_state": 2000,
+                         "other": other},
+        "tensor_count": count, "tensors": [],
+        "processes": [{"pid": 100, "role": "main", "rss": main_rss * MiB, "uss": main_uss * MiB,
+                       "pss": (main_uss + 20) * MiB, "shared": 40 * MiB, "swap": 0}],
+        "gc": {"counts": gc, "stats": []},
+        "maps": {"summary": {"heap": {"count": 1, "bytes": heap * MiB},
+                             "anonymous": {"count": 10, "bytes": 200 * MiB},
+                             "file": {"count": 100, "bytes": 500 * MiB}},
+                 "holding_tensors": []},
+        "memray_active": False, "cuda": None, "took_s": 0.1,
+    }
+
+
+SNAPSHOTS = [
+    snapshot("epoch-1", 1, 1004.5, other=500, count=10, main_rss=130, main_uss=75, heap=10,
+             gc=[1, 2, 3]),
+    snapshot("epoch-2", 2, 1006.5, other=700, count=14, main_rss=132, main_uss=76, heap=12,
+             gc=[4, 5, 6]),
+]
+
+EVENTS: list[dict[str, Any]] = [
+    {"t": 1000.0, "kind": "stage_start", "stage": "train", "pid": 100},
+    {"t": 1000.5, "kind": "epoch_start", "epoch": 1},
+    {"t": 1001.2, "kind": "traced_step", "epoch": 1, "step": 0, "phases": ["forward", "backward"],
+     "tensors": {"forward": {"count": 9, "bytes": 900, "peak_live_bytes": 5000, "steps": 1},
+                 "backward": {"count": 4, "bytes": 400, "peak_live_bytes": 6000, "steps": 1}}},
+    {"t": 1001.4, "kind": "traced_step", "epoch": 1, "step": 1, "phases": ["forward"],
+     "tensors": {"forward": {"count": 9, "bytes": 1100, "peak_live_bytes": 5500, "steps": 1}}},
+    {"t": 1003.0, "kind": "section_start", "section": "validate", "epoch": 1},
+    {"t": 1003.5, "kind": "section_end", "section": "validate", "epoch": 1, "steps": 3},
+    {"t": 1003.6, "kind": "metric", "name": "val_accuracy", "value": 40, "epoch": 1,
+     "correct": 4, "total": 10},
+    {"t": 1004.4, "kind": "epoch_end", "epoch": 1},
+    {"t": 1004.5, "kind": "snapshot", "label": "epoch-1", "epoch": 1, "file": "snapshots/epoch-1.json",
+     "tensor_bytes": {}},
+    {"t": 1004.6, "kind": "epoch_start", "epoch": 2},
+    {"t": 1006.4, "kind": "epoch_end", "epoch": 2},
+    {"t": 1006.5, "kind": "snapshot", "label": "epoch-2", "epoch": 2, "file": "snapshots/epoch-2.json",
+     "tensor_bytes": {}},
+    {"t": 1006.6, "kind": "metric", "name": "loss", "value": 0.5, "epoch": 2, "step": 3},
+    {"t": 1007.0, "kind": "stage_end", "stage": "train"},
+]
+
+
+def manifest(name: str = "synthetic", status: str = "ok") -> dict[str, Any]:
+    stage = {"name": "train", "status": status if status != "running" else "ok", "exit_code": 0,
+             "signal": None, "started": "2026-01-01T00:00:00.000+00:00",
+             "ended": "2026-01-01T00:00:07.000+00:00", "wall_s": 7.0,
+             "last": {"epoch": 2, "step": 3, "total": 3, "phase": "teardown"}, "message": "",
+             "sampling": None, "peak_tree_rss": 271 * MiB, "peak_main_rss": 160 * MiB}
+    m: dict[str, Any] = {
+        "manifest_version": 1, "kind": "run", "scenario_name": name,
+        "scenario": {"name": name, "stages": ["train"]}, "python": "3.11.7",
+        "versions": {"harness": "0.1.0"}, "host": "test", "platform": "linux", "cpu_count": 2,
+        "git_revision": "abc", "command_line": ["harness", "run", "x.yaml"],
+        "started": "2026-01-01T00:00:00.000+00:00", "ended": "2026-01-01T00:00:07.000+00:00",
+        "wall_s": 7.0, "status": status, "stages": [] if status == "running" else [stage],
+    }
+    return m
+
+
+def write_run(root: Path, *, name: str = "synthetic", status: str = "ok",
+              snapshots: list[dict[str, Any]] | None = None,
+              events: list[dict[str, Any]] | None = None,
+              rows: list[list[Any]] | None = None) -> Path:
+    """Write the synthetic run directory under ``root`` and return it."""
+    run = root / "run"
+    sdir = run / "stages" / "train"
+    (sdir / "snapshots").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps(manifest(name, status)), encoding="utf-8")
+    (run / "scenario.yaml").write_text(f"name: {name}\nstages: [train]\n", encoding="utf-8")
+    with open(sdir / "samples.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        w.writerows(samples_rows() if rows is None else rows)
+    with open(sdir / "events.jsonl", "w", encoding="utf-8") as fh:
+        for ev in EVENTS if events is None else events:
+            fh.write(json.dumps(ev) + "\n")
+    for snap in SNAPSHOTS if snapshots is None else snapshots:
+        (sdir / "snapshots" / f"{snap['label']}.json").write_text(json.dumps(snap), encoding="utf-8")
+    return run
+
+
+SCRIPT_FILE = "<script>alert(1)</script>"
+
+
+def write_capture(run_dir: Path, name: str = "train-e1-train") -> Path:
+    """A real memray capture whose peak is allocated in a frame from a file named ``<script>``.
+
+    Recorded in this process (Python frames only); its events go into the stage's event stream.
+    """
+    import memray
+
+    path = run_dir / "stages" / "train" / "memray" / f"{name}.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    namespace: dict[str, Any] = {}
+    exec(compile("def allocate(n):\n    return bytearray(n)\n", SCRIPT_FILE, "exec"), namespace)
+    with memray.Tracker(destination=memray.FileDestination(path, overwrite=True)):
+        kept = namespace["allocate"](4 * MiB)
+        temporary = namespace["allocate"](1 * MiB)
+        del temporary
+    del kept
+    events = run_dir / "stages" / "train" / "events.jsonl"
+    with open(events, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"t": 1001.0, "kind": "memray_start", "capture": name,
+                             "file": f"memray/{name}.bin", "epoch": 1, "step": 0,
+                             "section": None}) + "\n")
+        fh.write(json.dumps({"t": 1001.5, "kind": "memray_stop", "capture": name, "epoch": 1,
+                             "step": 30}) + "\n")
+    return path

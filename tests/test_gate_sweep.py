@@ -1,0 +1,93 @@
+"""harness sweep: the grid, its table and its plot (the runs themselves are faked here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from _gate import MiB, fake_summary
+
+from harness.errors import UsageError
+from harness.gate import render
+from harness.gate.sweep import Knob, SweepResult, grid, parse_knobs, parse_vary, run_grid
+
+
+@pytest.mark.parametrize(("text", "key", "values"), [
+    ("train.batch_size=4,16,64", "train.batch_size", ("4", "16", "64")),
+    ("data.num_workers=0", "data.num_workers", ("0",)),
+    ("data.split=[0.8,0.1,0.1],[0.6,0.2,0.2]", "data.split", ("[0.8,0.1,0.1]", "[0.6,0.2,0.2]")),
+    ("memray.mode=off, windows", "memray.mode", ("off", "windows")),
+])
+def test_parse_vary(text: str, key: str, values: tuple[str, ...]) -> None:
+    k = parse_vary(text)
+    assert (k.key, k.raw) == (key, values)
+
+
+def test_knob_values_are_read_as_yaml() -> None:
+    assert parse_vary("train.batch_size=4,16").values == (4, 16)
+    assert parse_vary("data.split=[0.8,0.1,0.1]").values == ([0.8, 0.1, 0.1],)
+
+
+@pytest.mark.parametrize(("varies", "sets", "message"), [
+    (["train.batch_size"], [], "expected KEY=V1,V2"),
+    (["=4,16"], [], "expected KEY=V1,V2"),
+    (["train batch=4"], [], "expected KEY=V1,V2"),
+    (["train.batch_size="], [], "comma-separated"),
+    (["train.batch_size=4,,16"], [], "comma-separated"),
+    (["train.batch_size=4,4"], [], "repeated"),
+    (["train.batch_size=4", "train.batch_size=8"], [], "varied twice"),
+    (["train.batch_size=4,8"], ["train.batch_size=2"], "also given with --set"),
+    (["train.lr=[1"], [], "not valid YAML"),
+    ([], [], "at least one --vary"),
+])
+def test_bad_vary_is_bad_input(varies: list[str], sets: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_knobs(varies, sets)
+
+
+def test_grid_first_knob_varies_slowest() -> None:
+    knobs = [Knob("a", ("1", "2")), Knob("b", ("x", "y", "z"))]
+    assert grid(knobs) == [["a=1", "b=x"], ["a=1", "b=y"], ["a=1", "b=z"],
+                           ["a=2", "b=x"], ["a=2", "b=y"], ["a=2", "b=z"]]
+
+
+def _fake_run(point: list[str]) -> tuple[str, str, dict[str, Any] | None, pd.DataFrame | None]:
+    knobs = dict(p.split("=") for p in point)
+    bs = int(knobs["train.batch_size"])
+    w = int(knobs.get("data.num_workers", 0))
+    procs = pd.DataFrame({"stage": ["train"] * (1 + w), "pid": list(range(1 + w)),
+                          "role": ["main"] + [f"worker {i}" for i in range(w)],
+                          "peak_rss": [700 * MiB] + [400 * MiB + bs * MiB] * w})
+    if bs == 256 and w == 2:
+        return "runs/x", "limit", None, None  # a point that was stopped
+    return (f"runs/{bs}-{w}", "ok",
+            fake_summary(main=700 * MiB + bs * MiB, tensors=bs * 75_000, workers_uss=w * bs * MiB), procs)
+
+
+def test_run_grid_tabulates_each_point_and_the_plot_is_written(tmp_path: Path) -> None:
+    knobs = parse_knobs(["train.batch_size=4,16,64,256", "data.num_workers=0,2"], [])
+    seen: list[str] = []
+    tables: list[pd.DataFrame] = []
+    df = run_grid(knobs, _fake_run, seen.append, tables.append)
+    assert len(df) == 8 and len(seen) == 8 and seen[0].startswith("harness: sweep 1/8")
+    assert [len(t) for t in tables] == list(range(1, 9))  # the CSV is rewritten after each point
+    assert list(df["train.batch_size"]) == [4, 4, 16, 16, 64, 64, 256, 256]
+    ok = df[df.status == "ok"]
+    assert ok.sort_values("train.batch_size")["peak_live_tensor_bytes"].is_monotonic_increasing
+    assert df.loc[(df["train.batch_size"] == 64) & (df["data.num_workers"] == 2), "peak_worker_rss"].item() \
+        == 464 * MiB
+    stopped = df[df.status == "limit"]
+    assert len(stopped) == 1 and pd.isna(stopped["peak_main_rss"].item())
+    png = render.sweep_plot(SweepResult("t", knobs, df), tmp_path / "sweep.png", "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = render.sweep_text(SweepResult("t", knobs, df))
+    assert "train.batch_size" in text and "limit" in text
+
+
+def test_plot_with_a_categorical_knob(tmp_path: Path) -> None:
+    knobs = parse_knobs(["memray.mode=off,windows", "train.batch_size=4"], [])
+    df = run_grid(knobs, lambda p: _fake_run([p[1]]))
+    png = render.sweep_plot(SweepResult("t", knobs, df), tmp_path / "s.png", "t")
+    assert png.stat().st_size > 1000

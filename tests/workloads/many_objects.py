@@ -1,0 +1,40 @@
+"""A dataset of many small Python objects read by 2 forked DataLoader workers: copy-on-read.
+
+Every read writes the objects' reference counts, so each worker copies the pages they live on
+while the parent, which only waits for batches, stays flat.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from harness import probe
+
+OBJECTS = 300_000
+ITEMS = 160
+
+
+class ManyObjects(Dataset[torch.Tensor]):
+    def __init__(self) -> None:
+        self.objects = [{"value": float(i), "name": f"object-{i}"} for i in range(OBJECTS)]
+
+    def __len__(self) -> int:
+        return ITEMS
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        # Every ITEMS-th object: over the epoch each worker touches nearly every page.
+        total = sum(d["value"] for d in self.objects[index::ITEMS])
+        time.sleep(0.02)  # slow enough for the sampler to watch the copies grow
+        return torch.tensor([total])
+
+
+probe.phase("setup")
+loader = DataLoader(ManyObjects(), batch_size=1, shuffle=False, num_workers=2)
+with probe.epoch(1):
+    for batch in probe.iterate(loader):
+        probe.phase("forward")
+        batch.sum()
+print("done")
