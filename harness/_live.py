@@ -204,7 +204,8 @@ class LiveProbe:
                           phase=PHASES[self._cur], **fields)
 
     def metric(self, name: str, value: float, **fields: Any) -> None:
-        self.events.write("metric", name=name, value=value, epoch=self._epoch, **fields)
+        fields.setdefault("epoch", self._epoch)
+        self.events.write("metric", name=name, value=value, **fields)
 
     # -- memray windows -------------------------------------------------------------------
     def _window_steps(self) -> tuple[int, int] | None:

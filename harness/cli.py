@@ -40,13 +40,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    _add_scenario_args(p)
+    p.add_argument("--no-report", action="store_true",
+                   help="skip writing RUN_DIR/report/ at the end (harness report does it later)")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run the scenario's stages under the harness and record memory by process, phase, epoch."""
     from harness import runner, scenario
+    from harness.errors import Interrupted, RunFailed
 
     sc = scenario.load(args.scenario, args.overrides)
     console = runner.Console(sys.stdout, quiet=args.quiet)
-    run_dir = runner.run_scenario(sc, args.reports, instrumented=True, console=console)
+    failure: RunFailed | None = None
+    try:
+        run_dir = runner.run_scenario(sc, args.reports, instrumented=True, console=console)
+    except RunFailed as exc:
+        failure = exc
+        run_dir = exc.run_dir
+    if isinstance(failure, Interrupted) or args.no_report or run_dir is None:
+        if failure is not None:
+            raise failure
+        print(f"harness: run finished: {run_dir}")
+        return 0
+    # A failed run still gets a report of what was recorded, marked incomplete.
+    from harness.report import build_report
+
+    try:
+        result = build_report(run_dir)
+    except HarnessError as exc:
+        print(f"harness: warning: no report: {exc}", file=sys.stderr)
+    else:
+        print(result.text)
+    if failure is not None:
+        raise failure
     print(f"harness: run finished: {run_dir}")
     return 0
 
@@ -163,7 +191,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": (_cmd_run, _add_scenario_args),
+    "run": (_cmd_run, _add_run_args),
     "train": (_cmd_train, _add_scenario_args),
     "report": (_cmd_report, _add_report_args),
     "check": (_cmd_check, _add_check_args),

@@ -32,8 +32,12 @@ class RunFailed(HarnessError):
 
     exit_code = 1
 
+    def __init__(self, message: str, run_dir: object = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir  # what was recorded up to the failure lives here
 
-class Interrupted(HarnessError):
+
+class Interrupted(RunFailed):
     """The user pressed Ctrl-C."""
 
     exit_code = 130

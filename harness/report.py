@@ -88,7 +88,8 @@ def _run_job(job: CaptureJob) -> tuple[list[CaptureData], list[flamegraphs.Flame
         first = records[0]
         out.append(_guarded(lambda: flamegraphs.write_temporal(
             first.reader, job.files[0].path, first.metadata, first.memory_snapshots,
-            job.temporal_out, capture=job.name, group=job.group), job, temporal=True))
+            job.temporal_out, capture=job.name, group=job.group, peak_records=len(first.peak)),
+            job, temporal=True))
     return datas, out
 
 
@@ -352,7 +353,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     links = [html.Link(
         f"{f.capture} · {f.group}{' · temporal' if f.temporal else ''}",
         html.href(str(f.path.relative_to(out))) if f.path else "",
-        f"({f.bytes / 1e6:.1f} MB)" if f.path else f.note) for f in all_flames]
+        (f"({f.bytes / 1e6:.1f} MB" + (f"; {f.note})" if f.note else ")")) if f.path else f.note)
+        for f in all_flames]
     page = html.ReportPage(
         title=f"Memory report: {run.manifest.get('scenario_name', run_dir.name)}",
         summary=summary,

@@ -353,6 +353,6 @@ def run_scenario(
         }[failure.status]
         text = f"stage {failure.name!r} {what}{_where(failure)}: {failure.message} (log: {log})"
         if failure.status == "interrupted":
-            raise Interrupted(text)
-        raise RunFailed(text)
+            raise Interrupted(text, run_dir)
+        raise RunFailed(text, run_dir)
     return run_dir

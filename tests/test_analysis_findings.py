@@ -141,3 +141,17 @@ def test_no_peak_phase_without_probe_phases() -> None:
     tk = pd.DataFrame({"stage": ["s"], "t": [1.0], "epoch": [0], "step": [0], "phase": ["none"],
                        "main_rss": [1.0], "tree_rss": [1.0]})
     assert findings.peak_phase(tk) is None
+
+
+def test_a_peak_after_the_workload_finished_is_set_apart(tmp_path: Path) -> None:
+    from _synthetic import samples_rows
+
+    # GIVEN the process shutting down, after stage_end (t 1007), at 500 MiB
+    rows = samples_rows() + [["1008.0000", 100, 0, "main", 500 * MiB, 0, 40 * MiB, 0, 0, "", "", "",
+                              "train", 2, 3, "idle"]]
+    run = load_run(write_run(tmp_path, rows=rows))
+    f = findings.peak_phase(ticks(run.samples), run)
+    assert f is not None
+    assert (f.numbers["main"]["bytes"], f.numbers["main"]["phase"]) == (160 * MiB, "backward")
+    assert f.numbers["after_workload"]["bytes"] == 500 * MiB
+    assert f.title == "The peak is in phase backward"

@@ -52,3 +52,24 @@ def test_plain_lines_when_not_a_terminal() -> None:
     c.status("train  step 2", every_s=3600)  # within the interval: not repeated
     c.line("done")
     assert out.getvalue() == "train  step 1\ndone\n"
+
+
+def test_metric_may_name_its_own_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from harness import cell as cellmod
+    from harness._live import CELL_FILE, CONFIG_FILE, LiveProbe
+    from harness.scenario import MemrayConfig, TensorsConfig
+
+    cfg = {"stage": "s", "memray": MemrayConfig(mode="off").model_dump(mode="json"),
+           "tensors": TensorsConfig(snapshots=False).model_dump(mode="json")}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    cellmod.create(tmp_path / CELL_FILE)
+    p = LiveProbe(tmp_path)
+    with p.epoch(2):
+        p.metric("loss", 1.5)
+    p.metric("loss", 1.25, epoch=7)  # as in the README's example
+    p.close()
+    metrics = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()
+               if '"metric"' in l]
+    assert [(m["value"], m["epoch"]) for m in metrics] == [(1.5, 2), (1.25, 7)]

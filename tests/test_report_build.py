@@ -29,10 +29,12 @@ def test_writes_every_file(built) -> None:  # type: ignore[no-untyped-def]
     out = run_dir / "report"
     for rel in ("report.html", "summary.json", "timeline.png", "timeline.svg",
                 "tables/phases.csv", "tables/epochs.csv", "tables/processes.csv",
-                "tables/sites.csv", "flamegraphs/train-e1-train-main.html"):
+                "tables/sites.csv", "flamegraphs/train-e1-train-main.html",
+                "flamegraphs/train-e1-train-main-temporal.html", "flamegraphs/assets/d3.min.js"):
         assert (out / rel).is_file(), rel
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(f.path is None or f.path.stat().st_size < 20_000_000 for f in result.flamegraphs)
+    assert [f.note for f in result.flamegraphs if f.path is None] == []
     assert result.complete
     assert "report" in result.text and "findings" in result.text
 

@@ -49,3 +49,14 @@ def test_flamegraph_from_the_memray_cli_and_shared_assets(tmp_path: Path) -> Non
     page = '<script src="https://cdn.jsdelivr.net/npm/plotly.js@2.11.1/dist/plotly.min.js"></script>'
     assert flamegraphs.localize(page, {"plotly.min.js"}) == '<script src="assets/plotly.min.js"></script>'
     assert json.dumps(flamegraphs.localize(page, set())) == json.dumps(page)  # unknown: left as is
+
+
+def test_largest_records_are_drawn_and_the_rest_said(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(flamegraphs, "MAX_RECORDS", 3)
+    records = [SimpleNamespace(size=s) for s in (1, 1000, 10, 100, 5000)]
+    kept, note = flamegraphs.largest(records)
+    assert [r.size for r in kept] == [5000, 1000, 100]
+    assert note == "the 2 smallest of 5 allocation sites (0.2 % of the peak's bytes) left out"
+    assert flamegraphs.largest(records[:3]) == (records[:3], "")

@@ -71,7 +71,8 @@ def test_many_python_objects_read_by_forked_workers_copy_on_read(tmp_path: Path)
 def test_report_of_a_killed_run_is_marked_incomplete(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = _run(tmp_path, "killed", "killed.py", expect=1,
-                   memray={"train_start": 0, "train_steps": 20})
+                   memray={"train_start": 0, "train_steps": 20},
+                   tensors={"trace_steps": 0, "trace_every": 0})
     assert load_run(run_dir).status == "killed"
     capsys.readouterr()
     assert cli.main(["report", str(run_dir)]) == 0

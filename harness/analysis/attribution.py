@@ -58,7 +58,8 @@ def is_workload(path: str) -> bool:
 
 # Dispatch glue that sits innermost on most torch stacks and says nothing about the caller.
 _GLUE = ("/torch/_ops.py", "/torch/nn/modules/module.py", "/torch/utils/_python_dispatch.py",
-         "/torch/_tensor.py", "/torch/overrides.py")
+         "/torch/_tensor.py", "/torch/overrides.py", "/torch/_dynamo/eval_frame.py",
+         "/torch/_compile.py", "/torch/_jit_internal.py")
 
 
 def site_frame(frames: Sequence[Frame]) -> Frame | None:

@@ -197,9 +197,18 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
     data.total_allocations = int(meta.total_allocations)
     data.snapshots = [(s.time / 1000.0, int(s.rss), int(s.heap)) for s in snaps]
     data.leaks_read = wants_leaks(win)
+    stacks: dict[int, list[Frame]] = {}
+
+    def frames(r: Any) -> list[Frame]:
+        # Records of one Python stack differ by thread, allocator or native stack: read it once.
+        got = stacks.get(r.stack_id)
+        if got is None:
+            got = stacks[r.stack_id] = r.stack_trace(MAX_FRAMES)
+        return got
+
     data.sites = aggregate_sites(
-        ((r.stack_trace(MAX_FRAMES), r.size, r.n_allocations) for r in peak),
-        ((r.stack_trace(MAX_FRAMES), r.size, r.n_allocations) for r in leaked),
+        ((frames(r), r.size, r.n_allocations) for r in peak),
+        ((frames(r), r.size, r.n_allocations) for r in leaked),
         stage=capture.stage,
         capture=capture.name,
         process=capture.role,

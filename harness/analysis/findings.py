@@ -312,41 +312,66 @@ def _instrument_near(run: Run | None, stage: str, t: float) -> list[str]:
             what = INSTRUMENT_EVENTS.get(str(e.get("kind")))
             if what and abs(float(e.get("t", 0.0)) - t) <= INSTRUMENT_NEAR_S:
                 out.append(what)
-            if e.get("kind") == "stage_end" and float(e.get("t", 0.0)) < t:
-                out.append("had closed the probe (the workload had finished; this is the "
-                           "process shutting down)")
     return list(dict.fromkeys(out))
 
 
+def _after_stage_end(run: Run | None, tk: pd.DataFrame) -> pd.Series:
+    """Ticks after their stage's ``stage_end``: the process shutting down, the workload done."""
+    after = pd.Series(False, index=tk.index)
+    if run is None:
+        return after
+    for st in run.stages:
+        ends = [float(e["t"]) for e in st.events_of("stage_end") if "t" in e]
+        if ends:
+            after |= (tk["stage"] == st.name) & (tk["t"] > min(ends))
+    return after
+
+
+def _peak(tk: pd.DataFrame, col: str) -> dict[str, Any]:
+    row = tk.loc[tk[col].idxmax()]
+    return {"bytes": float(row[col]), "stage": str(row["stage"]), "epoch": int(row["epoch"]),
+            "step": int(row["step"]), "phase": str(row["phase"]), "t": float(row["t"])}
+
+
+def _where(p: dict[str, Any]) -> str:
+    epoch = f", epoch {p['epoch']}" if p["epoch"] else ""
+    return f"phase {p['phase']} (stage {p['stage']}{epoch}, step {p['step']})"
+
+
 def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
-    """The phase (and stage, epoch, step) that holds the peak RSS of the main process and tree."""
+    """The phase (and stage, epoch, step) that holds the peak RSS of the main process and tree.
+
+    A peak after the workload finished (the process shutting down, after ``stage_end``) is
+    reported, but the phase named is that of the peak while the workload ran.
+    """
     if tk.empty or tk["main_rss"].isna().all():
         return None
-    at: dict[str, dict[str, Any]] = {}
-    for col in ("main_rss", "tree_rss"):
-        row = tk.loc[tk[col].idxmax()]
-        at[col] = {"bytes": float(row[col]), "stage": str(row["stage"]), "epoch": int(row["epoch"]),
-                   "step": int(row["step"]), "phase": str(row["phase"]), "t": float(row["t"])}
-    m = at["main_rss"]
+    after = _after_stage_end(run, tk)
+    overall = _peak(tk, "main_rss")
+    running = tk[~after].dropna(subset=["main_rss"])
+    m = _peak(running, "main_rss") if not running.empty else overall
     if m["phase"] == "none":
         return None  # a workload without probe calls has no phases to name
-    rest = tk[(tk["phase"] != m["phase"]) & (tk["stage"] == m["stage"])]["main_rss"]
+    tr = _peak(tk, "tree_rss")
+    rest = running[(running["phase"] != m["phase"]) & (running["stage"] == m["stage"])]["main_rss"]
     other_max = float(rest.max()) if not rest.empty else None
-    epoch = f", epoch {m['epoch']}" if m["epoch"] else ""
-    text = (f"The main process peaked at {mib(m['bytes'])} in phase {m['phase']} "
-            f"(stage {m['stage']}{epoch}, step {m['step']})")
+    text = f"While the workload ran, the main process peaked at {mib(m['bytes'])} in {_where(m)}"
     if other_max is not None and not math.isnan(other_max):
-        text += f", {mib(m['bytes'] - other_max)} above the largest RSS of any other phase"
-    tr = at["tree_rss"]
-    text += (f". The whole process tree peaked at {mib(tr['bytes'])} in phase {tr['phase']} "
-             f"(stage {tr['stage']}{', epoch ' + str(tr['epoch']) if tr['epoch'] else ''}).")
+        margin = m["bytes"] - other_max
+        text += (f", {mib(margin)} above the largest RSS of any other phase" if margin >= MiB
+                 else ", level (within 1 MiB) with the other phases: no phase stands out")
+    text += f". The whole process tree peaked at {mib(tr['bytes'])} in {_where(tr)}."
     near = _instrument_near(run, m["stage"], m["t"])
     if near:
-        text += (f" When the main process peaked (within {INSTRUMENT_NEAR_S:g} s), the harness "
-                 f"{' and '.join(near)}: part of this peak may not be the training's own memory.")
+        text += (f" Within {INSTRUMENT_NEAR_S:g} s of that peak the harness {' and '.join(near)}: "
+                 "part of it may be the instrument's own memory.")
+    shutdown = overall if overall["t"] != m["t"] and overall["bytes"] > m["bytes"] else None
+    if shutdown is not None:
+        text += (f" After the workload finished (stage {shutdown['stage']}'s stage_end), the "
+                 f"process shutting down reached {mib(shutdown['bytes'])}.")
     return Finding(kind="peak_phase", title=f"The peak is in phase {m['phase']}", text=text,
                    numbers={"main": m, "tree": tr, "main_other_phases_max": other_max,
-                            "harness_actions_near_peak": near})
+                            "harness_actions_near_peak": near, "after_workload": shutdown})
 
 
 def all_findings(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Finding]:

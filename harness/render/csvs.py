@@ -14,6 +14,6 @@ def write_tables(tables: dict[str, pd.DataFrame], directory: Path) -> dict[str, 
     for name, df in tables.items():
         path = directory / f"{name}.csv"
         # The epoch table's metric names are its index; the others' index means nothing.
-        df.to_csv(path, index=df.index.name is not None, float_format="%.6g")
+        df.to_csv(path, index=df.index.name is not None, float_format="%.12g")
         out[name] = path
     return out

@@ -30,6 +30,11 @@ ASSETS_DIR = "assets"  # next to the flamegraphs: the scripts they share, copied
 _CDN = re.compile(r'https://cdn\.jsdelivr\.net/npm/[^"\s]+/([A-Za-z0-9_.-]+\.(?:js|css))')
 # A temporal flamegraph's HTML grows with the capture; past this input size do not try one.
 TEMPORAL_MAX_CAPTURE_BYTES = 4 * 1000 * 1000
+# memray's reporter walks every frame of every record in Python: a capture full of imports (tens
+# of thousands of distinct, 100-frame-deep stacks) takes a minute. Past these, draw the largest.
+MAX_RECORDS = 5000  # records in a peak flamegraph (the smallest beyond are left out, and said)
+KEEP_BYTES_SHARE = 0.995  # ... once the kept ones hold this share of the peak's bytes
+TEMPORAL_MAX_RECORDS = 5000  # peak records past which a temporal flamegraph is declined
 
 
 @dataclass(frozen=True)
@@ -114,22 +119,46 @@ def _check_size(path: Path, capture: str, group: str, temporal: bool) -> Flamegr
     return Flamegraph(capture, group, temporal, path, size)
 
 
+def largest(records: Sequence[Any]) -> tuple[list[Any], str]:
+    """The records worth drawing: the largest, up to MAX_RECORDS or KEEP_BYTES_SHARE of the bytes."""
+    if len(records) <= MAX_RECORDS:
+        return list(records), ""
+    ordered = sorted(records, key=lambda r: r.size, reverse=True)
+    total = sum(r.size for r in ordered) or 1
+    kept, acc = [], 0
+    for r in ordered:
+        if len(kept) >= MAX_RECORDS or acc >= KEEP_BYTES_SHARE * total:
+            break
+        kept.append(r)
+        acc += r.size
+    left = len(ordered) - len(kept)
+    return kept, (f"the {left:,} smallest of {len(ordered):,} allocation sites "
+                  f"({100 * (total - acc) / total:.1f} % of the peak's bytes) left out")
+
+
 def write_peak(records: Sequence[Any], memory_snapshots: Sequence[Any], metadata: Any,
                out: Path, *, capture: str, group: str) -> Flamegraph:
     """The peak-memory flamegraph of ``records`` (memray AllocationRecords, one or more files)."""
     from memray.reporters.flamegraph import FlameGraphReporter
 
+    kept, note = largest(records)
     reporter = FlameGraphReporter.from_snapshot(
-        [FullStack(r) for r in records], memory_records=memory_snapshots, native_traces=False,
+        [FullStack(r) for r in kept], memory_records=memory_snapshots, native_traces=False,
         merge_threads=True, inverted=False,
     )
     _render(reporter, metadata, out)
-    return _check_size(out, capture, group, temporal=False)
+    result = _check_size(out, capture, group, temporal=False)
+    return result if result.path is None or not note else Flamegraph(
+        capture, group, False, result.path, result.bytes, note)
 
 
 def write_temporal(reader: Any, capture_path: Path, metadata: Any, memory_snapshots: Sequence[Any],
-                   out: Path, *, capture: str, group: str) -> Flamegraph:
+                   out: Path, *, capture: str, group: str, peak_records: int = 0) -> Flamegraph:
     """The temporal flamegraph of one capture, when the capture is small enough to allow it."""
+    if peak_records > TEMPORAL_MAX_RECORDS:
+        return Flamegraph(capture, group, True, None, 0,
+                          f"declined: {peak_records:,} distinct allocation sites at the peak (over "
+                          f"{TEMPORAL_MAX_RECORDS:,}) would take memray minutes to draw over time")
     size = capture_path.stat().st_size
     if size > TEMPORAL_MAX_CAPTURE_BYTES:
         return Flamegraph(capture, group, True, None, 0,
@@ -139,8 +168,10 @@ def write_temporal(reader: Any, capture_path: Path, metadata: Any, memory_snapsh
     from memray.reporters.flamegraph import FlameGraphReporter
 
     records, hwms = reader.get_temporal_high_water_mark_allocation_records(merge_threads=True)
+    # Not wrapped in FullStack: memray's temporal reporter insists on its own record type, so
+    # these stacks start where the capture opened.
     reporter = FlameGraphReporter.from_temporal_snapshot(
-        [FullStack(r) for r in records], memory_records=memory_snapshots, native_traces=False,
+        records, memory_records=memory_snapshots, native_traces=False,
         high_water_mark_by_snapshot=hwms, inverted=False,
     )
     _render(reporter, metadata, out)
