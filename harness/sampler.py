@@ -125,7 +125,8 @@ class TreeSampler(threading.Thread):
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             return None
 
-    def _role(self, pid: int, ppid: int) -> str:
+    def _role(self, pid: int, ppid: int) -> str | None:
+        """main, worker N or child; None while it cannot be told (a process already exiting)."""
         if pid == self.root:
             return "main"
         role = self._roles.get(pid)
@@ -136,7 +137,10 @@ class TreeSampler(threading.Thread):
             if ppid == self.root:
                 if self._main_cmdline is None:
                     self._main_cmdline = self._cmdline(self.root)
-                if self._cmdline(pid) == self._main_cmdline:
+                cmdline = self._cmdline(pid)
+                if not cmdline:  # exiting (or a zombie): its command line is gone
+                    return None
+                if cmdline == self._main_cmdline:
                     used = set(self._worker_slots.values())
                     slot = next(i for i in range(len(used) + 1) if i not in used)
                     self._worker_slots[pid] = slot
@@ -208,8 +212,10 @@ class TreeSampler(threading.Thread):
                 continue
             if mem.rss == 0:  # a zombie waiting to be reaped: nothing left to measure
                 continue
-            alive.add(pid)
             role = self._role(pid, ppid)
+            if role is None:
+                continue
+            alive.add(pid)
             self.stats.roles[pid] = role
             writer.writerow((
                 f"{t:.4f}", pid, ppid, role, mem.rss, mem.vms, mem.shared, mem.text, mem.data,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.analysis.attribution import describe, phase_of, short_path, site_frame, workload_frame
+
+import harness
+
+HARNESS = str(Path(harness.__file__).resolve().parent)  # wherever this checkout is
 
 SP = "/venv/lib/python3.11/site-packages"
 SCRIPT = ("<module>", "/work/train.py", 12)
@@ -22,7 +28,7 @@ SCRIPT = ("<module>", "/work/train.py", 12)
         ([("_conv_forward", f"{SP}/torch/nn/modules/conv.py", 1), SCRIPT], None, "main", "forward"),
         ([("rebuild_storage_fd", f"{SP}/torch/multiprocessing/reductions.py", 1),
           ("__next__", f"{SP}/torch/utils/data/dataloader.py", 2), SCRIPT], None, "main", "data"),
-        ([("take", "/work/main/harness/snapshot.py", 1)], None, "main", "harness"),
+        ([("take", f"{HARNESS}/snapshot.py", 1)], None, "main", "harness"),
         ([("anything", f"{SP}/PIL/Image.py", 1)], None, "worker", "data"),
         ([("_conv_forward", f"{SP}/torch/nn/modules/conv.py", 1)], "validate", "main", "validate"),
         ([("f", "/work/x.py", 1)], "test", "worker", "test"),
@@ -44,7 +50,7 @@ def test_phase_from_the_workload_line(tmp_path) -> None:  # type: ignore[no-unty
 
 def test_site_skips_dispatch_glue_and_workload_frame_skips_libraries() -> None:
     frames = [("__call__", f"{SP}/torch/_ops.py", 1),
-              ("__torch_dispatch__", "/work/main/harness/tensors.py", 2),
+              ("__torch_dispatch__", f"{HARNESS}/tensors.py", 2),
               ("_conv_forward", f"{SP}/torch/nn/modules/conv.py", 3),
               ("_call_impl", f"{SP}/torch/nn/modules/module.py", 4), SCRIPT]
     assert describe(site_frame(frames)) == "_conv_forward (torch/nn/modules/conv.py:3)"
