@@ -26,6 +26,7 @@ def machine() -> dict[str, Any]:
         "memray": metadata.version("memray"),
         "psutil": metadata.version("psutil"),
         "load_avg_at_start": os.getloadavg(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
     }
 
 
@@ -63,6 +64,8 @@ def harness_cmd(*args: str) -> list[str]:
 
 def run_dir_from(output: str) -> Path:
     for line in output.splitlines():
-        if line.startswith("harness: run directory "):
-            return REPO / line.removeprefix("harness: run directory ").strip()
+        for prefix in ("harness: run directory ", "harness: run finished: ",
+                       "harness: bare run finished: "):
+            if line.startswith(prefix):
+                return REPO / line.removeprefix(prefix).strip()
     raise RuntimeError("no run directory in the harness output")

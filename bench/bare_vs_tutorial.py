@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import REPO, harness_cmd, machine, table, timed, write_result
+from _common import REPO, harness_cmd, machine, run_dir_from, table, timed, write_result
 
 
 def main() -> int:
@@ -36,6 +36,8 @@ def main() -> int:
             wall, out = timed(cmd, cwd=tut_cwd)
         else:
             wall, out = timed(harness_cmd("train", args.scenario, "--quiet"))
+            logs = sorted(run_dir_from(out).glob("stages/*/log.txt"))
+            out += "".join(p.read_text(encoding="utf-8") for p in logs)
         times[who].append(wall)
         acc = re.findall(r"Accuracy of the network on the \d+ test images: (\d+) %", out)
         loss = re.findall(r"\[1,  2000\] loss: ([\d.]+)", out)

@@ -177,7 +177,11 @@ class LiveProbe:
         self._cell.step = 0
         opened = False
         key = {"validate": "validation"}.get(name, name)
-        if self.memray_cfg["mode"] == "windows" and self.memray_cfg.get(key, False):
+        wanted = bool(self.memray_cfg.get(key, False))
+        if name == "validate":
+            epochs = self.memray_cfg.get("validation_epochs")
+            wanted = wanted and (epochs is None or self._epoch in epochs)
+        if self.memray_cfg["mode"] == "windows" and wanted:
             suffix = f"e{self._epoch}-{name}" if self._epoch else name
             opened = self._memray_start(f"{self.stage}-{suffix}")
         try:

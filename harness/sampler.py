@@ -166,7 +166,7 @@ class TreeSampler(threading.Thread):
             except OSError:
                 cell = None
         self.stats.started = time.time()
-        next_full = 0.0
+        next_full = time.monotonic()  # the first tick is a full one
         with open(self.csv_path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(COLUMNS)
@@ -175,7 +175,9 @@ class TreeSampler(threading.Thread):
                 tick_start = time.monotonic()
                 full = tick_start >= next_full
                 if full:
-                    next_full = tick_start + self.full_interval
+                    # Scheduled from the last due time, not from this tick, so the achieved rate
+                    # does not drift below full_hz by a fraction of a fast tick each time.
+                    next_full = max(next_full + self.full_interval, tick_start)
                 self._tick(writer, cell, full)
                 now = time.monotonic()
                 self.stats.max_tick_s = max(self.stats.max_tick_s, now - tick_start)

@@ -86,7 +86,10 @@ class MemrayConfig(_Section):
     # loader's start, so its forked workers are tracked for the whole epoch)
     train_steps: int = Field(300, ge=0)  # tracked training steps per epoch (0: none)
     epochs: tuple[int, ...] | None = None  # 1-based epochs with a training window (None: all)
-    validation: bool = True  # track each validation pass (its workers included)
+    validation: bool = True  # track validation passes (their workers included)
+    # epochs whose validation pass is tracked (None: all); the passes run the same code, and
+    # each costs about as much as it tracks, so one is the default
+    validation_epochs: tuple[int, ...] | None = (1,)
     test: bool = True  # track the test stage
 
     @field_validator("mode", mode="before")
@@ -98,8 +101,10 @@ class MemrayConfig(_Section):
 class SamplingConfig(_Section):
     """psutil sampling of the stage's process tree, in the harness process."""
 
-    rss_hz: float = Field(50.0, ge=1, le=1000)  # RSS and /proc/<pid>/statm
-    full_hz: float = Field(2.0, gt=0, le=50)  # USS, PSS, swap via smaps_rollup (~8 ms a call)
+    rss_hz: float = Field(25.0, ge=1, le=1000)  # RSS and /proc/<pid>/statm (~0.2 ms a process)
+    # USS, PSS, swap via smaps_rollup: the kernel walks every page table, 10-30 ms a call for
+    # an 800 MB process, so this is the sampler's main cost on a busy machine
+    full_hz: float = Field(1.0, gt=0, le=50)
 
 
 class TensorsConfig(_Section):

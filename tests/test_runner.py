@@ -93,6 +93,8 @@ def test_memray_windows_capture_main_and_workers(smoke_run: Path) -> None:
     mem = smoke_run / "stages/train/memray"
     names = sorted(p.name for p in mem.iterdir())
     assert "train-e1-train.bin" in names and "train-e1-validate.bin" in names
+    assert "train-e2-train.bin" in names
+    assert "train-e2-validate.bin" not in names  # memray.validation_epochs defaults to [1]
     workers = [n for n in names if n.startswith("train-e1-train.bin.")]
     assert len(workers) == 2  # smoke opens its window at step 0: the forked workers are followed
     reader = memray.FileReader(mem / "train-e1-train.bin")
