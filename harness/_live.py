@@ -262,18 +262,10 @@ class LiveProbe:
         return lambda step: step < first or (every > 0 and step % every == 0)
 
     def _trace_begin(self) -> None:
-        from harness.tensors import AllocationTracer
+        from harness.tensors import AllocationTracer, watched
 
         tracer = AllocationTracer()
-        if self._model is not None:
-            import torch
-
-            seeds: list[torch.Tensor] = list(self._model.parameters())
-            seeds += [p.grad for p in self._model.parameters() if p.grad is not None]
-            if self._optimizer is not None:
-                for state in self._optimizer.state.values():
-                    seeds += [v for v in state.values() if isinstance(v, torch.Tensor)]
-            tracer.seed(seeds)
+        tracer.seed([t for _, _, t in watched(self._model, self._optimizer)])
         tracer.__enter__()
         self._tracer = tracer
         if self._cuda:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,26 +58,31 @@ def _record(category: str, name: str, t: torch.Tensor) -> TensorRecord:
     )
 
 
-def watched_tensors(
+def watched(
     model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
-) -> list[TensorRecord]:
-    """Parameters, their gradients and the optimizer's state, named after the parameters."""
-    records: list[TensorRecord] = []
+) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """(category, name, tensor) for parameters, their gradients and the optimizer's state."""
     names: dict[int, str] = {}
     if model is not None:
         for name, p in model.named_parameters():
             names[id(p)] = name
-            records.append(_record("parameters", name, p))
+            yield "parameters", name, p
             if p.grad is not None:
-                records.append(_record("gradients", f"{name}.grad", p.grad))
+                yield "gradients", f"{name}.grad", p.grad
     if optimizer is not None:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 pname = names.get(id(p), f"param@{p.data_ptr():#x}")
                 for key, value in optimizer.state.get(p, {}).items():
                     if isinstance(value, torch.Tensor) and value.numel() > 0:
-                        records.append(_record("optimizer_state", f"{pname}.{key}", value))
-    return records
+                        yield "optimizer_state", f"{pname}.{key}", value
+
+
+def watched_tensors(
+    model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
+) -> list[TensorRecord]:
+    """Records of the watched tensors, named after the parameters."""
+    return [_record(c, n, t) for c, n, t in watched(model, optimizer)]
 
 
 def census(
@@ -155,12 +161,16 @@ class AllocationTracer(TorchDispatchMode):
         for t in tensors:
             self._track(t.untyped_storage())
 
-    def set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self.order.append(phase)
+    def _stats(self, phase: str) -> PhaseAllocations:
         stats = self.by_phase.get(phase)
         if stats is None:
             stats = self.by_phase[phase] = PhaseAllocations()
+        return stats
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.order.append(phase)
+        stats = self._stats(phase)
         stats.steps += 1
         if self.live_bytes > stats.peak_live_bytes:
             stats.peak_live_bytes = self.live_bytes
@@ -184,9 +194,7 @@ class AllocationTracer(TorchDispatchMode):
             n = self._track(t.untyped_storage())
             if n:
                 if stats is None:
-                    stats = self.by_phase.get(self.phase)
-                    if stats is None:
-                        stats = self.by_phase[self.phase] = PhaseAllocations()
+                    stats = self._stats(self.phase)
                 stats.count += 1
                 stats.bytes += n
                 if self.live_bytes > stats.peak_live_bytes:

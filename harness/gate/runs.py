@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 
 from harness import rundir
-from harness.errors import ScenarioError, UsageError
+from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
 from harness.scenario import BudgetsConfig, Scenario, from_dict
 
@@ -53,15 +53,20 @@ def summary(run_dir: Path, *, refresh: bool = False) -> dict[str, Any]:
     return data
 
 
+def _read_yaml(path: Path, error: type[HarnessError], missing: str) -> Any:
+    """Safe-load a YAML file; a missing or unreadable one raises ``error`` in one line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"{path}: cannot read: {exc.__class__.__name__}") from None
+
+
 def run_scenario(run_dir: Path) -> Scenario:
     """The resolved scenario a run was made with (its ``scenario.yaml``)."""
     path = Path(run_dir) / rundir.SCENARIO
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file (not a run directory?)") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    raw = _read_yaml(path, UsageError, "no such file (not a run directory?)")
     return from_dict(raw, str(path))
 
 
@@ -71,12 +76,7 @@ def budgets_from(path: Path) -> BudgetsConfig:
     Its data need not be reachable: only the budgets are read.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+    raw = _read_yaml(path, ScenarioError, "no such scenario file")
     return from_dict(raw, str(path), path.resolve().parent).budgets
 
 
