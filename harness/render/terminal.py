@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.sizes import format_size
+
 MiB = 1024 * 1024
 
 
@@ -40,7 +42,7 @@ def summary_text(summary: dict[str, Any], report_html: Path) -> str:
     if peaks["heap"]:
         extra.append(f"memray heap {_mib(peaks['heap']['bytes'])} ({peaks['heap']['capture']})")
     if peaks["live_tensor_bytes"]:
-        extra.append(f"live tensors {_mib(peaks['live_tensor_bytes']['bytes'])}")
+        extra.append(f"live tensors {format_size(peaks['live_tensor_bytes']['bytes'])}")
     if extra:
         lines.append("  peak       " + ", ".join(extra))
     final = summary["metrics"]["final"]
