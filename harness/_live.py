@@ -51,8 +51,10 @@ class LiveProbe:
         self.tensors_cfg: dict[str, Any] = cfg["tensors"]
         self.cuda_cfg: dict[str, Any] = cfg.get("cuda") or {}
         self._cuda = self.device.startswith("cuda")
-        self._cuda_step: dict[str, dict[str, Any]] = {}  # this traced step: phase -> reading
+        self._cuda_step: dict[str, dict[str, Any]] = {}  # this device step: phase -> reading
         self._cuda_epoch: dict[str, dict[str, Any]] = {}  # this epoch: phase -> peaks
+        self._cuda_steps = 0  # device steps this epoch
+        self._cuda_on = False  # a device step is running: read the device at each phase's end
         self._cuda_history = False
         self._cuda_every = int(self.cuda_cfg.get("sample_every", 25))
         self.events = EventWriter(self.dir / EVENTS_FILE)
@@ -89,14 +91,10 @@ class LiveProbe:
         self._t = now
         self._cur = code
         self._cell.phase = code
-        if self._tracer is not None:
-            self._traced_phase(prev, name)
-
-    def _traced_phase(self, prev: int, name: str) -> None:
-        """On a traced step: close the previous phase's device-memory window, open the next."""
-        if self._cuda and self._tracer.order:  # the step's first phase closes nothing
+        if self._cuda_on:
             self._cuda_reading(PHASES[prev])
-        self._tracer.set_phase(name)
+        if self._tracer is not None:
+            self._tracer.set_phase(name)
 
     def iterate(self, loader: Iterable[T], limit: int | None = None) -> Iterator[T]:
         training = self._section is None
@@ -121,31 +119,37 @@ class LiveProbe:
                 if step == limit:
                     break
                 if training:
-                    if trace is not None and trace(step):
+                    traced = trace is not None and trace(step)
+                    if traced:
                         self._trace_begin()
                     if window is not None and step == window[0] and self._tracker is None:
                         self._memray_start(f"{self.stage}-e{self._epoch}-train")
                     self.phase("data")
+                    if self._cuda and (traced or step % self._cuda_every == 0):
+                        self._cuda_begin()  # after phase(): the step's first phase closes nothing
                 try:
                     batch = next(it)
                 except StopIteration:
+                    self._cuda_on = False  # no step after all: nothing to read
                     break
                 yield batch
                 step += 1
                 cell.step = step
                 cell.heartbeat += 1
-                if self._cuda and step % self._cuda_every == 0:
-                    self._cuda_cell()
                 if training:
                     if self._cuda:
                         self._cuda_history_window(step)
                     if self._tracer is not None:
                         self._trace_end()
+                    if self._cuda_on:
+                        self._cuda_end()
                     if window is not None and step == window[1]:
                         self._memray_stop()
         finally:
             if self._tracer is not None:
                 self._trace_end()
+            if self._cuda_on:
+                self._cuda_end()
             if self._cuda_history:  # the loop ended inside the history window
                 self._cuda_history_window(step, end=True)
             if training and window is not None and self._tracker_name is not None:
@@ -184,9 +188,15 @@ class LiveProbe:
         if self.memray_cfg["mode"] == "windows" and wanted:
             suffix = f"e{self._epoch}-{name}" if self._epoch else name
             opened = self._memray_start(f"{self.stage}-{suffix}")
+        if self._cuda:  # the section is one device window with its own peak
+            from harness import cuda
+
+            cuda.reset_phase_peak(self.device)
         try:
             yield
         finally:
+            if self._cuda:
+                self._cuda_reading(name)
             if opened:
                 self._memray_stop()
             self.events.write("section_end", section=name, epoch=self._epoch, steps=self._cell.step)
@@ -268,16 +278,11 @@ class LiveProbe:
         tracer.seed([t for _, _, t in watched(self._model, self._optimizer)])
         tracer.__enter__()
         self._tracer = tracer
-        if self._cuda:
-            from harness import cuda
-
-            self._cuda_step = {}
-            cuda.reset_phase_peak(self.device)
 
     def _trace_end(self) -> None:
         tracer = self._tracer
-        if self._cuda:
-            self._cuda_reading(tracer.phase)
+        if self._cuda_on:  # the step's last phase, read before the event that carries it
+            self._cuda_end()
         self._tracer = None
         tracer.__exit__(None, None, None)
         self._traced_steps += 1
@@ -296,28 +301,38 @@ class LiveProbe:
             acc["peak_live_bytes"] = max(acc["peak_live_bytes"], stats["peak_live_bytes"])
 
     # -- CUDA -----------------------------------------------------------------------------
+    # A device step (every ``cuda.sample_every``-th training step, and every traced one) reads
+    # the device at the end of each phase with the peak reset when the phase began, so each
+    # phase has its own peak; a validation or test section is one window of its own.
+    def _cuda_begin(self) -> None:
+        from harness import cuda
+
+        self._cuda_step = {}
+        cuda.reset_phase_peak(self.device)
+        self._cuda_on = True
+
+    def _cuda_end(self) -> None:
+        """Close a device step: read the phase running now, its last."""
+        self._cuda_reading(PHASES[self._cur])
+        self._cuda_on = False
+        self._cuda_steps += 1
+
     def _cuda_reading(self, phase: str) -> None:
         """Device memory at the end of ``phase`` with the peak since it began; resets the peak."""
         from harness import cuda
 
-        reading = cuda.device_sample(self.device)
+        reading = cuda.device_sample(self.device, driver=False)
         cuda.reset_phase_peak(self.device)
         self._cuda_step[phase] = reading
         self._cell.cuda_allocated = reading["allocated"]
         self._cell.cuda_reserved = reading["reserved"]
-        acc = self._cuda_epoch.setdefault(phase, {"peak_allocated": 0, "peak_reserved": 0})
+        acc = self._cuda_epoch.setdefault(phase, {"readings": 0, "peak_allocated": 0,
+                                                  "peak_reserved": 0})
+        acc["readings"] += 1
         acc["peak_allocated"] = max(acc["peak_allocated"], reading["peak_allocated"])
         acc["peak_reserved"] = max(acc["peak_reserved"], reading["peak_reserved"])
-        acc["retries"] = reading["retries"]
-        acc["ooms"] = reading["ooms"]
-
-    def _cuda_cell(self) -> None:
-        """Refresh the cell's device-memory slots for the sampler's timeline (every few steps)."""
-        import torch
-
-        dev = torch.device(self.device)
-        self._cell.cuda_allocated = torch.cuda.memory_allocated(dev)
-        self._cell.cuda_reserved = torch.cuda.memory_reserved(dev)
+        for key in ("allocated", "reserved", "inactive_split", "retries", "ooms"):
+            acc[key] = reading[key]  # the latest: the allocator's counters only grow
 
     def _cuda_history_window(self, step: int, end: bool = False) -> None:
         cfg = self.cuda_cfg
@@ -358,9 +373,10 @@ class LiveProbe:
             transitions=counts,
             tensors=self._tracer_stats,
             traced_steps=self._traced_steps,
-            **({"cuda": self._cuda_epoch} if self._cuda else {}),
+            **({"cuda": self._cuda_epoch, "cuda_steps": self._cuda_steps} if self._cuda else {}),
         )
         self._cuda_epoch = {}
+        self._cuda_steps = 0
         self._seconds = [0.0] * len(PHASES)
         self._counts = [0] * len(PHASES)
         self._tracer_stats = {}

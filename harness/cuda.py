@@ -641,18 +641,18 @@ def _cuda(device: str) -> torch.device:
     return torch.device(device)
 
 
-def device_sample(device: str) -> dict[str, Any]:
+def device_sample(device: str, *, driver: bool = True) -> dict[str, Any]:
     """Live allocator figures and the driver's free/total for ``device`` (wall clock ``t``).
 
-    One ``memory_stats()`` call (``memory_allocated()`` and friends each make their own) plus
-    one ``cudaMemGetInfo``; neither synchronises the device.
+    One ``memory_stats()`` call (``memory_allocated()`` and friends each make their own) plus,
+    with ``driver``, one ``cudaMemGetInfo``; neither synchronises the device. Without
+    ``driver`` (the probe's per-phase readings) the two device fields are left out.
     """
     import torch
 
     dev = _cuda(device)
     stats = parse_memory_stats(torch.cuda.memory_stats(dev))
-    free, total = torch.cuda.mem_get_info(dev)
-    return {
+    reading = {
         "t": time.time(),
         "allocated": stats.allocated,
         "reserved": stats.reserved,
@@ -662,9 +662,12 @@ def device_sample(device: str) -> dict[str, Any]:
         "inactive_split": stats.inactive_split,
         "retries": stats.num_alloc_retries,
         "ooms": stats.num_ooms,
-        "device_free": int(free),
-        "device_total": int(total),
     }
+    if driver:
+        free, total = torch.cuda.mem_get_info(dev)
+        reading["device_free"] = int(free)
+        reading["device_total"] = int(total)
+    return reading
 
 
 def reset_phase_peak(device: str) -> None:

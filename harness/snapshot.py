@@ -109,9 +109,11 @@ def cuda_stats(device: str) -> dict[str, Any] | None:
 
     if not torch.cuda.is_available():
         return None
+    dev = torch.device(device)
     return {
         **cuda.device_sample(device),
-        "stats": cuda.parse_memory_stats(torch.cuda.memory_stats(torch.device(device))).to_dict(),
+        "name": torch.cuda.get_device_name(dev),
+        "stats": cuda.parse_memory_stats(torch.cuda.memory_stats(dev)).to_dict(),
         "host": cuda.host_sample(),
     }
 

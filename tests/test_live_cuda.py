@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from harness import cell as cellmod
 from harness import cuda
@@ -38,7 +37,7 @@ class FakeDevice:
         self.resets = 0
         self.history: list[str] = []
 
-    def sample(self, device: str) -> dict[str, Any]:
+    def sample(self, device: str, driver: bool = True) -> dict[str, Any]:
         alloc, peak = PHASE_FIGURES[self.phase]
         return {"t": 0.0, "allocated": alloc, "reserved": 80 * MB, "peak_allocated": peak,
                 "peak_reserved": 80 * MB, "active": alloc, "inactive_split": 0, "retries": 0,
@@ -61,8 +60,6 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeDevice:
     monkeypatch.setattr(cuda, "reset_phase_peak", dev.reset)
     monkeypatch.setattr(cuda, "start_history", lambda **kw: dev.history.append("start"))
     monkeypatch.setattr(cuda, "dump_history", dev.dump)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 12 * MB)
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 34 * MB)
     return dev
 
 
@@ -78,7 +75,7 @@ def _probe(tmp_path: Path) -> LiveProbe:
     return LiveProbe(tmp_path)
 
 
-def test_per_phase_device_readings_on_traced_steps(tmp_path: Path, fake: FakeDevice) -> None:
+def test_per_phase_device_readings_on_device_steps(tmp_path: Path, fake: FakeDevice) -> None:
     p = _probe(tmp_path)
     with p.epoch(1):
         for _ in p.iterate(range(6)):
@@ -88,6 +85,10 @@ def test_per_phase_device_readings_on_traced_steps(tmp_path: Path, fake: FakeDev
                 p.phase(phase)
                 ending = phase
             fake.phase = "optimizer"
+        fake.phase = "data"  # validation: the section's own window
+        with p.section("validate"):
+            for _ in p.iterate(range(3)):
+                pass
     p.close()
     events = read_events(tmp_path)
     traced = [e for e in events if e["kind"] == "traced_step"]
@@ -97,14 +98,23 @@ def test_per_phase_device_readings_on_traced_steps(tmp_path: Path, fake: FakeDev
     assert readings["backward"]["peak_allocated"] == 75 * MB
     assert readings["forward"]["allocated"] == 70 * MB
     totals = next(e for e in events if e["kind"] == "phase_totals" and e["span"] == "epoch")
+    # device steps: 0 and 1 (traced), 3 (every 3rd); step 6 never came (the loader ended)
+    assert totals["cuda_steps"] == 3
     assert totals["cuda"]["backward"]["peak_allocated"] == 75 * MB
+    assert totals["cuda"]["backward"]["readings"] == 3
     assert totals["cuda"]["data"]["peak_allocated"] == 69 * MB
-    # one reset when each traced step begins, one after each of its 5 readings
-    assert fake.resets == 2 * (1 + 5)
+    assert totals["cuda"]["optimizer"]["allocated"] == 68 * MB
+    assert totals["cuda"]["validate"] == {
+        "readings": 1, "peak_allocated": 69 * MB, "peak_reserved": 80 * MB, "allocated": 68 * MB,
+        "reserved": 80 * MB, "inactive_split": 0, "retries": 0, "ooms": 0}
+    # per device step: one reset when it begins, one after each of its 5 readings; one for step
+    # 6, begun before the loader said it had no more; the section's at its start and its end
+    assert fake.resets == 3 * (1 + 5) + 1 + 2
     hist = [e for e in events if e["kind"] == "cuda_history"]
     assert fake.history == ["start", "dump"] and hist[0]["start"] == 2 and hist[0]["stop"] == 5
     assert (tmp_path / hist[0]["file"]).exists()
     reader = cellmod.CellReader(tmp_path / CELL_FILE)
     state = reader.read()
     assert state is not None
-    assert (state.cuda_allocated, state.cuda_reserved) == (12 * MB, 34 * MB)  # step 6 refresh
+    # the section's reading was the last to write the cell's device slots
+    assert (state.cuda_allocated, state.cuda_reserved) == (68 * MB, 80 * MB)
