@@ -35,7 +35,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     sc = scenario.load(args.scenario, args.overrides)
     console = runner.Console(sys.stdout, quiet=args.quiet)
-    run_dir = runner.run_scenario(sc, args.reports, instrumented=False, console=console)
+    run_dir = runner.run_scenario(sc, args.reports, instrumented=False, console=console,
+                                   source=str(args.scenario))
     print(f"harness: bare run finished: {run_dir}")
     return 0
 
@@ -55,7 +56,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     console = runner.Console(sys.stdout, quiet=args.quiet)
     failure: RunFailed | None = None
     try:
-        run_dir = runner.run_scenario(sc, args.reports, instrumented=True, console=console)
+        run_dir = runner.run_scenario(sc, args.reports, instrumented=True, console=console,
+                                       source=str(args.scenario))
     except RunFailed as exc:
         failure = exc
         run_dir = exc.run_dir

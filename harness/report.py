@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.analysis import device
 from harness.analysis import findings as findings_mod
 from harness.analysis import tables
 from harness.analysis.captures import CaptureData, Window, read_capture, windows
@@ -259,6 +260,12 @@ TABLE_TITLES = {
     "processes": ("By process",
                   "Every process the sampler saw; USS is the process's private memory, PSS its "
                   "share of the pages it shares (so workers' copies show apart from the parent)."),
+    "cuda": ("Device memory by stage, epoch and phase (CUDA)",
+             "From the probe's device steps (every cuda.sample_every-th training step and every "
+             "traced one): each phase's own peak (the allocator's peak counter reset when the "
+             "phase began), allocated/reserved/inactive-split at the phase's end on the last "
+             "device step, and the allocator's running counts of retries and OOMs. A validation "
+             "or test section is one reading."),
     "sites": ("Top allocation sites (memray)",
               "Per capture and process group (workers merged): bytes live at the capture's peak, "
               "and bytes allocated in the window and still live when it closed (leaked). Phase "
@@ -326,6 +333,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
         phase_df = tables.phase_table(run, tk)
         epoch_df = tables.epoch_table(run)
         process_df = tables.process_table(run)
+        device_df = device.phase_table(run)
+        history = device.history_windows(run)
         lap("tables")
         datas, flames = reading.collect()
     finally:
@@ -333,13 +342,16 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     datas = _order_captures(run, datas)
     lap("captures")
     sites_df = tables.sites_table(datas)
-    found = findings_mod.all_findings(run, tk, datas)
-    summary = jsonable(build_summary(run, tk, phase_df, datas, found))
+    found = findings_mod.all_findings(run, tk, datas) + device.findings(run, device_df)
+    summary = jsonable(build_summary(run, tk, phase_df, datas, found,
+                                     device.summary_section(run, history)))
     lap("findings")
 
-    table_paths = csvs.write_tables(
-        {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df},
-        out / "tables")
+    named = {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df}
+    if not device_df.empty:
+        named = {"phases": phase_df, "cuda": device_df, **{k: v for k, v in named.items()
+                                                          if k != "phases"}}
+    table_paths = csvs.write_tables(named, out / "tables")
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     png = svg = None
@@ -363,8 +375,14 @@ def build_report(run_dir: Path, *, processes: int | None = None,
         timeline_svg=html.href(svg.name) if svg else None,
         tables=[html.html_table(name, *TABLE_TITLES[name], df, html.href(f"tables/{name}.csv"),
                                 index=name == "epochs")
-                for name, df in (("phases", phase_df), ("epochs", epoch_df),
-                                 ("processes", process_df), ("sites", sites_df))],
+                for name, df in named.items()],
+        cuda=summary.get("cuda"),
+        cuda_history=[html.Link(f"{w.stage}, epoch {w.epoch}, steps {w.start}–{w.stop}",
+                                html.href(str(Path("..") / w.file)),
+                                f"({w.bytes / 1e6:.1f} MB, {w.entries_kept:,} events"
+                                + (f", {w.entries_dropped:,} oldest dropped" if w.entries_dropped
+                                   else "") + ")" + (f"; unreadable: {w.error}" if w.error else ""))
+                      for w in history],
         flamegraphs=links,
         provenance=_provenance(run),
         scenario_text=(run_dir / "scenario.yaml").read_text(encoding="utf-8", errors="replace")

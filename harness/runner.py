@@ -47,7 +47,7 @@ class StageOutcome:
         return self.__dict__.copy()
 
 
-def check_device(scenario: Scenario) -> None:
+def check_device(scenario: Scenario, source: str = "scenario") -> None:
     """CUDA asked for where there is none is a scenario error, before anything starts."""
     if not scenario.device.startswith("cuda"):
         return
@@ -55,14 +55,14 @@ def check_device(scenario: Scenario) -> None:
 
     if not torch.cuda.is_available():
         raise ScenarioError(
-            f"device: {scenario.device!r} asked for, but this machine has no CUDA device "
-            "(run it on the CPU with --set device=cpu)"
+            f"{source}: device: {scenario.device!r} asked for, but this machine has no CUDA "
+            "device (run it on the CPU with --set device=cpu)"
         )
     index = int(scenario.device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
         raise ScenarioError(
-            f"device: {scenario.device!r} asked for, but only {torch.cuda.device_count()} "
-            "CUDA device(s) exist"
+            f"{source}: device: {scenario.device!r} asked for, but only "
+            f"{torch.cuda.device_count()} CUDA device(s) exist"
         )
 
 
@@ -304,9 +304,13 @@ def run_scenario(
     *,
     instrumented: bool,
     console: Console,
+    source: str = "scenario",
 ) -> Path:
-    """Run every stage in order into a new run directory; raise RunFailed on the first failure."""
-    check_device(scenario)
+    """Run every stage in order into a new run directory; raise RunFailed on the first failure.
+
+    ``source`` names the scenario in errors (its file).
+    """
+    check_device(scenario, source)
     run_dir = rundir.new_run_dir(reports, scenario.name, "" if instrumented else "-bare")
     (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
     manifest: dict[str, Any] = {

@@ -144,6 +144,8 @@ class PhaseBudget(_Section):
     peak_tree_rss: int | None = None  # RSS summed over the stage's process tree
     peak_workers_uss: int | None = None  # USS summed over the DataLoader workers
     peak_live_tensor_bytes: int | None = None  # live tensor bytes on the traced steps
+    peak_cuda_allocated: int | None = None  # CUDA: the phase's own peak allocated
+    peak_cuda_reserved: int | None = None  # CUDA: the phase's own peak reserved
 
     @field_validator("*", mode="before")
     @classmethod
@@ -159,6 +161,8 @@ class BudgetsConfig(_Section):
     peak_workers_uss: int | None = None
     peak_heap: int | None = None  # memray's high-water mark, largest over the captures
     peak_live_tensor_bytes: int | None = None
+    peak_cuda_allocated: int | None = None  # CUDA: torch.cuda allocated, highest phase peak
+    peak_cuda_reserved: int | None = None  # CUDA: reserved by the caching allocator
     growth_per_epoch: int | None = None  # main RSS growth between epoch-end snapshots, mean
     phases: dict[str, PhaseBudget] = Field(default_factory=dict)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from harness import cell as cellmod
 from harness import cuda
@@ -118,3 +119,24 @@ def test_per_phase_device_readings_on_device_steps(tmp_path: Path, fake: FakeDev
     assert state is not None
     # the section's reading was the last to write the cell's device slots
     assert (state.cuda_allocated, state.cuda_reserved) == (68 * MB, 80 * MB)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_scenario_without_a_device_is_one_line_naming_the_file(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    from conftest import write_scenario
+
+    path = write_scenario(tmp_path / "gpu.yaml", device="cuda")
+    reports = tmp_path / "reports"
+    code, out, err = cli("run", str(path), "--reports", str(reports), "--quiet")
+    assert code == 2
+    assert err.strip() == (f"harness: error: {path}: device: 'cuda' asked for, but this machine "
+                           "has no CUDA device (run it on the CPU with --set device=cpu)")
+    assert not reports.exists()  # nothing started
+
+
+def test_the_cuda_scenario_runs_on_the_cpu_with_set(tmp_path: Path) -> None:
+    from harness import scenario
+    from conftest import REPO
+
+    assert scenario.load(REPO / "scenarios" / "cuda.yaml").device == "cuda"
+    assert scenario.load(REPO / "scenarios" / "cuda.yaml", ["device=cpu"]).device == "cpu"

@@ -37,7 +37,7 @@ COW_PARENT_FLAT_FRACTION = 0.25  # or this fraction of the worker's growth.
 class Finding:
     """One diagnosis: a kind, a one-line title, a paragraph, and the figures behind it."""
 
-    kind: str  # leak | copy_on_read | rss_heap_gap | peak_phase
+    kind: str  # leak | copy_on_read | rss_heap_gap | peak_phase | cuda_* (analysis/device.py)
     title: str
     text: str
     numbers: dict[str, Any] = field(default_factory=dict)

@@ -56,12 +56,12 @@ def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
     return best
 
 
-def _peak_tensors(phases: pd.DataFrame) -> dict[str, Any] | None:
-    s = phases.dropna(subset=["peak_live_tensor_bytes"])
+def _peak_in_phases(phases: pd.DataFrame, column: str) -> dict[str, Any] | None:
+    s = phases.dropna(subset=[column]) if column in phases.columns else phases.iloc[0:0]
     if s.empty:
         return None
-    row = s.loc[s["peak_live_tensor_bytes"].idxmax()]
-    return {"bytes": int(row["peak_live_tensor_bytes"]), "stage": str(row["stage"]),
+    row = s.loc[s[column].astype("float64").idxmax()]
+    return {"bytes": int(row[column]), "stage": str(row["stage"]),
             "epoch": int(row["epoch"]), "phase": str(row["phase"])}
 
 
@@ -108,8 +108,10 @@ def _metrics(run: Run) -> dict[str, Any]:
 
 
 def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
-                  captures: list[CaptureData], findings: list[Finding]) -> dict[str, Any]:
-    """The summary as a JSON-ready dict."""
+                  captures: list[CaptureData], findings: list[Finding],
+                  cuda: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary as a JSON-ready dict. ``cuda``: the device section (CUDA runs only), as
+    :func:`harness.analysis.device.summary_section` gives it."""
     m = run.manifest
     stages = []
     for st in run.stages:
@@ -125,6 +127,8 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         "main_rss_max": _int(r.main_rss_max), "tree_rss_max": _int(r.tree_rss_max),
         "workers_uss_max": _int(r.workers_uss_max),
         "peak_live_tensor_bytes": _int(r.peak_live_tensor_bytes),
+        "cuda_peak_allocated": _int(r.cuda_peak_allocated),
+        "cuda_peak_reserved": _int(r.cuda_peak_reserved),
     } for r in phases.itertuples(index=False)]
     return {
         "schema": SCHEMA_ID,
@@ -148,7 +152,9 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
             "tree_rss": _peak_at(tk, "tree_rss"),
             "workers_uss": _peak_at(tk, "workers_uss"),
             "heap": _peak_heap(captures),
-            "live_tensor_bytes": _peak_tensors(phases),
+            "live_tensor_bytes": _peak_in_phases(phases, "peak_live_tensor_bytes"),
+            "cuda_allocated": _peak_in_phases(phases, "cuda_peak_allocated"),
+            "cuda_reserved": _peak_in_phases(phases, "cuda_peak_reserved"),
         },
         "phases": phase_rows,
         "growth_per_epoch": _growth(run),
@@ -164,4 +170,5 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
                       "file_bytes": c.capture.size, "peak_heap": c.peak_memory,
                       "allocations": c.total_allocations, "error": c.error} for c in captures],
         "problems": list(run.problems),
+        **({"cuda": cuda} if cuda is not None else {}),
     }

@@ -14,7 +14,7 @@ PHASE_COLUMNS = (
     "stage", "epoch", "phase", "seconds", "time_share", "ticks",
     "main_rss_min", "main_rss_mean", "main_rss_max",
     "tree_rss_min", "tree_rss_mean", "tree_rss_max",
-    "workers_uss_mean", "workers_uss_max", "cuda_allocated_max", "cuda_reserved_max",
+    "workers_uss_mean", "workers_uss_max", "cuda_peak_allocated", "cuda_peak_reserved",
     "traced_steps", "tensor_allocations_per_step", "tensor_bytes_per_step", "peak_live_tensor_bytes",
 )
 PROCESS_COLUMNS = (
@@ -51,7 +51,9 @@ def _tensor_stats(stages: list[Stage]) -> pd.DataFrame:
 
 
 def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per stage x epoch x phase: time share, RSS of main and tree, workers' USS, tensor bytes.
+    """Per stage x epoch x phase: time share, RSS of main and tree, workers' USS, tensor bytes,
+    and on CUDA the device's peaks (allocated, reserved; each phase its own, see
+    :func:`harness.analysis.device.phase_table`).
 
     Times are the sampler's: each tick counts until the next one. Epoch 0 is what came before
     the first epoch (setup) or a stage without epochs (test).
@@ -69,11 +71,17 @@ def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
             tree_rss_min=("tree_rss", "min"), tree_rss_mean=("tree_rss", "mean"),
             tree_rss_max=("tree_rss", "max"),
             workers_uss_mean=("workers_uss", "mean"), workers_uss_max=("workers_uss", "max"),
-            cuda_allocated_max=("cuda_allocated", "max"), cuda_reserved_max=("cuda_reserved", "max"),
         ).reset_index()
         total = base.groupby(["stage", "epoch"])["seconds"].transform("sum")
         base["time_share"] = (base["seconds"] / total.where(total > 0)).fillna(0.0)
     df = base.merge(_tensor_stats(run.stages), on=key, how="outer")
+    from harness.analysis import device  # (device -> findings -> tables)
+
+    dev = device.phase_table(run)
+    if not dev.empty:
+        dev = dev[[*key, "peak_allocated", "peak_reserved"]].rename(columns={
+            "peak_allocated": "cuda_peak_allocated", "peak_reserved": "cuda_peak_reserved"})
+        df = df.merge(dev, on=key, how="outer")
     order = {s.name: i for i, s in enumerate(run.stages)}
     df["_s"] = df["stage"].map(order).fillna(len(order))
     df["_p"] = df["phase"].map(phase_order)

@@ -80,6 +80,9 @@ def _join(title: str, keys: list[str], columns: list[Column],
           a: Mapping[tuple[str, ...], Mapping[str, Any]],
           b: Mapping[tuple[str, ...], Mapping[str, Any]]) -> Section:
     order = list(a) + [k for k in b if k not in a]
+    # A figure neither run has (CUDA on the CPU) is not a column.
+    columns = [c for c in columns if c.name in ("seconds", "wall_s") or any(
+        _num(r.get(c.name)) is not None for side in (a, b) for r in side.values())]
     rows = []
     for k in order:
         ra, rb = a.get(k, {}), b.get(k, {})
@@ -94,8 +97,11 @@ _PHASE_COLUMNS = [
     Column("workers_uss_max", "workers' USS", "bytes"),
     Column("peak_live_tensor_bytes", "live tensors", "bytes"), Column("seconds", "time", "seconds"),
 ]
-_EPOCH_COLUMNS = _PHASE_COLUMNS[:4] + [
+_CUDA_COLUMNS = [Column("cuda_peak_allocated", "CUDA allocated", "bytes"),
+                 Column("cuda_peak_reserved", "CUDA reserved", "bytes")]
+_EPOCH_COLUMNS = _PHASE_COLUMNS[:4] + _CUDA_COLUMNS + [
     Column("growth", "main RSS growth", "bytes"), Column("seconds", "time", "seconds")]
+_PHASE_COLUMNS[4:4] = _CUDA_COLUMNS
 _PROCESS_COLUMNS = [
     Column("processes", "processes", "count"), Column("peak_rss", "peak RSS", "bytes"),
     Column("peak_uss", "peak USS", "bytes"), Column("peak_pss", "peak PSS", "bytes"),
@@ -123,7 +129,7 @@ def _epoch_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
     for r in s.get("phases") or []:
         by_epoch.setdefault((str(r["stage"]), str(r["epoch"])), []).append(r)
     for key, rows in by_epoch.items():
-        out[key] = {c.name: _max([r.get(c.name) for r in rows]) for c in _PHASE_COLUMNS[:4]}
+        out[key] = {c.name: _max([r.get(c.name) for r in rows]) for c in _EPOCH_COLUMNS[:-2]}
         out[key]["seconds"] = sum(float(r.get("seconds") or 0) for r in rows)
     for e in (s.get("durations") or {}).get("epochs") or []:
         out.setdefault((str(e["stage"]), str(e["epoch"])), {})["seconds"] = e.get("seconds")

@@ -31,6 +31,10 @@ RUN_METRICS: tuple[MetricDef, ...] = (
     MetricDef("peak_workers_uss", "peak USS, workers summed", 8 * MiB),
     MetricDef("peak_heap", "peak heap (memray)", 1 * MiB),
     MetricDef("peak_live_tensor_bytes", "peak live tensor bytes", 64 * 1024),
+    # CUDA runs: the caching allocator's counters are exact and, for a fixed workload, nearly
+    # the same from run to run; reserved moves in whole segments (2 MiB in the small pool).
+    MetricDef("peak_cuda_allocated", "peak CUDA allocated", 1 * MiB),
+    MetricDef("peak_cuda_reserved", "peak CUDA reserved", 2 * MiB),
     MetricDef("growth_per_epoch", "growth per epoch, main RSS", 4 * MiB),
 )
 # Per phase: the phase table's columns behind each budget key.
@@ -39,12 +43,16 @@ PHASE_METRICS: tuple[tuple[MetricDef, str], ...] = (
     (RUN_METRICS[1], "tree_rss_max"),
     (RUN_METRICS[2], "workers_uss_max"),
     (RUN_METRICS[4], "peak_live_tensor_bytes"),
+    (RUN_METRICS[5], "cuda_peak_allocated"),
+    (RUN_METRICS[6], "cuda_peak_reserved"),
 )
 # Phases between the workload's own steps (and a no-probe stage's "none"): short, host the
 # epoch snapshots, and seen by the sampler at a few ticks; a baseline records their process
 # memory only at run level, where the noise is averaged in, never per phase.
 TRANSITIONAL_PHASES = frozenset({"idle", "setup", "teardown", "none"})
 _DEFS = {m.key: m for m in RUN_METRICS}
+# Counted, not sampled: exact in any phase, so a baseline records them in the transitional ones too.
+EXACT_KEYS = frozenset({"peak_live_tensor_bytes", "peak_cuda_allocated", "peak_cuda_reserved"})
 
 
 def split_name(name: str) -> tuple[str | None, str]:
@@ -104,6 +112,8 @@ def from_summary(summary: Mapping[str, Any]) -> dict[str, int]:
         "peak_workers_uss": _bytes(peaks.get("workers_uss")),
         "peak_heap": _bytes(peaks.get("heap")),
         "peak_live_tensor_bytes": _bytes(peaks.get("live_tensor_bytes")),
+        "peak_cuda_allocated": _bytes(peaks.get("cuda_allocated")),
+        "peak_cuda_reserved": _bytes(peaks.get("cuda_reserved")),
         "growth_per_epoch": growth_per_epoch(summary),
     }
     out = {k: v for k, v in raw.items() if v is not None}
@@ -123,7 +133,7 @@ def for_baseline(metrics: Mapping[str, int]) -> dict[str, int]:
     out = {}
     for name, value in metrics.items():
         phase, key = split_name(name)
-        if phase in TRANSITIONAL_PHASES and key != "peak_live_tensor_bytes":
+        if phase in TRANSITIONAL_PHASES and key not in EXACT_KEYS:
             continue
         out[name] = value
     return out

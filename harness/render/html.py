@@ -56,6 +56,8 @@ class ReportPage:
     provenance: list[tuple[str, str]]
     scenario_text: str
     problems: list[str] = field(default_factory=list)
+    cuda: dict[str, Any] | None = None  # summary.json's ``cuda`` (CUDA runs)
+    cuda_history: list[Link] = field(default_factory=list)  # the allocator-history pickles
 
 
 def fmt_bytes(v: Any) -> str:
@@ -85,7 +87,8 @@ def _formatter(column: str) -> Any:
         return lambda v: "" if pd.isna(v) else f"{float(v):,.2f}"
     if column in ("tensor_allocations_per_step",):
         return fmt_number
-    if any(k in column for k in ("rss", "uss", "pss", "swap", "bytes")):
+    if any(k in column for k in ("rss", "uss", "pss", "swap", "bytes", "allocated", "reserved",
+                                 "inactive_split")):
         return fmt_bytes
     return lambda v: "" if v is None or (not isinstance(v, str) and pd.isna(v)) else (
         fmt_number(v) if isinstance(v, (int, float)) else str(v))

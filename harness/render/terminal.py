@@ -45,6 +45,11 @@ def summary_text(summary: dict[str, Any], report_html: Path) -> str:
         extra.append(f"live tensors {format_size(peaks['live_tensor_bytes']['bytes'])}")
     if extra:
         lines.append("  peak       " + ", ".join(extra))
+    if peaks.get("cuda_allocated"):
+        reserved = peaks.get("cuda_reserved") or {}
+        lines.append(f"  CUDA       allocated {_mib(peaks['cuda_allocated']['bytes'])}"
+                     f"{_where(peaks['cuda_allocated'])}, reserved {_mib(reserved.get('bytes'))}"
+                     f"{_where(reserved or None)}")
     final = summary["metrics"]["final"]
     if final:
         lines.append("  metrics    " + ", ".join(f"{k} {v:g}" for k, v in final.items()))

@@ -31,10 +31,12 @@ class TimelineData:
     """Everything the plot draws, times in seconds from the run's first sample, bytes as bytes."""
 
     t0: float
-    ticks: pd.DataFrame  # stage, x, main_rss, tree_rss
+    ticks: pd.DataFrame  # stage, x, main_rss, tree_rss, cuda_allocated, cuda_reserved
     workers: pd.DataFrame  # x plus one column per worker slot: USS, 0 when absent
     heap: list[pd.DataFrame] = field(default_factory=list)  # per main capture: x, heap
-    cuda: pd.DataFrame = field(default_factory=pd.DataFrame)  # x, allocated
+    cuda: pd.DataFrame = field(default_factory=pd.DataFrame)  # epoch snapshots: x, allocated, reserved
+    # per epoch: start, end, the highest phase peak of allocated (the probe's device steps)
+    cuda_peaks: list[tuple[float, float, float]] = field(default_factory=list)
     bands: list[Band] = field(default_factory=list)
 
 
@@ -101,11 +103,12 @@ def _bands(run: Run, t0: float, tk: pd.DataFrame) -> list[Band]:
 def timeline_data(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> TimelineData:
     t0 = float(tk["t"].min()) if not tk.empty else 0.0
     base = pd.DataFrame({"stage": tk["stage"], "x": tk["t"] - t0, "main_rss": tk["main_rss"],
-                         "tree_rss": tk["tree_rss"], "cuda_allocated": tk["cuda_allocated"]})
+                         "tree_rss": tk["tree_rss"], "cuda_allocated": tk["cuda_allocated"],
+                         "cuda_reserved": tk["cuda_reserved"]})
     workers = _worker_uss(run, t0, tk)
     slots = [c for c in workers.columns if c not in ("stage", "x")]
     both = pd.concat([base, workers[slots]], axis=1)
-    both = _decimate(both, ["main_rss", "tree_rss", "cuda_allocated", *slots])
+    both = _decimate(both, ["main_rss", "tree_rss", "cuda_allocated", "cuda_reserved", *slots])
     heap = []
     for c in captures:
         if c.capture.pid is None and c.snapshots:
@@ -117,33 +120,87 @@ def timeline_data(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Ti
         for snap in st.snapshots.values():
             cu = snap.get("cuda") or {}
             if "allocated" in cu and snap.get("t") is not None:
-                cuda_rows.append((float(snap["t"]) - t0, float(cu["allocated"])))
-    cuda = pd.DataFrame(cuda_rows, columns=["x", "allocated"])
+                cuda_rows.append((float(snap["t"]) - t0, float(cu["allocated"]),
+                                  float(cu.get("reserved") or 0)))
+    cuda = pd.DataFrame(cuda_rows, columns=["x", "allocated", "reserved"])
+    cuda_peaks = []
+    for st in run.stages:
+        starts = {e.get("epoch"): float(e["t"]) for e in st.events_of("epoch_start")}
+        for e in st.events_of("phase_totals"):
+            peaks = [int(c.get("peak_allocated") or 0) for c in (e.get("cuda") or {}).values()]
+            if peaks and e.get("span") == "epoch" and e.get("epoch") in starts:
+                cuda_peaks.append((starts[e["epoch"]] - t0, float(e["t"]) - t0, float(max(peaks))))
     return TimelineData(
         t0=t0,
-        ticks=both[["stage", "x", "main_rss", "tree_rss", "cuda_allocated"]],
+        ticks=both[["stage", "x", "main_rss", "tree_rss", "cuda_allocated", "cuda_reserved"]],
         workers=both[["stage", "x", *slots]],
         heap=heap,
         cuda=cuda,
+        cuda_peaks=cuda_peaks,
         bands=_bands(run, t0, tk),
     )
 
 
+def has_device(data: TimelineData) -> bool:
+    """Whether there is device memory to draw (a CUDA run): then it gets an axis of its own."""
+    return bool(data.ticks["cuda_allocated"].notna().any()) or not data.cuda.empty
+
+
 def render(data: TimelineData, png: Path, svg: Path, title: str) -> None:
-    """Draw the timeline into ``png`` and ``svg``."""
+    """Draw the timeline into ``png`` and ``svg``; on CUDA, device memory in a panel below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(14, 6), dpi=100)
+    if has_device(data):
+        fig, (ax, dax) = plt.subplots(2, 1, figsize=(14, 8), dpi=100, sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1.4]})
+    else:
+        fig, ax = plt.subplots(figsize=(14, 6), dpi=100)
+        dax = None
     try:
         _draw(ax, data, title)
+        if dax is not None:
+            _draw_device(dax, data)
+            ax.set_xlabel("")
         fig.tight_layout()
         fig.savefig(png, format="png")
         fig.savefig(svg, format="svg")
     finally:
         plt.close(fig)
+
+
+def _draw_device(ax: Any, data: TimelineData) -> None:
+    """Device memory of the main process: allocated and reserved, same clock as the host axis."""
+    colors = {"stage": "#f2f2f2", "epoch": "#e3ecf7", "validate": "#fbe5c8", "test": "#e6f2e1"}
+    for kind in ("stage", "epoch", "validate", "test"):
+        for band in data.bands:
+            if band.kind == kind:
+                ax.axvspan(band.start, band.end, color=colors[kind], zorder=0, lw=0)
+    ymax = 1.0
+    for i, (start, end, peak) in enumerate(data.cuda_peaks):
+        ax.hlines(peak / MiB, start, end, color="#6a3d9a", lw=1, ls="--", zorder=4,
+                  label="epoch's highest phase peak, allocated" if i == 0 else None)
+        ymax = max(ymax, peak / MiB)
+    sampled = data.ticks.dropna(subset=["cuda_allocated"])
+    for n, (_, g) in enumerate(sampled.groupby("stage", sort=False)):
+        ax.plot(g["x"], g["cuda_reserved"] / MiB, color="#cab2d6", lw=1.2, zorder=3,
+                drawstyle="steps-post", label="reserved (caching allocator)" if n == 0 else None)
+        ax.plot(g["x"], g["cuda_allocated"] / MiB, color="#6a3d9a", lw=1.4, zorder=4,
+                drawstyle="steps-post", label="allocated (tensors)" if n == 0 else None)
+        ymax = max(ymax, float((g[["cuda_allocated", "cuda_reserved"]].max().max()) / MiB))
+    if not data.cuda.empty:
+        ax.plot(data.cuda["x"], data.cuda["allocated"] / MiB, "D", color="#6a3d9a", zorder=5,
+                ms=5, label="allocated at epoch snapshots")
+        ymax = max(ymax, float(data.cuda[["allocated", "reserved"]].max().max() / MiB))
+    ax.set_ylim(0, ymax * 1.15)
+    ax.set_ylabel("device MiB")
+    ax.set_xlabel("seconds since the run's first sample")
+    ax.grid(True, axis="y", color="#dddddd", lw=0.5)
+    ax.set_title("CUDA device memory (main process; read on device steps, phase ends and snapshots)",
+                 fontsize=9, loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
 
 
 def _draw(ax: Any, data: TimelineData, title: str) -> None:
@@ -182,15 +239,6 @@ def _draw(ax: Any, data: TimelineData, title: str) -> None:
     for i, h in enumerate(data.heap):
         ax.plot(h["x"], h["heap"] / MiB, color="#d62728", lw=1.8, zorder=4,
                 label="memray heap (main, captured windows)" if i == 0 else None)
-    sampled = tk.dropna(subset=["cuda_allocated"])
-    if not sampled.empty:
-        for n, (_, g) in enumerate(sampled.groupby("stage", sort=False)):
-            ax.plot(g["x"], g["cuda_allocated"] / MiB, color="#6a3d9a", lw=1.2, zorder=5,
-                    label="CUDA allocated (main)" if n == 0 else None)
-            ymax = max(ymax, float((g["cuda_allocated"] / MiB).max()))
-    if not data.cuda.empty:
-        ax.plot(data.cuda["x"], data.cuda["allocated"] / MiB, "D", color="#6a3d9a", zorder=5,
-                label="CUDA allocated (epoch snapshots)")
     top = ymax * 1.12
     ax.set_ylim(0, top)
     for band in data.bands:

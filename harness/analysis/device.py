@@ -1,0 +1,227 @@
+"""CUDA device memory, from a finished run's files: per-phase peaks, history windows, findings.
+
+Everything here reads what the probe wrote on a ``device: cuda`` run (``phase_totals`` events'
+``cuda`` per phase, ``cuda_history`` events and their pickles, snapshots' ``cuda``) and returns
+nothing (empty tables, no findings) for a CPU run. The parsing and the findings themselves live
+in :mod:`harness.cuda`, which the recorded H100 data tests on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from harness import cuda
+from harness.analysis.findings import Finding
+from harness.analysis.load import Run
+from harness.analysis.ticks import phase_order
+
+DEVICE_COLUMNS = (
+    "stage", "epoch", "phase", "readings", "peak_allocated", "peak_reserved",
+    "allocated", "reserved", "inactive_split", "retries", "ooms",
+)
+MEMORY_VIZ = "https://pytorch.org/memory_viz"
+
+
+def is_cuda(run: Run) -> bool:
+    """Whether the run asked for a CUDA device (its scenario's ``device``)."""
+    scenario = run.manifest.get("scenario") or {}
+    return str(scenario.get("device", "cpu")).startswith("cuda")
+
+
+def phase_table(run: Run) -> pd.DataFrame:
+    """Per stage x epoch x phase: the device's peaks (each phase its own) and its latest state.
+
+    From the probe's device steps (every ``cuda.sample_every``-th training step and every
+    traced one; a validation or test section is one reading). ``allocated``/``reserved`` are
+    at the phase's end on the last device step; ``retries``/``ooms`` are the allocator's
+    running counts then. Empty on the CPU.
+    """
+    rows = []
+    for st in run.stages:
+        for ev in st.events_of("phase_totals"):
+            for phase, c in (ev.get("cuda") or {}).items():
+                rows.append({"stage": st.name, "epoch": int(ev.get("epoch") or 0), "phase": phase,
+                             **{k: c.get(k) for k in DEVICE_COLUMNS[3:]}})
+    df = pd.DataFrame(rows, columns=list(DEVICE_COLUMNS))
+    if df.empty:
+        return df
+    # A stage's epoch 0 can be flushed twice (before the first epoch, and the "rest" at the end).
+    df = df.groupby(["stage", "epoch", "phase"], sort=False, as_index=False).agg(
+        readings=("readings", "sum"), peak_allocated=("peak_allocated", "max"),
+        peak_reserved=("peak_reserved", "max"), allocated=("allocated", "last"),
+        reserved=("reserved", "last"), inactive_split=("inactive_split", "last"),
+        retries=("retries", "max"), ooms=("ooms", "max"))
+    order = {s.name: i for i, s in enumerate(run.stages)}
+    df["_s"] = df["stage"].map(order)
+    df["_p"] = df["phase"].map(phase_order)
+    return df.sort_values(["_s", "epoch", "_p"], ignore_index=True).drop(columns=["_s", "_p"])
+
+
+def _device_snapshots(run: Run) -> list[tuple[str, str, dict[str, Any]]]:
+    """(stage, label, snapshot's ``cuda``) for every snapshot that read the device, in order."""
+    return [(st.name, label, snap["cuda"]) for st in run.stages
+            for label, snap in st.snapshots.items() if snap.get("cuda")]
+
+
+def _stats(reading: dict[str, Any]) -> cuda.CudaStats | None:
+    stats = reading.get("stats")
+    if not isinstance(stats, dict):
+        return None
+    known = {k: stats[k] for k in cuda.CudaStats.__dataclass_fields__ if k in stats}
+    try:
+        return cuda.CudaStats(**known)
+    except TypeError:  # a snapshot from a version without some field
+        return None
+
+
+@dataclass
+class HistoryWindow:
+    """One allocator-history pickle the probe wrote, and what it shows."""
+
+    stage: str
+    epoch: int
+    start: int
+    stop: int
+    file: str  # relative to the run directory
+    bytes: int
+    entries_kept: int
+    entries_dropped: int
+    summary: cuda.SnapshotSummary | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "stage": self.stage, "epoch": self.epoch, "start": self.start, "stop": self.stop,
+            "file": self.file, "bytes": self.bytes, "entries_kept": self.entries_kept,
+            "entries_dropped": self.entries_dropped, "error": self.error,
+            "segments": s.segments if s else None, "reserved": s.reserved if s else None,
+            "allocated": s.allocated if s else None, "free": s.free if s else None,
+            "largest_free_block": s.largest_free_block if s else None,
+            "fragmentation": s.fragmentation if s else None,
+            "top_sites": [{"site": t.site, "bytes": t.bytes, "count": t.count}
+                          for t in s.top_alloc_sites[:5]] if s else [],
+        }
+
+
+def history_windows(run: Run) -> list[HistoryWindow]:
+    """Every ``cuda_history`` window, its pickle summarised (a broken file is noted, not fatal).
+
+    The pickles are loaded with :func:`harness.cuda.load_snapshot`: they are this harness's own
+    recordings in a run directory the user pointed at.
+    """
+    out = []
+    for st in run.stages:
+        stage_dir = st.dir
+        for ev in st.events_of("cuda_history"):
+            rel = str(ev.get("file", ""))
+            path = stage_dir / rel
+            summary, error = None, None
+            try:
+                summary = cuda.summarize_snapshot(cuda.load_snapshot(path))
+            except FileNotFoundError:
+                error = "the file is missing"
+            except Exception as exc:  # noqa: BLE001 - one unreadable pickle costs its summary
+                error = f"{type(exc).__name__}: {exc}"
+            out.append(HistoryWindow(
+                st.name, int(ev.get("epoch") or 0), int(ev.get("start") or 0),
+                int(ev.get("stop") or 0), str(path.relative_to(run.dir)),
+                int(ev.get("bytes") or 0), int(ev.get("entries_kept") or 0),
+                int(ev.get("entries_dropped") or 0), summary, error))
+    return out
+
+
+def device_info(run: Run) -> dict[str, Any] | None:
+    """The device's name and total memory, the least free the driver reported; None on the CPU."""
+    snaps = _device_snapshots(run)
+    if not snaps and not is_cuda(run):
+        return None
+    scenario = run.manifest.get("scenario") or {}
+    free = [int(c["device_free"]) for _, _, c in snaps if c.get("device_free") is not None]
+    total = next((int(c["device_total"]) for _, _, c in snaps if c.get("device_total")), None)
+    name = next((str(c["name"]) for _, _, c in snaps if c.get("name")), None)
+    last = _stats(snaps[-1][2]) if snaps else None
+    pinned = [int((c.get("host") or {}).get("allocated_bytes.peak") or 0) for _, _, c in snaps]
+    return {
+        "device": str(scenario.get("device", "cuda")), "name": name, "total": total,
+        "free_min": min(free) if free else None,
+        "retries": last.num_alloc_retries if last else None,
+        "ooms": last.num_ooms if last else None,
+        "pinned_host_peak": max(pinned) if pinned else None,
+    }
+
+
+def peaks(table: pd.DataFrame) -> dict[str, dict[str, Any] | None]:
+    """The run's highest device peaks (allocated, reserved) and where: stage, epoch, phase."""
+    out: dict[str, dict[str, Any] | None] = {"cuda_allocated": None, "cuda_reserved": None}
+    for key, column in (("cuda_allocated", "peak_allocated"), ("cuda_reserved", "peak_reserved")):
+        s = table.dropna(subset=[column]) if not table.empty else table
+        if s.empty:
+            continue
+        row = s.loc[s[column].astype("int64").idxmax()]
+        out[key] = {"bytes": int(row[column]), "stage": str(row["stage"]),
+                    "epoch": int(row["epoch"]), "phase": str(row["phase"])}
+    return out
+
+
+def summary_section(run: Run, windows: list[HistoryWindow]) -> dict[str, Any] | None:
+    """summary.json's ``cuda``: the device, its least free memory, the allocator's retries and
+    OOMs, pinned host memory, the history windows; None for a CPU run."""
+    info = device_info(run)
+    if info is None:
+        return None
+    return {**info, "history": [w.to_dict() for w in windows]}
+
+
+def _finding(kind: str, title: str, f: Any, **extra: Any) -> Finding:
+    numbers = {k: v for k, v in vars(f).items() if k not in ("text", "kind")}
+    return Finding(kind=kind, title=title, text=f.text, numbers={**numbers, **extra})
+
+
+def findings(run: Run, table: pd.DataFrame) -> list[Finding]:
+    """The GPU findings: the phase holding the device peak, reserved far above allocated (at
+    the snapshot where the gap was widest), pinned host memory, allocator retries or OOMs."""
+    out: list[Finding] = []
+    info = device_info(run) or {}
+    if not table.empty:
+        peak = cuda.device_peak_phase(table, device_total=info.get("total"))
+        if peak is not None:
+            row = table.iloc[peak.row]
+            where = f" (stage {row['stage']}" + (f", epoch {row['epoch']})" if row["epoch"] else ")")
+            out.append(Finding(
+                kind="cuda_peak_phase", title=f"Device memory peaks in phase {peak.phase}",
+                text=peak.text.rstrip(".") + where + ".",
+                numbers={"phase": peak.phase, "stage": str(row["stage"]),
+                         "epoch": int(row["epoch"]), "peak_allocated": peak.peak_allocated,
+                         "peak_reserved": peak.peak_reserved,
+                         "share_of_device": peak.share_of_device}))
+    snaps = [(stage, label, _stats(c), c) for stage, label, c in _device_snapshots(run)]
+    snaps = [s for s in snaps if s[2] is not None]
+    if snaps:
+        stage, label, stats, _ = max(snaps, key=lambda s: s[2].reserved - s[2].allocated)  # type: ignore[union-attr]
+        assert stats is not None
+        gap = cuda.reserved_far_above_allocated(stats)
+        if gap is not None:
+            out.append(_finding("cuda_reserved", f"Reserved far above allocated ({gap.cause})",
+                                gap, stage=stage, snapshot=label))
+        stage, label, stats, _ = snaps[-1]
+        assert stats is not None
+        retries = cuda.allocator_retries(stats)
+        if retries is not None:
+            title = ("The CUDA device ran out of memory" if retries.ooms
+                     else "The CUDA allocator had to free its cache and retry")
+            out.append(_finding("cuda_retries", title, retries, stage=stage, snapshot=label))
+        best = None
+        for stage, label, _, c in snaps:
+            rss = next((p.get("rss") for p in (run.stage(stage).snapshots[label].get("processes")
+                                               or []) if p.get("role") == "main"), None)
+            f = cuda.pinned_host_memory(c.get("host") or {}, rss=rss)
+            if f is not None and (best is None or f.peak_pinned > best[0].peak_pinned):
+                best = (f, stage, label)
+        if best is not None:
+            out.append(_finding("cuda_pinned_host", "Host memory pinned for transfers", best[0],
+                                stage=best[1], snapshot=best[2]))
+    return out
