@@ -57,6 +57,13 @@ def test_summary_validates_and_holds_the_known_numbers(built) -> None:  # type: 
                                               {"stage": "train", "epoch": 2, "seconds": 1.8}]
     assert summary["metrics"]["final"] == {"val_accuracy": 40, "loss": 0.5}
     assert summary["run"]["complete"] is True
+    # a CPU run: no device figures anywhere
+    assert peaks["cuda_allocated"] is None and peaks["cuda_reserved"] is None
+    assert "cuda" not in summary
+    assert all(r["cuda_peak_allocated"] is None for r in summary["phases"])
+    page = (run_dir / "report" / "report.html").read_text()
+    assert 'id="cuda"' not in page and "cuda_peak" not in page
+    assert not (run_dir / "report" / "tables" / "cuda.csv").exists()
 
 
 def test_the_capture_site_is_attributed(built) -> None:  # type: ignore[no-untyped-def]
