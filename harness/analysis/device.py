@@ -154,19 +154,6 @@ def device_info(run: Run) -> dict[str, Any] | None:
     }
 
 
-def peaks(table: pd.DataFrame) -> dict[str, dict[str, Any] | None]:
-    """The run's highest device peaks (allocated, reserved) and where: stage, epoch, phase."""
-    out: dict[str, dict[str, Any] | None] = {"cuda_allocated": None, "cuda_reserved": None}
-    for key, column in (("cuda_allocated", "peak_allocated"), ("cuda_reserved", "peak_reserved")):
-        s = table.dropna(subset=[column]) if not table.empty else table
-        if s.empty:
-            continue
-        row = s.loc[s[column].astype("int64").idxmax()]
-        out[key] = {"bytes": int(row[column]), "stage": str(row["stage"]),
-                    "epoch": int(row["epoch"]), "phase": str(row["phase"])}
-    return out
-
-
 def summary_section(run: Run, windows: list[HistoryWindow]) -> dict[str, Any] | None:
     """summary.json's ``cuda``: the device, its least free memory, the allocator's retries and
     OOMs, pinned host memory, the history windows; None for a CPU run."""

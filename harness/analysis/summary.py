@@ -56,11 +56,16 @@ def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
     return best
 
 
-def _peak_in_phases(phases: pd.DataFrame, column: str) -> dict[str, Any] | None:
+def _peak_in_phases(phases: pd.DataFrame, column: str,
+                    tiebreak: str | None = None) -> dict[str, Any] | None:
+    """The phase row with the largest ``column``; among equals, the largest ``tiebreak``
+    (reserved memory stays level over many phases: name the one where allocations peaked)."""
     s = phases.dropna(subset=[column]) if column in phases.columns else phases.iloc[0:0]
     if s.empty:
         return None
-    row = s.loc[s[column].astype("float64").idxmax()]
+    keys = [column] + ([tiebreak] if tiebreak else [])
+    s = s.assign(**{k: s[k].astype("float64").fillna(-1.0) for k in keys})
+    row = s.sort_values(keys, ascending=False, kind="stable").iloc[0]
     return {"bytes": int(row[column]), "stage": str(row["stage"]),
             "epoch": int(row["epoch"]), "phase": str(row["phase"])}
 
@@ -154,7 +159,7 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
             "heap": _peak_heap(captures),
             "live_tensor_bytes": _peak_in_phases(phases, "peak_live_tensor_bytes"),
             "cuda_allocated": _peak_in_phases(phases, "cuda_peak_allocated"),
-            "cuda_reserved": _peak_in_phases(phases, "cuda_peak_reserved"),
+            "cuda_reserved": _peak_in_phases(phases, "cuda_peak_reserved", "cuda_peak_allocated"),
         },
         "phases": phase_rows,
         "growth_per_epoch": _growth(run),
