@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from harness import probe
+from model.net import Net  # the tutorial's
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--recording", required=True)
@@ -93,20 +94,6 @@ torch.cuda.get_device_name = lambda device=None: info["gpu"]
 torch.cuda.host_memory_stats = replay.host_memory_stats
 torch.cuda.memory._record_memory_history = lambda *a, **kw: replay.history_calls.append(kw)
 torch.cuda.memory._snapshot = lambda *a, **kw: history
-
-
-class Net(nn.Module):  # the tutorial's, as in model/net.py
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc = nn.Linear(16 * 5 * 5, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
 
 
 torch.manual_seed(0)
