@@ -342,9 +342,11 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     datas = _order_captures(run, datas)
     lap("captures")
     sites_df = tables.sites_table(datas)
-    found = findings_mod.all_findings(run, tk, datas) + device.findings(run, device_df)
+    info = device.device_info(run)
+    found = findings_mod.all_findings(run, tk, datas) + device.findings(
+        run, device_df, (info or {}).get("total"))
     summary = jsonable(build_summary(run, tk, phase_df, datas, found,
-                                     device.summary_section(run, history)))
+                                     device.summary_section(info, history)))
     lap("findings")
 
     named = {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df}

@@ -25,7 +25,8 @@ SMOKE_TOLERANCE = "25%"
 
 def _leak_scenario(tmp_path: Path, leak_mb: int) -> Path:
     s = {"name": f"leak{leak_mb}", "stages": ["main"],
-         "workload": {"entry": str(WORKLOADS / "leak_mb.py"), "args": ["--leak-mb", str(leak_mb)]},
+         "workload": {"entry": str(WORKLOADS / "leaky.py"),
+                      "args": ["--leak-mb", str(leak_mb), "--steps", "10"]},
          "memray": {"mode": "off"}, "budgets": {"growth_per_epoch": "4 MiB"}}
     path = tmp_path / f"leak{leak_mb}.yaml"
     path.write_text(yaml.safe_dump(s), encoding="utf-8")

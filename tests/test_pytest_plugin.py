@@ -76,10 +76,10 @@ def test_bad_budget_in_a_test_is_reported_in_one_line(pytester: pytest.Pytester,
 
 @pytest.mark.slow
 def test_a_real_run_of_a_leaking_workload_fails_its_growth_budget(pytester: pytest.Pytester) -> None:
-    script = WORKLOADS / "leak_mb.py"
+    script = WORKLOADS / "leaky.py"
     pytester.makepyfile(f"""
         def test_leak(harness):
-            run = harness.run_workload({str(script)!r}, args=["--leak-mb", "12"],
+            run = harness.run_workload({str(script)!r}, args=["--leak-mb", "12", "--steps", "10"],
                                        memray={{"mode": "off"}})
             run.check({{"growth_per_epoch": "4 MiB"}})
     """)

@@ -154,13 +154,10 @@ def device_info(run: Run) -> dict[str, Any] | None:
     }
 
 
-def summary_section(run: Run, windows: list[HistoryWindow]) -> dict[str, Any] | None:
-    """summary.json's ``cuda``: the device, its least free memory, the allocator's retries and
-    OOMs, pinned host memory, the history windows; None for a CPU run."""
-    info = device_info(run)
-    if info is None:
-        return None
-    return {**info, "history": [w.to_dict() for w in windows]}
+def summary_section(info: dict[str, Any] | None,
+                    windows: list[HistoryWindow]) -> dict[str, Any] | None:
+    """summary.json's ``cuda``: :func:`device_info` and the history windows; None on the CPU."""
+    return None if info is None else {**info, "history": [w.to_dict() for w in windows]}
 
 
 def _finding(kind: str, title: str, f: Any, **extra: Any) -> Finding:
@@ -168,47 +165,54 @@ def _finding(kind: str, title: str, f: Any, **extra: Any) -> Finding:
     return Finding(kind=kind, title=title, text=f.text, numbers={**numbers, **extra})
 
 
-def findings(run: Run, table: pd.DataFrame) -> list[Finding]:
+def _peak_phase(table: pd.DataFrame, device_total: int | None) -> Finding | None:
+    peak = cuda.device_peak_phase(table, device_total=device_total) if not table.empty else None
+    if peak is None:
+        return None
+    row = table.iloc[peak.row]
+    where = f" (stage {row['stage']}" + (f", epoch {row['epoch']})" if row["epoch"] else ")")
+    return Finding(
+        kind="cuda_peak_phase", title=f"Device memory peaks in phase {peak.phase}",
+        text=peak.text.rstrip(".") + where + ".",
+        numbers={"phase": peak.phase, "stage": str(row["stage"]), "epoch": int(row["epoch"]),
+                 "peak_allocated": peak.peak_allocated, "peak_reserved": peak.peak_reserved,
+                 "share_of_device": peak.share_of_device})
+
+
+def _pinned_host(run: Run) -> Finding | None:
+    """The snapshot with the most host memory pinned, if any held enough to be a finding."""
+    best = None
+    for st in run.stages:
+        for label, snap in st.snapshots.items():
+            rss = next((p.get("rss") for p in snap.get("processes") or []
+                        if p.get("role") == "main"), None)
+            f = cuda.pinned_host_memory((snap.get("cuda") or {}).get("host") or {}, rss=rss)
+            if f is not None and (best is None or f.peak_pinned > best[0].peak_pinned):
+                best = (f, st.name, label)
+    if best is None:
+        return None
+    return _finding("cuda_pinned_host", "Host memory pinned for transfers", best[0],
+                    stage=best[1], snapshot=best[2])
+
+
+def findings(run: Run, table: pd.DataFrame, device_total: int | None = None) -> list[Finding]:
     """The GPU findings: the phase holding the device peak, reserved far above allocated (at
-    the snapshot where the gap was widest), pinned host memory, allocator retries or OOMs."""
-    out: list[Finding] = []
-    info = device_info(run) or {}
-    if not table.empty:
-        peak = cuda.device_peak_phase(table, device_total=info.get("total"))
-        if peak is not None:
-            row = table.iloc[peak.row]
-            where = f" (stage {row['stage']}" + (f", epoch {row['epoch']})" if row["epoch"] else ")")
-            out.append(Finding(
-                kind="cuda_peak_phase", title=f"Device memory peaks in phase {peak.phase}",
-                text=peak.text.rstrip(".") + where + ".",
-                numbers={"phase": peak.phase, "stage": str(row["stage"]),
-                         "epoch": int(row["epoch"]), "peak_allocated": peak.peak_allocated,
-                         "peak_reserved": peak.peak_reserved,
-                         "share_of_device": peak.share_of_device}))
-    snaps = [(stage, label, _stats(c), c) for stage, label, c in _device_snapshots(run)]
-    snaps = [s for s in snaps if s[2] is not None]
-    if snaps:
-        stage, label, stats, _ = max(snaps, key=lambda s: s[2].reserved - s[2].allocated)  # type: ignore[union-attr]
-        assert stats is not None
+    the snapshot where the gap was widest), allocator retries or OOMs (at the last snapshot),
+    pinned host memory."""
+    out = [f for f in (_peak_phase(table, device_total),) if f is not None]
+    parsed = [(stage, label, stats) for stage, label, c in _device_snapshots(run)
+              if (stats := _stats(c)) is not None]
+    if parsed:
+        stage, label, stats = max(parsed, key=lambda r: r[2].reserved - r[2].allocated)
         gap = cuda.reserved_far_above_allocated(stats)
         if gap is not None:
             out.append(_finding("cuda_reserved", f"Reserved far above allocated ({gap.cause})",
                                 gap, stage=stage, snapshot=label))
-        stage, label, stats, _ = snaps[-1]
-        assert stats is not None
+        stage, label, stats = parsed[-1]
         retries = cuda.allocator_retries(stats)
         if retries is not None:
             title = ("The CUDA device ran out of memory" if retries.ooms
                      else "The CUDA allocator had to free its cache and retry")
             out.append(_finding("cuda_retries", title, retries, stage=stage, snapshot=label))
-        best = None
-        for stage, label, _, c in snaps:
-            rss = next((p.get("rss") for p in (run.stage(stage).snapshots[label].get("processes")
-                                               or []) if p.get("role") == "main"), None)
-            f = cuda.pinned_host_memory(c.get("host") or {}, rss=rss)
-            if f is not None and (best is None or f.peak_pinned > best[0].peak_pinned):
-                best = (f, stage, label)
-        if best is not None:
-            out.append(_finding("cuda_pinned_host", "Host memory pinned for transfers", best[0],
-                                stage=best[1], snapshot=best[2]))
-    return out
+    pinned = _pinned_host(run)
+    return out + ([pinned] if pinned is not None else [])

@@ -92,16 +92,17 @@ def _join(title: str, keys: list[str], columns: list[Column],
 
 _RUN_COLUMNS = [Column(d.key, d.label, "bytes") for d in m.RUN_METRICS] + [
     Column("wall_s", "wall time", "seconds")]
-_PHASE_COLUMNS = [
+# The phase rows' peaks; an epoch's are the largest of its phases'.
+_PEAK_COLUMNS = [
     Column("main_rss_max", "main RSS", "bytes"), Column("tree_rss_max", "tree RSS", "bytes"),
     Column("workers_uss_max", "workers' USS", "bytes"),
-    Column("peak_live_tensor_bytes", "live tensors", "bytes"), Column("seconds", "time", "seconds"),
+    Column("peak_live_tensor_bytes", "live tensors", "bytes"),
+    Column("cuda_peak_allocated", "CUDA allocated", "bytes"),
+    Column("cuda_peak_reserved", "CUDA reserved", "bytes"),
 ]
-_CUDA_COLUMNS = [Column("cuda_peak_allocated", "CUDA allocated", "bytes"),
-                 Column("cuda_peak_reserved", "CUDA reserved", "bytes")]
-_EPOCH_COLUMNS = _PHASE_COLUMNS[:4] + _CUDA_COLUMNS + [
+_PHASE_COLUMNS = _PEAK_COLUMNS + [Column("seconds", "time", "seconds")]
+_EPOCH_COLUMNS = _PEAK_COLUMNS + [
     Column("growth", "main RSS growth", "bytes"), Column("seconds", "time", "seconds")]
-_PHASE_COLUMNS[4:4] = _CUDA_COLUMNS
 _PROCESS_COLUMNS = [
     Column("processes", "processes", "count"), Column("peak_rss", "peak RSS", "bytes"),
     Column("peak_uss", "peak USS", "bytes"), Column("peak_pss", "peak PSS", "bytes"),
@@ -129,7 +130,7 @@ def _epoch_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
     for r in s.get("phases") or []:
         by_epoch.setdefault((str(r["stage"]), str(r["epoch"])), []).append(r)
     for key, rows in by_epoch.items():
-        out[key] = {c.name: _max([r.get(c.name) for r in rows]) for c in _EPOCH_COLUMNS[:-2]}
+        out[key] = {c.name: _max([r.get(c.name) for r in rows]) for c in _PEAK_COLUMNS}
         out[key]["seconds"] = sum(float(r.get("seconds") or 0) for r in rows)
     for e in (s.get("durations") or {}).get("epochs") or []:
         out.setdefault((str(e["stage"]), str(e["epoch"])), {})["seconds"] = e.get("seconds")

@@ -171,13 +171,25 @@ def render(data: TimelineData, png: Path, svg: Path, title: str) -> None:
         plt.close(fig)
 
 
+BAND_COLORS = {"stage": "#f2f2f2", "epoch": "#e3ecf7", "validate": "#fbe5c8", "test": "#e6f2e1"}
+
+
+def _shade(ax: Any, bands: list[Band]) -> None:
+    """Stages, then epochs (alternating shades), then validation and test passes on top."""
+    for band in bands:
+        if band.kind == "stage":
+            ax.axvspan(band.start, band.end, color=BAND_COLORS["stage"], zorder=0, lw=0)
+    for i, band in enumerate(b for b in bands if b.kind == "epoch"):
+        ax.axvspan(band.start, band.end, color=BAND_COLORS["epoch"], alpha=0.5 + 0.3 * (i % 2),
+                   zorder=0.5, lw=0)
+    for band in bands:
+        if band.kind in ("validate", "test"):
+            ax.axvspan(band.start, band.end, color=BAND_COLORS[band.kind], zorder=0.7, lw=0)
+
+
 def _draw_device(ax: Any, data: TimelineData) -> None:
     """Device memory of the main process: allocated and reserved, same clock as the host axis."""
-    colors = {"stage": "#f2f2f2", "epoch": "#e3ecf7", "validate": "#fbe5c8", "test": "#e6f2e1"}
-    for kind in ("stage", "epoch", "validate", "test"):
-        for band in data.bands:
-            if band.kind == kind:
-                ax.axvspan(band.start, band.end, color=colors[kind], zorder=0, lw=0)
+    _shade(ax, data.bands)
     ymax = 1.0
     for i, (start, end, peak) in enumerate(data.cuda_peaks):
         ax.hlines(peak / MiB, start, end, color="#6a3d9a", lw=1, ls="--", zorder=4,
@@ -204,17 +216,8 @@ def _draw_device(ax: Any, data: TimelineData) -> None:
 
 
 def _draw(ax: Any, data: TimelineData, title: str) -> None:
-    colors = {"stage": "#f2f2f2", "epoch": "#e3ecf7", "validate": "#fbe5c8", "test": "#e6f2e1"}
     ymax = 1.0
-    for band in data.bands:
-        if band.kind == "stage":
-            ax.axvspan(band.start, band.end, color=colors["stage"], zorder=0, lw=0)
-    for i, band in enumerate(b for b in data.bands if b.kind == "epoch"):
-        ax.axvspan(band.start, band.end, color=colors["epoch"], alpha=0.5 + 0.3 * (i % 2),
-                   zorder=0.5, lw=0)
-    for band in data.bands:
-        if band.kind in ("validate", "test"):
-            ax.axvspan(band.start, band.end, color=colors[band.kind], zorder=0.7, lw=0)
+    _shade(ax, data.bands)
     tk = data.ticks
     segs = list(tk.groupby("stage", sort=False))
     w = data.workers
@@ -258,7 +261,7 @@ def _draw(ax: Any, data: TimelineData, title: str) -> None:
 
     for kind, text in (("epoch", "epoch"), ("validate", "validation"), ("test", "test")):
         if any(b.kind == kind for b in data.bands):
-            handles.append(mpatches.Patch(color=colors[kind], label=text))
+            handles.append(mpatches.Patch(color=BAND_COLORS[kind], label=text))
             labels.append(text)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8,
               frameon=False)
