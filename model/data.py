@@ -29,6 +29,7 @@ from harness.scenario import DataConfig
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
+UNPACKED_MARKER = ".unpacked"  # written last into a folder the harness unpacked
 
 
 def tutorial_transform() -> transforms.Compose:
@@ -68,23 +69,36 @@ class Splits:
 
 
 def _unpack_once(archive: Path, root: Path) -> Path:
-    """Unpack ``archive`` into ``root/<name>`` unless that was done before; return that folder."""
+    """Unpack ``archive`` into ``root/<name>`` unless that was done before; return that folder.
+
+    The harness never deletes or replaces a folder it did not create: ``root/<name>`` is used when
+    its ``.unpacked`` marker proves an earlier unpack made it, made when it does not exist (in a
+    temporary folder beside it, renamed into place when complete), and refused otherwise.
+    """
     name = archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    if not name.strip("."):
+        raise DataError(
+            f"{archive}: data.path: the archive's name leaves no folder name to unpack into "
+            "(name it like images.tar.gz)"
+        )
     dest = root / name
-    marker = dest / ".unpacked"
+    marker = dest / UNPACKED_MARKER
     if marker.exists():
         return dest
+    if dest.exists() or dest.is_symlink():
+        raise DataError(
+            f"{archive}: data.root: {dest} exists and was not unpacked by the harness (no "
+            f"{UNPACKED_MARKER} marker); move it away or point data.root at another folder"
+        )
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")
-        (tmp / ".unpacked").write_text(str(archive), encoding="utf-8")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        (tmp / UNPACKED_MARKER).write_text(str(archive), encoding="utf-8")
+        tmp.rename(dest)  # fails, rather than replaces, if dest appeared meanwhile
     except (OSError, tarfile.TarError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
         raise DataError(f"{archive}: cannot unpack into {root}: {exc}") from None
     return dest
 

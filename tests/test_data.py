@@ -120,3 +120,56 @@ def test_folder_source_with_an_empty_class_is_a_clear_error(tmp_path: Path) -> N
     cfg = DataConfig(source="folder", path=str(tmp_path / "d"), root=str(tmp_path))
     with pytest.raises(DataError, match="train/: Found no valid file for the classes a"):
         datamod.source_sets(cfg, seed=0)
+
+
+def test_unpacking_never_deletes_a_user_folder_of_the_archive_s_name(tmp_path: Path) -> None:
+    # GIVEN d/photos.tar.gz and the user's own d/photos/ folder beside it
+    d = tmp_path / "d"
+    d.mkdir()
+    archive = _make_archive(d / "photos.tar.gz")
+    (d / "photos").mkdir()
+    (d / "photos" / "NOTES.txt").write_text("mine", encoding="utf-8")
+    cfg = DataConfig(source="folder", path=str(archive), root=str(d))
+    # WHEN the folder source unpacks into data.root=d THEN it refuses in one line
+    with pytest.raises(DataError, match=r"exists and was not unpacked by the harness") as err:
+        datamod.source_sets(cfg, seed=0)
+    assert "\n" not in str(err.value) and "data.root" in str(err.value)
+    # AND the user's folder is untouched
+    assert (d / "photos" / "NOTES.txt").read_text(encoding="utf-8") == "mine"
+    assert sorted(p.name for p in d.iterdir()) == ["photos", "photos.tar.gz"]
+
+
+def test_an_archive_inside_the_folder_it_would_unpack_into_is_kept(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    (d / "ds").mkdir(parents=True)
+    archive = _make_archive(d / "ds" / "ds.tar.gz")
+    cfg = DataConfig(source="folder", path=str(archive), root=str(d))
+    with pytest.raises(DataError, match="not unpacked by the harness"):
+        datamod.source_sets(cfg, seed=0)
+    assert archive.is_file()
+
+
+@pytest.mark.parametrize("name", ["...tar.gz", ".tar.gz", "..tgz", ".tgz"])
+def test_archive_names_that_reduce_to_dots_or_nothing_are_refused(tmp_path: Path, name: str) -> None:
+    # GIVEN data.root inside a parent holding other files
+    parent = tmp_path / "parent"
+    root = parent / "root"
+    root.mkdir(parents=True)
+    (parent / "keep.txt").write_text("x", encoding="utf-8")
+    (root / "keep.txt").write_text("y", encoding="utf-8")
+    archive = _make_archive(root / name)
+    cfg = DataConfig(source="folder", path=str(archive), root=str(root))
+    with pytest.raises(DataError, match="leaves no folder name"):
+        datamod.source_sets(cfg, seed=0)
+    # THEN neither data.root nor its parent lost anything
+    assert (parent / "keep.txt").is_file() and (root / "keep.txt").is_file() and archive.is_file()
+
+
+def test_a_folder_the_harness_unpacked_is_reused_not_replaced(tmp_path: Path) -> None:
+    archive = _make_archive(tmp_path / "mini.tar.gz")
+    root = tmp_path / "cache"
+    cfg = DataConfig(source="folder", path=str(archive), root=str(root))
+    datamod.source_sets(cfg, seed=0)
+    (root / "mini" / "added-later.txt").write_text("z", encoding="utf-8")
+    datamod.source_sets(cfg, seed=0)
+    assert (root / "mini" / "added-later.txt").is_file()
