@@ -31,7 +31,8 @@ def _add_scenario_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Run the scenario's stages bare: no sampler, no probe, no memray."""
-    from harness import runner, scenario
+    from harness.control import runner
+    from harness.control import scenario
 
     sc = scenario.load(args.scenario, args.overrides)
     console = runner.Console(sys.stdout, quiet=args.quiet)
@@ -49,7 +50,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run the scenario's stages under the harness and record memory by process, phase, epoch."""
-    from harness import runner, scenario
+    from harness.control import runner
+    from harness.control import scenario
     from harness.errors import Interrupted, RunFailed
 
     sc = scenario.load(args.scenario, args.overrides)

@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, random_split
 
 from harness.errors import DataError
-from harness.scenario import DataConfig
+from harness.control.scenario import DataConfig
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from harness import probe
 from harness.errors import DataError
-from harness.workload import StageContext
+from harness.probe.workload import StageContext
 from model.data import build_splits, loader
 from model.net import Net
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from harness import cuda
+from harness.probe import cuda
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 MB = 1_000_000

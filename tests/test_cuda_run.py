@@ -25,7 +25,8 @@ import pytest
 import torch
 import yaml
 
-from harness import cli, cuda
+from harness import cli
+from harness.probe import cuda
 from harness.analysis.load import load_run
 from harness.analysis.ticks import ticks
 from harness.render import timeline

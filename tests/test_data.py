@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from harness.errors import DataError
-from harness.scenario import DataConfig
+from harness.control.scenario import DataConfig
 from model import data as datamod
 
 

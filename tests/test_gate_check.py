@@ -17,7 +17,7 @@ from harness.gate import metrics as m
 from harness.gate.baseline import MetricStats, build, from_dict
 from harness.gate.check import Row, baseline_limit, check
 from harness.errors import UsageError
-from harness.scenario import BudgetsConfig
+from harness.control.scenario import BudgetsConfig
 
 
 # GIVEN a baseline's values, a tolerance and a noise floor, THEN the limit is

@@ -1,6 +1,6 @@
 """The live probe's CUDA path, driven in-process with the device calls replaced by recordings.
 
-No GPU is needed: ``harness.cuda``'s device functions are swapped for ones that replay the
+No GPU is needed: ``harness.probe.cuda``'s device functions are swapped for ones that replay the
 H100 figures' shape (allocated grows in forward, peaks in backward), so what is checked is the
 probe's bookkeeping: one reading per phase on traced steps, peaks reset per phase, the cell's
 device slots, the allocator-history window and the events that carry them.
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from harness import cell as cellmod
-from harness import cuda
-from harness._live import CELL_FILE, CONFIG_FILE, LiveProbe
-from harness.scenario import CudaConfig, MemrayConfig, TensorsConfig
+from harness.probe import cell as cellmod
+from harness.probe import cuda
+from harness.probe.live import CELL_FILE, CONFIG_FILE, LiveProbe
+from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
 from conftest import read_events
 
 MB = 1_000_000
@@ -135,7 +135,7 @@ def test_cuda_scenario_without_a_device_is_one_line_naming_the_file(tmp_path: Pa
 
 
 def test_the_cuda_scenario_runs_on_the_cpu_with_set(tmp_path: Path) -> None:
-    from harness import scenario
+    from harness.control import scenario
     from conftest import REPO
 
     assert scenario.load(REPO / "scenarios" / "cuda.yaml").device == "cuda"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from harness.cell import CellState
-from harness.runner import Console, progress_text
-from harness.sampler import TreeTotals
+from harness.probe.cell import CellState
+from harness.control.runner import Console, progress_text
+from harness.control.sampler import TreeTotals
 
 MiB = 1024 * 1024
 
@@ -57,9 +57,9 @@ def test_plain_lines_when_not_a_terminal() -> None:
 def test_metric_may_name_its_own_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from harness import cell as cellmod
-    from harness._live import CELL_FILE, CONFIG_FILE, LiveProbe
-    from harness.scenario import MemrayConfig, TensorsConfig
+    from harness.probe import cell as cellmod
+    from harness.probe.live import CELL_FILE, CONFIG_FILE, LiveProbe
+    from harness.control.scenario import MemrayConfig, TensorsConfig
 
     cfg = {"stage": "s", "memray": MemrayConfig(mode="off").model_dump(mode="json"),
            "tensors": TensorsConfig(snapshots=False).model_dump(mode="json")}

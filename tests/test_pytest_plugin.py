@@ -92,5 +92,5 @@ def test_the_plugin_is_registered_as_an_entry_point() -> None:
     from importlib.metadata import entry_points
 
     eps = {ep.name: ep.value for ep in entry_points(group="pytest11")}
-    assert eps.get("harness") == "harness.pytest_plugin"
+    assert eps.get("harness") == "harness.gate.pytest_plugin"
     assert json.dumps(eps)  # nothing else to check: the value is what pytest imports

@@ -9,7 +9,7 @@ from _synthetic import write_capture, write_run
 
 from harness.analysis.load import Capture, load_run
 from harness.render import flamegraphs
-from harness.report import FLAMEGRAPH_ESTIMATE, CaptureJob, partition, plan_jobs
+from harness.report.plan import FLAMEGRAPH_ESTIMATE, CaptureJob, partition, plan_jobs
 
 
 def _job(stage: str, size: int) -> CaptureJob:

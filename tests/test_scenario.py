@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import scenario as sc
+from harness.control import scenario as sc
 from harness.errors import ScenarioError
 
 REPO = Path(__file__).resolve().parents[1]

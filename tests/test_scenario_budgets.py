@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from harness import scenario as sc
+from harness.control import scenario as sc
 from harness.errors import ScenarioError
 
 

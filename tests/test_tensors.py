@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.tensors import AllocationTracer, bytes_by_category, census, watched_tensors
+from harness.probe.tensors import AllocationTracer, bytes_by_category, census, watched_tensors
 from model.net import Net
 
 F32 = 4

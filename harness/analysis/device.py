@@ -3,7 +3,7 @@
 Everything here reads what the probe wrote on a ``device: cuda`` run (``phase_totals`` events'
 ``cuda`` per phase, ``cuda_history`` events and their pickles, snapshots' ``cuda``) and returns
 nothing (empty tables, no findings) for a CPU run. The parsing and the findings themselves live
-in :mod:`harness.cuda`, which the recorded H100 data tests on machines without a GPU.
+in :mod:`harness.probe.cuda`, which the recorded H100 data tests on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import cuda
+from harness.probe import cuda
 from harness.analysis.findings import Finding
 from harness.analysis.load import Run
 from harness.analysis.ticks import phase_order
@@ -110,7 +110,7 @@ class HistoryWindow:
 def history_windows(run: Run) -> list[HistoryWindow]:
     """Every ``cuda_history`` window, its pickle summarised (a broken file is noted, not fatal).
 
-    The pickles are loaded with :func:`harness.cuda.load_snapshot`: they are this harness's own
+    The pickles are loaded with :func:`harness.probe.cuda.load_snapshot`: they are this harness's own
     recordings in a run directory the user pointed at.
     """
     out = []

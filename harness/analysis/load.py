@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import rundir
+from harness.control import rundir
 from harness.errors import UsageError
 
 SAMPLE_COLUMNS = (

@@ -18,7 +18,7 @@ from typing import Literal
 
 from harness.gate import metrics as m
 from harness.gate.baseline import Baseline, MetricStats
-from harness.scenario import BudgetsConfig
+from harness.control.scenario import BudgetsConfig
 from harness.sizes import format_size
 
 K_STDEV = 2.0

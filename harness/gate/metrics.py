@@ -141,7 +141,7 @@ def for_baseline(metrics: Mapping[str, int]) -> dict[str, int]:
 
 def sort_key(name: str) -> tuple[int, int, int]:
     """Run-wide metrics first, then phases in the order a step goes through them."""
-    from harness.cell import PHASES
+    from harness.probe.cell import PHASES
 
     phase, key = split_name(name)
     order = [m.key for m in RUN_METRICS]

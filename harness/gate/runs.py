@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
-from harness import rundir
+from harness.control import rundir
 from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
-from harness.scenario import BudgetsConfig, Scenario, from_dict
+from harness.control.scenario import BudgetsConfig, Scenario, from_dict
 
 if TYPE_CHECKING:
     from harness.gate.sweep import SweepResult
@@ -176,7 +176,8 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
     import datetime as dt
     import sys
 
-    from harness import runner, scenario
+    from harness.control import runner
+    from harness.control import scenario
     from harness.errors import RunFailed
     from harness.gate import render
     from harness.gate import sweep as sweep_mod

@@ -7,10 +7,10 @@ workload or a stack frame (``<script>`` in a function name, say) is shown, never
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
@@ -122,19 +122,19 @@ def href(path: str) -> str:
     return quote(path, safe="/")
 
 
-def _environment() -> jinja2.Environment:
-    text = resources.files("harness").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+@functools.cache
+def environment() -> jinja2.Environment:
+    """The one page engine: every HTML page the harness writes is a template in render/templates."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("harness.render", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["mib"] = fmt_bytes
     env.filters["num"] = fmt_number
-    env.globals["template_text"] = text
     return env
 
 
 def render(page: ReportPage) -> str:
-    env = _environment()
-    template = env.from_string(env.globals["template_text"])
+    template = environment().get_template(TEMPLATE)
     png = base64.b64encode(page.timeline_png).decode("ascii") if page.timeline_png else None
     return template.render(page=page, png=png,
                            summary_json=json.dumps(page.summary["peaks"], indent=1, default=str))

@@ -17,7 +17,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 
-from harness.cell import PHASES
+from harness.probe.cell import PHASES
 from harness.errors import ScenarioError
 from harness.sizes import parse_size
 

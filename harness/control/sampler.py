@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from harness.cell import CellReader, CellState
+from harness.probe.cell import CellReader, CellState
 
 COLUMNS = (
     "t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",

@@ -1,19 +1,17 @@
 """``build_report(run_dir)``: everything under ``<run_dir>/report/``, from the run's files alone.
 
 Compute (``harness.analysis``), then render (``harness.render``). The memray captures are the
-slow part: each is read once, in a pool of processes (one per core) that also draws its
-flamegraphs from the records it read, while this process computes the sample-based tables.
+slow part: :mod:`harness.report.plan` plans their reads and :mod:`harness.report.pool` runs them
+in a pool of processes while this process computes the sample-based tables.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,17 +22,16 @@ import pandas as pd
 from harness.analysis import device
 from harness.analysis import findings as findings_mod
 from harness.analysis import tables
-from harness.analysis.captures import CaptureData, Window, read_capture, windows
-from harness.analysis.load import Capture, Run, load_run
+from harness.analysis.captures import CaptureData
+from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
 from harness.analysis.ticks import ticks
 from harness.render import csvs, flamegraphs, html, terminal, timeline
+from harness.report.plan import plan_jobs
+from harness.report.pool import CaptureReading
 
 REPORT_DIR = "report"
 RUN_DIR_BUDGET = 150 * 1000 * 1000  # the whole run directory, report included
-FLAMEGRAPH_ESTIMATE = 2 * 1000 * 1000  # one flamegraph's HTML (its scripts are shared)
-INLINE_BELOW_BYTES = 8 * 1000 * 1000  # captures smaller than this in all: no process pool
-IMAGE_COST_BYTES = 6 * 1000 * 1000  # memray's first read of a process image costs about this
 
 
 @dataclass
@@ -51,106 +48,6 @@ class ReportResult:
     text: str
     complete: bool
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CaptureJob:
-    """Read the files of one capture and one process group; draw their flamegraphs."""
-
-    stage: str
-    name: str
-    group: str  # main | workers
-    files: tuple[Capture, ...]
-    window: Window | None
-    peak_out: Path | None
-    temporal_out: Path | None
-    native: bool = False  # the memray CLI's flamegraph (native frames, slow) instead
-
-
-def _run_job(job: CaptureJob) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
-    datas: list[CaptureData] = []
-    records = []
-    for cap in job.files:
-        data, rec = read_capture(cap, job.window)
-        datas.append(data)
-        if rec is not None:
-            records.append(rec)
-    out: list[flamegraphs.Flamegraph] = []
-    if job.native and job.peak_out is not None:
-        # The CLI reads one file: for the workers, the first worker stands for them all.
-        return datas, [flamegraphs.write_with_cli(job.files[0].path, job.peak_out,
-                                                  capture=job.name, group=job.group)]
-    if records and job.peak_out is not None:
-        peak = [r for rec in records for r in rec.peak]
-        out.append(_guarded(lambda: flamegraphs.write_peak(
-            peak, records[0].memory_snapshots, records[0].metadata, job.peak_out,
-            capture=job.name, group=job.group), job, temporal=False))
-    if records and job.temporal_out is not None:
-        first = records[0]
-        out.append(_guarded(lambda: flamegraphs.write_temporal(
-            first.reader, job.files[0].path, first.metadata, first.memory_snapshots,
-            job.temporal_out, capture=job.name, group=job.group, peak_records=len(first.peak)),
-            job, temporal=True))
-    return datas, out
-
-
-def _guarded(draw: Any, job: CaptureJob, temporal: bool) -> flamegraphs.Flamegraph:
-    # memray's reporter is a third-party renderer: its failure costs one flamegraph, not the report.
-    try:
-        result: flamegraphs.Flamegraph = draw()
-        return result
-    except Exception as exc:  # noqa: BLE001 - recorded in the report, never silent
-        return flamegraphs.Flamegraph(job.name, job.group, temporal, None, 0,
-                                      f"failed: {type(exc).__name__}: {exc}")
-
-
-def plan_jobs(
-    run: Run, out_dir: Path, budget: int, native: bool = False,
-) -> tuple[list[CaptureJob], list[flamegraphs.Flamegraph]]:
-    """One job per (capture, process group); flamegraphs while the size budget lasts.
-
-    Priority: training windows' main process, then their workers, then validation and test;
-    one temporal flamegraph, for the largest training capture small enough to allow it.
-    """
-    groups: list[tuple[int, str, str, str, tuple[Capture, ...], Window | None]] = []
-    for st in run.stages:
-        wins = windows(st)
-        by_name: dict[str, list[Capture]] = {}
-        for c in st.captures:
-            by_name.setdefault(c.name, []).append(c)
-        for name, caps in by_name.items():
-            win = wins.get(name)
-            section = win.section if win else ("validate" if name.endswith(("-validate", "-test")) else None)
-            for group in ("main", "workers"):
-                files = tuple(c for c in caps if (c.pid is None) == (group == "main"))
-                if files:
-                    rank = (0 if section is None else 2) + (0 if group == "main" else 1)
-                    groups.append((rank, st.name, name, group, files, win))
-    declined: list[flamegraphs.Flamegraph] = []
-    chosen: set[tuple[str, str, str]] = set()
-    left = budget
-    for _rank, stage, name, group, _files, _win in sorted(groups, key=lambda g: g[0]):
-        if left >= FLAMEGRAPH_ESTIMATE:
-            chosen.add((stage, name, group))
-            left -= FLAMEGRAPH_ESTIMATE
-        else:
-            declined.append(flamegraphs.Flamegraph(
-                name, group, False, None, 0, "declined: the run directory's size budget is spent"))
-    temporal: tuple[str, str] | None = None
-    train_main = [g for g in groups if g[0] == 0 and g[4][0].size <= flamegraphs.TEMPORAL_MAX_CAPTURE_BYTES]
-    if train_main and left >= 3 * max(g[4][0].size for g in train_main):
-        best = max(train_main, key=lambda g: g[4][0].size)
-        temporal = (best[1], best[2])
-    jobs = []
-    fg_dir = out_dir / "flamegraphs"
-    for _, stage, name, group, files, win in groups:
-        peak_out = fg_dir / f"{name}-{group}.html" if (stage, name, group) in chosen else None
-        temporal_out = (fg_dir / f"{name}-{group}-temporal.html"
-                        if group == "main" and temporal == (stage, name) else None)
-        jobs.append(CaptureJob(stage, name, group, files, win, peak_out,
-                               None if native else temporal_out, native))
-    jobs.sort(key=lambda j: -sum(c.size for c in j.files))  # biggest first: the pool ends together
-    return jobs, declined
 
 
 def _dir_bytes(path: Path, skip: Path) -> int:
@@ -180,68 +77,6 @@ def jsonable(obj: Any) -> Any:
     if obj is pd.NA or obj is pd.NaT:
         return None
     return obj
-
-
-def _run_jobs(jobs: list[CaptureJob]) -> list[tuple[list[CaptureData], list[flamegraphs.Flamegraph]]]:
-    return [_run_job(j) for j in jobs]
-
-
-def partition(jobs: list[CaptureJob], bins: int) -> list[list[CaptureJob]]:
-    """Split jobs into ``bins`` of about equal work, keeping each stage's captures together.
-
-    memray spends seconds on the first capture of each process image (a stage's main process
-    and its forked workers share one) that a process reads, so a bin that reads a second
-    stage pays that again: it counts as IMAGE_COST_BYTES of reading.
-    """
-    loads = [0] * bins
-    images: list[set[str]] = [set() for _ in range(bins)]
-    out: list[list[CaptureJob]] = [[] for _ in range(bins)]
-    for job in sorted(jobs, key=lambda j: -sum(c.size for c in j.files)):
-        size = sum(c.size for c in job.files)
-
-        def cost(b: int, size: int = size, job: CaptureJob = job) -> int:
-            return loads[b] + size + (0 if job.stage in images[b] else IMAGE_COST_BYTES)
-
-        b = min(range(bins), key=cost)
-        loads[b] = cost(b)
-        images[b].add(job.stage)
-        out[b].append(job)
-    return [b for b in out if b]
-
-
-class CaptureReading:
-    """Reading the captures: the spawned share starts at once, :meth:`collect` reads the rest here.
-
-    Started before the sample tables are computed, so the spawned process's start-up (imports)
-    overlaps that work.
-    """
-
-    def __init__(self, jobs: list[CaptureJob], processes: int) -> None:
-        total = sum(c.size for j in jobs for c in j.files)
-        self._pool: ProcessPoolExecutor | None = None
-        self._futures: list[Future[Any]] = []
-        self._here = jobs
-        if processes > 1 and len(jobs) > 1 and total >= INLINE_BELOW_BYTES:
-            bins = partition(jobs, processes)
-            # spawn, not fork: the caller (harness run) may still hold threads and open files.
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=len(bins) - 1, mp_context=ctx)
-            self._futures = [self._pool.submit(_run_jobs, b) for b in bins[1:]]
-            self._here = bins[0]
-
-    def collect(self) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
-        try:
-            results = _run_jobs(self._here)
-            for f in self._futures:
-                results += f.result()
-        finally:
-            self.close()
-        return [d for r in results for d in r[0]], [f for r in results for f in r[1]]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
 
 
 def _order_captures(run: Run, datas: list[CaptureData]) -> list[CaptureData]:

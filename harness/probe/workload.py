@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ScenarioError
-from harness.scenario import Scenario
+from harness.control.scenario import Scenario
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

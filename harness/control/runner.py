@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness import cell as cellmod
-from harness import rundir
-from harness._live import CELL_FILE, CONFIG_FILE, EVENTS_FILE
+from harness.probe import cell as cellmod
+from harness.control import rundir
+from harness.probe.live import CELL_FILE, CONFIG_FILE, EVENTS_FILE
 from harness.errors import Interrupted, RunFailed, ScenarioError
 from harness.probe import ENV_DIR
-from harness.sampler import TreeSampler, TreeTotals
-from harness.scenario import Scenario, dump
+from harness.control.sampler import TreeSampler, TreeTotals
+from harness.control.scenario import Scenario, dump
 
 MiB = 1024 * 1024
 
@@ -195,7 +195,7 @@ def run_stage(
         env[ENV_DIR] = str(sdir)
     started_iso, t0 = rundir.now_iso(), time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.child", str(run_dir), stage],
+        [sys.executable, "-m", "harness.probe.stage", str(run_dir), stage],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The stage process: ``python -m harness.child RUN_DIR STAGE``.
+"""The stage process: ``python -m harness.probe.stage RUN_DIR STAGE``.
 
 ``harness run`` and ``harness train`` both start a stage this way; under ``harness run`` the
 environment names the stage directory and the live probe is switched on before the workload is
@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness.child")
+    parser = argparse.ArgumentParser(prog="harness.probe.stage")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("stage")
     args = parser.parse_args(argv)
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     error: BaseException | None = None
     code = 0
     try:
-        from harness import scenario as scenario_mod
-        from harness.workload import StageContext, run_stage
+        from harness.control import scenario as scenario_mod
+        from harness.probe.workload import StageContext, run_stage
 
         scenario = scenario_mod.load(args.run_dir / "scenario.yaml")
         os.environ.setdefault("HARNESS_STAGE", args.stage)

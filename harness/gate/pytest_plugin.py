@@ -2,7 +2,7 @@
 budgets or a baseline; a passed limit fails the test with the check's table as its message.
 
 Loaded through the ``pytest11`` entry point once the project is installed (or with
-``-p harness.pytest_plugin``)::
+``-p harness.gate.pytest_plugin``)::
 
     def test_training_memory(harness):
         run = harness.run("scenarios/smoke.yaml", "train.epochs=1")
@@ -24,14 +24,14 @@ import pytest
 
 if TYPE_CHECKING:
     from harness.gate.check import CheckResult
-    from harness.scenario import BudgetsConfig
+    from harness.control.scenario import BudgetsConfig
 
 
 def _budgets(budgets: Mapping[str, Any] | None, source: str) -> BudgetsConfig | None:
     """A ``budgets:`` mapping written in the test, validated like a scenario's."""
     if budgets is None:
         return None
-    from harness.scenario import from_dict
+    from harness.control.scenario import from_dict
 
     return from_dict({"name": "test", "budgets": dict(budgets)}, source).budgets
 
@@ -62,7 +62,7 @@ class HarnessRun:
     def _check(self, budgets: Mapping[str, Any] | None, baseline: str | Path | None,
                tolerance: str | float, slack: str | int | None, scenario_budgets: bool) -> CheckResult:
         from harness.gate import check, render, runs
-        from harness.scenario import BudgetsConfig
+        from harness.control.scenario import BudgetsConfig
         from harness.sizes import parse_size, parse_tolerance
 
         merged: dict[str, Any] = {}
@@ -106,8 +106,8 @@ class Harness:
         the test with the stage's error."""
         import sys
 
-        from harness import runner
-        from harness import scenario as scenario_mod
+        from harness.control import runner
+        from harness.control import scenario as scenario_mod
         from harness.errors import HarnessError
 
         try:

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import cell as cellmod
-from harness.cell import PHASE_CODE, PHASES
+from harness.probe import cell as cellmod
+from harness.probe.cell import PHASE_CODE, PHASES
 
 T = TypeVar("T")
 
@@ -189,7 +189,7 @@ class LiveProbe:
             suffix = f"e{self._epoch}-{name}" if self._epoch else name
             opened = self._memray_start(f"{self.stage}-{suffix}")
         if self._cuda:  # the section is one device window with its own peak
-            from harness import cuda
+            from harness.probe import cuda
 
             cuda.reset_phase_peak(self.device)
         try:
@@ -272,7 +272,7 @@ class LiveProbe:
         return lambda step: step < first or (every > 0 and step % every == 0)
 
     def _trace_begin(self) -> None:
-        from harness.tensors import AllocationTracer, watched
+        from harness.probe.tensors import AllocationTracer, watched
 
         tracer = AllocationTracer()
         tracer.seed([t for _, _, t in watched(self._model, self._optimizer)])
@@ -305,7 +305,7 @@ class LiveProbe:
     # the device at the end of each phase with the peak reset when the phase began, so each
     # phase has its own peak; a validation or test section is one window of its own.
     def _cuda_begin(self) -> None:
-        from harness import cuda
+        from harness.probe import cuda
 
         self._cuda_step = {}
         cuda.reset_phase_peak(self.device)
@@ -319,7 +319,7 @@ class LiveProbe:
 
     def _cuda_reading(self, phase: str) -> None:
         """Device memory at the end of ``phase`` with the peak since it began; resets the peak."""
-        from harness import cuda
+        from harness.probe import cuda
 
         reading = cuda.device_sample(self.device, driver=False)
         cuda.reset_phase_peak(self.device)
@@ -340,7 +340,7 @@ class LiveProbe:
             return
         start = int(cfg.get("history_start", 100))
         stop = start + int(cfg.get("history_steps", 50))
-        from harness import cuda
+        from harness.probe import cuda
 
         if step == start and not self._cuda_history and not end:
             cuda.start_history(device=self.device)
@@ -385,7 +385,7 @@ class LiveProbe:
     def snapshot(self, label: str) -> None:
         if not self.tensors_cfg.get("snapshots", True):
             return
-        from harness import snapshot
+        from harness.probe import epoch_snapshot as snapshot
 
         snap = snapshot.take(
             label,

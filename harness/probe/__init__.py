@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from harness.cell import PHASE_CODE, PHASES
+from harness.probe.cell import PHASE_CODE, PHASES
 
 T = TypeVar("T")
 
@@ -80,7 +80,7 @@ def activate_from_env() -> None:
         return
     stage_dir = os.environ.get(ENV_DIR)
     if stage_dir:
-        from harness._live import LiveProbe
+        from harness.probe.live import LiveProbe
 
         _active = LiveProbe(stage_dir)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from harness import tensors as tensor_census
+from harness.probe import tensors as tensor_census
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def cuda_stats(device: str) -> dict[str, Any] | None:
         return None
     import torch
 
-    from harness import cuda
+    from harness.probe import cuda
 
     if not torch.cuda.is_available():
         return None

@@ -1,0 +1,90 @@
+"""Reading the captures: each capture is read once, in a pool of spawned processes (one per core)
+that also draws its flamegraphs from the records it read."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from harness.analysis.captures import CaptureData, read_capture
+from harness.render import flamegraphs
+from harness.report.plan import CaptureJob, partition
+
+INLINE_BELOW_BYTES = 8 * 1000 * 1000  # captures smaller than this in all: no process pool
+
+
+def _run_job(job: CaptureJob) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
+    datas: list[CaptureData] = []
+    records = []
+    for cap in job.files:
+        data, rec = read_capture(cap, job.window)
+        datas.append(data)
+        if rec is not None:
+            records.append(rec)
+    out: list[flamegraphs.Flamegraph] = []
+    if job.native and job.peak_out is not None:
+        # The CLI reads one file: for the workers, the first worker stands for them all.
+        return datas, [flamegraphs.write_with_cli(job.files[0].path, job.peak_out,
+                                                  capture=job.name, group=job.group)]
+    if records and job.peak_out is not None:
+        peak = [r for rec in records for r in rec.peak]
+        out.append(_guarded(lambda: flamegraphs.write_peak(
+            peak, records[0].memory_snapshots, records[0].metadata, job.peak_out,
+            capture=job.name, group=job.group), job, temporal=False))
+    if records and job.temporal_out is not None:
+        first = records[0]
+        out.append(_guarded(lambda: flamegraphs.write_temporal(
+            first.reader, job.files[0].path, first.metadata, first.memory_snapshots,
+            job.temporal_out, capture=job.name, group=job.group, peak_records=len(first.peak)),
+            job, temporal=True))
+    return datas, out
+
+
+def _guarded(draw: Any, job: CaptureJob, temporal: bool) -> flamegraphs.Flamegraph:
+    # memray's reporter is a third-party renderer: its failure costs one flamegraph, not the report.
+    try:
+        result: flamegraphs.Flamegraph = draw()
+        return result
+    except Exception as exc:  # noqa: BLE001 - recorded in the report, never silent
+        return flamegraphs.Flamegraph(job.name, job.group, temporal, None, 0,
+                                      f"failed: {type(exc).__name__}: {exc}")
+
+
+def _run_jobs(jobs: list[CaptureJob]) -> list[tuple[list[CaptureData], list[flamegraphs.Flamegraph]]]:
+    return [_run_job(j) for j in jobs]
+
+
+class CaptureReading:
+    """Reading the captures: the spawned share starts at once, :meth:`collect` reads the rest here.
+
+    Started before the sample tables are computed, so the spawned process's start-up (imports)
+    overlaps that work.
+    """
+
+    def __init__(self, jobs: list[CaptureJob], processes: int) -> None:
+        total = sum(c.size for j in jobs for c in j.files)
+        self._pool: ProcessPoolExecutor | None = None
+        self._futures: list[Future[Any]] = []
+        self._here = jobs
+        if processes > 1 and len(jobs) > 1 and total >= INLINE_BELOW_BYTES:
+            bins = partition(jobs, processes)
+            # spawn, not fork: the caller (harness run) may still hold threads and open files.
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=len(bins) - 1, mp_context=ctx)
+            self._futures = [self._pool.submit(_run_jobs, b) for b in bins[1:]]
+            self._here = bins[0]
+
+    def collect(self) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
+        try:
+            results = _run_jobs(self._here)
+            for f in self._futures:
+                results += f.result()
+        finally:
+            self.close()
+        return [d for r in results for d in r[0]], [f for r in results for f in r[1]]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
