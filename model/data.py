@@ -11,6 +11,8 @@ the datasets sees exactly the held-out images the training process did.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import tarfile
 import tempfile
@@ -24,8 +26,8 @@ import torchvision.transforms as transforms
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, random_split
 
-from harness.errors import DataError
 from harness.control.scenario import DataConfig
+from harness.errors import DataError
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
@@ -85,22 +87,44 @@ def _unpack_once(archive: Path, root: Path) -> Path:
     marker = dest / UNPACKED_MARKER
     if marker.exists():
         return dest
+    _refuse_foreign(archive, dest)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f".{name}.lock", "a+b")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise DataError(f"{archive}: data.root: cannot unpack into {root}: {exc}") from None
+    # One unpack at a time per destination: a second run sharing data.root waits here, then finds
+    # the marker the first one wrote instead of replacing the folder the first is reading.
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():
+            return dest
+        _refuse_foreign(archive, dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a data folder is as any other
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+            (tmp / UNPACKED_MARKER).write_text(str(archive), encoding="utf-8")
+            tmp.rename(dest)
+        except (OSError, tarfile.TarError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
+            raise DataError(f"{archive}: cannot unpack into {root}: {exc}") from None
+    return dest
+
+
+def _refuse_foreign(archive: Path, dest: Path) -> None:
     if dest.exists() or dest.is_symlink():
         raise DataError(
             f"{archive}: data.root: {dest} exists and was not unpacked by the harness (no "
             f"{UNPACKED_MARKER} marker); move it away or point data.root at another folder"
         )
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
-        (tmp / UNPACKED_MARKER).write_text(str(archive), encoding="utf-8")
-        tmp.rename(dest)  # fails, rather than replaces, if dest appeared meanwhile
-    except (OSError, tarfile.TarError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
-        raise DataError(f"{archive}: cannot unpack into {root}: {exc}") from None
-    return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _folder_sets(data: DataConfig, transform: transforms.Compose) -> tuple[Dataset, Dataset]:  # type: ignore[type-arg]

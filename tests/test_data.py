@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.errors import DataError
 from harness.control.scenario import DataConfig
+from harness.errors import DataError
 from model import data as datamod
 
 
@@ -32,10 +32,11 @@ def test_merged_60000_images_split_48000_6000_6000() -> None:
     assert len(all_idx) == 60_000
 
 
+@pytest.mark.slow  # a second Python that imports torch: seconds on an idle machine
 def test_split_is_identical_in_another_process_with_the_same_seed() -> None:
     code = (
-        "import sys; sys.path.insert(0, %r); from test_data import _split_digest; "
-        "print(_split_digest(0)); print(_split_digest(1))" % str(Path(__file__).parent)
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from test_data import _split_digest; print(_split_digest(0)); print(_split_digest(1))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -173,3 +174,43 @@ def test_a_folder_the_harness_unpacked_is_reused_not_replaced(tmp_path: Path) ->
     (root / "mini" / "added-later.txt").write_text("z", encoding="utf-8")
     datamod.source_sets(cfg, seed=0)
     assert (root / "mini" / "added-later.txt").is_file()
+
+
+def test_a_second_unpack_waits_for_the_first_and_reuses_its_folder(tmp_path: Path) -> None:
+    # GIVEN another run holding the unpack lock of d/mini (it is unpacking right now)
+    import fcntl
+    import threading
+
+    archive = _make_archive(tmp_path / "mini.tar.gz")
+    root = tmp_path / "d"
+    root.mkdir()
+    lock = open(root / ".mini.lock", "a+b")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(datamod._unpack_once(archive, root)))
+    worker.start()
+    # WHEN this run asks for the same folder THEN it waits instead of unpacking beside the other
+    worker.join(timeout=1.0)
+    assert worker.is_alive() and not (root / "mini").exists()
+    # the other run finishes: its folder and marker are in place, then it lets go
+    (root / "mini").mkdir()
+    (root / "mini" / "theirs.txt").write_text("x", encoding="utf-8")
+    (root / "mini" / ".unpacked").write_text(str(archive), encoding="utf-8")
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    worker.join(timeout=60)
+    # AND this run uses the folder the other made, untouched
+    assert result == [root / "mini"]
+    assert sorted(p.name for p in (root / "mini").iterdir()) == [".unpacked", "theirs.txt"]
+
+
+def test_unpacked_folders_are_readable_by_others_as_the_umask_allows(tmp_path: Path) -> None:
+    import os
+
+    archive = _make_archive(tmp_path / "mini.tar.gz")
+    old = os.umask(0o022)
+    try:
+        dest = datamod._unpack_once(archive, tmp_path / "d")
+    finally:
+        os.umask(old)
+    assert dest.stat().st_mode & 0o777 == 0o755
