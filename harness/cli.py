@@ -31,11 +31,11 @@ def _add_scenario_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Run the scenario's stages bare: no sampler, no probe, no memray."""
-    from harness.control import runner
-    from harness.control import scenario
+    from harness.control import runner, scenario
+    from harness.control.console import Console
 
     sc = scenario.load(args.scenario, args.overrides)
-    console = runner.Console(sys.stdout, quiet=args.quiet)
+    console = Console(sys.stdout, quiet=args.quiet)
     run_dir = runner.run_scenario(sc, args.reports, instrumented=False, console=console,
                                    source=str(args.scenario))
     print(f"harness: bare run finished: {run_dir}")
@@ -50,13 +50,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run the scenario's stages under the harness and record memory by process, phase, epoch."""
-    from harness.control import runner
-    from harness.control import scenario
+    from harness.control import runner, scenario
+    from harness.control.console import Console
     from harness.errors import Interrupted, RunFailed
 
     sc = scenario.load(args.scenario, args.overrides)
-    console = runner.Console(sys.stdout, quiet=args.quiet)
+    console = Console(sys.stdout, quiet=args.quiet)
     failure: RunFailed | None = None
+    run_dir: Path | None
     try:
         run_dir = runner.run_scenario(sc, args.reports, instrumented=True, console=console,
                                        source=str(args.scenario))
@@ -113,7 +114,8 @@ def _add_check_args(p: argparse.ArgumentParser) -> None:
 def _cmd_check(args: argparse.Namespace) -> int:
     """Hold a run to its scenario's budgets and to a baseline; exit 1 on a regression."""
     from harness.errors import UsageError
-    from harness.gate import check, metrics, render, runs
+    from harness.gate import check, metrics, runs
+    from harness.render import gate as render
     from harness.sizes import SizeError, parse_size, parse_tolerance
 
     try:
@@ -129,7 +131,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.run_dir}: nothing to check: the scenario has no budgets and no "
                          "--baseline was given")
     result = check.check(metrics.from_summary(summary), budgets=budgets, baseline=base,
-                         tolerance=tolerance, slack=slack, run_status=summary["run"]["status"])
+                         tolerance=tolerance, slack=slack, run_status=summary.run.status)
     title = f"harness: check {args.run_dir}"
     if base is not None:
         title += f" against {args.baseline} ({base.scenario}, {len(base.runs)} run(s), tolerance {args.tolerance})"
@@ -164,7 +166,8 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     """Two runs side by side by phase, epoch and process, and the allocation sites that grew."""
-    from harness.gate import compare, render, runs
+    from harness.gate import compare, runs
+    from harness.render import gate as render
 
     sa, sb = runs.summary(args.run_a), runs.summary(args.run_b)
     result = compare.compare(sa, sb, runs.processes(args.run_a), runs.processes(args.run_b),
@@ -185,7 +188,8 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     """Run a scenario over a grid of settings; tabulate and plot peak memory by process role."""
-    from harness.gate import render, runs
+    from harness.gate import runs
+    from harness.render import gate as render
 
     result = runs.sweep(args.scenario, args.vary, args.overrides, args.reports, args.quiet)
     print(render.sweep_text(result))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class HarnessError(Exception):
     """An error with a one-line message and the exit code the CLI should return."""
@@ -32,7 +34,7 @@ class RunFailed(HarnessError):
 
     exit_code = 1
 
-    def __init__(self, message: str, run_dir: object = None) -> None:
+    def __init__(self, message: str, run_dir: Path | None = None) -> None:
         super().__init__(message)
         self.run_dir = run_dir  # what was recorded up to the failure lives here
 

@@ -17,6 +17,10 @@ UNITS: dict[str, int] = {
     "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
     "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4,
 }
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+
 _SIZE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
 _BINARY = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
 _DECIMAL = (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("kB", 1000))
@@ -68,17 +72,25 @@ def parse_tolerance(value: str | int | float) -> float:
     return number
 
 
-def format_size(n: float | int | None, *, binary: bool = True, signed: bool = False) -> str:
-    """Bytes for people: ``1536`` -> ``"1.5 KiB"``; ``None`` -> ``"-"``; ``signed`` adds a ``+``."""
+def format_size(n: float | int | None, *, binary: bool = True, signed: bool = False,
+                unit: str | None = None, digits: int = 1, missing: str = "-") -> str:
+    """Bytes for people, the one byte formatter: ``1536`` -> ``"1.5 KiB"``; ``None`` -> ``missing``.
+
+    By default the unit is the largest that keeps the number at least 1, with three significant
+    digits; ``unit`` (``"MiB"``, ``"KiB"``, ``"B"``, ...) fixes it, with ``digits`` decimals and
+    thousands separators (``"1,234.5 MiB"``). ``signed`` adds a ``+`` to positive numbers.
+    """
     if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "-"
+        return missing
     sign = "-" if n < 0 else ("+" if signed and n > 0 else "")
     a = abs(float(n))
-    for unit, factor in _BINARY if binary else _DECIMAL:
+    if unit is not None:
+        return f"{sign}{a / UNITS[unit.lower()]:,.{digits}f} {unit}"
+    for name, factor in _BINARY if binary else _DECIMAL:
         if a >= factor:
             v = a / factor
-            digits = 0 if v >= 100 else (1 if v >= 10 else 2)
-            return f"{sign}{v:.{digits}f} {unit}"
+            places = 0 if v >= 100 else (1 if v >= 10 else 2)
+            return f"{sign}{v:.{places}f} {name}"
     return f"{sign}{a:.0f} B"
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from harness.analysis.summary_model import Summary
+
 MiB = 1024 * 1024
 STEP_PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
@@ -52,6 +54,11 @@ def fake_summary(*, main: int = 400 * MiB, tree: int = 900 * MiB, workers_uss: i
                       "epochs": [{"stage": "train", "epoch": e, "seconds": 20.0} for e in range(1, len(growth) + 2)]},
         "metrics": {"final": {}, "series": []}, "findings": [], "captures": [], "problems": [],
     }
+
+
+def fake_model(**kw: Any) -> Summary:
+    """:func:`fake_summary` as the gates read it back (strictly, as from summary.json)."""
+    return Summary.model_validate(fake_summary(**kw), strict=True)
 
 
 def write_run(directory: Path, summary: dict[str, Any], budgets: dict[str, Any] | None = None,

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.analysis.attribution import describe, phase_of, short_path, site_frame, workload_frame
-
 import harness
+from harness.analysis.attribution import describe, phase_of, short_path, site_frame, workload_frame
 
 HARNESS = str(Path(harness.__file__).resolve().parent)  # wherever this checkout is
 

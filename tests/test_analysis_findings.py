@@ -112,7 +112,7 @@ def test_rss_heap_gap_explained_at_the_main_process_largest_rss(tmp_path: Path) 
     tk = ticks(run.samples)
     cap = Capture("train", "train-e2-train", Path("x.bin"), None, 1)
     data = CaptureData(cap, Window(2, None, 0, 5, 1005.0, 1006.9), pid=100,
-                       snapshots=[(1005.1, 130 * MiB, 40 * MiB), (1006.0, 160 * MiB, 50 * MiB)])
+                       memray_samples=[(1005.1, 130 * MiB, 40 * MiB), (1006.0, 160 * MiB, 50 * MiB)])
     f = findings.rss_heap_gap(tk, [data])
     assert f is not None
     n = f.numbers

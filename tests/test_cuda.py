@@ -15,10 +15,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
-from harness.probe import cuda
+from harness.analysis import cuda
+from harness.probe import cuda as device
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 MB = 1_000_000
@@ -52,6 +54,21 @@ def recorded(data_dir: Path) -> dict[str, Any]:
 
 def _records(recorded: dict[str, Any], batch: str) -> list[tuple[str, dict[str, Any]]]:
     return [(p, step[p]) for step in recorded["runs"][batch]["phases"] for p in PHASES]
+
+
+_PHASE_COLUMNS = ("phase", "allocated", "reserved", "peak_allocated", "peak_reserved", "retries",
+                  "ooms")
+
+
+def _phase_table(records: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
+    """The (phase, stats) records as the device table's columns: device_peak_phase's input."""
+    rows = []
+    for phase, raw in records:
+        st = cuda.parse_memory_stats(raw)
+        rows.append((phase, st.allocated, st.reserved, st.peak_allocated, st.peak_reserved,
+                     st.num_alloc_retries, st.num_ooms))
+    return pd.DataFrame(rows, columns=list(_PHASE_COLUMNS)).astype(
+        {c: "int64" for c in _PHASE_COLUMNS[1:]})
 
 
 def _raw_snapshot(data_dir: Path, batch: int) -> dict[str, Any]:
@@ -92,57 +109,23 @@ def test_parse_memory_stats_tolerates_missing_keys() -> None:
 
 
 @pytest.mark.parametrize("batch", ["4", "256"])
-def test_phase_table_equals_the_recorded_values(recorded: dict[str, Any], batch: str) -> None:
-    records = _records(recorded, batch)
-    table = cuda.phase_table(records)
-    assert list(table.columns) == ["phase", "allocated", "reserved", "peak_allocated",
-                                   "peak_reserved", "retries", "ooms"]
-    assert len(table) == 3 * len(PHASES)
-    for (phase, raw), (_, row) in zip(records, table.iterrows()):
-        assert row["phase"] == phase
-        assert row["allocated"] == raw["allocated_bytes.all.current"]
-        assert row["reserved"] == raw["reserved_bytes.all.current"]
-        assert row["peak_allocated"] == raw["allocated_bytes.all.peak"]
-        assert row["peak_reserved"] == raw["reserved_bytes.all.peak"]
-        assert row["retries"] == raw["num_alloc_retries"]
-        assert row["ooms"] == raw["num_ooms"]
-
-
-def test_phase_table_accepts_parsed_stats_samples_and_empty_input(
-    recorded: dict[str, Any],
-) -> None:
-    records = _records(recorded, "4")
-    expected = cuda.phase_table(records)
-    parsed = [(p, cuda.parse_memory_stats(raw)) for p, raw in records]
-    assert cuda.phase_table(parsed).equals(expected)
-    # the shape device_sample() returns, as the probe would write it to events
-    samples = [
-        (p, {"t": 0.0, "allocated": s.allocated, "reserved": s.reserved,
-             "peak_allocated": s.peak_allocated, "peak_reserved": s.peak_reserved,
-             "retries": s.num_alloc_retries, "ooms": s.num_ooms, "device_free": 1,
-             "device_total": 2})
-        for p, s in parsed
-    ]
-    assert cuda.phase_table(samples).equals(expected)
-    assert cuda.phase_table([]).empty
+def test_parsed_stats_equal_the_recorded_values(recorded: dict[str, Any], batch: str) -> None:
+    for _phase, raw in _records(recorded, batch):
+        s = cuda.parse_memory_stats(raw)
+        assert s.allocated == raw["allocated_bytes.all.current"]
+        assert s.reserved == raw["reserved_bytes.all.current"]
+        assert s.peak_allocated == raw["allocated_bytes.all.peak"]
+        assert s.peak_reserved == raw["reserved_bytes.all.peak"]
+        assert s.num_alloc_retries == raw["num_alloc_retries"]
+        assert s.num_ooms == raw["num_ooms"]
 
 
 def test_batch_256_peaks_above_batch_4(recorded: dict[str, Any]) -> None:
-    peak4 = cuda.phase_table(_records(recorded, "4"))["peak_allocated"].max()
-    peak256 = cuda.phase_table(_records(recorded, "256"))["peak_allocated"].max()
+    peak4 = _phase_table(_records(recorded, "4"))["peak_allocated"].max()
+    peak256 = _phase_table(_records(recorded, "256"))["peak_allocated"].max()
     assert peak256 > peak4
     assert peak4 == recorded["runs"]["4"]["final"]["allocated_bytes.all.peak"]
     assert peak256 == recorded["runs"]["256"]["final"]["allocated_bytes.all.peak"]
-
-
-def test_phase_peaks_take_the_highest_per_phase(recorded: dict[str, Any]) -> None:
-    records = _records(recorded, "256")
-    peaks = cuda.phase_peaks(cuda.phase_table(records))
-    assert list(peaks["phase"]) == list(PHASES)
-    for _, row in peaks.iterrows():
-        expected = max(r["allocated_bytes.all.peak"] for p, r in records if p == row["phase"])
-        assert row["peak_allocated"] == expected
-        assert row["rows"] == 3
 
 
 # -- findings --------------------------------------------------------------------------------
@@ -158,7 +141,7 @@ def test_device_peak_phase_on_the_recordings(
     recorded: dict[str, Any], batch: str, phase: str, row: int
 ) -> None:
     total = recorded["info"]["total_memory"]
-    finding = cuda.device_peak_phase(cuda.phase_table(_records(recorded, batch)),
+    finding = cuda.device_peak_phase(_phase_table(_records(recorded, batch)),
                                      device_total=total)
     assert finding is not None
     assert (finding.phase, finding.row) == (phase, row)
@@ -172,7 +155,7 @@ def test_device_peak_phase_with_peaks_reset_per_phase() -> None:
     def stats(peak: int) -> dict[str, int]:
         return {"allocated_bytes.all.peak": peak, "reserved_bytes.all.peak": 2 * peak}
 
-    table = cuda.phase_table([("data", stats(10)), ("forward", stats(50)),
+    table = _phase_table([("data", stats(10)), ("forward", stats(50)),
                               ("backward", stats(40)), ("forward", stats(50))])
     finding = cuda.device_peak_phase(table)
     assert finding is not None
@@ -181,8 +164,8 @@ def test_device_peak_phase_with_peaks_reset_per_phase() -> None:
 
 
 def test_device_peak_phase_needs_data() -> None:
-    assert cuda.device_peak_phase(cuda.phase_table([])) is None
-    assert cuda.device_peak_phase(cuda.phase_table([("data", {})])) is None
+    assert cuda.device_peak_phase(_phase_table([])) is None
+    assert cuda.device_peak_phase(_phase_table([("data", {})])) is None
 
 
 GiB = 1 << 30
@@ -278,10 +261,10 @@ def test_pinned_host_memory_stays_quiet(host: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize("batch", [4, 256])
-def test_summarize_snapshot_matches_an_independent_count(data_dir: Path, batch: int) -> None:
+def test_summarize_history_matches_an_independent_count(data_dir: Path, batch: int) -> None:
     raw = _raw_snapshot(data_dir, batch)
-    loaded = cuda.load_snapshot(data_dir / f"cuda-snapshot-bs{batch}.pickle")
-    summary = cuda.summarize_snapshot(loaded)
+    loaded = cuda.load_history(data_dir / f"cuda-snapshot-bs{batch}.pickle")
+    summary = cuda.summarize_history(loaded)
 
     segments = raw["segments"]
     blocks = [b for s in segments for b in s["blocks"]]
@@ -314,7 +297,7 @@ def test_snapshot_known_answers_agree_with_memory_stats(
     split_free: int, whole_free: int,
 ) -> None:
     # GIVEN the snapshot taken after the three recorded steps and the final stats of that run
-    summary = cuda.summarize_snapshot(_raw_snapshot(data_dir, batch))
+    summary = cuda.summarize_history(_raw_snapshot(data_dir, batch))
     final = recorded["runs"][str(batch)]["final"]
     # THEN the allocator's two views agree
     assert (summary.segments, summary.trace_entries) == (segments, entries)
@@ -329,7 +312,7 @@ def test_snapshot_known_answers_agree_with_memory_stats(
 
 
 def test_snapshot_allocation_sites_name_user_code_and_autograd_nodes(data_dir: Path) -> None:
-    summary = cuda.summarize_snapshot(_raw_snapshot(data_dir, 256))
+    summary = cuda.summarize_history(_raw_snapshot(data_dir, 256))
     sites = {s.site: s for s in summary.top_alloc_sites}
     forward = [s for s in sites if s.endswith(" forward") and "cuda_probe.py" in s]
     assert forward, sites
@@ -365,7 +348,7 @@ def test_allocation_site(frames: list[dict[str, Any]], site: str) -> None:
     assert cuda.allocation_site(frames) == site
 
 
-def test_summarize_snapshot_filters_by_device_and_handles_empty() -> None:
+def test_summarize_history_filters_by_device_and_handles_empty() -> None:
     snapshot = {
         "segments": [
             {"device": 0, "total_size": 100, "allocated_size": 60, "active_size": 60,
@@ -377,37 +360,37 @@ def test_summarize_snapshot_filters_by_device_and_handles_empty() -> None:
         ],
         "device_traces": [[{"action": "alloc", "size": 60, "time_us": 1}], []],
     }
-    both = cuda.summarize_snapshot(snapshot)
+    both = cuda.summarize_history(snapshot)
     assert (both.segments, both.reserved, both.free, both.largest_free_block) == (2, 150, 90, 50)
     assert both.split_free == 40 and both.whole_free_segments == 50
     assert both.fragmentation == pytest.approx(1 - 50 / 90)
-    dev1 = cuda.summarize_snapshot(snapshot, device=1)
+    dev1 = cuda.summarize_history(snapshot, device=1)
     assert (dev1.segments, dev1.trace_entries, dev1.fragmentation) == (1, 0, 0.0)
-    empty = cuda.summarize_snapshot({"segments": []})
+    empty = cuda.summarize_history({"segments": []})
     assert (empty.reserved, empty.fragmentation, empty.trace_span_s) == (0, None, None)
 
 
 def test_load_snapshot_rejects_other_pickles(tmp_path: Path) -> None:
     path = tmp_path / "x.pickle"
     path.write_bytes(pickle.dumps([1, 2, 3]))
-    with pytest.raises(cuda.SnapshotFormatError):
-        cuda.load_snapshot(path)
+    with pytest.raises(cuda.HistoryFormatError):
+        cuda.load_history(path)
 
 
 # -- bounding the history ---------------------------------------------------------------------
 
 
-def test_bound_snapshot_keeps_a_small_snapshot_whole(data_dir: Path) -> None:
+def test_bound_history_keeps_a_small_snapshot_whole(data_dir: Path) -> None:
     raw = _raw_snapshot(data_dir, 4)
-    bounded = cuda.bound_snapshot(raw, cuda.DEFAULT_MAX_BYTES)
+    bounded = device.bound_history(raw, device.DEFAULT_MAX_BYTES)
     assert bounded.entries_dropped == 0 and bounded.entries_kept == 1740
     assert pickle.loads(bounded.data) == raw
 
 
 @pytest.mark.parametrize("max_bytes", [200_000, 100_000, 50_000])
-def test_bound_snapshot_drops_the_oldest_events(data_dir: Path, max_bytes: int) -> None:
+def test_bound_history_drops_the_oldest_events(data_dir: Path, max_bytes: int) -> None:
     raw = _raw_snapshot(data_dir, 256)
-    bounded = cuda.bound_snapshot(raw, max_bytes)
+    bounded = device.bound_history(raw, max_bytes)
     assert bounded.nbytes <= max_bytes
     kept = pickle.loads(bounded.data)
     trace = kept["device_traces"][0]
@@ -418,13 +401,13 @@ def test_bound_snapshot_drops_the_oldest_events(data_dir: Path, max_bytes: int) 
     assert len(raw["device_traces"][0]) == 1920  # the input was not changed
 
 
-def test_bound_snapshot_drops_block_stacks_last(data_dir: Path) -> None:
+def test_bound_history_drops_block_stacks_last(data_dir: Path) -> None:
     raw = _raw_snapshot(data_dir, 256)
-    bounded = cuda.bound_snapshot(raw, 5_000)
+    bounded = device.bound_history(raw, 5_000)
     assert bounded.entries_kept == 0 and bounded.block_frames_dropped
     kept = pickle.loads(bounded.data)
     assert all(b["frames"] == [] for s in kept["segments"] for b in s["blocks"])
-    assert cuda.summarize_snapshot(kept).reserved == cuda.summarize_snapshot(raw).reserved
+    assert cuda.summarize_history(kept).reserved == cuda.summarize_history(raw).reserved
     assert bounded.over_budget == (bounded.nbytes > 5_000)
 
 
@@ -435,35 +418,35 @@ def test_bound_snapshot_drops_block_stacks_last(data_dir: Path) -> None:
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: cuda.device_sample("cuda"),
-        lambda: cuda.device_sample("cuda:0"),
-        lambda: cuda.reset_phase_peak("cuda"),
-        lambda: cuda.start_history(),
-        lambda: cuda.stop_history(),
+        lambda: device.device_sample("cuda"),
+        lambda: device.device_sample("cuda:0"),
+        lambda: device.reset_phase_peak("cuda"),
+        lambda: device.start_history(),
+        lambda: device.stop_history(),
     ],
 )
 def test_device_helpers_refuse_without_cuda(call: Any) -> None:
-    with pytest.raises(cuda.CudaUnavailable, match="no CUDA device"):
+    with pytest.raises(device.CudaUnavailable, match="no CUDA device"):
         call()
 
 
 def test_device_helpers_refuse_a_cpu_device() -> None:
-    with pytest.raises(cuda.CudaUnavailable, match="not a CUDA device"):
-        cuda.device_sample("cpu")
+    with pytest.raises(device.CudaUnavailable, match="not a CUDA device"):
+        device.device_sample("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the guard on a machine without CUDA")
 def test_dump_history_refuses_without_cuda(tmp_path: Path) -> None:
-    with pytest.raises(cuda.CudaUnavailable):
-        cuda.dump_history(tmp_path / "h.pickle")
+    with pytest.raises(device.CudaUnavailable):
+        device.dump_history(tmp_path / "h.pickle")
     assert not (tmp_path / "h.pickle").exists()
 
 
 def test_host_sample_is_empty_without_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine has pinned-memory statistics")
-    assert cuda.host_sample() == {}
-    assert cuda.pinned_host_memory(cuda.host_sample()) is None
+    assert device.host_sample() == {}
+    assert cuda.pinned_host_memory(device.host_sample()) is None
 
 
 # -- device-side helpers wired to recorded data (torch.cuda stubbed) --------------------------
@@ -492,7 +475,7 @@ def test_device_sample_reads_one_stats_call(
     fake_cuda: list[tuple[str, Any]], recorded: dict[str, Any]
 ) -> None:
     final = recorded["runs"]["256"]["final"]
-    sample = cuda.device_sample("cuda:0")
+    sample = device.device_sample("cuda:0")
     assert sample["allocated"] == final["allocated_bytes.all.current"]
     assert sample["reserved"] == final["reserved_bytes.all.current"]
     assert sample["peak_allocated"] == final["allocated_bytes.all.peak"]
@@ -500,20 +483,20 @@ def test_device_sample_reads_one_stats_call(
     assert (sample["retries"], sample["ooms"]) == (0, 0)
     assert [sample["device_free"], sample["device_total"]] == recorded["info"]["mem_get_info"]
     json.dumps(sample)
-    cuda.reset_phase_peak("cuda:0")
+    device.reset_phase_peak("cuda:0")
     assert fake_cuda == [("reset", torch.device("cuda:0"))]
 
 
 def test_history_start_and_bounded_dump(fake_cuda: list[tuple[str, Any]], tmp_path: Path) -> None:
-    cuda.start_history(5_000)
+    device.start_history(5_000)
     assert fake_cuda[0][1] == "all"
     assert fake_cuda[0][2]["max_entries"] == 5_000 and fake_cuda[0][2]["stacks"] == "python"
     # WHEN the dump must fit in 100 kB
-    dump = cuda.dump_history(tmp_path / "cuda" / "history.pickle", max_bytes=100_000)
+    dump = device.dump_history(tmp_path / "cuda" / "history.pickle", max_bytes=100_000)
     # THEN the file holds the newest events within budget, and recording was stopped
     path = Path(dump.path)
     assert path.stat().st_size == dump.bytes <= 100_000
     assert dump.entries_kept + dump.entries_dropped == 1920 and dump.entries_dropped > 0
-    assert cuda.summarize_snapshot(cuda.load_snapshot(path)).trace_entries == dump.entries_kept
+    assert cuda.summarize_history(cuda.load_history(path)).trace_entries == dump.entries_kept
     assert fake_cuda[-1][1] is None
     assert not list(path.parent.glob("*.tmp"))

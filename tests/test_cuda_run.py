@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from harness import cli
-from harness.probe import cuda
+from harness.analysis import cuda
 from harness.analysis.load import load_run
 from harness.analysis.ticks import ticks
 from harness.render import timeline
@@ -141,7 +141,7 @@ def test_snapshots_and_history_window(runs: dict[str, Path]) -> None:
     pickle_path = run_dir / "stages" / "main" / "cuda" / "main-e1-steps2-7.pickle"
     assert pickle_path.is_file()
     with open(RECORDING / "cuda-snapshot-bs4.pickle", "rb") as fh:
-        expected = cuda.summarize_snapshot(pickle.load(fh))  # noqa: S301 - our recording
+        expected = cuda.summarize_history(pickle.load(fh))  # noqa: S301 - our recording
     (h,) = _summary(run_dir)["cuda"]["history"]
     assert (h["start"], h["stop"], h["error"]) == (2, 7, None)
     assert (h["segments"], h["reserved"], h["allocated"]) == (

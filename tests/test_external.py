@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,7 @@ def test_script_without_probe_gets_the_process_timeline_and_memray(tmp_path: Pat
 
 
 def test_script_with_probe_gets_phases_and_epoch_snapshots(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = cli("run", str(_scenario(tmp_path, "withprobe.py")), "--reports", str(tmp_path / "r"))
+    code, _, err = cli("run", str(_scenario(tmp_path, "withprobe.py")), "--reports", str(tmp_path / "r"))
     assert code == 0, err
     run = latest_run(tmp_path / "r")
     events = read_events(run / "stages/main")
@@ -52,7 +53,8 @@ def test_script_with_probe_gets_phases_and_epoch_snapshots(tmp_path: Path, cli) 
     assert {"forward", "backward"} <= set(s.phase.dropna())
 
 
-def test_function_entry_is_called_with_the_stage_context(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_function_entry_is_called_with_the_stage_context(  # type: ignore[no-untyped-def]
+        tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     mod = tmp_path / "myworkload.py"
     mod.write_text(
         "def main(ctx):\n    print('stage', ctx.stage, ctx.scenario.name, ctx.run_dir.name != '')\n"
@@ -60,15 +62,9 @@ def test_function_entry_is_called_with_the_stage_context(tmp_path: Path, cli) ->
     s = {"name": "fn", "stages": ["alpha", "beta"], "workload": {"entry": "myworkload:main"}}
     path = tmp_path / "fn.yaml"
     path.write_text(yaml.safe_dump(s))
-    import sys
-
-    sys.path.insert(0, str(tmp_path))
-    import os
-
-    os.environ["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    try:
-        code, out, err = cli("run", str(path), "--reports", str(tmp_path / "r"))
-    finally:
-        sys.path.remove(str(tmp_path))
+    # Only the stage processes import the module; they inherit this environment, which
+    # monkeypatch restores after the test.
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path), prepend=os.pathsep)
+    code, out, err = cli("run", str(path), "--reports", str(tmp_path / "r"))
     assert code == 0, err
     assert "stage alpha fn True" in out and "stage beta fn True" in out

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _gate import MiB, fake_summary, write_run
+from _gate import MiB, fake_model, fake_summary, write_run
 
+from harness.analysis.summary_model import SCHEMA_FILE, SCHEMA_VERSION, Summary
+from harness.control.scenario import BudgetsConfig
+from harness.errors import UsageError
 from harness.gate import metrics as m
 from harness.gate.baseline import MetricStats, build, from_dict
 from harness.gate.check import Row, baseline_limit, check
-from harness.errors import UsageError
-from harness.control.scenario import BudgetsConfig
 
 
 # GIVEN a baseline's values, a tolerance and a noise floor, THEN the limit is
@@ -72,7 +73,7 @@ def test_check_exit_codes(statuses: list[tuple[Any, int | None]], run_status: st
 
 
 def test_metrics_from_a_summary() -> None:
-    s = fake_summary(main=400 * MiB, growth=(2 * MiB, 4 * MiB))
+    s = fake_model(main=400 * MiB, growth=(2 * MiB, 4 * MiB))
     got = m.from_summary(s)
     assert got["peak_main_rss"] == 400 * MiB
     assert got["growth_per_epoch"] == 3 * MiB  # mean over the epochs
@@ -84,13 +85,13 @@ def test_metrics_from_a_summary() -> None:
 
 
 def test_growth_per_epoch_is_the_largest_stage_mean() -> None:
-    s = {"growth_per_epoch": [
-        {"stage": "a", "from_epoch": 1, "to_epoch": 2, "main_rss": 10},
-        {"stage": "a", "from_epoch": 2, "to_epoch": 3, "main_rss": 30},
-        {"stage": "b", "from_epoch": 1, "to_epoch": 3, "main_rss": 30},
-    ]}
-    assert m.growth_per_epoch(s) == 20
-    assert m.growth_per_epoch({"growth_per_epoch": []}) is None
+    s = fake_summary()
+    s["growth_per_epoch"] = [
+        {"stage": stage, "from_epoch": e0, "to_epoch": e1, "main_rss": rss, "main_uss": 0,
+         "tensor_count": 0, "tensor_bytes": 0}
+        for stage, e0, e1, rss in (("a", 1, 2, 10), ("a", 2, 3, 30), ("b", 1, 3, 30))]
+    assert m.growth_per_epoch(Summary.model_validate(s)) == 20
+    assert m.growth_per_epoch(fake_model(growth=())) is None
 
 
 def test_budgets_pass_and_fail_naming_metric_and_phase() -> None:
@@ -98,7 +99,7 @@ def test_budgets_pass_and_fail_naming_metric_and_phase() -> None:
         "peak_main_rss": "500 MiB", "growth_per_epoch": "1 MiB",
         "phases": {"backward": {"peak_live_tensor_bytes": "100 kB"},
                    "data": {"peak_workers_uss": "64 MiB"}}})
-    result = check(m.from_summary(fake_summary(growth=(3 * MiB,))), budgets=budgets)
+    result = check(m.from_summary(fake_model(growth=(3 * MiB,))), budgets=budgets)
     by = {(r.metric, r.status) for r in result.rows}
     assert ("peak_main_rss", "pass") in by
     assert ("growth_per_epoch", "FAIL") in by
@@ -107,15 +108,15 @@ def test_budgets_pass_and_fail_naming_metric_and_phase() -> None:
     assert result.exit_code == 1
 
 
-def _baseline(*summaries: dict[str, Any]) -> Any:
+def _baseline(*summaries: Summary) -> Any:
     doc = build(list(summaries), [{"dir": f"r{i}"} for i in range(len(summaries))], {"at": "now"})
     return from_dict(json.loads(json.dumps(doc)), "b.json")
 
 
 def test_a_much_larger_batch_fails_against_a_baseline_naming_metrics_and_phases() -> None:
     # GIVEN a baseline at batch size 4 and a run whose activations grew 64x (batch 256)
-    base = _baseline(fake_summary(), fake_summary(main=401 * MiB))
-    big = fake_summary(tensors=300_000 * 64, main=480 * MiB)
+    base = _baseline(fake_model(), fake_model(main=401 * MiB))
+    big = fake_model(tensors=300_000 * 64, main=480 * MiB)
     # WHEN it is checked at a 10% tolerance
     result = check(m.from_summary(big), baseline=base, tolerance=0.10)
     failed = {r.metric for r in result.failures}
@@ -124,24 +125,24 @@ def test_a_much_larger_batch_fails_against_a_baseline_naming_metrics_and_phases(
             "phases.forward.peak_live_tensor_bytes", "phases.backward.peak_main_rss"} <= failed
     assert "peak_tree_rss" not in failed and "peak_heap" not in failed
     # AND the same scenario again passes against its own baseline
-    assert check(m.from_summary(fake_summary(main=402 * MiB)), baseline=base, tolerance=0.10).ok
+    assert check(m.from_summary(fake_model(main=402 * MiB)), baseline=base, tolerance=0.10).ok
 
 
 def test_spread_in_the_baseline_widens_the_limit() -> None:
     # Three noisy runs: 400, 440, 480 MiB; a run at 520 MiB is 21% above the mean of 440 but
     # within max + 2·stdev (480 + 80), so it holds at 10%; at 620 MiB it does not.
-    base = _baseline(*(fake_summary(main=v * MiB) for v in (400, 440, 480)))
-    ok = check(m.from_summary(fake_summary(main=520 * MiB)), baseline=base, tolerance=0.10)
+    base = _baseline(*(fake_model(main=v * MiB) for v in (400, 440, 480)))
+    ok = check(m.from_summary(fake_model(main=520 * MiB)), baseline=base, tolerance=0.10)
     assert next(r for r in ok.rows if r.metric == "peak_main_rss").status == "pass"
-    bad = check(m.from_summary(fake_summary(main=620 * MiB)), baseline=base, tolerance=0.10)
+    bad = check(m.from_summary(fake_model(main=620 * MiB)), baseline=base, tolerance=0.10)
     assert next(r for r in bad.rows if r.metric == "peak_main_rss").status == "FAIL"
 
 
 def test_baseline_refuses_mixed_scenarios_and_failed_runs() -> None:
     with pytest.raises(UsageError, match="different scenarios"):
-        build([fake_summary(scenario="a"), fake_summary(scenario="b")], [{}, {}], {})
+        build([fake_model(scenario="a"), fake_model(scenario="b")], [{}, {}], {})
     with pytest.raises(UsageError, match="finished ok"):
-        build([fake_summary(status="failed")], [{}], {})
+        build([fake_model(status="failed")], [{}], {})
 
 
 @pytest.mark.parametrize(("doc", "message"), [
@@ -244,8 +245,6 @@ def test_the_hand_written_summaries_match_the_summary_schema(kw: dict[str, Any])
     # The gates are tested on fake summaries: they must stay the shape the report writes.
     import jsonschema
 
-    from harness.gate.runs import SUMMARY_VERSIONS
-
-    schema = json.loads((Path(m.__file__).parents[1] / "schemas" / "summary.schema.json").read_text())
+    schema = json.loads(SCHEMA_FILE.read_text())
     jsonschema.validate(fake_summary(**kw), schema)
-    assert fake_summary()["schema_version"] in SUMMARY_VERSIONS
+    assert fake_model(**kw).schema_version == SCHEMA_VERSION  # and the gates' model reads them

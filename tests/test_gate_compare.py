@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from _gate import MiB, fake_summary, write_run
+from _gate import MiB, fake_model, fake_summary, write_run
 
+from harness.analysis.summary_model import Summary
 from harness.gate.compare import compare, delta, ratio, site_deltas
-from harness.gate.render import compare_html, compare_text
+from harness.render.gate import compare_html, compare_text
 
 SITE_COLS = ["stage", "capture", "process", "phase", "site", "workload_line", "source",
              "bytes_at_peak", "allocations_at_peak", "leaked_bytes", "leaked_allocations", "processes"]
@@ -38,8 +39,8 @@ def test_site_deltas_largest_growth_first() -> None:
 
 
 def test_comparison_by_phase_epoch_and_process() -> None:
-    sa = fake_summary(main=400 * MiB, growth=(1 * MiB,))
-    sb = fake_summary(main=500 * MiB, tensors=600_000, growth=(5 * MiB,))
+    sa = fake_model(main=400 * MiB, growth=(1 * MiB,))
+    sb = fake_model(main=500 * MiB, tensors=600_000, growth=(5 * MiB,))
     c = compare(sa, sb, _procs(400 * MiB), _procs(500 * MiB), _sites([]), _sites([]))
     titles = [s.title for s in c.sections]
     assert titles == ["Run", "By phase", "By epoch", "By process"]
@@ -59,14 +60,28 @@ def test_comparison_by_phase_epoch_and_process() -> None:
 
 def test_compare_html_escapes_everything_from_the_runs() -> None:
     evil = "<script>alert(1)</script>"
-    sa = fake_summary(scenario=evil)
-    sb = fake_summary(scenario=evil)
+    sa, sb = fake_summary(scenario=evil), fake_summary(scenario=evil)
     for s in (sa, sb):
         s["phases"][0]["phase"] = evil
-    c = compare(sa, sb, _procs(1), _procs(2), _sites([("main", evil, 1)]), _sites([("main", evil, 9)]))
+    c = compare(Summary.model_validate(sa), Summary.model_validate(sb), _procs(1), _procs(2),
+                _sites([("main", evil, 1)]), _sites([("main", evil, 9)]))
     page = compare_html(c)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_compare_html_escapes_a_run_name_with_a_script_tag() -> None:
+    evil = "<script>alert('run')</script>"
+    sa = fake_model(run_dir="reports/fake/" + evil.replace("/", ""), main=400 * MiB)
+    sb = fake_model(run_dir="reports/fake/ok", main=500 * MiB)
+    page = compare_html(compare(sa, sb, _procs(1), _procs(2), _sites([]), _sites([])))
+    assert "<script>" not in page
+    shown = "&lt;script&gt;alert(&#39;run&#39;)&lt;script&gt;"
+    assert f"<code>reports/fake/{shown}</code>" in page  # the run directory
+    assert f"<title>Compare: fake {shown} (ok) vs fake ok (ok)</title>" in page  # its name
+    # the page around the names is markup, not escaped text
+    assert "<h2>By phase</h2><table><tr>" in page and "<td class='n up'>+100 MiB</td>" in page
+    assert "<p class='note'>None grew.</p>" in page and page.endswith("</body></html>")
 
 
 def test_compare_command_writes_the_page(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -77,7 +77,7 @@ def test_sweep_over_batch_size_then_compare_its_runs(tmp_path: Path, cli) -> Non
     assert code == 0, out + err
 
 
-def test_the_smoke_scenario_holds_to_its_committed_baseline(harness) -> None:  # type: ignore[no-untyped-def]
-    run = harness.run(REPO / "scenarios" / "smoke.yaml")
+def test_the_smoke_scenario_holds_to_its_committed_baseline(harness_run) -> None:  # type: ignore[no-untyped-def]
+    run = harness_run.run(REPO / "scenarios" / "smoke.yaml")
     result = run.check(baseline=SMOKE_BASELINE, tolerance=SMOKE_TOLERANCE)
     assert result.rows  # the baseline was read and every figure held

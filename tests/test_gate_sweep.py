@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from _gate import MiB, fake_summary
+from _gate import MiB, fake_model
 
+from harness.analysis.summary_model import Summary
 from harness.errors import UsageError
-from harness.gate import render
 from harness.gate.sweep import Knob, SweepResult, grid, parse_knobs, parse_vary, run_grid
+from harness.render import gate as render
 
 
 @pytest.mark.parametrize(("text", "key", "values"), [
@@ -53,7 +53,7 @@ def test_grid_first_knob_varies_slowest() -> None:
                            ["a=2", "b=x"], ["a=2", "b=y"], ["a=2", "b=z"]]
 
 
-def _fake_run(point: list[str]) -> tuple[str, str, dict[str, Any] | None, pd.DataFrame | None]:
+def _fake_run(point: list[str]) -> tuple[str, str, Summary | None, pd.DataFrame | None]:
     knobs = dict(p.split("=") for p in point)
     bs = int(knobs["train.batch_size"])
     w = int(knobs.get("data.num_workers", 0))
@@ -63,7 +63,7 @@ def _fake_run(point: list[str]) -> tuple[str, str, dict[str, Any] | None, pd.Dat
     if bs == 256 and w == 2:
         return "runs/x", "limit", None, None  # a point that was stopped
     return (f"runs/{bs}-{w}", "ok",
-            fake_summary(main=700 * MiB + bs * MiB, tensors=bs * 75_000, workers_uss=w * bs * MiB), procs)
+            fake_model(main=700 * MiB + bs * MiB, tensors=bs * 75_000, workers_uss=w * bs * MiB), procs)
 
 
 def test_run_grid_tabulates_each_point_and_the_plot_is_written(tmp_path: Path) -> None:

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import read_events
 
+from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
+from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
 from harness.probe import cell as cellmod
 from harness.probe import cuda
-from harness.probe.live import CELL_FILE, CONFIG_FILE, LiveProbe
-from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
-from conftest import read_events
+from harness.probe.config import ProbeConfig
+from harness.probe.live import LiveProbe
 
 MB = 1_000_000
 # allocated at the end of each phase, and the peak inside it (bytes)
@@ -65,13 +67,13 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeDevice:
 
 
 def _probe(tmp_path: Path) -> LiveProbe:
-    cfg = {
-        "stage": "train", "device": "cuda",
-        "memray": MemrayConfig(mode="off").model_dump(mode="json"),
-        "tensors": TensorsConfig(trace_steps=2, trace_every=0, snapshots=False).model_dump(mode="json"),
-        "cuda": CudaConfig(sample_every=3, history_epoch=1, history_start=2, history_steps=3).model_dump(mode="json"),
-    }
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    cfg = ProbeConfig(
+        stage="train", device="cuda",
+        memray=MemrayConfig(mode="off"),
+        tensors=TensorsConfig(trace_steps=2, trace_every=0, snapshots=False),
+        cuda=CudaConfig(sample_every=3, history_epoch=1, history_start=2, history_steps=3),
+    )
+    (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
     cellmod.create(tmp_path / CELL_FILE)
     return LiveProbe(tmp_path)
 
@@ -135,8 +137,9 @@ def test_cuda_scenario_without_a_device_is_one_line_naming_the_file(tmp_path: Pa
 
 
 def test_the_cuda_scenario_runs_on_the_cpu_with_set(tmp_path: Path) -> None:
-    from harness.control import scenario
     from conftest import REPO
+
+    from harness.control import scenario
 
     assert scenario.load(REPO / "scenarios" / "cuda.yaml").device == "cuda"
     assert scenario.load(REPO / "scenarios" / "cuda.yaml", ["device=cpu"]).device == "cpu"

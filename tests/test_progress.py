@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from harness.probe.cell import CellState
-from harness.control.runner import Console, progress_text
+from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeTotals
+from harness.probe.cell import CellState
 
 MiB = 1024 * 1024
 
@@ -57,19 +57,21 @@ def test_plain_lines_when_not_a_terminal() -> None:
 def test_metric_may_name_its_own_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
+    from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
+    from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
     from harness.probe import cell as cellmod
-    from harness.probe.live import CELL_FILE, CONFIG_FILE, LiveProbe
-    from harness.control.scenario import MemrayConfig, TensorsConfig
+    from harness.probe.live import LiveProbe
 
-    cfg = {"stage": "s", "memray": MemrayConfig(mode="off").model_dump(mode="json"),
-           "tensors": TensorsConfig(snapshots=False).model_dump(mode="json")}
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    cfg = {"stage": "s", "device": "cpu", "memray": MemrayConfig(mode="off").model_dump(mode="json"),
+           "tensors": TensorsConfig(snapshots=False).model_dump(mode="json"),
+           "cuda": CudaConfig().model_dump(mode="json")}
+    (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg))
     cellmod.create(tmp_path / CELL_FILE)
     p = LiveProbe(tmp_path)
     with p.epoch(2):
         p.metric("loss", 1.5)
     p.metric("loss", 1.25, epoch=7)  # as in the README's example
     p.close()
-    metrics = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()
-               if '"metric"' in l]
+    metrics = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()
+               if '"metric"' in line]
     assert [(m["value"], m["epoch"]) for m in metrics] == [(1.5, 2), (1.25, 7)]

@@ -17,7 +17,12 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
     blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
     assert blocks[:2] == [INSTALL_RUN, INSTALL_TEST]
     ci = (REPO / ".ci/run").read_text()
-    assert INSTALL_TEST.replace("pip install", "pip install -q") in ci
+    install, test = INSTALL_TEST.rsplit(" && ", 1)
+    assert install.replace("pip install", "pip install -q") in ci
+    lines = ci.splitlines()
+    # lint and types first, then the README's test command, last
+    assert [i for i, ln in enumerate(lines) if "ruff check" in ln or ".venv/bin/mypy" in ln]
+    assert lines[-1].endswith(test)
 
 
 def _keys(model: type, prefix: str = "") -> list[str]:

@@ -21,6 +21,7 @@ from harness.analysis.attribution import (
     workload_frame,
 )
 from harness.analysis.load import Capture, Stage
+from harness.layout import Event, parse_capture_name
 
 # memray drops, on the main thread, the frames that were on the stack when tracking started: for
 # a window opened inside the probe that is the workload's own loop. Ask for the whole stack.
@@ -58,7 +59,7 @@ class CaptureData:
     pid: int | None = None
     peak_memory: int | None = None
     total_allocations: int | None = None
-    snapshots: list[tuple[float, int, int]] = field(default_factory=list)  # (t s, rss, heap)
+    memray_samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t s, rss, heap)
     sites: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SITE_COLUMNS))
     error: str | None = None
     leaks_read: bool = False  # False: the sites' leaked_* columns were not computed
@@ -71,7 +72,7 @@ class Records:
     reader: Any  # kept open: the records resolve their stacks through it
     metadata: Any
     peak: list[Any]
-    memory_snapshots: list[Any]
+    memray_samples: list[Any]  # memray's MemorySnapshot records (rss and heap over time)
 
 
 def windows(stage: Stage) -> dict[str, Window]:
@@ -79,9 +80,9 @@ def windows(stage: Stage) -> dict[str, Window]:
     starts: dict[str, dict[str, Any]] = {}
     stops: dict[str, dict[str, Any]] = {}
     for ev in stage.events:
-        if ev.get("kind") == "memray_start":
+        if ev.get("kind") == Event.MEMRAY_START:
             starts[str(ev.get("capture"))] = ev
-        elif ev.get("kind") == "memray_stop":
+        elif ev.get("kind") == Event.MEMRAY_STOP:
             stops[str(ev.get("capture"))] = ev
     out: dict[str, Window] = {}
     for name, st in starts.items():
@@ -107,15 +108,8 @@ def _float(v: Any) -> float | None:
 
 def _guess_window(capture: Capture) -> Window:
     """For a capture without events (a crash before memray_start was flushed): from its name."""
-    section = None
-    for s in ("validate", "test"):
-        if capture.name.endswith("-" + s):
-            section = s
-    epoch = None
-    for part in capture.name.split("-"):
-        if part.startswith("e") and part[1:].isdigit():
-            epoch = int(part[1:])
-    return Window(epoch, section, None, None, None, None)
+    name = parse_capture_name(capture.stage, capture.name)
+    return Window(name.epoch, name.section, None, None, None, None)
 
 
 def aggregate_sites(
@@ -195,7 +189,7 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
     data.pid = int(meta.pid)
     data.peak_memory = int(meta.peak_memory)
     data.total_allocations = int(meta.total_allocations)
-    data.snapshots = [(s.time / 1000.0, int(s.rss), int(s.heap)) for s in snaps]
+    data.memray_samples = [(s.time / 1000.0, int(s.rss), int(s.heap)) for s in snaps]
     data.leaks_read = wants_leaks(win)
     stacks: dict[int, list[Frame]] = {}
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness.probe import cuda
-from harness.analysis.findings import Finding
+from harness.analysis import cuda
+from harness.analysis.finding import Finding
 from harness.analysis.load import Run
 from harness.analysis.ticks import phase_order
+from harness.layout import Event
 
 DEVICE_COLUMNS = (
     "stage", "epoch", "phase", "readings", "peak_allocated", "peak_reserved",
@@ -31,7 +32,7 @@ def is_cuda(run: Run) -> bool:
     return str(scenario.get("device", "cpu")).startswith("cuda")
 
 
-def phase_table(run: Run) -> pd.DataFrame:
+def device_table(run: Run) -> pd.DataFrame:
     """Per stage x epoch x phase: the device's peaks (each phase its own) and its latest state.
 
     From the probe's device steps (every ``cuda.sample_every``-th training step and every
@@ -41,7 +42,7 @@ def phase_table(run: Run) -> pd.DataFrame:
     """
     rows = []
     for st in run.stages:
-        for ev in st.events_of("phase_totals"):
+        for ev in st.events_of(Event.PHASE_TOTALS):
             for phase, c in (ev.get("cuda") or {}).items():
                 rows.append({"stage": st.name, "epoch": int(ev.get("epoch") or 0), "phase": phase,
                              **{k: c.get(k) for k in DEVICE_COLUMNS[3:]}})
@@ -89,7 +90,7 @@ class HistoryWindow:
     bytes: int
     entries_kept: int
     entries_dropped: int
-    summary: cuda.SnapshotSummary | None
+    summary: cuda.HistorySummary | None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,18 +111,18 @@ class HistoryWindow:
 def history_windows(run: Run) -> list[HistoryWindow]:
     """Every ``cuda_history`` window, its pickle summarised (a broken file is noted, not fatal).
 
-    The pickles are loaded with :func:`harness.probe.cuda.load_snapshot`: they are this harness's own
+    The pickles are loaded with :func:`harness.probe.cuda.load_history`: they are this harness's own
     recordings in a run directory the user pointed at.
     """
     out = []
     for st in run.stages:
         stage_dir = st.dir
-        for ev in st.events_of("cuda_history"):
+        for ev in st.events_of(Event.CUDA_HISTORY):
             rel = str(ev.get("file", ""))
             path = stage_dir / rel
             summary, error = None, None
             try:
-                summary = cuda.summarize_snapshot(cuda.load_snapshot(path))
+                summary = cuda.summarize_history(cuda.load_history(path))
             except FileNotFoundError:
                 error = "the file is missing"
             except Exception as exc:  # noqa: BLE001 - one unreadable pickle costs its summary

@@ -7,16 +7,16 @@ constants so tests and the README can name them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from harness.analysis.captures import CaptureData
+from harness.analysis.finding import Finding
 from harness.analysis.load import Run
-from harness.analysis.tables import snapshot_metrics
-
-MiB = 1024 * 1024
+from harness.analysis.snapshot_metrics import epoch_metrics
+from harness.layout import Event
+from harness.sizes import MiB, format_size
 
 # leak: growth at every epoch boundary after the first ...
 LEAK_MIN_TENSORS_PER_EPOCH = 10  # ... of live tensors, or
@@ -33,38 +33,14 @@ COW_PARENT_FLAT_BYTES = 8 * MiB  # while the parent's heap (or RSS) moves less t
 COW_PARENT_FLAT_FRACTION = 0.25  # or this fraction of the worker's growth.
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One diagnosis: a kind, a one-line title, a paragraph, and the figures behind it."""
-
-    kind: str  # leak | copy_on_read | rss_heap_gap | peak_phase | cuda_* (analysis/device.py)
-    title: str
-    text: str
-    numbers: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "title": self.title, "text": self.text, "numbers": self.numbers}
-
-
 def mib(n: float) -> str:
-    return f"{n / MiB:,.1f} MiB"
-
-
-def _epoch_snapshots(run: Run) -> dict[str, list[tuple[int, dict[str, float]]]]:
-    """Per stage, the epoch-end snapshots' metrics in epoch order."""
-    out: dict[str, list[tuple[int, dict[str, float]]]] = {}
-    for st in run.stages:
-        rows = [(int(s.get("epoch") or 0), snapshot_metrics(s))
-                for label, s in st.snapshots.items() if label.startswith("epoch-")]
-        if rows:
-            out[st.name] = sorted(rows, key=lambda r: r[0])
-    return out
+    return format_size(n, unit="MiB")
 
 
 def _steps_per_epoch(run: Run, stage: str) -> int | None:
     for st in run.stages:
         if st.name == stage:
-            steps = [int(e.get("steps") or 0) for e in st.events_of("loop_end")]
+            steps = [int(e.get("steps") or 0) for e in st.events_of(Event.LOOP_END)]
             return max(steps) if steps else None
     return None
 
@@ -104,7 +80,7 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
     """Memory that grows from epoch to epoch after the first: how much, where, which sites."""
     evidence: list[str] = []
     numbers: dict[str, Any] = {"stages": {}}
-    for stage, snaps in _epoch_snapshots(run).items():
+    for stage, snaps in epoch_metrics(run).items():
         if len(snaps) < 2:
             continue
         first = snaps[0][1]
@@ -114,7 +90,7 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
         tensors = [d["tensor_count"] for d in deltas]
         uss = [d["main_uss"] for d in deltas]
         uss_floor = max(LEAK_MIN_USS_PER_EPOCH, LEAK_MIN_USS_FRACTION * first["main_uss"])
-        per_epoch = {
+        per_epoch: dict[str, Any] = {
             "epochs": [e for e, _ in snaps],
             "tensor_count_per_epoch": sum(tensors) / n,
             "tensor_bytes_per_epoch": sum(d["tensor_bytes_total"] for d in deltas) / n,
@@ -234,7 +210,7 @@ def _parent_change(s: pd.DataFrame, captures: list[CaptureData], stage: str,
     back into the parent's own, so the parent's USS rises with the very effect measured here.
     """
     heap = [(t, h) for c in captures if c.capture.stage == stage and c.capture.pid is None
-            for t, _rss, h in c.snapshots if t0 <= t <= t1]
+            for t, _rss, h in c.memray_samples if t0 <= t <= t1]
     if len(heap) >= 2:
         hs = [h for _, h in heap]
         return float(max(hs) - min(hs)), "heap"
@@ -251,7 +227,7 @@ def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | Non
     for c in captures:
         if c.capture.pid is not None or c.error:
             continue
-        for t, rss, heap in c.snapshots:
+        for t, rss, heap in c.memray_samples:
             if best is None or rss > best[0]:
                 best = (rss, heap, t, c)
     if best is None or tk.empty:
@@ -295,9 +271,9 @@ def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | Non
     )
 
 
-INSTRUMENT_EVENTS = {"memray_start": "started a memray capture",
-                     "memray_stop": "stopped a memray capture",
-                     "snapshot": "took an epoch-boundary snapshot"}
+INSTRUMENT_EVENTS = {Event.MEMRAY_START: "started a memray capture",
+                     Event.MEMRAY_STOP: "stopped a memray capture",
+                     Event.SNAPSHOT: "took an epoch-boundary snapshot"}
 INSTRUMENT_NEAR_S = 1.0  # a peak this close to one of the harness's own actions may be its doing
 
 
@@ -321,7 +297,7 @@ def _after_stage_end(run: Run | None, tk: pd.DataFrame) -> pd.Series:
     if run is None:
         return after
     for st in run.stages:
-        ends = [float(e["t"]) for e in st.events_of("stage_end") if "t" in e]
+        ends = [float(e["t"]) for e in st.events_of(Event.STAGE_END) if "t" in e]
         if ends:
             after |= (tk["stage"] == st.name) & (tk["t"] > min(ends))
     return after

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from harness.control import rundir
 from harness.errors import UsageError
-
-SAMPLE_COLUMNS = (
-    "t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
-    "uss", "pss", "swap", "stage", "epoch", "step", "phase", "cuda_allocated", "cuda_reserved",
+from harness.layout import (
+    EVENTS_FILE,
+    MANIFEST_FILE,
+    MEMRAY_DIR,
+    SAMPLE_COLUMNS,
+    SAMPLES_FILE,
+    SNAPSHOTS_DIR,
+    STAGES_DIR,
+    Event,
+    parse_capture_file,
+    stage_dir,
 )
+
 _NUMERIC = ("t", "pid", "ppid", "rss", "vms", "shared", "text", "data", "uss", "pss", "swap",
             "epoch", "step", "cuda_allocated", "cuda_reserved")
-_CAPTURE = re.compile(r"^(?P<stem>.+)\.bin(?:\.(?P<pid>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class Run:
                 msg += f": {failure['message']}"
             out.append(msg)
         for s in self.stages:
-            if s.events and not s.events_of("stage_end"):
+            if s.events and not s.events_of(Event.STAGE_END):
                 out.append(f"stage {s.name!r} has no stage_end event")
         return out
 
@@ -169,41 +174,54 @@ def read_events(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def read_snapshots(stage_dir: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
+def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
     """The stage's snapshots by label, in the order they were taken."""
-    sdir = stage_dir / "snapshots"
-    if not sdir.is_dir():
+    snap_dir = sdir / SNAPSHOTS_DIR
+    if not snap_dir.is_dir():
         return {}
     found: dict[str, dict[str, Any]] = {}
-    for path in sdir.glob("*.json"):
+    for path in snap_dir.glob("*.json"):
         try:
             snap = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
-            problems.append(f"{stage_dir.name}: unreadable snapshot {path.name} (skipped)")
+            problems.append(f"{sdir.name}: unreadable snapshot {path.name} (skipped)")
             continue
         if isinstance(snap, dict):
             found[str(snap.get("label", path.stem))] = snap
     return dict(sorted(found.items(), key=lambda kv: float(kv[1].get("t") or 0.0)))
 
 
-def list_captures(stage: str, stage_dir: Path) -> list[Capture]:
-    mdir = stage_dir / "memray"
+def list_captures(stage: str, sdir: Path) -> list[Capture]:
+    mdir = sdir / MEMRAY_DIR
     if not mdir.is_dir():
         return []
     out: list[Capture] = []
     for path in sorted(mdir.iterdir()):
-        m = _CAPTURE.match(path.name)
-        if m is None or not path.is_file():
+        parsed = parse_capture_file(path.name)
+        if parsed is None or not path.is_file():
             continue
-        pid = int(m["pid"]) if m["pid"] else None
-        out.append(Capture(stage, m["stem"], path, pid, path.stat().st_size))
+        out.append(Capture(stage, parsed[0], path, parsed[1], path.stat().st_size))
     return out
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest.json as a dict; UsageError when it is missing or not a JSON object."""
+    path = run_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise UsageError(f"{run_dir}: not a run directory (no {MANIFEST_FILE})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data
 
 
 def _stage_names(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
     """Stages in the order they ran: the manifest's, then any directory it does not name."""
     names = [str(s.get("name")) for s in manifest.get("stages", []) if isinstance(s, dict)]
-    sdir = run_dir / "stages"
+    sdir = run_dir / STAGES_DIR
     if sdir.is_dir():
         planned = list((manifest.get("scenario") or {}).get("stages") or [])
         extra = sorted((p.name for p in sdir.iterdir() if p.is_dir() and p.name not in names),
@@ -217,21 +235,21 @@ def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: not a run directory (no such directory)")
-    manifest = rundir.read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     problems: list[str] = []
     outcomes = {str(s.get("name")): s for s in manifest.get("stages", []) if isinstance(s, dict)}
     stages: list[Stage] = []
     for name in _stage_names(run_dir, manifest):
-        sdir = rundir.stage_dir(run_dir, name)
+        sdir = stage_dir(run_dir, name)
         if not sdir.is_dir():
             problems.append(f"{name}: the manifest names it but stages/{name}/ is missing")
             continue
-        events = read_events(sdir / "events.jsonl", problems)
+        events = read_events(sdir / EVENTS_FILE, problems)
         stages.append(Stage(
             name=name,
             dir=sdir,
             outcome=outcomes.get(name),
-            samples=read_samples(sdir / "samples.csv", problems),
+            samples=read_samples(sdir / SAMPLES_FILE, problems),
             events=events,
             snapshots=read_snapshots(sdir, problems),
             captures=list_captures(name, sdir),

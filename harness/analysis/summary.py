@@ -1,23 +1,40 @@
-"""summary.json: the run's headline numbers for machines. Schema: harness/schemas/summary.schema.json.
+"""summary.json: the run's headline numbers for machines, built as a :class:`Summary`.
 
-Bump SCHEMA_VERSION on any change a reader could notice (a field removed, renamed or retyped);
-adding an optional field does not need a bump.
+The fields, their types, the schema id and version: :mod:`harness.analysis.summary_model`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harness.analysis.captures import CaptureData
-from harness.analysis.findings import Finding
+from harness.analysis.finding import Finding
 from harness.analysis.load import Run
-from harness.analysis.tables import snapshot_metrics
+from harness.analysis.snapshot_metrics import epoch_metrics
+from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
 
-SCHEMA_ID = "harness-summary"
-SCHEMA_VERSION = 1
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars to Python, NaN to null, paths to strings: free-form figures made JSON-ready."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return obj
 
 
 def _num(v: Any) -> float | int | None:
@@ -46,14 +63,16 @@ def _peak_at(tk: pd.DataFrame, column: str) -> dict[str, Any] | None:
 
 
 def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
-    best = None
+    best: CaptureData | None = None
     for c in captures:
         if c.error or c.peak_memory is None:
             continue
-        if best is None or c.peak_memory > best["bytes"]:
-            best = {"bytes": int(c.peak_memory), "stage": c.capture.stage,
-                    "capture": c.capture.name, "process": c.capture.role, "pid": c.pid}
-    return best
+        if best is None or c.peak_memory > (best.peak_memory or 0):
+            best = c
+    if best is None:
+        return None
+    return {"bytes": int(best.peak_memory or 0), "stage": best.capture.stage,
+            "capture": best.capture.name, "process": best.capture.role, "pid": best.pid}
 
 
 def _peak_in_phases(phases: pd.DataFrame, column: str,
@@ -72,12 +91,9 @@ def _peak_in_phases(phases: pd.DataFrame, column: str,
 
 def _growth(run: Run) -> list[dict[str, Any]]:
     out = []
-    for st in run.stages:
-        snaps = [(int(s.get("epoch") or 0), snapshot_metrics(s))
-                 for label, s in st.snapshots.items() if label.startswith("epoch-")]
-        snaps.sort(key=lambda r: r[0])
-        for (e0, a), (e1, b) in zip(snaps, snaps[1:]):
-            out.append({"stage": st.name, "from_epoch": e0, "to_epoch": e1,
+    for stage, snaps in epoch_metrics(run).items():
+        for (e0, a), (e1, b) in itertools.pairwise(snaps):
+            out.append({"stage": stage, "from_epoch": e0, "to_epoch": e1,
                         "main_rss": int(b["main_rss"] - a["main_rss"]),
                         "main_uss": int(b["main_uss"] - a["main_uss"]),
                         "tensor_count": int(b["tensor_count"] - a["tensor_count"]),
@@ -114,9 +130,9 @@ def _metrics(run: Run) -> dict[str, Any]:
 
 def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
                   captures: list[CaptureData], findings: list[Finding],
-                  cuda: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The summary as a JSON-ready dict. ``cuda``: the device section (CUDA runs only), as
-    :func:`harness.analysis.device.summary_section` gives it."""
+                  cuda: dict[str, Any] | None = None) -> Summary:
+    """The summary (``.to_dict()`` is what summary.json holds). ``cuda``: the device section (CUDA
+    runs only), as :func:`harness.analysis.device.summary_section` gives it."""
     m = run.manifest
     stages = []
     for st in run.stages:
@@ -135,7 +151,7 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         "cuda_peak_allocated": _int(r.cuda_peak_allocated),
         "cuda_peak_reserved": _int(r.cuda_peak_reserved),
     } for r in phases.itertuples(index=False)]
-    return {
+    return Summary.model_validate({
         "schema": SCHEMA_ID,
         "schema_version": SCHEMA_VERSION,
         "run": {
@@ -169,11 +185,11 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
             "epochs": _epoch_durations(run),
         },
         "metrics": _metrics(run),
-        "findings": [f.to_dict() for f in findings],
+        "findings": [_plain(f.to_dict()) for f in findings],
         "captures": [{"stage": c.capture.stage, "name": c.capture.name, "process": c.capture.role,
                       "pid": c.pid, "file": str(c.capture.path.relative_to(run.dir)),
                       "file_bytes": c.capture.size, "peak_heap": c.peak_memory,
                       "allocations": c.total_allocations, "error": c.error} for c in captures],
         "problems": list(run.problems),
-        **({"cuda": cuda} if cuda is not None else {}),
-    }
+        **({"cuda": _plain(cuda)} if cuda is not None else {}),
+    })

@@ -6,9 +6,12 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis import device
 from harness.analysis.captures import SITE_COLUMNS, CaptureData
 from harness.analysis.load import Run, Stage
+from harness.analysis.snapshot_metrics import snapshot_metrics
 from harness.analysis.ticks import phase_order, ticks
+from harness.layout import Event
 
 PHASE_COLUMNS = (
     "stage", "epoch", "phase", "seconds", "time_share", "ticks",
@@ -27,7 +30,7 @@ def _tensor_stats(stages: list[Stage]) -> pd.DataFrame:
     """Traced-step tensor figures per (stage, epoch, phase), summed over the traced steps."""
     rows: list[tuple[Any, ...]] = []
     for st in stages:
-        for ev in st.events_of("traced_step"):
+        for ev in st.events_of(Event.TRACED_STEP):
             for phase, t in (ev.get("tensors") or {}).items():
                 rows.append((st.name, int(ev.get("epoch") or 0), phase, int(t.get("count", 0)),
                              int(t.get("bytes", 0)), int(t.get("peak_live_bytes", 0)),
@@ -53,7 +56,7 @@ def _tensor_stats(stages: list[Stage]) -> pd.DataFrame:
 def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per stage x epoch x phase: time share, RSS of main and tree, workers' USS, tensor bytes,
     and on CUDA the device's peaks (allocated, reserved; each phase its own, see
-    :func:`harness.analysis.device.phase_table`).
+    :func:`harness.analysis.device.device_table`).
 
     Times are the sampler's: each tick counts until the next one. Epoch 0 is what came before
     the first epoch (setup) or a stage without epochs (test).
@@ -75,9 +78,7 @@ def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
         total = base.groupby(["stage", "epoch"])["seconds"].transform("sum")
         base["time_share"] = (base["seconds"] / total.where(total > 0)).fillna(0.0)
     df = base.merge(_tensor_stats(run.stages), on=key, how="outer")
-    from harness.analysis import device  # (device -> findings -> tables)
-
-    dev = device.phase_table(run)
+    dev = device.device_table(run)
     if not dev.empty:
         dev = dev[[*key, "peak_allocated", "peak_reserved"]].rename(columns={
             "peak_allocated": "cuda_peak_allocated", "peak_reserved": "cuda_peak_reserved"})
@@ -93,35 +94,6 @@ def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
     df["seconds"] = df["seconds"].fillna(0.0)
     df["time_share"] = df["time_share"].fillna(0.0)
     return df[list(PHASE_COLUMNS)]
-
-
-def snapshot_metrics(snap: dict[str, Any]) -> dict[str, float]:
-    """The figures of one snapshot that are worth comparing from epoch to epoch."""
-    m: dict[str, float] = {}
-    tb = snap.get("tensor_bytes") or {}
-    for cat in ("parameters", "gradients", "optimizer_state", "other"):
-        m[f"tensor_bytes_{cat}"] = float(tb.get(cat, 0) or 0)
-    m["tensor_bytes_total"] = sum(float(v or 0) for v in tb.values())
-    m["tensor_count"] = float(snap.get("tensor_count") or 0)
-    procs = [p for p in snap.get("processes") or [] if not p.get("gone")]
-    main = next((p for p in procs if p.get("role") == "main"), {})
-    workers = [p for p in procs if p.get("role") != "main"]
-    for k in ("rss", "uss", "pss"):
-        m[f"main_{k}"] = float(main.get(k) or 0)
-    m["workers"] = float(len(workers))
-    m["workers_rss"] = float(sum(p.get("rss") or 0 for p in workers))
-    m["workers_uss"] = float(sum(p.get("uss") or 0 for p in workers))
-    summary = (snap.get("maps") or {}).get("summary") or {}
-    for kind in ("heap", "anonymous", "file", "shared-memory"):
-        m[f"maps_{kind.replace('-', '_')}_bytes"] = float((summary.get(kind) or {}).get("bytes", 0))
-    counts = (snap.get("gc") or {}).get("counts") or []
-    for i, c in enumerate(counts[:3]):
-        m[f"gc_count_gen{i}"] = float(c)
-    cuda = snap.get("cuda") or {}
-    for k in ("allocated", "reserved", "max_allocated"):
-        if k in cuda:
-            m[f"cuda_{k}"] = float(cuda[k])
-    return m
 
 
 def epoch_table(run: Run) -> pd.DataFrame:

@@ -29,10 +29,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from harness.layout import MANIFEST_FILE, SCENARIO_FILE
 
-MANIFEST = "manifest.json"
-SCENARIO = "scenario.yaml"
+MANIFEST = MANIFEST_FILE
+SCENARIO = SCENARIO_FILE
 MANIFEST_VERSION = 1
 
 
@@ -40,7 +40,7 @@ def new_run_dir(reports: Path, scenario_name: str, suffix: str = "") -> Path:
     """Create ``reports/<name>/<UTC timestamp>-<id>``; never reuses an existing directory."""
     parent = reports / scenario_name
     parent.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     while True:
         path = parent / f"{stamp}-{secrets.token_hex(3)}{suffix}"
         try:
@@ -48,10 +48,6 @@ def new_run_dir(reports: Path, scenario_name: str, suffix: str = "") -> Path:
             return path
         except FileExistsError:
             continue
-
-
-def stage_dir(run_dir: Path, stage: str) -> Path:
-    return run_dir / "stages" / stage
 
 
 def _version(dist: str) -> str | None:
@@ -95,7 +91,7 @@ def provenance() -> dict[str, Any]:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -104,15 +100,3 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     tmp.replace(run_dir / MANIFEST)
 
-
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"{run_dir}: not a run directory (no {MANIFEST})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object")
-    return data

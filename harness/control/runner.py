@@ -15,17 +15,25 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from harness.probe import cell as cellmod
 from harness.control import rundir
-from harness.probe.live import CELL_FILE, CONFIG_FILE, EVENTS_FILE
-from harness.errors import Interrupted, RunFailed, ScenarioError
-from harness.probe import ENV_DIR
+from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeSampler, TreeTotals
 from harness.control.scenario import Scenario, dump
-
-MiB = 1024 * 1024
+from harness.errors import Interrupted, RunFailed, ScenarioError
+from harness.layout import (
+    CELL_FILE,
+    EVENTS_FILE,
+    PROBE_CONFIG_FILE,
+    SAMPLES_FILE,
+    STAGE_DIR_ENV,
+    STAGE_LOG_FILE,
+    stage_dir,
+)
+from harness.probe import cell as cellmod
+from harness.probe.config import ProbeConfig
+from harness.sizes import MiB, format_size
 
 
 @dataclass
@@ -66,72 +74,6 @@ def check_device(scenario: Scenario, source: str = "scenario") -> None:
         )
 
 
-class Console:
-    """Child output and progress lines; one live status line on a terminal, plain lines otherwise."""
-
-    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.quiet = quiet
-        self._lock = threading.Lock()
-        self._status = ""
-        self._last_plain = float("-inf")  # the first status line always prints
-
-    def line(self, text: str) -> None:
-        if self.quiet:
-            return
-        with self._lock:
-            if self.tty and self._status:
-                self.stream.write("\r\x1b[2K")
-            self.stream.write(text + "\n")
-            if self.tty and self._status:
-                self.stream.write(self._status)
-            self.stream.flush()
-
-    def status(self, text: str, every_s: float = 15.0) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            with self._lock:
-                self._status = text
-                self.stream.write("\r\x1b[2K" + text)
-                self.stream.flush()
-        elif time.monotonic() - self._last_plain >= every_s:
-            self._last_plain = time.monotonic()
-            self.line(text)
-
-    def end_status(self) -> None:
-        if self.tty and self._status and not self.quiet:
-            with self._lock:
-                self.stream.write("\r\x1b[2K")
-                self.stream.flush()
-        self._status = ""
-
-
-def _fmt_mib(n: int) -> str:
-    return f"{n / MiB:,.0f} MiB"
-
-
-def _fmt_elapsed(s: float) -> str:
-    m, sec = divmod(int(s), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def progress_text(stage: str, totals: TreeTotals, elapsed: float) -> str:
-    parts = [f"{stage:<6}"]
-    c = totals.cell
-    if c is not None:
-        if c.epoch:
-            parts.append(f"epoch {c.epoch}")
-        total = f"/{c.total}" if c.total > 0 else ""
-        parts.append(f"step {c.step}{total}")
-        parts.append(f"{c.phase:<9}")
-    parts.append(f"RSS {_fmt_mib(totals.tree_rss)} (peak {_fmt_mib(totals.peak_tree_rss)})")
-    parts.append(_fmt_elapsed(elapsed))
-    return "  ".join(parts)
-
-
 def _pump(pipe: Any, log_path: Path, console: Console) -> None:
     """Copy the child's output to its log (flushed per line) and to the console."""
     with open(log_path, "ab", buffering=0) as log:
@@ -149,13 +91,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def _probe_config(scenario: Scenario, stage: str) -> dict[str, Any]:
-    return {
-        "stage": stage,
-        "device": scenario.device,
-        "memray": scenario.memray.model_dump(mode="json"),
-        "tensors": scenario.tensors.model_dump(mode="json"),
-        "cuda": scenario.cuda.model_dump(mode="json"),
-    }
+    return ProbeConfig.for_stage(scenario, stage).model_dump(mode="json")
 
 
 def _last_error(stage_path: Path) -> str:
@@ -169,7 +105,7 @@ def _last_error(stage_path: Path) -> str:
                 continue
             if ev.get("kind") == "stage_error":
                 return f"{ev.get('error')}: {ev.get('message')}".rstrip(": ")
-    log = stage_path / "log.txt"
+    log = stage_path / STAGE_LOG_FILE
     if log.exists():
         lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
         if lines:
@@ -184,15 +120,15 @@ def run_stage(
     console: Console,
     instrumented: bool,
 ) -> StageOutcome:
-    sdir = rundir.stage_dir(run_dir, stage)
+    sdir = stage_dir(run_dir, stage)
     sdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop(ENV_DIR, None)
+    env.pop(STAGE_DIR_ENV, None)
     if instrumented:
         cellmod.create(sdir / CELL_FILE)
-        (sdir / CONFIG_FILE).write_text(json.dumps(_probe_config(scenario, stage), indent=1))
-        env[ENV_DIR] = str(sdir)
+        (sdir / PROBE_CONFIG_FILE).write_text(json.dumps(_probe_config(scenario, stage), indent=1))
+        env[STAGE_DIR_ENV] = str(sdir)
     started_iso, t0 = rundir.now_iso(), time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.probe.stage", str(run_dir), stage],
@@ -203,7 +139,7 @@ def run_stage(
         start_new_session=True,  # its own process group: we can stop the whole tree at once
     )
     pgid = proc.pid
-    pump = threading.Thread(target=_pump, args=(proc.stdout, sdir / "log.txt", console), daemon=True)
+    pump = threading.Thread(target=_pump, args=(proc.stdout, sdir / STAGE_LOG_FILE, console), daemon=True)
     pump.start()
 
     stop_reason: list[str] = []
@@ -212,7 +148,8 @@ def run_stage(
     def on_tick(totals: TreeTotals) -> None:
         if limit_bytes is not None and totals.tree_rss > limit_bytes and not stop_reason:
             stop_reason.append(
-                f"limit: tree RSS {_fmt_mib(totals.tree_rss)} exceeded limits.max_rss_mb "
+                f"limit: tree RSS {format_size(totals.tree_rss, unit='MiB', digits=0)} exceeded "
+                "limits.max_rss_mb "
                 f"({scenario.limits.max_rss_mb:g} MiB)"
             )
             _kill_group(pgid)
@@ -220,7 +157,7 @@ def run_stage(
     sampler = None
     if instrumented:
         sampler = TreeSampler(
-            proc.pid, stage, sdir / "samples.csv", sdir / CELL_FILE,
+            proc.pid, stage, sdir / SAMPLES_FILE, sdir / CELL_FILE,
             scenario.sampling.rss_hz, scenario.sampling.full_hz, on_tick,
         )
         sampler.start()
@@ -347,7 +284,7 @@ def run_scenario(
             }
         rundir.write_manifest(run_dir, manifest)
     if failure is not None:
-        log = rundir.stage_dir(run_dir, failure.name) / "log.txt"
+        log = stage_dir(run_dir, failure.name) / STAGE_LOG_FILE
         what = {
             "failed": "failed",
             "killed": "was killed",

@@ -1,7 +1,7 @@
 """Process-tree sampling with psutil, in the harness process.
 
-Every tick finds the stage's process tree (through ``/proc/<pid>/task/<tid>/children``, which
-costs far less than scanning all of ``/proc``), reads each process's RSS and ``statm`` figures,
+Every tick finds the stage's process tree and names each process (:mod:`harness.control.processes`,
+the rule epoch snapshots use too), reads each process's RSS and ``statm`` figures,
 and at a lower rate its USS, PSS and swap (``smaps_rollup``). Each row carries the wall clock and
 the workload's stage, epoch, step and phase, read from the probe cell.
 """
@@ -9,7 +9,6 @@ the workload's stage, epoch, step and phase, read from the probe cell.
 from __future__ import annotations
 
 import csv
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,39 +17,13 @@ from pathlib import Path
 
 import psutil
 
+from harness.control.processes import Roles, tree_of
 from harness.probe.cell import CellReader, CellState
 
 COLUMNS = (
     "t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
     "uss", "pss", "swap", "stage", "epoch", "step", "phase", "cuda_allocated", "cuda_reserved",
 )
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` from the kernel's per-thread children lists."""
-    out: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
-                out.extend(int(x) for x in fh.read().split())
-        except OSError:
-            continue
-    return out
-
-
-def tree_of(root: int) -> list[tuple[int, int]]:
-    """(pid, parent pid) for ``root`` and all its descendants, root first."""
-    out = [(root, 0)]
-    i = 0
-    while i < len(out):
-        pid = out[i][0]
-        out.extend((c, pid) for c in children_of(pid))
-        i += 1
-    return out
 
 
 @dataclass
@@ -111,42 +84,17 @@ class TreeSampler(threading.Thread):
         self.stats = SamplerStats()
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
-        self._worker_slots: dict[int, int] = {}
-        self._roles: dict[int, str] = {}
-        self._main_cmdline: list[str] | None = None
+        self._roles = Roles(root, cmdline=self._cmdline)
 
     def stop(self) -> None:
         self._halt.set()
 
     def _cmdline(self, pid: int) -> list[str] | None:
-        proc = self._procs.get(pid)
+        proc = self._process(pid)
         try:
             return proc.cmdline() if proc is not None else None
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
-
-    def _role(self, pid: int, ppid: int) -> str | None:
-        """main, worker N or child; None while it cannot be told (a process already exiting)."""
-        if pid == self.root:
-            return "main"
-        role = self._roles.get(pid)
-        if role is None:
-            role = "child"
-            # A DataLoader worker is forked, not exec'd: it runs the main process's command
-            # line. Anything else the workload starts (ldconfig, a compiler) is just a child.
-            if ppid == self.root:
-                if self._main_cmdline is None:
-                    self._main_cmdline = self._cmdline(self.root)
-                cmdline = self._cmdline(pid)
-                if not cmdline:  # exiting (or a zombie): its command line is gone
-                    return None
-                if cmdline == self._main_cmdline:
-                    used = set(self._worker_slots.values())
-                    slot = next(i for i in range(len(used) + 1) if i not in used)
-                    self._worker_slots[pid] = slot
-                    role = f"worker {slot}"
-            self._roles[pid] = role
-        return role
 
     def _process(self, pid: int) -> psutil.Process | None:
         proc = self._procs.get(pid)
@@ -214,7 +162,7 @@ class TreeSampler(threading.Thread):
                 continue
             if mem.rss == 0:  # a zombie waiting to be reaped: nothing left to measure
                 continue
-            role = self._role(pid, ppid)
+            role = self._roles.role(pid, ppid)
             if role is None:
                 continue
             alive.add(pid)
@@ -232,8 +180,7 @@ class TreeSampler(threading.Thread):
         for pid in list(self._procs):
             if pid not in alive:
                 del self._procs[pid]
-                self._roles.pop(pid, None)
-                self._worker_slots.pop(pid, None)
+                self._roles.forget(pid)
         self.stats.ticks += 1
         if full:
             self.stats.full_ticks += 1

@@ -14,11 +14,17 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
-from harness.probe.cell import PHASES
 from harness.errors import ScenarioError
+from harness.probe.cell import PHASES
 from harness.sizes import parse_size
 
 BUILTIN_WORKLOAD = "model.stages:run"
@@ -188,7 +194,11 @@ class BudgetsConfig(_Section):
 
 
 class Scenario(_Section):
-    """A resolved scenario. ``source`` is the file it came from (for error messages)."""
+    """A resolved scenario: every default filled in, data and script paths made absolute.
+
+    It does not remember the file it came from: code that names the file in an error takes it
+    as a separate ``source`` argument (:func:`from_dict`, :func:`check_data`, ``run_scenario``).
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seed: int = 0

@@ -10,10 +10,13 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UsageError
 from harness.gate import metrics as m
+
+if TYPE_CHECKING:
+    from harness.analysis.summary_model import Summary
 
 SCHEMA_ID = "harness-baseline"
 SCHEMA_VERSION = 1
@@ -57,7 +60,7 @@ class Baseline:
     source: str
 
 
-def build(summaries: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]],
+def build(summaries: Sequence[Summary], runs: Sequence[Mapping[str, Any]],
           created: Mapping[str, Any]) -> dict[str, Any]:
     """The baseline document for ``summaries`` (one per run) with each run's provenance.
 
@@ -65,13 +68,12 @@ def build(summaries: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, An
     """
     if not summaries:
         raise UsageError("baseline: no runs given")
-    names = {str((s.get("run") or {}).get("scenario")) for s in summaries}
+    names = {s.run.scenario for s in summaries}
     if len(names) > 1:
         raise UsageError(f"baseline: the runs are of different scenarios ({', '.join(sorted(names))})")
     for s in summaries:
-        run = s.get("run") or {}
-        if not run.get("complete"):
-            raise UsageError(f"{run.get('dir')}: run status {run.get('status')!r}: "
+        if not s.run.complete:
+            raise UsageError(f"{s.run.dir}: run status {s.run.status!r}: "
                              "a baseline is recorded from runs that finished ok")
     values: dict[str, list[int]] = {}
     for s in summaries:
@@ -111,5 +113,5 @@ def from_dict(raw: Any, source: str) -> Baseline:
                            and math.isfinite(v) for v in vals)):
             raise UsageError(f"{source}: metrics.{name}.values: expected a non-empty list of numbers")
         out[str(name)] = MetricStats(tuple(int(v) for v in vals))
-    runs = raw.get("runs") if isinstance(raw.get("runs"), list) else []
+    runs: list[dict[str, Any]] = raw["runs"] if isinstance(raw.get("runs"), list) else []
     return Baseline(str(raw.get("scenario", "")), out, tuple(runs), source)

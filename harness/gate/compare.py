@@ -1,18 +1,22 @@
 """``harness compare``: two runs side by side by phase, epoch and process, and the sites that grew.
 
-Pure: summaries (dicts) and the report's process and site tables (DataFrames) in, a
+Pure: summaries (:class:`Summary`) and the report's process and site tables (DataFrames) in, a
 :class:`Comparison` out. Figures missing from one run stay ``None``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from harness.gate import metrics as m
+
+if TYPE_CHECKING:
+    from harness.analysis.summary_model import PhaseRow, Summary
 
 Unit = Literal["bytes", "seconds", "count"]
 Pair = tuple[float | None, float | None]
@@ -71,7 +75,7 @@ def ratio(pair: Pair) -> float | None:
 
 
 def _num(v: Any) -> float | None:
-    if v is None or (isinstance(v, float) and v != v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
     return float(v)
 
@@ -109,14 +113,14 @@ _PROCESS_COLUMNS = [
 ]
 
 
-def _run_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+def _run_rows(s: Summary) -> dict[tuple[str, ...], dict[str, Any]]:
     values: dict[str, Any] = {k: v for k, v in m.from_summary(s).items() if "." not in k}
-    values["wall_s"] = (s.get("durations") or {}).get("wall_s")
+    values["wall_s"] = s.durations.wall_s
     return {("run",): values}
 
 
-def _phase_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
-    return {(str(r["stage"]), str(r["epoch"]), str(r["phase"])): r for r in s.get("phases") or []}
+def _phase_rows(s: Summary) -> dict[tuple[str, ...], dict[str, Any]]:
+    return {(r.stage, str(r.epoch), r.phase): r.model_dump() for r in s.phases}
 
 
 def _max(values: list[Any]) -> float | None:
@@ -124,23 +128,23 @@ def _max(values: list[Any]) -> float | None:
     return max(nums) if nums else None
 
 
-def _epoch_rows(s: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+def _epoch_rows(s: Summary) -> dict[tuple[str, ...], dict[str, Any]]:
     out: dict[tuple[str, ...], dict[str, Any]] = {}
-    by_epoch: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for r in s.get("phases") or []:
-        by_epoch.setdefault((str(r["stage"]), str(r["epoch"])), []).append(r)
+    by_epoch: dict[tuple[str, str], list[PhaseRow]] = {}
+    for r in s.phases:
+        by_epoch.setdefault((r.stage, str(r.epoch)), []).append(r)
     for key, rows in by_epoch.items():
-        out[key] = {c.name: _max([r.get(c.name) for r in rows]) for c in _PEAK_COLUMNS}
-        out[key]["seconds"] = sum(float(r.get("seconds") or 0) for r in rows)
-    for e in (s.get("durations") or {}).get("epochs") or []:
-        out.setdefault((str(e["stage"]), str(e["epoch"])), {})["seconds"] = e.get("seconds")
-    for g in s.get("growth_per_epoch") or []:
-        out.setdefault((str(g["stage"]), str(g["to_epoch"])), {})["growth"] = g.get("main_rss")
+        out[key] = {c.name: _max([getattr(r, c.name) for r in rows]) for c in _PEAK_COLUMNS}
+        out[key]["seconds"] = sum(r.seconds for r in rows)
+    for e in s.durations.epochs:
+        out.setdefault((e.stage, str(e.epoch)), {})["seconds"] = e.seconds
+    for g in s.growth_per_epoch:
+        out.setdefault((g.stage, str(g.to_epoch)), {})["growth"] = g.main_rss
     return dict(sorted(out.items(), key=lambda kv: (_stage_rank(s, kv[0][0]), int(kv[0][1]))))
 
 
-def _stage_rank(s: Mapping[str, Any], stage: str) -> int:
-    names = [str(st.get("name")) for st in s.get("stages") or []]
+def _stage_rank(s: Summary, stage: str) -> int:
+    names = [st.name for st in s.stages]
     return names.index(stage) if stage in names else len(names)
 
 
@@ -183,7 +187,7 @@ def site_deltas(sites_a: pd.DataFrame, sites_b: pd.DataFrame, top: int = 10) -> 
     return out
 
 
-def compare(sa: Mapping[str, Any], sb: Mapping[str, Any], procs_a: pd.DataFrame,
+def compare(sa: Summary, sb: Summary, procs_a: pd.DataFrame,
             procs_b: pd.DataFrame, sites_a: pd.DataFrame | None, sites_b: pd.DataFrame | None,
             top: int = 10) -> Comparison:
     """Run A against run B: run-wide, by phase, by epoch, by process; the sites that grew."""
@@ -201,7 +205,6 @@ def compare(sa: Mapping[str, Any], sb: Mapping[str, Any], procs_a: pd.DataFrame,
         sites: list[SiteDelta] = []
     else:
         sites = site_deltas(sites_a, sites_b, top)
-    ra, rb = dict(sa.get("run") or {}), dict(sb.get("run") or {})
-    if ra.get("scenario") != rb.get("scenario"):
-        notes.append(f"the runs are of different scenarios: {ra.get('scenario')!r} and {rb.get('scenario')!r}")
-    return Comparison(ra, rb, sections, sites, notes)
+    if sa.run.scenario != sb.run.scenario:
+        notes.append(f"the runs are of different scenarios: {sa.run.scenario!r} and {sb.run.scenario!r}")
+    return Comparison(sa.run.model_dump(), sb.run.model_dump(), sections, sites, notes)

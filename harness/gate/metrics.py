@@ -1,14 +1,18 @@
-"""A run's summary flattened into named metrics: ``peak_main_rss``, ``phases.backward.peak_heap``...
+"""A run's summary flattened into named metrics: ``peak_heap``, ``phases.backward.peak_main_rss``...
 
 Names follow the scenario's ``budgets:`` keys, so a budget, a baseline entry and a check row
-all speak of the same thing. Every value is in bytes.
+all speak of the same thing. Every value is in bytes. Only the keys in ``PHASE_METRICS`` have
+per-phase names; ``peak_heap`` and ``growth_per_epoch`` are run-wide only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.analysis.summary_model import HeapPeak, Peak, PhasePeak, Summary
 
 MiB = 1024 * 1024
 
@@ -74,57 +78,52 @@ def definition(name: str) -> MetricDef:
 
 
 def label(name: str) -> str:
-    phase, key = split_name(name)
+    phase, _ = split_name(name)
     text = definition(name).label
     return f"{text} [{phase}]" if phase else text
 
 
-def _bytes(peak: Any) -> int | None:
-    if isinstance(peak, Mapping) and peak.get("bytes") is not None:
-        return int(peak["bytes"])
-    return None
+def _bytes(peak: Peak | HeapPeak | PhasePeak | None) -> int | None:
+    return None if peak is None else peak.bytes
 
 
-def growth_per_epoch(summary: Mapping[str, Any]) -> int | None:
+def growth_per_epoch(summary: Summary) -> int | None:
     """Mean growth of the main process's RSS from one epoch-end snapshot to the next.
 
     Per stage: (RSS at the last epoch's end - RSS at the first epoch's end) / epochs between;
     the largest over the stages. None when no stage has two epoch snapshots.
     """
     per_stage: dict[str, tuple[int, int]] = {}
-    for g in summary.get("growth_per_epoch") or []:
-        if g.get("main_rss") is None:
-            continue
-        total, epochs = per_stage.get(str(g.get("stage")), (0, 0))
-        span = max(int(g.get("to_epoch", 0)) - int(g.get("from_epoch", 0)), 1)
-        per_stage[str(g.get("stage"))] = (total + int(g["main_rss"]), epochs + span)
+    for g in summary.growth_per_epoch:
+        total, epochs = per_stage.get(g.stage, (0, 0))
+        span = max(g.to_epoch - g.from_epoch, 1)
+        per_stage[g.stage] = (total + g.main_rss, epochs + span)
     if not per_stage:
         return None
     return max(round(total / epochs) for total, epochs in per_stage.values())
 
 
-def from_summary(summary: Mapping[str, Any]) -> dict[str, int]:
+def from_summary(summary: Summary) -> dict[str, int]:
     """Every metric the summary can give, by flat name. Absent figures are left out."""
-    peaks = summary.get("peaks") or {}
+    peaks = summary.peaks
     raw: dict[str, int | None] = {
-        "peak_main_rss": _bytes(peaks.get("main_rss")),
-        "peak_tree_rss": _bytes(peaks.get("tree_rss")),
-        "peak_workers_uss": _bytes(peaks.get("workers_uss")),
-        "peak_heap": _bytes(peaks.get("heap")),
-        "peak_live_tensor_bytes": _bytes(peaks.get("live_tensor_bytes")),
-        "peak_cuda_allocated": _bytes(peaks.get("cuda_allocated")),
-        "peak_cuda_reserved": _bytes(peaks.get("cuda_reserved")),
+        "peak_main_rss": _bytes(peaks.main_rss),
+        "peak_tree_rss": _bytes(peaks.tree_rss),
+        "peak_workers_uss": _bytes(peaks.workers_uss),
+        "peak_heap": _bytes(peaks.heap),
+        "peak_live_tensor_bytes": _bytes(peaks.live_tensor_bytes),
+        "peak_cuda_allocated": _bytes(peaks.cuda_allocated),
+        "peak_cuda_reserved": _bytes(peaks.cuda_reserved),
         "growth_per_epoch": growth_per_epoch(summary),
     }
     out = {k: v for k, v in raw.items() if v is not None}
-    for row in summary.get("phases") or []:
-        phase = str(row.get("phase"))
+    for row in summary.phases:
         for mdef, column in PHASE_METRICS:
-            value = row.get(column)
+            value = getattr(row, column)
             if value is None:
                 continue
-            name = phase_name(phase, mdef.key)
-            out[name] = max(out.get(name, int(value)), int(value))
+            name = phase_name(row.phase, mdef.key)
+            out[name] = max(out.get(name, value), value)
     return out
 
 

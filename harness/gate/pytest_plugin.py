@@ -1,20 +1,33 @@
 """pytest integration: a test runs a scenario (or any workload) under the harness and holds it to
 budgets or a baseline; a passed limit fails the test with the check's table as its message.
 
-Loaded through the ``pytest11`` entry point once the project is installed (or with
-``-p harness.gate.pytest_plugin``)::
+Installing the harness registers this plugin (entry point ``pytest11``, name ``harness``) in every
+pytest session of that environment, so it stays inert until a test asks for it. Requesting the
+``harness_run`` fixture is the opt-in; there is no ``--harness`` switch as well, because a memory
+gate that silently passed whenever a flag was forgotten would be a test that cannot fail::
 
-    def test_training_memory(harness):
-        run = harness.run("scenarios/smoke.yaml", "train.epochs=1")
+    def test_training_memory(harness_run):
+        run = harness_run.run("scenarios/smoke.yaml", "train.epochs=1")
         run.check(budgets={"peak_main_rss": "1.2 GB", "phases": {"backward": {"peak_live_tensor_bytes": "1 MB"}}})
         run.check(baseline="bench/baselines/smoke.json", tolerance="25%")
 
-Imports stay inside the functions: pytest loads this module in every session of every project
-that has the harness installed, and torch is not something to import for them.
+A project that never names the fixture sees no change: no fixture named ``harness``, no header
+line, nothing imported beyond this module; only ``--help``, ``--fixtures`` and ``--markers`` list
+what is here. ``-p no:harness`` unloads the plugin altogether.
+
+- Marker ``harness``: set at collection on every test that uses ``harness_run`` (real runs are
+  slow), so ``-m "not harness"`` skips them; it selects, it does nothing by itself.
+- ``--harness-reports DIR`` (ini ``harness_reports``, relative to the ini file): keep each test's
+  runs under ``DIR/<test id>/`` instead of its ``tmp_path``, e.g. for CI to keep the reports.
+
+The fixture used to be called ``harness``; that name was too generic to take in other
+projects' sessions. Imports stay inside the functions: torch, pandas and the harness are not
+something to import for every project that has the harness installed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +36,55 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from harness.gate.check import CheckResult
+    from harness.analysis.summary_model import Summary
     from harness.control.scenario import BudgetsConfig
+    from harness.gate.check import CheckResult
+
+FIXTURE = "harness_run"
+MARKER = "harness"
+REPORTS = "harness_reports"  # the option's dest and the ini key
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "memory harness (tests using the harness_run fixture)")
+    group.addoption("--harness-reports", dest=REPORTS, metavar="DIR", default=None,
+                    help="keep the runs of each harness_run test under DIR/<test id>/ "
+                         "(default: the test's tmp_path)")
+    parser.addini(REPORTS, "as --harness-reports; relative to the ini file", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{MARKER}: runs workloads under the memory harness; set on every test using the "
+                   f"{FIXTURE} fixture, so -m 'not {MARKER}' skips them")
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Before -m deselects (pytest_collection_modifyitems), so the marker can select these tests.
+    if FIXTURE in getattr(item, "fixturenames", ()) and item.get_closest_marker(MARKER) is None:
+        item.add_marker(MARKER)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    root = _reports_root(config)
+    return None if root is None else f"harness: {FIXTURE} runs kept under {root}"
+
+
+def _reports_root(config: pytest.Config) -> Path | None:
+    """``--harness-reports`` (relative to where pytest started), else the ini key, else none."""
+    option = config.getoption(REPORTS)
+    if option:
+        return config.invocation_params.dir / Path(option).expanduser()
+    ini = str(config.getini(REPORTS))
+    if ini:
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        return base / Path(ini).expanduser()
+    return None
+
+
+def _test_folder(nodeid: str) -> str:
+    """A folder name for a test id: ``tests/test_a.py::test_b[1]`` → ``tests_test_a.py__test_b_1``."""
+    return re.sub(r"[^\w.-]", "_", nodeid).strip("_")[:200] or "test"
 
 
 def _budgets(budgets: Mapping[str, Any] | None, source: str) -> BudgetsConfig | None:
@@ -41,7 +101,7 @@ class HarnessRun:
     """A finished run: its directory, its summary and the metrics the checks read."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: Summary
     metrics: dict[str, int] = field(default_factory=dict)
 
     def check(self, budgets: Mapping[str, Any] | None = None, *, baseline: str | Path | None = None,
@@ -61,8 +121,9 @@ class HarnessRun:
 
     def _check(self, budgets: Mapping[str, Any] | None, baseline: str | Path | None,
                tolerance: str | float, slack: str | int | None, scenario_budgets: bool) -> CheckResult:
-        from harness.gate import check, render, runs
         from harness.control.scenario import BudgetsConfig
+        from harness.gate import check, runs
+        from harness.render import gate as render
         from harness.sizes import parse_size, parse_tolerance
 
         merged: dict[str, Any] = {}
@@ -81,7 +142,7 @@ class HarnessRun:
         result = check.check(self.metrics, budgets=config, baseline=base,
                              tolerance=parse_tolerance(tolerance),
                              slack=None if slack is None else parse_size(slack),
-                             run_status=str(self.summary["run"]["status"]))
+                             run_status=self.summary.run.status)
         if not result.ok:
             title = f"harness: check {self.run_dir}" + (f" against {baseline}" if baseline else "")
             pytest.fail(render.check_text(result, title), pytrace=False)
@@ -89,7 +150,7 @@ class HarnessRun:
 
 
 class Harness:
-    """The ``harness`` fixture: runs go under ``reports`` (the test's tmp_path by default)."""
+    """The ``harness_run`` fixture: runs go under ``reports`` (the test's tmp_path by default)."""
 
     def __init__(self, reports: Path) -> None:
         self.reports = Path(reports)
@@ -108,12 +169,13 @@ class Harness:
 
         from harness.control import runner
         from harness.control import scenario as scenario_mod
+        from harness.control.console import Console
         from harness.errors import HarnessError
 
         try:
             sc = scenario_mod.load(Path(scenario), list(overrides))
             run_dir = runner.run_scenario(sc, self.reports, instrumented=True,
-                                          console=runner.Console(sys.stdout, quiet=quiet))
+                                          console=Console(sys.stdout, quiet=quiet))
         except HarnessError as exc:
             message = f"harness: {exc}"
         else:
@@ -138,6 +200,10 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Harness:
-    """Run scenarios under the harness and check them: ``harness.run(...).check(...)``."""
-    return Harness(tmp_path / "reports")
+def harness_run(request: pytest.FixtureRequest) -> Harness:
+    """Run scenarios or workloads under the memory harness and check them:
+    ``harness_run.run(...).check(...)``."""
+    root = _reports_root(request.config)
+    if root is None:
+        return Harness(request.getfixturevalue("tmp_path") / "reports")
+    return Harness(root / _test_folder(request.node.nodeid))

@@ -9,18 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 
+from harness.analysis.load import read_manifest
+from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
 from harness.control import rundir
+from harness.control.scenario import BudgetsConfig, Scenario, from_dict
 from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
-from harness.control.scenario import BudgetsConfig, Scenario, from_dict
 
 if TYPE_CHECKING:
     from harness.gate.sweep import SweepResult
 
 SUMMARY = Path("report") / "summary.json"
-SUMMARY_SCHEMA = "harness-summary"
-SUMMARY_VERSIONS = (1,)
 
 
 def _read_json(path: Path) -> Any:
@@ -34,8 +35,12 @@ def _read_json(path: Path) -> Any:
         raise UsageError(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from None
 
 
-def summary(run_dir: Path, *, refresh: bool = False) -> dict[str, Any]:
-    """``RUN_DIR/report/summary.json``, writing the report first when it is absent (or ``refresh``)."""
+def summary(run_dir: Path, *, refresh: bool = False) -> Summary:
+    """``RUN_DIR/report/summary.json``, writing the report first when it is absent (or ``refresh``).
+
+    A file that is not a summary of this schema version, or holds a field of the wrong type, is one
+    UsageError naming the file and the first field at fault.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / rundir.MANIFEST).is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {rundir.MANIFEST})")
@@ -45,12 +50,19 @@ def summary(run_dir: Path, *, refresh: bool = False) -> dict[str, Any]:
 
         build_report(run_dir)
     data = _read_json(path)
-    if not isinstance(data, dict) or data.get("schema") != SUMMARY_SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA_ID:
         raise UsageError(f"{path}: not a harness summary")
-    if data.get("schema_version") not in SUMMARY_VERSIONS:
+    if data.get("schema_version") != SCHEMA_VERSION:
         raise UsageError(f"{path}: summary schema_version {data.get('schema_version')!r} is not "
-                         f"one this harness reads ({SUMMARY_VERSIONS}); run harness report again")
-    return data
+                         f"{SCHEMA_VERSION}, the one this harness reads; run harness report again")
+    try:  # strict: a number written as a string is as wrong as the schema says
+        return Summary.model_validate(data, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = exc.error_count() - 1
+        raise UsageError(f"{path}: {where}: {first['msg']}"
+                         + (f" (and {more} more)" if more else "")) from None
 
 
 def _read_yaml(path: Path, error: type[HarnessError], missing: str) -> Any:
@@ -93,18 +105,18 @@ def _shown_path(path: Path) -> str:
         return str(p)
 
 
-def run_provenance(run_dir: Path, summary_doc: dict[str, Any]) -> dict[str, Any]:
+def run_provenance(run_dir: Path, summary_doc: Summary) -> dict[str, Any]:
     """What a baseline keeps about each run it was recorded from."""
-    manifest = rundir.read_manifest(Path(run_dir))
-    run = summary_doc.get("run") or {}
+    manifest = read_manifest(Path(run_dir))
+    run = summary_doc.run
     return {
         "dir": _shown_path(run_dir),
-        "status": run.get("status"),
-        "started": run.get("started"),
+        "status": run.status,
+        "started": run.started,
         "wall_s": manifest.get("wall_s"),
-        "git_revision": run.get("git_revision"),
-        "harness_version": run.get("harness_version"),
-        "host": run.get("host"),
+        "git_revision": run.git_revision,
+        "harness_version": run.harness_version,
+        "host": run.host,
         "cpu_count": manifest.get("cpu_count"),
         "versions": manifest.get("versions"),
         "command_line": manifest.get("command_line"),
@@ -176,21 +188,21 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
     import datetime as dt
     import sys
 
-    from harness.control import runner
-    from harness.control import scenario
+    from harness.control import runner, scenario
+    from harness.control.console import Console
     from harness.errors import RunFailed
-    from harness.gate import render
     from harness.gate import sweep as sweep_mod
+    from harness.render import gate as render
 
     knobs = sweep_mod.parse_knobs(varies, sets)
     points = sweep_mod.grid(knobs)
     loaded = {tuple(p): scenario.load(scenario_path, [*sets, *p]) for p in points}
     name = next(iter(loaded.values())).name
-    console = runner.Console(sys.stdout, quiet=quiet)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    console = Console(sys.stdout, quiet=quiet)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(reports) / name / f"sweep-{stamp}"
 
-    def run_point(point: list[str]) -> tuple[str, str, dict[str, Any] | None, pd.DataFrame | None]:
+    def run_point(point: list[str]) -> tuple[str, str, Summary | None, pd.DataFrame | None]:
         sc = loaded[tuple(point)]
         before = set((Path(reports) / name).glob("*/" + rundir.MANIFEST))
         try:
@@ -203,7 +215,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
             if not new:
                 return "", "failed", None, None
             run_dir = new[-1].parent
-            status = str(rundir.read_manifest(run_dir).get("status", "failed"))
+            status = str(read_manifest(run_dir).get("status", "failed"))
         try:
             doc = summary(run_dir, refresh=True)
         except UsageError as exc:

@@ -12,13 +12,16 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
 
 from harness.errors import UsageError
 from harness.gate import metrics as m
+
+if TYPE_CHECKING:
+    from harness.analysis.summary_model import Summary
 
 # What the table and the plot show for each run, by process role.
 ROLE_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -111,7 +114,7 @@ def grid(knobs: Sequence[Knob]) -> list[list[str]]:
 
 
 def row(point: Sequence[str], knobs: Sequence[Knob], run_dir: str, status: str,
-        summary: Mapping[str, Any] | None, processes: pd.DataFrame | None) -> dict[str, Any]:
+        summary: Summary | None, processes: pd.DataFrame | None) -> dict[str, Any]:
     """One line of the sweep's table: the knobs' values, where the run is, its peaks by role."""
     out: dict[str, Any] = {}
     for k, text in zip(knobs, point):
@@ -129,7 +132,7 @@ def row(point: Sequence[str], knobs: Sequence[Knob], run_dir: str, status: str,
     for phase in ("forward", "backward"):
         out[f"{phase}_live_tensor_bytes"] = metrics.get(m.phase_name(phase, "peak_live_tensor_bytes"))
     out["growth_per_epoch"] = metrics.get("growth_per_epoch")
-    out["wall_s"] = (summary or {}).get("durations", {}).get("wall_s") if summary else None
+    out["wall_s"] = summary.durations.wall_s if summary is not None else None
     return out
 
 
@@ -143,7 +146,7 @@ def table(rows: Sequence[Mapping[str, Any]], knobs: Sequence[Knob]) -> pd.DataFr
     return df[cols]
 
 
-RunPoint = Callable[[list[str]], tuple[str, str, "Mapping[str, Any] | None", "pd.DataFrame | None"]]
+RunPoint = Callable[[list[str]], tuple[str, str, "Summary | None", "pd.DataFrame | None"]]
 
 
 def run_grid(knobs: Sequence[Knob], run_point: RunPoint,

@@ -29,11 +29,11 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from harness.layout import STAGE_DIR_ENV
 from harness.probe.cell import PHASE_CODE, PHASES
 
 T = TypeVar("T")
 
-ENV_DIR = "HARNESS_STAGE_DIR"  # set by `harness run` in the workload's environment
 
 __all__ = ["PHASES", "enabled", "epoch", "iterate", "metric", "phase", "section", "watch"]
 
@@ -78,7 +78,7 @@ def activate_from_env() -> None:
     global _active
     if _active.enabled:
         return
-    stage_dir = os.environ.get(ENV_DIR)
+    stage_dir = os.environ.get(STAGE_DIR_ENV)
     if stage_dir:
         from harness.probe.live import LiveProbe
 

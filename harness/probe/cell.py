@@ -1,8 +1,11 @@
 """The probe cell: a few int64 slots in a shared file that the workload writes and the sampler reads.
 
 Writing a slot is one aligned 8-byte store into a memory map: no syscall, no file or pipe write
-per training step. The harness creates the file, the workload maps it (``HARNESS_PROBE_CELL``),
-and the sampler reads it at every tick to tag samples with stage, epoch, step and phase.
+per training step. The harness creates the file in the stage's directory (``probe.cell``,
+``harness.layout.CELL_FILE``) and names that directory in the workload's environment
+(``HARNESS_STAGE_DIR``, ``harness.layout.STAGE_DIR_ENV``); the workload's live probe maps the
+file from there, and the sampler reads it at every tick to tag samples with epoch, step and phase
+(and on CUDA the device bytes).
 """
 
 from __future__ import annotations

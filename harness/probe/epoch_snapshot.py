@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from harness.control import processes
 from harness.probe import tensors as tensor_census
 
 
@@ -71,11 +72,12 @@ def maps_summary(maps: list[Mapping]) -> dict[str, dict[str, int]]:
     return out
 
 
-def process_memory(proc: psutil.Process, role: str) -> dict[str, Any]:
+def process_memory(pid: int, role: str) -> dict[str, Any]:
+    """RSS, USS, PSS, shared and swap of ``pid``; ``gone`` if it ended since the tree was read."""
     try:
-        full = proc.memory_full_info()
+        full = psutil.Process(pid).memory_full_info()
         return {
-            "pid": proc.pid,
+            "pid": pid,
             "role": role,
             "rss": full.rss,
             "uss": full.uss,
@@ -84,19 +86,12 @@ def process_memory(proc: psutil.Process, role: str) -> dict[str, Any]:
             "swap": getattr(full, "swap", None),
         }
     except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return {"pid": proc.pid, "role": role, "gone": True}
+        return {"pid": pid, "role": role, "gone": True}
 
 
 def process_tree(pid: int) -> list[dict[str, Any]]:
-    me = psutil.Process(pid)
-    out = [process_memory(me, "main")]
-    try:
-        children = sorted(me.children(recursive=True), key=lambda p: p.pid)
-    except psutil.NoSuchProcess:
-        children = []
-    for i, child in enumerate(children):
-        out.append(process_memory(child, f"worker {i}"))
-    return out
+    """Memory of ``pid`` and its descendants, named as the sampler names them; ``pid`` first."""
+    return [process_memory(p, role) for p, _, role in processes.roles_of(pid)]
 
 
 def cuda_stats(device: str) -> dict[str, Any] | None:

@@ -1,42 +1,36 @@
 """The live probe: the workload-side half of ``harness run``.
 
 It keeps the hot path to a few attribute stores per phase (the shared cell, a timer), and does
-everything expensive (memray windows, tensor tracing, snapshots, event writes) only at step,
-epoch or section boundaries chosen by the scenario.
+everything expensive (memray windows, tensor tracing, device readings, snapshots, event writes)
+only at step, epoch or section boundaries chosen by the scenario. The things done on some
+training steps are step hooks (:mod:`harness.probe.steps`); this class runs them in one order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.probe import cell as cellmod
+from harness.layout import CELL_FILE, EVENTS_FILE, SNAPSHOTS_DIR, Event
 from harness.probe.cell import PHASE_CODE, PHASES
+from harness.probe.config import ProbeConfig
+from harness.probe.steps import (
+    NEVER,
+    CellWriter,
+    DeviceReader,
+    EventWriter,
+    HistoryWindow,
+    MemrayWindow,
+    StepHook,
+    Steps,
+    TensorTracer,
+)
 
 T = TypeVar("T")
-
-CONFIG_FILE = "probe.json"
-CELL_FILE = "probe.cell"
-EVENTS_FILE = "events.jsonl"
-
-
-class EventWriter:
-    """Appends one JSON object per line, flushed at once, so a killed process loses nothing."""
-
-    def __init__(self, path: Path) -> None:
-        self._fh = open(path, "a", encoding="utf-8", buffering=1)
-
-    def write(self, kind: str, **fields: Any) -> None:
-        record = {"t": time.time(), "kind": kind, **fields}
-        self._fh.write(json.dumps(record, default=str) + "\n")
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 class LiveProbe:
@@ -44,26 +38,14 @@ class LiveProbe:
 
     def __init__(self, stage_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(stage_dir)
-        cfg = json.loads((self.dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        self.stage: str = cfg["stage"]
-        self.device: str = cfg.get("device", "cpu")
-        self.memray_cfg: dict[str, Any] = cfg["memray"]
-        self.tensors_cfg: dict[str, Any] = cfg["tensors"]
-        self.cuda_cfg: dict[str, Any] = cfg.get("cuda") or {}
-        self._cuda = self.device.startswith("cuda")
-        self._cuda_step: dict[str, dict[str, Any]] = {}  # this device step: phase -> reading
-        self._cuda_epoch: dict[str, dict[str, Any]] = {}  # this epoch: phase -> peaks
-        self._cuda_steps = 0  # device steps this epoch
-        self._cuda_on = False  # a device step is running: read the device at each phase's end
-        self._cuda_history = False
-        self._cuda_every = int(self.cuda_cfg.get("sample_every", 25))
+        cfg = ProbeConfig.read(self.dir)
+        self.cfg = cfg
+        self.stage = cfg.stage
+        self.device = cfg.device
         self.events = EventWriter(self.dir / EVENTS_FILE)
-        self._mm, self._cell = cellmod.open_cell(self.dir / CELL_FILE)
-        self._cell.pid = os.getpid()
-        self._cell.total = -1
-        self._cell.phase = PHASE_CODE["setup"]
-        self._cell.magic = cellmod.MAGIC
-        # phase timing: seconds per phase code, since the last epoch flush
+        self._cell_writer = CellWriter(self.dir / CELL_FILE)
+        self._cell = self._cell_writer.slots
+        # phase timing: seconds per phase code, since the last span's phase_totals
         self._seconds = [0.0] * len(PHASES)
         self._counts = [0] * len(PHASES)
         self._cur = PHASE_CODE["setup"]
@@ -72,104 +54,134 @@ class LiveProbe:
         self._section: str | None = None
         self._model: Any = None
         self._optimizer: Any = None
-        self._tracker: Any = None
-        self._tracker_name: str | None = None
-        self._tracer: Any = None  # AllocationTracer while a traced step runs
-        self._tracer_stats: dict[str, dict[str, int]] = {}
-        self._traced_steps = 0
-        self.events.write("stage_start", stage=self.stage, pid=os.getpid())
-        if self.memray_cfg["mode"] == "full":
-            self._memray_start(self.stage)
+        # The step hooks, in the order they begin a step (they end it in reverse; see steps.py).
+        self._memray = MemrayWindow(cfg.memray, self.stage, self.dir, self.events)
+        self._device: DeviceReader | None = None
+        history: HistoryWindow | None = None
+        if cfg.on_cuda:
+            self._device = DeviceReader(cfg.cuda, self.device, self._cell)
+            history = HistoryWindow(cfg.cuda, self.stage, self.device, self.dir, self.events)
+        self._tracer = TensorTracer(cfg.tensors, self.events, self._watched_tensors, self._device)
+        self._hooks: tuple[StepHook, ...] = tuple(
+            h for h in (self._tracer, self._memray, self._device, history) if h is not None
+        )
+        self._listeners: tuple[StepHook, ...] = ()  # live hooks told of each phase
+        self.events.write(Event.STAGE_START, stage=self.stage, pid=os.getpid())
+        self._memray.start_stage()
 
     # -- the hot path ---------------------------------------------------------------------
     def phase(self, name: str) -> None:
         code = PHASE_CODE[name]
         now = time.perf_counter()
-        prev = self._cur
-        self._seconds[prev] += now - self._t
+        self._seconds[self._cur] += now - self._t
         self._counts[code] += 1
         self._t = now
         self._cur = code
         self._cell.phase = code
-        if self._cuda_on:
-            self._cuda_reading(PHASES[prev])
-        if self._tracer is not None:
-            self._tracer.set_phase(name)
+        if self._listeners:
+            for hook in self._listeners:
+                hook.on_phase(name)
 
     def iterate(self, loader: Iterable[T], limit: int | None = None) -> Iterator[T]:
-        training = self._section is None
-        cell = self._cell
+        """The training loop outside a section, else a validation or test pass."""
+        if self._section is None:
+            return self._train(loader, limit)
+        return self._evaluate(loader, limit)
+
+    def _start_loop(self, loader: Iterable[T], limit: int | None) -> int:
         try:
             total = len(loader)  # type: ignore[arg-type]
         except TypeError:
             total = -1
         if limit is not None:
             total = limit if total < 0 else min(total, limit)
-        cell.total = total
-        cell.step = 0
-        window = self._window_steps() if training else None
-        trace = self._trace_schedule() if training else None
+        self._cell_writer.start_loop(total)
+        return total
+
+    def _evaluate(self, loader: Iterable[T], limit: int | None) -> Iterator[T]:
+        self._start_loop(loader, limit)
+        cell = self._cell
         step = 0
-        if window is not None and window[0] == 0:
-            # Open before iter() forks the DataLoader workers, so memray follows them.
-            self._memray_start(f"{self.stage}-e{self._epoch}-train")
         it = iter(loader)
         try:
-            while True:
-                if step == limit:
-                    break
-                if training:
-                    traced = trace is not None and trace(step)
-                    if traced:
-                        self._trace_begin()
-                    if window is not None and step == window[0] and self._tracker is None:
-                        self._memray_start(f"{self.stage}-e{self._epoch}-train")
-                    self.phase("data")
-                    if self._cuda and (traced or step % self._cuda_every == 0):
-                        self._cuda_begin()  # after phase(): the step's first phase closes nothing
+            while step != limit:
                 try:
                     batch = next(it)
                 except StopIteration:
-                    self._cuda_on = False  # no step after all: nothing to read
                     break
                 yield batch
                 step += 1
                 cell.step = step
                 cell.heartbeat += 1
-                if training:
-                    if self._cuda:
-                        self._cuda_history_window(step)
-                    if self._tracer is not None:
-                        self._trace_end()
-                    if self._cuda_on:
-                        self._cuda_end()
-                    if window is not None and step == window[1]:
-                        self._memray_stop()
         finally:
-            if self._tracer is not None:
-                self._trace_end()
-            if self._cuda_on:
-                self._cuda_end()
-            if self._cuda_history:  # the loop ended inside the history window
-                self._cuda_history_window(step, end=True)
-            if training and window is not None and self._tracker_name is not None:
-                if self._tracker_name.endswith("-train"):
-                    self._memray_stop()
-            if training:
-                self.events.write("loop_end", epoch=self._epoch, steps=step, total=total)
             del it
+
+    def _train(self, loader: Iterable[T], limit: int | None) -> Iterator[T]:
+        total = self._start_loop(loader, limit)
+        cell = self._cell
+        plans = self._plan_loop()  # before iter(): a memray window at step 0 must see the fork
+        due = _next(plans, 0)  # the next step a hook acts on
+        live: tuple[StepHook, ...] = ()  # the hooks acting on this step
+        step = 0
+        it = iter(loader)
+        try:
+            while step != limit:
+                if step == due:
+                    live = tuple(h for h, steps in plans if step in steps)
+                    for hook in live:
+                        hook.begin(step)
+                    self._listeners = tuple(h for h in live if h.listens)
+                self.phase("data")
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    self._listeners = ()
+                    for hook in reversed(live):
+                        hook.abandon(step)  # no step after all: nothing to record
+                    live = ()
+                    break
+                yield batch
+                step += 1
+                cell.step = step
+                cell.heartbeat += 1
+                if live:
+                    ending, live = live, ()
+                    self._end_step(ending, step - 1)
+                    due = _next(plans, step)
+        finally:
+            if live:  # the workload left the loop inside a step
+                self._end_step(live, step)
+            for hook in reversed(self._hooks):
+                hook.finish(step)
+            self.events.write(Event.LOOP_END, epoch=self._epoch, steps=step, total=total)
+            del it
+
+    def _plan_loop(self) -> list[tuple[StepHook, Steps]]:
+        """The steps each hook acts on in the training loop starting now, in hook order."""
+        plans = {hook: hook.start_loop(self._epoch) for hook in self._hooks}
+        reader, traced = self._device, plans.get(self._tracer)
+        device = plans.get(reader) if reader is not None else None
+        if reader is not None and device is not None and traced is not None:
+            # A traced step is a device step: its event carries the phases' device readings.
+            plans[reader] = device | traced
+        return [(hook, steps) for hook, steps in plans.items() if steps is not None]
+
+    def _end_step(self, live: tuple[StepHook, ...], step: int) -> None:
+        self._listeners = ()
+        for hook in reversed(live):
+            hook.end(step)
 
     # -- epochs and sections --------------------------------------------------------------
     @contextlib.contextmanager
     def epoch(self, number: int) -> Iterator[None]:
         self._epoch = number
         self._cell.epoch = number
-        self.events.write("epoch_start", epoch=number)
+        self.events.write(Event.EPOCH_START, epoch=number)
         try:
             yield
         finally:
             self._flush_phases()
-            self.events.write("epoch_end", epoch=number)
+            self.events.write(Event.EPOCH_END, epoch=number)
             self.snapshot(f"epoch-{number}")
 
     @contextlib.contextmanager
@@ -177,29 +189,19 @@ class LiveProbe:
         previous = self._section
         self._section = name
         self.phase(name)
-        self.events.write("section_start", section=name, epoch=self._epoch)
+        self.events.write(Event.SECTION_START, section=name, epoch=self._epoch)
         self._cell.step = 0
-        opened = False
-        key = {"validate": "validation"}.get(name, name)
-        wanted = bool(self.memray_cfg.get(key, False))
-        if name == "validate":
-            epochs = self.memray_cfg.get("validation_epochs")
-            wanted = wanted and (epochs is None or self._epoch in epochs)
-        if self.memray_cfg["mode"] == "windows" and wanted:
-            suffix = f"e{self._epoch}-{name}" if self._epoch else name
-            opened = self._memray_start(f"{self.stage}-{suffix}")
-        if self._cuda:  # the section is one device window with its own peak
-            from harness.probe import cuda
-
-            cuda.reset_phase_peak(self.device)
+        opened = self._memray.open_section(name, self._epoch)
+        if self._device is not None:  # the section is one device window with its own peak
+            self._device.section_begin()
         try:
             yield
         finally:
-            if self._cuda:
-                self._cuda_reading(name)
+            if self._device is not None:
+                self._device.section_end(name)
             if opened:
-                self._memray_stop()
-            self.events.write("section_end", section=name, epoch=self._epoch, steps=self._cell.step)
+                self._memray.close(epoch=self._epoch, step=self._cell.step)
+            self.events.write(Event.SECTION_END, section=name, epoch=self._epoch, steps=self._cell.step)
             self._section = previous
             self.phase("idle")
 
@@ -211,7 +213,12 @@ class LiveProbe:
         if model is not None:
             n = sum(p.numel() for p in model.parameters())
             b = sum(p.numel() * p.element_size() for p in model.parameters())
-            self.events.write("watch", parameters=n, parameter_bytes=b)
+            self.events.write(Event.WATCH, parameters=n, parameter_bytes=b)
+
+    def _watched_tensors(self) -> list[Any]:
+        from harness.probe.tensors import watched
+
+        return [t for _, _, t in watched(self._model, self._optimizer)]
 
     def record(self, kind: str, **fields: Any) -> None:
         self.events.write(kind, epoch=self._epoch, step=self._cell.step,
@@ -219,144 +226,7 @@ class LiveProbe:
 
     def metric(self, name: str, value: float, **fields: Any) -> None:
         fields.setdefault("epoch", self._epoch)
-        self.events.write("metric", name=name, value=value, **fields)
-
-    # -- memray windows -------------------------------------------------------------------
-    def _window_steps(self) -> tuple[int, int] | None:
-        cfg = self.memray_cfg
-        if cfg["mode"] != "windows" or cfg["train_steps"] <= 0:
-            return None
-        epochs = cfg.get("epochs")
-        if epochs is not None and self._epoch not in epochs:
-            return None
-        return cfg["train_start"], cfg["train_start"] + cfg["train_steps"]
-
-    def _memray_start(self, name: str) -> bool:
-        if self._tracker is not None:
-            return False
-        import memray
-
-        out = self.dir / "memray"
-        out.mkdir(exist_ok=True)
-        path = out / f"{name}.bin"
-        tracker = memray.Tracker(
-            destination=memray.FileDestination(path, overwrite=True, compress_on_exit=True),
-            native_traces=bool(self.memray_cfg["native_traces"]),
-            follow_fork=bool(self.memray_cfg["follow_fork"]),
-            trace_python_allocators=False,
-        )
-        tracker.__enter__()
-        self._tracker = tracker
-        self._tracker_name = name
-        self.events.write(
-            "memray_start", capture=name, file=f"memray/{path.name}", epoch=self._epoch,
-            step=self._cell.step, section=self._section,
-        )
-        return True
-
-    def _memray_stop(self) -> None:
-        if self._tracker is None:
-            return
-        tracker, name = self._tracker, self._tracker_name
-        self._tracker = None
-        self._tracker_name = None
-        tracker.__exit__(None, None, None)
-        self.events.write("memray_stop", capture=name, epoch=self._epoch, step=self._cell.step)
-
-    # -- tensor tracing -------------------------------------------------------------------
-    def _trace_schedule(self) -> Any:
-        first = int(self.tensors_cfg["trace_steps"])
-        every = int(self.tensors_cfg["trace_every"])
-        if first <= 0 and every <= 0:
-            return None
-        return lambda step: step < first or (every > 0 and step % every == 0)
-
-    def _trace_begin(self) -> None:
-        from harness.probe.tensors import AllocationTracer, watched
-
-        tracer = AllocationTracer()
-        tracer.seed([t for _, _, t in watched(self._model, self._optimizer)])
-        tracer.__enter__()
-        self._tracer = tracer
-
-    def _trace_end(self) -> None:
-        tracer = self._tracer
-        if self._cuda_on:  # the step's last phase, read before the event that carries it
-            self._cuda_end()
-        self._tracer = None
-        tracer.__exit__(None, None, None)
-        self._traced_steps += 1
-        per_phase = tracer.take()
-        self.events.write(
-            "traced_step", epoch=self._epoch, step=self._cell.step - 1, phases=tracer.order,
-            tensors=per_phase, **({"cuda": self._cuda_step} if self._cuda else {}),
-        )
-        for phase_name, stats in per_phase.items():
-            acc = self._tracer_stats.setdefault(
-                phase_name, {"count": 0, "bytes": 0, "peak_live_bytes": 0, "steps": 0}
-            )
-            acc["count"] += stats["count"]
-            acc["bytes"] += stats["bytes"]
-            acc["steps"] += stats["steps"]
-            acc["peak_live_bytes"] = max(acc["peak_live_bytes"], stats["peak_live_bytes"])
-
-    # -- CUDA -----------------------------------------------------------------------------
-    # A device step (every ``cuda.sample_every``-th training step, and every traced one) reads
-    # the device at the end of each phase with the peak reset when the phase began, so each
-    # phase has its own peak; a validation or test section is one window of its own.
-    def _cuda_begin(self) -> None:
-        from harness.probe import cuda
-
-        self._cuda_step = {}
-        cuda.reset_phase_peak(self.device)
-        self._cuda_on = True
-
-    def _cuda_end(self) -> None:
-        """Close a device step: read the phase running now, its last."""
-        self._cuda_reading(PHASES[self._cur])
-        self._cuda_on = False
-        self._cuda_steps += 1
-
-    def _cuda_reading(self, phase: str) -> None:
-        """Device memory at the end of ``phase`` with the peak since it began; resets the peak."""
-        from harness.probe import cuda
-
-        reading = cuda.device_sample(self.device, driver=False)
-        cuda.reset_phase_peak(self.device)
-        self._cuda_step[phase] = reading
-        self._cell.cuda_allocated = reading["allocated"]
-        self._cell.cuda_reserved = reading["reserved"]
-        acc = self._cuda_epoch.setdefault(phase, {"readings": 0, "peak_allocated": 0,
-                                                  "peak_reserved": 0})
-        acc["readings"] += 1
-        acc["peak_allocated"] = max(acc["peak_allocated"], reading["peak_allocated"])
-        acc["peak_reserved"] = max(acc["peak_reserved"], reading["peak_reserved"])
-        for key in ("allocated", "reserved", "inactive_split", "retries", "ooms"):
-            acc[key] = reading[key]  # the latest: the allocator's counters only grow
-
-    def _cuda_history_window(self, step: int, end: bool = False) -> None:
-        cfg = self.cuda_cfg
-        if not cfg or self._epoch != cfg.get("history_epoch", 1):
-            return
-        start = int(cfg.get("history_start", 100))
-        stop = start + int(cfg.get("history_steps", 50))
-        from harness.probe import cuda
-
-        if step == start and not self._cuda_history and not end:
-            cuda.start_history(device=self.device)
-            self._cuda_history = True
-        elif self._cuda_history and (step == stop or end):
-            stop = step
-            self._cuda_history = False
-            name = f"{self.stage}-e{self._epoch}-steps{start}-{stop}.pickle"
-            dump = cuda.dump_history(
-                self.dir / "cuda" / name, int(float(cfg.get("history_max_mb", 64)) * 1024 * 1024)
-            )
-            self.events.write(
-                "cuda_history", epoch=self._epoch, start=start, stop=stop, file=f"cuda/{name}",
-                bytes=dump.bytes, entries_kept=dump.entries_kept,
-                entries_dropped=dump.entries_dropped,
-            )
+        self.events.write(Event.METRIC, name=name, value=value, **fields)
 
     # -- boundaries -----------------------------------------------------------------------
     def _flush_phases(self, span: str = "epoch") -> None:
@@ -365,25 +235,16 @@ class LiveProbe:
         self._t = now
         seconds = {PHASES[i]: round(s, 6) for i, s in enumerate(self._seconds) if s > 0}
         counts = {PHASES[i]: c for i, c in enumerate(self._counts) if c > 0}
-        self.events.write(
-            "phase_totals",
-            epoch=self._epoch,
-            span=span,
-            seconds=seconds,
-            transitions=counts,
-            tensors=self._tracer_stats,
-            traced_steps=self._traced_steps,
-            **({"cuda": self._cuda_epoch, "cuda_steps": self._cuda_steps} if self._cuda else {}),
-        )
-        self._cuda_epoch = {}
-        self._cuda_steps = 0
+        fields: dict[str, Any] = {}
+        for hook in self._hooks:
+            fields.update(hook.totals())
+        self.events.write(Event.PHASE_TOTALS, epoch=self._epoch, span=span, seconds=seconds,
+                          transitions=counts, **fields)
         self._seconds = [0.0] * len(PHASES)
         self._counts = [0] * len(PHASES)
-        self._tracer_stats = {}
-        self._traced_steps = 0
 
     def snapshot(self, label: str) -> None:
-        if not self.tensors_cfg.get("snapshots", True):
+        if not self.cfg.tensors.snapshots:
             return
         from harness.probe import epoch_snapshot as snapshot
 
@@ -394,11 +255,11 @@ class LiveProbe:
             model=self._model,
             optimizer=self._optimizer,
             device=self.device,
-            memray_active=self._tracker is not None,
+            memray_active=self._memray.active,
         )
-        path = snapshot.write(snap, self.dir / "snapshots")
+        path = snapshot.write(snap, self.dir / SNAPSHOTS_DIR)
         self.events.write(
-            "snapshot", label=label, epoch=self._epoch, file=f"snapshots/{path.name}",
+            Event.SNAPSHOT, label=label, epoch=self._epoch, file=f"{SNAPSHOTS_DIR}/{path.name}",
             tensor_bytes=snap["tensor_bytes"],
         )
 
@@ -408,8 +269,13 @@ class LiveProbe:
             self.phase("teardown")
         self._flush_phases("rest")
         self.snapshot("end")
-        self._memray_stop()
+        self._memray.close(epoch=self._epoch, step=self._cell.step)
         if not failed:
             self._cell.phase = PHASE_CODE["idle"]
-        self.events.write("stage_end", stage=self.stage)
+        self.events.write(Event.STAGE_END, stage=self.stage)
         self.events.close()
+
+
+def _next(plans: list[tuple[StepHook, Steps]], step: int) -> int:
+    """The first step at or after ``step`` on which a hook acts."""
+    return min((steps.next(step) for _, steps in plans), default=NEVER)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness import probe
 from harness.errors import HarnessError
+from harness.layout import SCENARIO_FILE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from harness.control import scenario as scenario_mod
         from harness.probe.workload import StageContext, run_stage
 
-        scenario = scenario_mod.load(args.run_dir / "scenario.yaml")
+        scenario = scenario_mod.load(args.run_dir / SCENARIO_FILE)
         os.environ.setdefault("HARNESS_STAGE", args.stage)
         run_stage(StageContext(stage=args.stage, scenario=scenario, run_dir=args.run_dir))
     except HarnessError as exc:

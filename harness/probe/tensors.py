@@ -130,11 +130,11 @@ class PhaseAllocations:
     steps: int = 0  # traced steps in which the phase ran
 
 
-class AllocationTracer(TorchDispatchMode):
+class AllocationTracer(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
     """Counts tensor storages allocated per phase and follows live bytes while enabled."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.phase = "idle"
         self.live: dict[int, int] = {}  # storage address -> bytes
         self.live_bytes = 0

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ScenarioError
 from harness.control.scenario import Scenario
+from harness.errors import ScenarioError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -49,7 +49,7 @@ def resolve(entry: str) -> Callable[[StageContext], Any] | Path:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ScenarioError(f"workload.entry: {module_name!r} has no function {func_name!r}")
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 def run_stage(ctx: StageContext) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.analysis.captures import MAX_FRAMES
+
 MAX_HTML_BYTES = 20 * 1000 * 1000  # every flamegraph must open in a browser
 ASSETS_DIR = "assets"  # next to the flamegraphs: the scripts they share, copied once
 _CDN = re.compile(r'https://cdn\.jsdelivr\.net/npm/[^"\s]+/([A-Za-z0-9_.-]+\.(?:js|css))')
@@ -47,9 +49,6 @@ class Flamegraph:
     path: Path | None
     bytes: int
     note: str = ""
-
-
-MAX_FRAMES = 256
 
 
 class FullStack:
@@ -125,7 +124,8 @@ def largest(records: Sequence[Any]) -> tuple[list[Any], str]:
         return list(records), ""
     ordered = sorted(records, key=lambda r: r.size, reverse=True)
     total = sum(r.size for r in ordered) or 1
-    kept, acc = [], 0
+    kept: list[Any] = []
+    acc = 0
     for r in ordered:
         if len(kept) >= MAX_RECORDS or acc >= KEEP_BYTES_SHARE * total:
             break
@@ -136,14 +136,16 @@ def largest(records: Sequence[Any]) -> tuple[list[Any], str]:
                   f"({100 * (total - acc) / total:.1f} % of the peak's bytes) left out")
 
 
-def write_peak(records: Sequence[Any], memory_snapshots: Sequence[Any], metadata: Any,
+def write_peak(records: Sequence[Any], memray_samples: Sequence[Any], metadata: Any,
                out: Path, *, capture: str, group: str) -> Flamegraph:
     """The peak-memory flamegraph of ``records`` (memray AllocationRecords, one or more files)."""
     from memray.reporters.flamegraph import FlameGraphReporter
 
     kept, note = largest(records)
     reporter = FlameGraphReporter.from_snapshot(
-        [FullStack(r) for r in kept], memory_records=memory_snapshots, native_traces=False,
+        # FullStack stands in for an AllocationRecord: it only changes stack_trace()
+        [FullStack(r) for r in kept],  # type: ignore[misc]
+        memory_records=memray_samples, native_traces=False,
         merge_threads=True, inverted=False,
     )
     _render(reporter, metadata, out)
@@ -152,7 +154,7 @@ def write_peak(records: Sequence[Any], memory_snapshots: Sequence[Any], metadata
         capture, group, False, result.path, result.bytes, note)
 
 
-def write_temporal(reader: Any, capture_path: Path, metadata: Any, memory_snapshots: Sequence[Any],
+def write_temporal(reader: Any, capture_path: Path, metadata: Any, memray_samples: Sequence[Any],
                    out: Path, *, capture: str, group: str, peak_records: int = 0) -> Flamegraph:
     """The temporal flamegraph of one capture, when the capture is small enough to allow it."""
     if peak_records > TEMPORAL_MAX_RECORDS:
@@ -171,7 +173,7 @@ def write_temporal(reader: Any, capture_path: Path, metadata: Any, memory_snapsh
     # Not wrapped in FullStack: memray's temporal reporter insists on its own record type, so
     # these stacks start where the capture opened.
     reporter = FlameGraphReporter.from_temporal_snapshot(
-        records, memory_records=memory_snapshots, native_traces=False,
+        records, memory_records=memray_samples, native_traces=False,
         high_water_mark_by_snapshot=hwms, inverted=False,
     )
     _render(reporter, metadata, out)

@@ -17,7 +17,8 @@ from urllib.parse import quote
 import jinja2
 import pandas as pd
 
-MiB = 1024 * 1024
+from harness.sizes import KiB, MiB, format_size
+
 TEMPLATE = "report.html.j2"
 
 
@@ -65,11 +66,8 @@ def fmt_bytes(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v):
         return ""
     n = float(v)
-    if abs(n) >= MiB:
-        return f"{n / MiB:,.1f} MiB"
-    if abs(n) >= 1024:
-        return f"{n / 1024:,.1f} KiB"
-    return f"{n:,.0f} B"
+    unit = "MiB" if abs(n) >= MiB else "KiB" if abs(n) >= KiB else "B"
+    return format_size(n, unit=unit, digits=0 if unit == "B" else 1)
 
 
 def fmt_number(v: Any) -> str:

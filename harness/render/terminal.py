@@ -7,11 +7,9 @@ from typing import Any
 
 from harness.sizes import format_size
 
-MiB = 1024 * 1024
-
 
 def _mib(n: Any) -> str:
-    return "-" if n is None else f"{n / MiB:,.0f} MiB"
+    return format_size(n, unit="MiB", digits=0)
 
 
 def _where(p: dict[str, Any] | None) -> str:

@@ -13,8 +13,9 @@ import pandas as pd
 
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run
+from harness.layout import Event
+from harness.sizes import MiB
 
-MiB = 1024 * 1024
 MAX_POINTS = 4000  # per series: more adds nothing a reader can see, and bloats the SVG
 
 
@@ -79,14 +80,14 @@ def _bands(run: Run, t0: float, tk: pd.DataFrame) -> list[Band]:
         starts: dict[Any, float] = {}
         for e in st.events:
             k = e.get("kind")
-            if k == "epoch_start":
+            if k == Event.EPOCH_START:
                 starts[("epoch", e.get("epoch"))] = float(e["t"])
-            elif k == "epoch_end" and ("epoch", e.get("epoch")) in starts:
+            elif k == Event.EPOCH_END and ("epoch", e.get("epoch")) in starts:
                 out.append(Band(starts.pop(("epoch", e.get("epoch"))) - t0, float(e["t"]) - t0,
                                 f"epoch {e.get('epoch')}", "epoch"))
-            elif k == "section_start":
+            elif k == Event.SECTION_START:
                 starts[("section", e.get("section"))] = float(e["t"])
-            elif k == "section_end" and ("section", e.get("section")) in starts:
+            elif k == Event.SECTION_END and ("section", e.get("section")) in starts:
                 sec = str(e.get("section"))
                 out.append(Band(starts.pop(("section", sec)) - t0, float(e["t"]) - t0, sec,
                                 sec if sec in ("validate", "test") else "validate"))
@@ -111,8 +112,8 @@ def timeline_data(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Ti
     both = _decimate(both, ["main_rss", "tree_rss", "cuda_allocated", "cuda_reserved", *slots])
     heap = []
     for c in captures:
-        if c.capture.pid is None and c.snapshots:
-            h = pd.DataFrame(c.snapshots, columns=["t", "rss", "heap"])
+        if c.capture.pid is None and c.memray_samples:
+            h = pd.DataFrame(c.memray_samples, columns=["t", "rss", "heap"])
             h["x"] = h["t"] - t0
             heap.append(h[["x", "heap"]])
     cuda_rows = []
@@ -125,8 +126,8 @@ def timeline_data(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Ti
     cuda = pd.DataFrame(cuda_rows, columns=["x", "allocated", "reserved"])
     cuda_peaks = []
     for st in run.stages:
-        starts = {e.get("epoch"): float(e["t"]) for e in st.events_of("epoch_start")}
-        for e in st.events_of("phase_totals"):
+        starts = {e.get("epoch"): float(e["t"]) for e in st.events_of(Event.EPOCH_START)}
+        for e in st.events_of(Event.PHASE_TOTALS):
             peaks = [int(c.get("peak_allocated") or 0) for c in (e.get("cuda") or {}).values()]
             if peaks and e.get("span") == "epoch" and e.get("epoch") in starts:
                 cuda_peaks.append((starts[e["epoch"]] - t0, float(e["t"]) - t0, float(max(peaks))))

@@ -8,29 +8,23 @@ in a pool of processes while this process computes the sample-based tables.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from harness.analysis import device
+from harness.analysis import device, tables
 from harness.analysis import findings as findings_mod
-from harness.analysis import tables
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
 from harness.analysis.ticks import ticks
+from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report.plan import plan_jobs
 from harness.report.pool import CaptureReading
 
-REPORT_DIR = "report"
 RUN_DIR_BUDGET = 150 * 1000 * 1000  # the whole run directory, report included
 
 
@@ -60,23 +54,6 @@ def _dir_bytes(path: Path, skip: Path) -> int:
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files
                      if os.path.isfile(os.path.join(root, f)))
     return total
-
-
-def jsonable(obj: Any) -> Any:
-    """numpy scalars to Python, NaN to null, paths to strings: what json.dumps needs."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return obj
 
 
 def _order_captures(run: Run, datas: list[CaptureData]) -> list[CaptureData]:
@@ -156,7 +133,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
         shutil.rmtree(out)  # a report is regenerated whole, never merged with an older one
     out.mkdir()
     lap("load")
-    assets = flamegraphs.copy_assets(out / "flamegraphs") if any(s.captures for s in run.stages) else 0
+    assets = flamegraphs.copy_assets(out / FLAMEGRAPHS_DIR) if any(s.captures for s in run.stages) else 0
     # Whatever the run directory already holds, the report must keep the whole under budget.
     budget = max(RUN_DIR_BUDGET - _dir_bytes(run_dir, out) - assets - 10 * 1000 * 1000, 0)
     jobs, declined = plan_jobs(run, out, min(budget, 40 * 1000 * 1000), native_flamegraphs)
@@ -168,7 +145,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
         phase_df = tables.phase_table(run, tk)
         epoch_df = tables.epoch_table(run)
         process_df = tables.process_table(run)
-        device_df = device.phase_table(run)
+        device_df = device.device_table(run)
         history = device.history_windows(run)
         lap("tables")
         datas, flames = reading.collect()
@@ -180,16 +157,16 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     info = device.device_info(run)
     found = findings_mod.all_findings(run, tk, datas) + device.findings(
         run, device_df, (info or {}).get("total"))
-    summary = jsonable(build_summary(run, tk, phase_df, datas, found,
-                                     device.summary_section(info, history)))
+    summary = build_summary(run, tk, phase_df, datas, found,
+                            device.summary_section(info, history)).to_dict()
     lap("findings")
 
     named = {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df}
     if not device_df.empty:
         named = {"phases": phase_df, "cuda": device_df, **{k: v for k, v in named.items()
                                                           if k != "phases"}}
-    table_paths = csvs.write_tables(named, out / "tables")
-    summary_path = out / "summary.json"
+    table_paths = csvs.write_tables(named, out / TABLES_DIR)
+    summary_path = out / SUMMARY_FILE
     summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     png = svg = None
     if not tk.empty:
@@ -222,8 +199,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
                       for w in history],
         flamegraphs=links,
         provenance=_provenance(run),
-        scenario_text=(run_dir / "scenario.yaml").read_text(encoding="utf-8", errors="replace")
-        if (run_dir / "scenario.yaml").is_file() else json.dumps(run.manifest.get("scenario"), indent=1),
+        scenario_text=(run_dir / SCENARIO_FILE).read_text(encoding="utf-8", errors="replace")
+        if (run_dir / SCENARIO_FILE).is_file() else json.dumps(run.manifest.get("scenario"), indent=1),
         problems=run.problems + [d.error for d in datas if d.error],
     )
     html_path = out / "report.html"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.analysis.captures import Window, windows
 from harness.analysis.load import Capture, Run
+from harness.layout import FLAMEGRAPHS_DIR, parse_capture_name
 from harness.render import flamegraphs
 
 FLAMEGRAPH_ESTIMATE = 2 * 1000 * 1000  # one flamegraph's HTML (its scripts are shared)
@@ -44,7 +45,7 @@ def plan_jobs(
             by_name.setdefault(c.name, []).append(c)
         for name, caps in by_name.items():
             win = wins.get(name)
-            section = win.section if win else ("validate" if name.endswith(("-validate", "-test")) else None)
+            section = win.section if win else parse_capture_name(st.name, name).section
             for group in ("main", "workers"):
                 files = tuple(c for c in caps if (c.pid is None) == (group == "main"))
                 if files:
@@ -66,7 +67,7 @@ def plan_jobs(
         best = max(train_main, key=lambda g: g[4][0].size)
         temporal = (best[1], best[2])
     jobs = []
-    fg_dir = out_dir / "flamegraphs"
+    fg_dir = out_dir / FLAMEGRAPHS_DIR
     for _, stage, name, group, files, win in groups:
         peak_out = fg_dir / f"{name}-{group}.html" if (stage, name, group) in chosen else None
         temporal_out = (fg_dir / f"{name}-{group}-temporal.html"

@@ -30,12 +30,12 @@ def _run_job(job: CaptureJob) -> tuple[list[CaptureData], list[flamegraphs.Flame
     if records and job.peak_out is not None:
         peak = [r for rec in records for r in rec.peak]
         out.append(_guarded(lambda: flamegraphs.write_peak(
-            peak, records[0].memory_snapshots, records[0].metadata, job.peak_out,
+            peak, records[0].memray_samples, records[0].metadata, job.peak_out,
             capture=job.name, group=job.group), job, temporal=False))
     if records and job.temporal_out is not None:
         first = records[0]
         out.append(_guarded(lambda: flamegraphs.write_temporal(
-            first.reader, job.files[0].path, first.metadata, first.memory_snapshots,
+            first.reader, job.files[0].path, first.metadata, first.memray_samples,
             job.temporal_out, capture=job.name, group=job.group, peak_records=len(first.peak)),
             job, temporal=True))
     return datas, out

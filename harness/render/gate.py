@@ -1,19 +1,32 @@
-"""Check tables as text; the comparison as text and as an HTML page; the sweep's plot."""
+"""The gate's results drawn: check tables as text, the comparison as text and as an HTML page, the sweep.
+
+``harness.gate`` computes (check, compare, sweep); this module only lays the results out. The HTML
+page goes through the one Jinja environment (:func:`harness.render.html.environment`), which
+escapes every string that came from a run.
+"""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.gate import metrics as m
+from harness.gate.compare import delta, ratio
+from harness.gate.sweep import ALLOCATION_COLUMNS, ROLE_COLUMNS
+from harness.render.html import environment
 from harness.sizes import format_percent, format_size
 
 if TYPE_CHECKING:
+    from matplotlib.lines import Line2D
+
     from harness.gate.check import CheckResult
-    from harness.gate.compare import Comparison
+    from harness.gate.compare import Comparison, Unit
     from harness.gate.sweep import SweepResult
+
+COMPARE_TEMPLATE = "compare.html.j2"
+SITE_HEADER = ("stage", "capture", "process", "phase", "site", "workload line", "A", "B", "Δ")
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
@@ -61,7 +74,8 @@ def check_text(result: CheckResult, title: str) -> str:
     return "\n".join(lines)
 
 
-def _fmt(v: float | None, unit: str, signed: bool = False) -> str:
+def _fmt(v: float | None, unit: Unit, signed: bool = False) -> str:
+    """One figure in its unit; bytes through :func:`format_size`, the one byte formatter."""
     if v is None:
         return "-"
     if unit == "bytes":
@@ -77,8 +91,6 @@ def _run_title(run: dict[str, Any]) -> str:
 
 def compare_text(c: Comparison) -> str:
     """Each section as a table whose cells read ``A → B (Δ)``."""
-    from harness.gate.compare import delta, ratio
-
     lines = [f"A: {_run_title(c.a)}", f"B: {_run_title(c.b)}"]
     lines += [f"note: {n}" for n in c.notes]
     for sec in c.sections:
@@ -100,61 +112,88 @@ def compare_text(c: Comparison) -> str:
         rows = [[s.stage, s.capture, s.process, s.phase, s.site, s.workload_line,
                  format_size(s.a), format_size(s.b), format_size(s.delta, signed=True)]
                 for s in c.sites]
-        lines.append(text_table(["stage", "capture", "process", "phase", "site", "workload line",
-                                 "A", "B", "Δ"], rows, [False] * 6 + [True] * 3))
+        lines.append(text_table(list(SITE_HEADER), rows, [False] * 6 + [True] * 3))
     else:
         lines.append("  none grew")
     return "\n".join(lines)
 
 
-_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 2em}th,td{padding:2px 8px;border-bottom:1px solid #ddd}
-td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f4f4f4;text-align:left}
-td.up{color:#b00020}td.down{color:#1b5e20}.note{color:#555}code{font-size:13px}"""
+@dataclass
+class RunHead:
+    dir: str
+    title: str
 
 
-def compare_html(c: Comparison) -> str:
-    """A self-contained page; every string that came from a run is escaped."""
-    from harness.gate.compare import delta, ratio
+@dataclass
+class CompareCell:
+    """One metric of one row: A, B, the change and its share, as text; ``cls`` colours the change."""
 
-    e = html.escape
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
-           f"<title>{e('Compare: ' + _run_title(c.a) + ' vs ' + _run_title(c.b))}</title>",
-           f"<style>{_CSS}</style></head><body>",
-           "<h1>Run comparison</h1>",
-           f"<p><b>A</b>: <code>{e(str(c.a.get('dir', '')))}</code> {e(_run_title(c.a))}<br>",
-           f"<b>B</b>: <code>{e(str(c.b.get('dir', '')))}</code> {e(_run_title(c.b))}</p>"]
-    out += [f"<p class='note'>{e(n)}</p>" for n in c.notes]
+    a: str
+    b: str
+    delta: str
+    percent: str
+    cls: str
+
+
+@dataclass
+class CompareRow:
+    keys: list[str]
+    cells: list[CompareCell]
+
+
+@dataclass
+class CompareSection:
+    title: str
+    keys: list[str]
+    labels: list[str]
+    rows: list[CompareRow]
+
+
+@dataclass
+class SiteRow:
+    keys: list[str]  # stage, capture, process, phase, site, workload line
+    a: str
+    b: str
+    delta: str
+
+
+@dataclass
+class ComparePage:
+    """Everything compare.html shows, already formatted; the template only places and escapes it."""
+
+    a: RunHead
+    b: RunHead
+    notes: list[str]
+    sections: list[CompareSection]
+    sites: list[SiteRow]
+    site_header: Sequence[str] = SITE_HEADER
+
+
+def compare_page(c: Comparison) -> ComparePage:
+    """The comparison's figures as the text the page shows."""
+    sections = []
     for sec in c.sections:
-        out.append(f"<h2>{e(sec.title)}</h2><table><tr>")
-        out += [f"<th rowspan='2'>{e(k)}</th>" for k in sec.keys]
-        out += [f"<th colspan='4'>{e(col.label)}</th>" for col in sec.columns]
-        out.append("</tr><tr>" + "<th>A</th><th>B</th><th>Δ</th><th>Δ %</th>" * len(sec.columns) + "</tr>")
+        rows = []
         for keys, pairs in sec.rows:
-            out.append("<tr>" + "".join(f"<td>{e(k)}</td>" for k in keys))
+            cells = []
             for col, pair in zip(sec.columns, pairs):
                 d, r = delta(pair), ratio(pair)
                 cls = "n" + (" up" if d and d > 0 else " down" if d and d < 0 else "")
-                out.append(f"<td class='n'>{e(_fmt(pair[0], col.unit))}</td>"
-                           f"<td class='n'>{e(_fmt(pair[1], col.unit))}</td>"
-                           f"<td class='{cls}'>{e(_fmt(d, col.unit, signed=True))}</td>"
-                           f"<td class='{cls}'>{e(format_percent(r, signed=True))}</td>")
-            out.append("</tr>")
-        out.append("</table>")
-    out.append("<h2>Allocation sites that grew most</h2>")
-    if c.sites:
-        out.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in (
-            "stage", "capture", "process", "phase", "site", "workload line", "A", "B", "Δ")) + "</tr>")
-        for s in c.sites:
-            out.append("<tr>" + "".join(f"<td>{e(v)}</td>" for v in (
-                s.stage, s.capture, s.process, s.phase, s.site, s.workload_line))
-                + f"<td class='n'>{e(format_size(s.a))}</td><td class='n'>{e(format_size(s.b))}</td>"
-                + f"<td class='n up'>{e(format_size(s.delta, signed=True))}</td></tr>")
-        out.append("</table>")
-    else:
-        out.append("<p class='note'>None grew.</p>")
-    out.append("</body></html>")
-    return "\n".join(out)
+                cells.append(CompareCell(_fmt(pair[0], col.unit), _fmt(pair[1], col.unit),
+                                         _fmt(d, col.unit, signed=True), format_percent(r, signed=True), cls))
+            rows.append(CompareRow([str(k) for k in keys], cells))
+        sections.append(CompareSection(sec.title, list(sec.keys), [col.label for col in sec.columns], rows))
+    sites = [SiteRow([s.stage, s.capture, s.process, s.phase, s.site, s.workload_line],
+                     format_size(s.a), format_size(s.b), format_size(s.delta, signed=True))
+             for s in c.sites]
+    return ComparePage(RunHead(str(c.a.get("dir", "")), _run_title(c.a)),
+                       RunHead(str(c.b.get("dir", "")), _run_title(c.b)),
+                       list(c.notes), sections, sites)
+
+
+def compare_html(c: Comparison) -> str:
+    """A self-contained page; every string that came from a run is escaped (by the environment)."""
+    return environment().get_template(COMPARE_TEMPLATE).render(page=compare_page(c))
 
 
 def _x_positions(values: list[Any]) -> tuple[list[float], list[str], bool]:
@@ -173,23 +212,20 @@ def sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from harness.gate.sweep import ALLOCATION_COLUMNS, ROLE_COLUMNS
-
     from matplotlib.lines import Line2D
 
     df = result.table
     knobs = [k.key for k in result.knobs]
     fig, axes = plt.subplots(2, len(knobs), figsize=(6.5 * len(knobs), 8), squeeze=False)
     # colour: what is measured; line style and marker: the other knobs' values
-    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+    styles: list[tuple[Any, str]] = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
     for col, knob in enumerate(knobs):
         others = [k for k in knobs if k != knob]
         groups = list(df.groupby(others, sort=False)) if others else [((), df)]
         for row_i, metrics in enumerate((ROLE_COLUMNS, ALLOCATION_COLUMNS)):
             ax = axes[row_i][col]
             shown: list[Line2D] = []
-            for gi, (gkey, gdf) in enumerate(groups):
+            for gi, (_gkey, gdf) in enumerate(groups):
                 style, marker = styles[gi % len(styles)]
                 gdf = gdf.sort_values(knob, key=lambda s: s.map(lambda v: (str(type(v)), v)))
                 xs, labels, log = _x_positions(list(gdf[knob]))
@@ -232,8 +268,6 @@ def pd_float(series: Any) -> Any:
 
 def sweep_text(result: SweepResult) -> str:
     """The sweep's table with sizes for people."""
-    from harness.gate.sweep import ALLOCATION_COLUMNS, ROLE_COLUMNS
-
     keys = [k.key for k in result.knobs]
     cols = [c for c, _ in ROLE_COLUMNS + ALLOCATION_COLUMNS]
     rows = [[str(r[k]) for k in keys] + [str(r["status"])]

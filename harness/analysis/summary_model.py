@@ -1,0 +1,343 @@
+"""summary.json, defined once: typed models, the schema id and version, the JSON Schema file.
+
+:func:`harness.analysis.summary.build_summary` builds a :class:`Summary`; the gates read
+summary.json back through ``Summary.model_validate``. ``harness/schemas/summary.schema.json`` is
+generated from these models; ``python -m harness.analysis.summary_model`` writes it again.
+
+Bump SCHEMA_VERSION on any change a reader could notice (a field removed, renamed or retyped);
+adding an optional field does not need a bump. Field order is the order summary.json shows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+SCHEMA_ID = "harness-summary"
+SCHEMA_VERSION = 1
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "summary.schema.json"
+_SCHEMA_HEAD = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": f"https://harness.local/schemas/summary/{SCHEMA_VERSION}",
+    "title": "harness run summary",
+    "description": (
+        "report/summary.json: the headline numbers of one run directory, written by `harness "
+        "report` (harness/analysis/summary.py). Bytes are bytes, times are seconds; `t` is "
+        f"wall-clock seconds since the epoch. Version {SCHEMA_VERSION}: bump schema_version on any "
+        "change a reader could notice; optional fields may be added without a bump. Generated from "
+        "harness/analysis/summary_model.py: python -m harness.analysis.summary_model"),
+}
+
+
+def _number(v: Any) -> int | float:
+    # An int stays an int and a float a float, as json.dumps wrote them (a wall time of 7 is 7).
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise PydanticCustomError("number_type", "Input should be a valid number")
+    return v
+
+
+Number = Annotated[int | float, PlainValidator(_number), WithJsonSchema({"type": "number"})]
+Bytes = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0)]
+Epoch = Annotated[int, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Process = Literal["main", "worker"]
+FindingKind = Literal["leak", "copy_on_read", "rss_heap_gap", "peak_phase", "cuda_peak_phase",
+                      "cuda_reserved", "cuda_pinned_host", "cuda_retries"]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunInfo(_Section):
+    """The run as a whole, from its manifest."""
+
+    dir: str
+    scenario: str
+    kind: str = Field(description="run (instrumented) or bare")
+    status: str = Field(description="ok, failed, killed, limit, timeout, interrupted, or running "
+                                    "(the harness itself was stopped)")
+    complete: bool = Field(description="false for a crashed, killed or stopped run: the report "
+                                       "shows what was recorded")
+    incomplete_reasons: list[str]
+    started: str | None
+    ended: str | None
+    git_revision: str | None
+    harness_version: str | None
+    host: str | None
+
+
+class StageRow(_Section):
+    """One stage's outcome."""
+
+    name: str
+    status: str
+    exit_code: int | None
+    signal: str | None
+    wall_s: Number | None
+    message: str
+    peak_main_rss: Bytes | None
+    peak_tree_rss: Bytes | None
+
+
+class Peak(_Section):
+    """Where a sampled peak was: the tick with the largest value."""
+
+    bytes: Bytes
+    stage: str
+    epoch: Epoch = Field(description="0: before the first epoch or outside epochs")
+    step: Count
+    phase: str = Field(description="a probe phase, or 'none' for a workload without probe calls")
+    t: float
+
+
+class HeapPeak(_Section):
+    """The largest memray high-water mark of any capture."""
+
+    bytes: Bytes
+    stage: str
+    capture: str
+    process: Process
+    pid: int | None
+
+
+class PhasePeak(_Section):
+    """Where a per-phase peak was: stage, epoch, phase."""
+
+    bytes: Bytes
+    stage: str
+    epoch: Epoch
+    phase: str
+
+
+class Peaks(_Section):
+    """The run's peaks, each with where it was (null: not measured)."""
+
+    main_rss: Peak | None
+    tree_rss: Peak | None
+    workers_uss: Peak | None = Field(description="the workers' USS summed over a full tick")
+    heap: HeapPeak | None
+    live_tensor_bytes: PhasePeak | None = Field(
+        description="the largest peak of live tensor bytes over the traced steps")
+    cuda_allocated: PhasePeak | None = Field(
+        None, description="CUDA runs: the highest per-phase peak of torch.cuda allocated bytes "
+                          "(null on the CPU)")
+    cuda_reserved: PhasePeak | None = Field(
+        None, description="CUDA runs: the highest per-phase peak of bytes reserved by the caching "
+                          "allocator")
+
+
+class PhaseRow(_Section):
+    """One stage x epoch x phase: its time and peaks."""
+
+    stage: str
+    epoch: Epoch
+    phase: str
+    seconds: Annotated[float, Field(ge=0)]
+    time_share: Share
+    main_rss_max: Bytes | None
+    tree_rss_max: Bytes | None
+    workers_uss_max: Bytes | None
+    peak_live_tensor_bytes: Bytes | None
+    cuda_peak_allocated: Bytes | None = Field(
+        None, description="CUDA runs: the phase's own peak allocated (reset when it began)")
+    cuda_peak_reserved: Bytes | None = Field(
+        None, description="CUDA runs: the phase's own peak reserved")
+
+
+class GrowthRow(_Section):
+    """Change between two consecutive epoch-end snapshots of a stage (negative: shrank)."""
+
+    stage: str
+    from_epoch: int
+    to_epoch: int
+    main_rss: int
+    main_uss: int
+    tensor_count: int
+    tensor_bytes: int
+
+
+class EpochSeconds(_Section):
+    stage: str
+    epoch: int
+    seconds: float
+
+
+class Durations(_Section):
+    wall_s: Number | None
+    stages: dict[str, Number | None] = Field(description="each stage's wall time, by name")
+    epochs: list[EpochSeconds]
+
+
+class MetricPoint(_Section):
+    """One ``probe.metric`` value."""
+
+    stage: str
+    name: str
+    value: Number
+    epoch: int | None
+    step: int | None
+
+
+class Metrics(_Section):
+    final: dict[str, Number] = Field(
+        description="each metric's last value (loss, val_accuracy, test_accuracy, ...)")
+    series: list[MetricPoint]
+
+
+class FindingRow(_Section):
+    """One diagnosis (harness.analysis.findings and .device)."""
+
+    kind: FindingKind
+    title: str
+    text: str
+    numbers: dict[str, Any] = Field(
+        description="the figures behind the finding; their keys depend on the kind")
+
+
+class CaptureRow(_Section):
+    """One memray capture file."""
+
+    stage: str
+    name: str
+    process: Process
+    pid: int | None
+    file: str
+    file_bytes: Bytes
+    peak_heap: Bytes | None
+    allocations: Count | None
+    error: str | None
+
+
+class TopSite(_Section):
+    site: str
+    bytes: Bytes
+    count: Count
+
+
+class HistoryRow(_Section):
+    """One allocator-history window the probe dumped, and what its pickle shows at the end."""
+
+    stage: str
+    epoch: Epoch
+    start: Count
+    stop: Count
+    file: str = Field(description="relative to the run directory; opens at https://pytorch.org/memory_viz")
+    bytes: Bytes
+    entries_kept: Count
+    entries_dropped: Count
+    error: str | None
+    segments: Count | None
+    reserved: Bytes | None
+    allocated: Bytes | None
+    free: Bytes | None
+    largest_free_block: Bytes | None
+    fragmentation: Share | None
+    top_sites: list[TopSite]
+
+
+class Cuda(_Section):
+    """CUDA runs only: the device and the allocator-history windows."""
+
+    device: str = Field(description="the scenario's device: cuda or cuda:N")
+    name: str | None
+    total: Bytes | None = Field(description="the device's memory, from the driver")
+    free_min: Bytes | None = Field(description="the least free memory the driver reported at a snapshot")
+    retries: Count | None
+    ooms: Count | None
+    pinned_host_peak: Bytes | None = Field(
+        description="torch.cuda.host_memory_stats peak: host memory pinned for transfers")
+    history: list[HistoryRow]
+
+
+class Summary(_Section):
+    """report/summary.json: the headline numbers of one run directory."""
+
+    # SCHEMA_ID and SCHEMA_VERSION spelled out (a Literal takes no names; tests/test_summary_schema.py
+    # holds them equal). "schema" would shadow BaseModel.schema: the field keeps it as its alias.
+    schema_id: Literal["harness-summary"] = Field(alias="schema")
+    schema_version: Literal[1]
+    run: RunInfo
+    stages: list[StageRow]
+    peaks: Peaks
+    phases: list[PhaseRow] = Field(description="per stage x epoch x phase peaks (the phases table, abridged)")
+    growth_per_epoch: list[GrowthRow] = Field(
+        description="change between consecutive epoch-end snapshots (negative: shrank)")
+    durations: Durations
+    metrics: Metrics
+    findings: list[FindingRow]
+    captures: list[CaptureRow]
+    problems: list[str] = Field(description="files missing, cut short or unreadable")
+    # Absent, never null, on the CPU: the schema shows the object only.
+    cuda: Cuda | SkipJsonSchema[None] = Field(
+        None, description="CUDA runs only: the device and the allocator-history windows",
+        json_schema_extra=_no_default)
+
+    @field_validator("cuda", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: Any) -> Any:
+        # runs only for a value given: leaving the key out is how a CPU run says "no device"
+        if value is None:
+            raise PydanticCustomError("cuda_null", "leave cuda out on the CPU rather than null")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """What summary.json holds: every field in order, ``cuda`` only on CUDA runs."""
+        return self.model_dump(mode="json", by_alias=True,
+                               exclude={"cuda"} if self.cuda is None else None)
+
+
+class _NoFieldTitles(GenerateJsonSchema):
+    """Field titles would only repeat the field names."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+_TOP_ORDER = ("type", "required", "additionalProperties", "properties")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of summary.json, as harness/schemas/summary.schema.json holds it."""
+    body = Summary.model_json_schema(by_alias=True, schema_generator=_NoFieldTitles)
+    body = {k: v for k, v in body.items() if k not in ("title", "description")}
+    return {**_SCHEMA_HEAD, **{k: body.pop(k) for k in _TOP_ORDER if k in body}, **body}
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the schema file (``--check``: exit 1 when the file differs from the models)."""
+    args = sys.argv[1:] if argv is None else argv
+    text = schema_text()
+    if "--check" in args:
+        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text(encoding="utf-8") == text
+        print(f"{SCHEMA_FILE}: {'up to date' if same else 'differs from the models'}")
+        return 0 if same else 1
+    SCHEMA_FILE.write_text(text, encoding="utf-8")
+    print(f"wrote {SCHEMA_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

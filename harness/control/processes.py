@@ -1,0 +1,135 @@
+"""The workload's process tree and the one rule that names its processes.
+
+Used by the sampler (in the harness process) and by epoch snapshots (inside the workload), so both
+name a process alike. Light on purpose: psutil and the standard library only.
+
+Roles: the stage's root process is ``main``. A direct child of ``main`` that runs main's own command
+line was forked, not exec'd: a DataLoader (or multiprocessing) worker, named ``worker N`` after the
+lowest slot no living worker holds, new workers taking slots in pid order. Anything else (an exec'd
+helper such as ``ldconfig`` or a compiler, a worker's own children) is ``child``. A direct child
+whose command line cannot be read (already exiting, a zombie) gets no role yet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import psutil
+
+MAIN = "main"
+CHILD = "child"
+
+
+def worker(slot: int) -> str:
+    """The role of the DataLoader worker in ``slot``."""
+    return f"worker {slot}"
+
+
+def _read_task_children(pid: int, tid: str) -> str:
+    with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+        return fh.read()
+
+
+def _psutil_children(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, in pid order.
+
+    Read from the kernel's per-thread children lists, which costs far less than psutil's scan of
+    all of ``/proc``; on a kernel built without ``CONFIG_PROC_CHILDREN`` those files do not exist,
+    and psutil's scan is the only way to see the workers at all.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # gone
+        return []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            out.extend(int(x) for x in _read_task_children(pid, tid).split())
+        except FileNotFoundError:
+            if os.path.isdir(f"/proc/{pid}/task/{tid}"):  # the thread is there, its file is not
+                return sorted(_psutil_children(pid))
+            continue  # the thread ended since the listing
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def tree_of(root: int) -> list[tuple[int, int]]:
+    """(pid, parent pid) for ``root`` and all its descendants: root first, then breadth first."""
+    out = [(root, 0)]
+    i = 0
+    while i < len(out):
+        pid = out[i][0]
+        out.extend((c, pid) for c in children_of(pid))
+        i += 1
+    return out
+
+
+def read_cmdline(pid: int) -> list[str] | None:
+    """The command line of ``pid``; None if it cannot be read (gone, a zombie, not ours)."""
+    try:
+        return psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return None
+
+
+class Roles:
+    """Names the processes of the tree rooted at ``root``, remembering names from look to look.
+
+    A name, once given, stays with its pid until :meth:`forget`; a forgotten worker's slot goes to
+    the next new worker. Feed pids in :func:`tree_of` order so that new workers take slots in pid
+    order, as a single look (:func:`roles_of`) does.
+    """
+
+    def __init__(self, root: int, cmdline: Callable[[int], list[str] | None] = read_cmdline) -> None:
+        self.root = root
+        self._cmdline = cmdline
+        self._main_cmdline: list[str] | None = None
+        self._roles: dict[int, str] = {}
+        self._slots: dict[int, int] = {}
+
+    def role(self, pid: int, ppid: int) -> str | None:
+        """main, worker N or child; None while it cannot be told (a process already exiting)."""
+        if pid == self.root:
+            return MAIN
+        role = self._roles.get(pid)
+        if role is not None:
+            return role
+        role = CHILD
+        if ppid == self.root:
+            if self._main_cmdline is None:
+                self._main_cmdline = self._cmdline(self.root)
+            cmdline = self._cmdline(pid)
+            if not cmdline:  # exiting (or a zombie): its command line is gone; ask again next look
+                return None
+            if cmdline == self._main_cmdline:
+                used = set(self._slots.values())
+                slot = next(i for i in range(len(used) + 1) if i not in used)
+                self._slots[pid] = slot
+                role = worker(slot)
+        self._roles[pid] = role
+        return role
+
+    def forget(self, pid: int) -> None:
+        """Drop a process that has gone; a worker's slot becomes free."""
+        self._roles.pop(pid, None)
+        self._slots.pop(pid, None)
+
+
+def roles_of(root: int) -> list[tuple[int, int, str]]:
+    """(pid, parent pid, role) of every process in the tree that has a role, from one look."""
+    roles = Roles(root)
+    out = []
+    for pid, ppid in tree_of(root):
+        role = roles.role(pid, ppid)
+        if role is not None:
+            out.append((pid, ppid, role))
+    return out

@@ -1,0 +1,126 @@
+"""The run directory's vocabulary, in one place: file and folder names, event kinds, capture names.
+
+Written by the harness process (:mod:`harness.control`) and the training process
+(:mod:`harness.probe`), read by :mod:`harness.analysis`, :mod:`harness.report` and
+:mod:`harness.gate`; docs/run-directory.md describes each file. Nothing here imports torch,
+pandas or any other part of the harness, so every process can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# `harness run` sets this in a stage's environment: the stage's directory (below). The probe goes
+# live when it is set and stays a no-op otherwise.
+STAGE_DIR_ENV = "HARNESS_STAGE_DIR"
+
+# The run directory: reports/<name>/<UTC time>-<id>/
+MANIFEST_FILE = "manifest.json"  # provenance, each stage's outcome
+SCENARIO_FILE = "scenario.yaml"  # the resolved scenario
+REPORT_DIR = "report"  # written by `harness report`
+SUMMARY_FILE = "summary.json"  # in REPORT_DIR
+TABLES_DIR = "tables"  # in REPORT_DIR: one CSV a table
+FLAMEGRAPHS_DIR = "flamegraphs"  # in REPORT_DIR
+
+# A stage's directory: <run dir>/stages/<stage>/
+STAGES_DIR = "stages"
+STAGE_LOG_FILE = "log.txt"  # the workload's stdout and stderr
+SAMPLES_FILE = "samples.csv"  # the sampler's rows (SAMPLE_COLUMNS)
+EVENTS_FILE = "events.jsonl"  # the probe's events, one JSON object a line
+PROBE_CONFIG_FILE = "probe.json"  # the probe's settings, written by the runner
+CELL_FILE = "probe.cell"  # the shared-memory cell: phase, epoch, step (harness.probe.cell)
+MEMRAY_DIR = "memray"  # memray captures: <capture>.bin, forked workers <capture>.bin.<pid>
+SNAPSHOTS_DIR = "snapshots"  # epoch snapshots: <label>.json
+CUDA_HISTORY_DIR = "cuda"  # CUDA allocator history windows: <stage>-e<N>-steps<a>-<b>.pickle
+CHECKPOINT_FILE = "checkpoint.pt"  # written by the built-in train stage, read by its test stage
+
+# samples.csv: one row per process per sampler tick.
+SAMPLE_COLUMNS = (
+    "t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
+    "uss", "pss", "swap", "stage", "epoch", "step", "phase", "cuda_allocated", "cuda_reserved",
+)
+
+
+class Event:
+    """The ``kind`` of each line of events.jsonl (every line also has ``t``, the wall clock)."""
+
+    STAGE_START = "stage_start"
+    STAGE_END = "stage_end"
+    STAGE_ERROR = "stage_error"
+    EPOCH_START = "epoch_start"
+    EPOCH_END = "epoch_end"
+    LOOP_END = "loop_end"
+    SECTION_START = "section_start"
+    SECTION_END = "section_end"
+    WATCH = "watch"
+    METRIC = "metric"
+    MEMRAY_START = "memray_start"
+    MEMRAY_STOP = "memray_stop"
+    TRACED_STEP = "traced_step"
+    PHASE_TOTALS = "phase_totals"
+    SNAPSHOT = "snapshot"
+    CUDA_HISTORY = "cuda_history"
+
+
+# Capture names: <stage> (a whole-stage capture), <stage>-e<N>-train (a training window; N is 0
+# for a loop outside any epoch), <stage>-e<N>-<section> or, outside epochs, <stage>-<section> (a
+# validation or test pass).
+TRAIN_WINDOW = "train"
+SECTIONS = ("validate", "test")
+_EPOCH_PART = re.compile(r"^e(\d+)$")
+_CAPTURE_FILE = re.compile(r"^(?P<name>.+)\.bin(?:\.(?P<pid>\d+))?$")
+
+
+@dataclass(frozen=True)
+class CaptureName:
+    """What a capture's name says: its epoch (if any) and the section (``validate``/``test``) or
+    ``train`` window it covers (``None``: the whole stage)."""
+
+    epoch: int | None
+    window: str | None
+
+    @property
+    def section(self) -> str | None:
+        return self.window if self.window in SECTIONS else None
+
+
+def capture_name(stage: str, epoch: int | None = None, window: str | None = None) -> str:
+    """The name of a capture of ``stage``; see :class:`CaptureName`."""
+    parts = [stage]
+    if epoch or window == TRAIN_WINDOW:
+        parts.append(f"e{epoch or 0}")
+    if window:
+        parts.append(window)
+    return "-".join(parts)
+
+
+def parse_capture_name(stage: str, name: str) -> CaptureName:
+    """The inverse of :func:`capture_name` for a capture of ``stage``."""
+    rest = name.removeprefix(stage).lstrip("-").split("-") if name.startswith(stage) else name.split("-")
+    epoch = None
+    window = None
+    for part in [p for p in rest if p]:
+        m = _EPOCH_PART.match(part)
+        if m and epoch is None and window is None:
+            epoch = int(m.group(1))
+        else:
+            window = part
+    return CaptureName(epoch, window)
+
+
+def parse_capture_file(filename: str) -> tuple[str, int | None] | None:
+    """``(capture name, worker pid or None)`` of a file in MEMRAY_DIR, or ``None`` if not a capture."""
+    m = _CAPTURE_FILE.match(filename)
+    if m is None:
+        return None
+    return m.group("name"), int(m.group("pid")) if m.group("pid") else None
+
+
+def cuda_history_name(stage: str, epoch: int, start: int, stop: int) -> str:
+    return f"{stage}-e{epoch}-steps{start}-{stop}.pickle"
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    return run_dir / STAGES_DIR / stage

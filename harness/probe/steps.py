@@ -1,0 +1,451 @@
+"""The live probe's parts: the event writer, the cell writer and the step hooks, each usable alone.
+
+A *step hook* does something on a few steps of a training loop (``probe.iterate`` outside a
+section). When the loop starts, each hook says which steps it acts on (:class:`Steps`); the loop
+then compares the step number with the next of those and, on every other step, does nothing but
+the cell's stores. The hooks acting on a step are *live* for it, and ``LiveProbe``
+(:mod:`harness.probe.live`) drives them in the fixed order of ``LiveProbe._hooks``
+(:class:`TensorTracer`, :class:`MemrayWindow`, :class:`DeviceReader`, :class:`HistoryWindow`)::
+
+    begin(step), in that order    the tracer enters, a memray window opens, the device peak resets
+    phase("data") ... the step    each phase() tells the live hooks that listen (tracer, device)
+    end(step), in reverse order   the history window starts or dumps, the device reader reads the
+                                  step's last phase, the memray window closes, the tracer writes
+                                  the step's event (with the device readings just taken)
+
+The reverse order nests them: the tracer's own bookkeeping stays outside the memray window, and
+the device reader's last reading is in before the tracer's event carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
+from harness.layout import (
+    CUDA_HISTORY_DIR,
+    MEMRAY_DIR,
+    Event,
+    capture_name,
+    cuda_history_name,
+)
+from harness.probe import cell as cellmod
+from harness.probe.cell import PHASE_CODE
+from harness.sizes import MiB
+
+if TYPE_CHECKING:
+    from harness.probe.cell import CellLayout
+    from harness.probe.tensors import AllocationTracer
+
+NEVER = 2**62  # a step no loop reaches
+
+
+class Events(Protocol):
+    """Where the hooks write events: an :class:`EventWriter`, or a list in a test."""
+
+    def write(self, kind: str, **fields: Any) -> None: ...
+
+
+class EventWriter:
+    """Appends one JSON object per line, flushed at once, so a killed process loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (open until close())
+
+    def write(self, kind: str, **fields: Any) -> None:
+        record = {"t": time.time(), "kind": kind, **fields}
+        self._fh.write(json.dumps(record, default=str) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class CellWriter:
+    """The workload's side of the shared cell the sampler reads (:mod:`harness.probe.cell`).
+
+    Hot-path code stores into ``slots`` directly: one 8-byte store a field, no call.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._mm, self.slots = cellmod.open_cell(path)
+        slots = self.slots
+        slots.pid = os.getpid()
+        slots.total = -1
+        slots.phase = PHASE_CODE["setup"]
+        slots.magic = cellmod.MAGIC  # last: the sampler reads nothing before it
+
+    def start_loop(self, total: int) -> None:
+        self.slots.total = total
+        self.slots.step = 0
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Steps of a loop (0-based): the first ``first``, each multiple of an ``every``, and ``at``."""
+
+    first: int = 0
+    every: tuple[int, ...] = ()  # each > 0
+    at: frozenset[int] = frozenset()
+
+    def __contains__(self, step: int) -> bool:
+        return step < self.first or any(step % n == 0 for n in self.every) or step in self.at
+
+    def next(self, step: int) -> int:
+        """The first of these steps at or after ``step`` (:data:`NEVER` if none)."""
+        if step < self.first:
+            return step
+        best = min((-(-step // n) * n for n in self.every), default=NEVER)
+        return min((a for a in self.at if step <= a < best), default=best)
+
+    def __or__(self, other: Steps) -> Steps:
+        return Steps(max(self.first, other.first), tuple(sorted({*self.every, *other.every})),
+                     self.at | other.at)
+
+
+class StepHook:
+    """Something done on some steps of each training loop; every method does nothing by default."""
+
+    listens = False  # told of each phase (on_phase) while one of its steps runs
+
+    def start_loop(self, epoch: int) -> Steps | None:
+        """A training loop of ``epoch`` starts (its loader not yet iterated): the steps to act on."""
+        return None
+
+    def begin(self, step: int) -> None:
+        """One of the hook's steps is about to wait for its batch (before its ``data`` phase)."""
+
+    def on_phase(self, name: str) -> None:
+        """Phase ``name`` begins within one of the hook's steps."""
+
+    def end(self, step: int) -> None:
+        """One of the hook's steps is over: the workload asked for the next batch or left the loop."""
+
+    def abandon(self, step: int) -> None:
+        """One of the hook's steps began, but the loader had no batch for it: record nothing."""
+
+    def finish(self, steps: int) -> None:
+        """The training loop is over after ``steps`` steps."""
+
+    def totals(self) -> dict[str, Any]:
+        """Fields of this span's ``phase_totals`` event; starts the next span from zero."""
+        return {}
+
+
+def memray_tracker(path: Path, cfg: MemrayConfig) -> AbstractContextManager[Any]:
+    """A memray tracker writing ``path``, in the all-allocations format (forked workers too)."""
+    import memray
+
+    return memray.Tracker(
+        destination=memray.FileDestination(path, overwrite=True, compress_on_exit=True),
+        native_traces=cfg.native_traces,
+        follow_fork=cfg.follow_fork,
+        trace_python_allocators=False,
+    )
+
+
+class MemrayWindow(StepHook):
+    """Bounded memray captures: each epoch's training window, validate/test sections, or the stage.
+
+    One capture at a time: an ask to open a second while one runs is refused.
+    """
+
+    def __init__(
+        self, cfg: MemrayConfig, stage: str, directory: Path, events: Events,
+        tracker: Callable[[Path, MemrayConfig], AbstractContextManager[Any]] = memray_tracker,
+    ) -> None:
+        self._cfg = cfg
+        self._stage = stage
+        self._dir = directory / MEMRAY_DIR
+        self._events = events
+        self._tracker = tracker
+        self._open: tuple[str, AbstractContextManager[Any]] | None = None
+        self._epoch = 0
+        self._window = (0, 0)  # this loop's training window: [start, stop) steps
+        self._train: str | None = None  # this loop's training capture's name
+
+    @property
+    def active(self) -> bool:
+        return self._open is not None
+
+    def train_window(self, epoch: int) -> tuple[int, int] | None:
+        """The training steps ``[start, stop)`` captured in ``epoch``, if any."""
+        cfg = self._cfg
+        if cfg.mode != "windows" or cfg.train_steps <= 0:
+            return None
+        if cfg.epochs is not None and epoch not in cfg.epochs:
+            return None
+        return cfg.train_start, cfg.train_start + cfg.train_steps
+
+    def wants_section(self, name: str, epoch: int) -> bool:
+        cfg = self._cfg
+        if cfg.mode != "windows":
+            return False
+        if name == "validate":
+            return cfg.validation and (cfg.validation_epochs is None or epoch in cfg.validation_epochs)
+        return name == "test" and cfg.test
+
+    def start_stage(self) -> None:
+        """Open the whole-stage capture when the mode is ``full``."""
+        if self._cfg.mode == "full":
+            self.open(capture_name(self._stage), epoch=0, step=0, section=None)
+
+    def open(self, name: str, *, epoch: int, step: int, section: str | None) -> bool:
+        """Start capture ``name``; False if one is running already."""
+        if self._open is not None:
+            return False
+        self._dir.mkdir(exist_ok=True)
+        path = self._dir / f"{name}.bin"
+        tracker = self._tracker(path, self._cfg)
+        tracker.__enter__()
+        self._open = (name, tracker)
+        self._events.write(Event.MEMRAY_START, capture=name, file=f"{MEMRAY_DIR}/{path.name}",
+                           epoch=epoch, step=step, section=section)
+        return True
+
+    def close(self, *, epoch: int, step: int) -> None:
+        """Stop the running capture, if any."""
+        if self._open is None:
+            return
+        (name, tracker), self._open = self._open, None
+        tracker.__exit__(None, None, None)
+        self._events.write(Event.MEMRAY_STOP, capture=name, epoch=epoch, step=step)
+
+    def open_section(self, name: str, epoch: int) -> bool:
+        """Start the section's capture if the scenario asks for one; True if it started."""
+        if not self.wants_section(name, epoch):
+            return False
+        return self.open(capture_name(self._stage, epoch, name), epoch=epoch, step=0, section=name)
+
+    # -- the training window, as a step hook
+    def start_loop(self, epoch: int) -> Steps | None:
+        self._epoch = epoch
+        self._train = None
+        window = self.train_window(epoch)
+        if window is None:
+            return None
+        self._window = window
+        if window[0] == 0:
+            # Open before iter() forks the DataLoader workers, so memray follows them.
+            self._open_train(0)
+        return Steps(at=frozenset({window[0], window[1] - 1}))
+
+    def _open_train(self, step: int) -> None:
+        name = capture_name(self._stage, self._epoch, "train")
+        if self.open(name, epoch=self._epoch, step=step, section=None):
+            self._train = name
+
+    def begin(self, step: int) -> None:
+        if step == self._window[0]:
+            self._open_train(step)
+
+    def end(self, step: int) -> None:
+        if step + 1 == self._window[1]:
+            self.finish(step + 1)
+
+    def finish(self, steps: int) -> None:
+        if self._train is not None and self._open is not None and self._open[0] == self._train:
+            self.close(epoch=self._epoch, step=steps)
+        self._train = None
+
+
+class DeviceReader(StepHook):
+    """CUDA device steps: the allocator's peak is reset when each phase begins and read when it ends.
+
+    Every ``cuda.sample_every``-th training step is a device step (LiveProbe adds the traced ones);
+    a validation or test section is one window of its own. Each reading also goes into the cell.
+    """
+
+    listens = True
+
+    def __init__(self, cfg: CudaConfig, device: str, cell: CellLayout) -> None:
+        self._every = cfg.sample_every
+        self._device = device
+        self._cell = cell
+        self.step: dict[str, dict[str, Any]] = {}  # this device step: phase -> reading
+        self._span: dict[str, dict[str, Any]] = {}  # this span: phase -> peaks and latest figures
+        self._steps = 0  # device steps this span
+        self._running: str | None = None  # the device step's phase running now
+
+    def start_loop(self, epoch: int) -> Steps | None:
+        return Steps(every=(self._every,))
+
+    def begin(self, step: int) -> None:
+        from harness.probe import cuda
+
+        self.step = {}
+        self._running = None
+        cuda.reset_phase_peak(self._device)
+
+    def on_phase(self, name: str) -> None:
+        if self._running is not None:
+            self.read(self._running)
+        self._running = name
+
+    def end(self, step: int) -> None:
+        if self._running is not None:
+            self.read(self._running)  # the step's last phase
+        self._running = None
+        self._steps += 1
+
+    def abandon(self, step: int) -> None:
+        self._running = None
+
+    def section_begin(self) -> None:
+        from harness.probe import cuda
+
+        cuda.reset_phase_peak(self._device)
+
+    def section_end(self, name: str) -> None:
+        self.read(name)
+
+    def read(self, phase: str) -> None:
+        """Device memory at the end of ``phase`` with the peak since it began; resets the peak."""
+        from harness.probe import cuda
+
+        reading = cuda.device_sample(self._device, driver=False)
+        cuda.reset_phase_peak(self._device)
+        self.step[phase] = reading
+        self._cell.cuda_allocated = reading["allocated"]
+        self._cell.cuda_reserved = reading["reserved"]
+        acc = self._span.setdefault(phase, {"readings": 0, "peak_allocated": 0, "peak_reserved": 0})
+        acc["readings"] += 1
+        acc["peak_allocated"] = max(acc["peak_allocated"], reading["peak_allocated"])
+        acc["peak_reserved"] = max(acc["peak_reserved"], reading["peak_reserved"])
+        for key in ("allocated", "reserved", "inactive_split", "retries", "ooms"):
+            acc[key] = reading[key]  # the latest: the allocator's counters only grow
+
+    def totals(self) -> dict[str, Any]:
+        out = {"cuda": self._span, "cuda_steps": self._steps}
+        self._span = {}
+        self._steps = 0
+        return out
+
+
+class TensorTracer(StepHook):
+    """Traced steps: an AllocationTracer counts each phase's tensor allocations; one event a step.
+
+    The first ``tensors.trace_steps`` steps of each loop are traced, and every ``trace_every``-th.
+    """
+
+    listens = True
+
+    def __init__(
+        self, cfg: TensorsConfig, events: Events, seeds: Callable[[], Iterable[Any]],
+        device: DeviceReader | None = None,
+    ) -> None:
+        self._first = cfg.trace_steps
+        self._every = cfg.trace_every
+        self._events = events
+        self._seeds = seeds  # the tensors alive before the step (parameters, gradients, state)
+        self._device = device  # on CUDA, whose readings the step's event carries
+        self._tracer: AllocationTracer | None = None
+        self._epoch = 0
+        self._span: dict[str, dict[str, int]] = {}  # per phase, summed over this span's steps
+        self._steps = 0  # traced steps this span
+
+    def start_loop(self, epoch: int) -> Steps | None:
+        self._epoch = epoch
+        if self._first <= 0 and self._every <= 0:
+            return None
+        return Steps(first=self._first, every=(self._every,) if self._every > 0 else ())
+
+    def begin(self, step: int) -> None:
+        from harness.probe.tensors import AllocationTracer
+
+        tracer = AllocationTracer()
+        tracer.seed(list(self._seeds()))
+        tracer.__enter__()  # type: ignore[no-untyped-call]
+        self._tracer = tracer
+
+    def on_phase(self, name: str) -> None:
+        if self._tracer is not None:
+            self._tracer.set_phase(name)
+
+    def abandon(self, step: int) -> None:
+        tracer, self._tracer = self._tracer, None
+        if tracer is not None:
+            tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+    def end(self, step: int) -> None:
+        tracer, self._tracer = self._tracer, None
+        if tracer is None:
+            return
+        tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+        self._steps += 1
+        per_phase = tracer.take()
+        extra = {"cuda": self._device.step} if self._device is not None else {}
+        self._events.write(Event.TRACED_STEP, epoch=self._epoch, step=step, phases=tracer.order,
+                           tensors=per_phase, **extra)
+        for phase, stats in per_phase.items():
+            acc = self._span.setdefault(phase, {"count": 0, "bytes": 0, "peak_live_bytes": 0, "steps": 0})
+            acc["count"] += stats["count"]
+            acc["bytes"] += stats["bytes"]
+            acc["steps"] += stats["steps"]
+            acc["peak_live_bytes"] = max(acc["peak_live_bytes"], stats["peak_live_bytes"])
+
+    def totals(self) -> dict[str, Any]:
+        out = {"tensors": self._span, "traced_steps": self._steps}
+        self._span = {}
+        self._steps = 0
+        return out
+
+
+class HistoryWindow(StepHook):
+    """The CUDA allocator's history over ``cuda.history_steps`` training steps, dumped to a pickle.
+
+    Recording starts once ``history_start`` steps of epoch ``history_epoch`` are done and is dumped
+    ``history_steps`` steps later, or when the loop ends first.
+    """
+
+    def __init__(self, cfg: CudaConfig, stage: str, device: str, directory: Path,
+                 events: Events) -> None:
+        self._cfg = cfg
+        self._stage = stage
+        self._device = device
+        self._dir = directory / CUDA_HISTORY_DIR
+        self._events = events
+        self._epoch = 0
+        self.recording = False
+
+    def start_loop(self, epoch: int) -> Steps | None:
+        cfg = self._cfg
+        if cfg.history_epoch == 0 or epoch != cfg.history_epoch:
+            return None
+        self._epoch = epoch
+        # acts at the end of the step after which `start` (then `stop`) steps are done
+        ends = {cfg.history_start, cfg.history_start + cfg.history_steps}
+        return Steps(at=frozenset(n - 1 for n in ends if n > 0))
+
+    def end(self, step: int) -> None:
+        done = step + 1
+        if done == self._cfg.history_start and not self.recording:
+            from harness.probe import cuda
+
+            cuda.start_history(device=self._device)
+            self.recording = True
+        elif self.recording and done == self._cfg.history_start + self._cfg.history_steps:
+            self._dump(done)
+
+    def finish(self, steps: int) -> None:
+        if self.recording:  # the loop ended inside the window
+            self._dump(steps)
+
+    def _dump(self, stop: int) -> None:
+        from harness.probe import cuda
+
+        self.recording = False
+        start = self._cfg.history_start
+        name = cuda_history_name(self._stage, self._epoch, start, stop)
+        dump = cuda.dump_history(self._dir / name, int(self._cfg.history_max_mb * MiB))
+        self._events.write(
+            Event.CUDA_HISTORY, epoch=self._epoch, start=start, stop=stop,
+            file=f"{CUDA_HISTORY_DIR}/{name}", bytes=dump.bytes, entries_kept=dump.entries_kept,
+            entries_dropped=dump.entries_dropped,
+        )
