@@ -78,12 +78,11 @@ def test_bad_budgets_fail_in_one_line_naming_file_and_key(tmp_path: Path, budget
     assert message in text
 
 
-def test_a_scenario_with_budgets_stays_frozen_and_hashable() -> None:
+def test_a_scenario_with_budgets_stays_frozen_and_compares_by_value() -> None:
     def make() -> sc.Scenario:
         return sc.from_dict({"name": "x", "budgets": {"phases": {"backward": {"peak_main_rss": "1 GB"}}}}, "x")
 
     a, b = make(), make()
-    assert a == b and hash(a) == hash(b)
-    assert hash(a) != hash(sc.from_dict({"name": "x"}, "x"))
+    assert a == b and a != sc.from_dict({"name": "x"}, "x")
     with pytest.raises(ValidationError):
         a.budgets.peak_main_rss = 5  # type: ignore[misc]

@@ -177,11 +177,6 @@ class BudgetsConfig(_Section):
     def _sizes(cls, v: Any, info: ValidationInfo) -> Any:
         return v if info.field_name == "phases" else _size_or_none(v)
 
-    def __hash__(self) -> int:
-        # Frozen like every section, so hashable like them, although ``phases`` is a dict.
-        fields = tuple(v for k, v in self.__dict__.items() if k != "phases")
-        return hash((fields, tuple(sorted(self.phases.items()))))
-
     @field_validator("phases")
     @classmethod
     def _known_phases(cls, v: dict[str, PhaseBudget]) -> dict[str, PhaseBudget]:
