@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.control import yaml_safe
 from harness.errors import ScenarioError
 from harness.probe.cell import PHASES
 from harness.sizes import parse_size
@@ -251,10 +252,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
         raise _fail("--set", text, "expected KEY=VALUE with a dotted key, e.g. train.epochs=1")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as exc:
-        raise _fail("--set", key, f"value is not valid YAML ({exc.__class__.__name__})") from None
+    try:  # the same reader as files: no repeated keys, aliases capped, integers printable
+        value = yaml_safe.load_text(raw, prefix=key) if raw else ""
+    except yaml_safe.YamlInputError as exc:
+        raise ScenarioError(exc.format("--set", lines=False)) from None
     return key.split("."), value
 
 
@@ -357,22 +358,21 @@ def check_data(scenario: Scenario, source: str) -> None:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Read, override and validate a scenario file; check that its data is reachable."""
+    """Read, override and validate a scenario file; check that its data is reachable.
+
+    The file is read by :mod:`harness.control.yaml_safe` (UTF-8, no repeated keys, aliases and
+    size capped), so a hostile file is one line and a bounded load like any other mistake.
+    """
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = yaml_safe.load_file(path)
     except FileNotFoundError:
         raise _fail(source, "", "no such scenario file") from None
     except OSError as exc:
         raise _fail(source, "", f"cannot read: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise _fail(source, "", f"not valid YAML{where}: {problem}") from None
+    except yaml_safe.YamlInputError as exc:
+        raise ScenarioError(exc.format(source)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

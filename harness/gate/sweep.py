@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import yaml
 
+from harness.control import yaml_safe
 from harness.errors import UsageError
 from harness.gate import metrics as m
 
@@ -43,7 +43,7 @@ class Knob:
 
     @property
     def values(self) -> tuple[Any, ...]:
-        return tuple(yaml.safe_load(v) for v in self.raw)
+        return tuple(yaml_safe.load_text(v, self.key) for v in self.raw)
 
 
 @dataclass
@@ -84,10 +84,10 @@ def parse_vary(text: str) -> Knob:
     if len(set(values)) != len(values):
         raise UsageError(f"--vary {key}: a value is repeated in {raw!r}")
     for v in values:
-        try:
-            yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise UsageError(f"--vary {key}: value {v!r} is not valid YAML") from None
+        try:  # the scenario's own reader, as each value becomes a --set
+            yaml_safe.load_text(v, key)
+        except yaml_safe.YamlInputError as exc:
+            raise UsageError(exc.format("--vary", lines=False)) from None
     return Knob(key, tuple(values))
 
 
@@ -118,7 +118,7 @@ def row(point: Sequence[str], knobs: Sequence[Knob], run_dir: str, status: str,
     """One line of the sweep's table: the knobs' values, where the run is, its peaks by role."""
     out: dict[str, Any] = {}
     for k, text in zip(knobs, point):
-        out[k.key] = yaml.safe_load(text.partition("=")[2])
+        out[k.key] = yaml_safe.load_text(text.partition("=")[2], k.key)
     out["status"] = status
     out["run_dir"] = run_dir
     metrics = m.from_summary(summary) if summary is not None else {}
