@@ -4,11 +4,14 @@ that also draws its flamegraphs from the records it read."""
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from types import TracebackType
 from typing import Any
 
 from harness.analysis.captures import CaptureData, read_capture
 from harness.render import flamegraphs
+from harness.report import signals
 from harness.report.plan import CaptureJob, partition
 
 INLINE_BELOW_BYTES = 8 * 1000 * 1000  # captures smaller than this in all: no process pool
@@ -55,11 +58,25 @@ def _run_jobs(jobs: list[CaptureJob]) -> list[tuple[list[CaptureData], list[flam
     return [_run_job(j) for j in jobs]
 
 
+# Ctrl-C, or a hangup, reaches the whole process group: the parent alone decides, and terminates
+# the workers (SIGTERM). Held back while they start, then ignored, so that no worker dies on its
+# own and no resource tracker started with them (it ignores SIGINT and SIGTERM, not SIGHUP) is
+# killed and relaunched with a page of warnings.
+_PARENT_DECIDES = {signal.SIGINT, signal.SIGHUP}
+
+
+def _worker_init() -> None:
+    for sig in _PARENT_DECIDES:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class CaptureReading:
     """Reading the captures: the spawned share starts at once, :meth:`collect` reads the rest here.
 
     Started before the sample tables are computed, so the spawned process's start-up (imports)
-    overlaps that work.
+    overlaps that work. Use it as a context manager: leaving it normally waits for the pool to
+    finish; leaving it by an exception (KeyboardInterrupt, SignalReceived, an error) terminates
+    the workers at once, whatever they were reading.
     """
 
     def __init__(self, jobs: list[CaptureJob], processes: int) -> None:
@@ -71,20 +88,66 @@ class CaptureReading:
             bins = partition(jobs, processes)
             # spawn, not fork: the caller (harness run) may still hold threads and open files.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=len(bins) - 1, mp_context=ctx)
-            self._futures = [self._pool.submit(_run_jobs, b) for b in bins[1:]]
+            try:
+                # deferred: a stop arriving half way through submit() would leave an executor
+                # whose thread never started (shutdown then fails); it is raised once all is up
+                with signals.deferred(signals.ANY_STOP), signals.held(_PARENT_DECIDES):
+                    self._pool = ProcessPoolExecutor(max_workers=len(bins) - 1, mp_context=ctx,
+                                                     initializer=_worker_init)
+                    self._futures = [self._pool.submit(_run_jobs, b) for b in bins[1:]]
+            except BaseException:
+                self.abort()
+                raise
             self._here = bins[0]
+
+    def __enter__(self) -> CaptureReading:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def collect(self) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
         try:
             results = _run_jobs(self._here)
             for f in self._futures:
                 results += f.result()
-        finally:
-            self.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.close()
         return [d for r in results for d in r[0]], [f for r in results for f in r[1]]
 
     def close(self) -> None:
+        """Wait for the pool's work to end, and its processes with it."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def abort(self) -> None:
+        """Stop now: cancel what has not started and terminate the workers, reading or not.
+
+        ``shutdown(cancel_futures=True)`` alone waits for the jobs that run, and a capture can
+        take minutes to read; the executor keeps its processes in ``_processes`` only.
+        """
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((pool._processes or {}).values())
+        for f in self._futures:
+            f.cancel()
+        for p in procs:
+            p.terminate()
+        # The executor's own thread sees the workers gone and winds down; wait for it, then them.
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except RuntimeError:  # stopped before its thread started: nothing of it to wait for
+            pass
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():  # stuck where SIGTERM does not reach
+                p.kill()
+                p.join()
