@@ -169,3 +169,44 @@ def write_capture(run_dir: Path, name: str = "train-e1-train") -> Path:
         fh.write(json.dumps({"t": 1001.5, "kind": "memray_stop", "capture": name, "epoch": 1,
                              "step": 30}) + "\n")
     return path
+
+
+def write_busy_capture(run_dir: Path, name: str = "train-e1-train", *, allocations: int = 30_000,
+                       compress: bool = True) -> Path:
+    """A real memray capture of many allocations of scattered sizes (about 150 kB compressed:
+    several lz4 blocks), so that half of it still parses and yields partial records.
+
+    ``compress``: lz4-compressed on exit, as the probe writes them; else memray's raw format.
+    """
+    import random
+
+    import memray
+
+    path = run_dir / "stages" / "train" / "memray" / f"{name}.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    sizes = [rng.randrange(600, 8192) for _ in range(allocations)]  # above pymalloc's 512 B
+    kept = []
+    with memray.Tracker(destination=memray.FileDestination(path, overwrite=True,
+                                                           compress_on_exit=compress)):
+        for i, n in enumerate(sizes):
+            block = bytearray(n)
+            if i % 10 == 0:
+                kept.append(block)
+    del kept
+    events = run_dir / "stages" / "train" / "events.jsonl"
+    with open(events, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"t": 1001.0, "kind": "memray_start", "capture": name,
+                             "file": f"memray/{name}.bin", "epoch": 1, "step": 0,
+                             "section": None}) + "\n")
+        fh.write(json.dumps({"t": 1001.5, "kind": "memray_stop", "capture": name, "epoch": 1,
+                             "step": 30}) + "\n")
+    return path
+
+
+def truncate_to_half(path: Path) -> tuple[int, int]:
+    """Cut ``path`` to half its size, as ``truncate -s 50%`` does; returns (new size, old size)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(size // 2)
+    return size // 2, size

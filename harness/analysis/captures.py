@@ -6,8 +6,14 @@ capture on a libtorch process and the tables and findings need the Python lines 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import os
+import struct
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,7 +27,7 @@ from harness.analysis.attribution import (
     workload_frame,
 )
 from harness.analysis.load import Capture, Stage
-from harness.layout import Event, parse_capture_name
+from harness.layout import MEMRAY_DIR, STAGES_DIR, Event, parse_capture_name
 
 # memray drops, on the main thread, the frames that were on the stack when tracking started: for
 # a window opened inside the probe that is the workload's own loop. Ask for the whole stack.
@@ -169,23 +175,83 @@ def wants_leaks(window: Window) -> bool:
     return window.section is None
 
 
+@contextlib.contextmanager
+def _memray_complaints() -> Iterator[list[str]]:
+    """Collect what memray logs meanwhile: a capture it can read only in part ends its records
+    early with "Memray ERROR: ..." on stderr (file descriptor 2) and no exception. Anything else
+    written there is passed on."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().decode("utf-8", errors="replace").splitlines()
+            said += [line.removeprefix("Memray ERROR:").strip() for line in lines
+                     if line.startswith("Memray ERROR")]
+            others = [line for line in lines if not line.startswith("Memray ERROR")]
+            if others:
+                print("\n".join(others), file=sys.stderr, flush=True)
+
+
+def _recorded_allocations(path: Path, meta: Any) -> int | None:
+    """How many allocations the tracker counted when it closed a raw (uncompressed) capture.
+
+    memray keeps that count in the file's header and reports the number it read instead. The
+    header's stats are ``n_allocations, n_frames, start_time, end_time`` (8 bytes each); they are
+    found by the start and end times memray does report, so another layout finds nothing (None)
+    rather than a wrong number.
+    """
+    start = round(meta.start_time.timestamp() * 1000)
+    end = round(meta.end_time.timestamp() * 1000)
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if not head.startswith(b"memray\x00"):
+        return None  # compressed: load.lz4_damage walks those
+    at = head.find(struct.pack("<qq", start, end))
+    if at < 16:
+        return None
+    count: int = struct.unpack_from("<Q", head, at - 16)[0]
+    return count or None  # 0: never closed (its process was killed)
+
+
 def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, Records | None]:
-    """Read one capture once: high-watermark records, memory snapshots, leaks where wanted."""
+    """Read one capture once: high-watermark records, memory snapshots, leaks where wanted.
+
+    A capture memray reads only in part keeps what was read, with ``error`` saying so: its
+    figures are not the window's, and the findings leave it out.
+    """
     import memray
 
     win = window or _guess_window(capture)
     data = CaptureData(capture=capture, window=win)
+    where = f"{STAGES_DIR}/{capture.stage}/{MEMRAY_DIR}/{capture.path.name}"
     try:
-        reader = memray.FileReader(str(capture.path), report_progress=False)
-        meta = reader.metadata
-        peak = list(reader.get_high_watermark_allocation_records(merge_threads=True))
-        leaked = (list(reader.get_leaked_allocation_records(merge_threads=True))
-                  if wants_leaks(win) else [])
-        snaps = list(reader.get_memory_snapshots())
+        with _memray_complaints() as said:
+            reader = memray.FileReader(str(capture.path), report_progress=False)
+            meta = reader.metadata
+            peak = list(reader.get_high_watermark_allocation_records(merge_threads=True))
+            leaked = (list(reader.get_leaked_allocation_records(merge_threads=True))
+                      if wants_leaks(win) else [])
+            snaps = list(reader.get_memory_snapshots())
     except (OSError, RuntimeError, ValueError) as exc:
         # A capture cut short by a kill may not parse: say so and go on with the rest.
-        data.error = f"{capture.path.name}: unreadable ({exc})"
+        data.error = f"{where}: unreadable ({exc})"
         return data, None
+    recorded = _recorded_allocations(capture.path, meta)
+    why = capture.damage
+    if why is None and recorded is not None and recorded > int(meta.total_allocations):
+        why = f"{where}: {int(meta.total_allocations)} of {recorded} allocation records read"
+    if why is None and said:
+        why = f"{where}: memray: {said[0]}"
+    if why is not None:
+        data.error = f"{why}: its records are partial, read as far as they go"
     data.pid = int(meta.pid)
     data.peak_memory = int(meta.peak_memory)
     data.total_allocations = int(meta.total_allocations)

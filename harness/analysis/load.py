@@ -1,19 +1,25 @@
 """Read a run directory into memory, tolerating what a crash leaves behind.
 
 A killed stage can leave a half-written last line in ``samples.csv`` or ``events.jsonl``, no
-snapshots, no ``stage_end`` event, or a manifest still saying ``running``. Loading never fails on
-those: it keeps what is whole and notes what was not in :attr:`Run.problems`.
+snapshots, no ``stage_end`` event, or a manifest still saying ``running``; a copy can be cut short
+and a hand edit can put a field of the wrong type anywhere. Loading never fails on those: it keeps
+what is whole and notes what was not in :attr:`Run.problems`, naming the file (and line, and
+field), and such a run is not :attr:`Run.complete`. Only a manifest that cannot be read is an
+error: without it nothing says what the directory holds.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import UsageError
 from harness.layout import (
@@ -42,6 +48,7 @@ class Capture:
     path: Path
     pid: int | None
     size: int
+    damage: str | None = None  # what is wrong with the file itself (cut short), as a problem says
 
     @property
     def role(self) -> str:
@@ -79,7 +86,8 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.status == "ok"
+        """The run finished well and every record of it was read whole."""
+        return not self.incomplete_reasons()
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -111,12 +119,256 @@ class Run:
         for s in self.stages:
             if s.events and not s.events_of(Event.STAGE_END):
                 out.append(f"stage {s.name!r} has no stage_end event")
+        return out + self.problems
+
+    def damage(self) -> list[str]:
+        """What is missing or damaged in the records themselves, apart from the run's own failure.
+
+        A run that failed (or was killed) is expected to lack a ``stage_end`` event; one that says
+        ``ok`` is not, so there the missing event means the file lost its end.
+        """
+        out = list(self.problems)
+        if self.status == "ok":
+            out += [f"{_rel(s.dir / EVENTS_FILE, self.dir)} has no stage_end event"
+                    for s in self.stages if s.events and not s.events_of(Event.STAGE_END)]
         return out
 
 
 def empty_samples() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="float64" if c in _NUMERIC else "object")
                          for c in SAMPLE_COLUMNS})
+
+
+def _rel(path: Path, run_dir: Path) -> str:
+    """``path`` as the run directory's documentation names it (``stages/train/samples.csv``)."""
+    try:
+        return str(path.relative_to(run_dir))
+    except ValueError:
+        return str(path)
+
+
+def _where(path: Path) -> str:
+    """``path`` relative to its run directory, found from the layout (``stages/<stage>/...``)."""
+    parts = path.parts
+    if STAGES_DIR in parts:
+        return "/".join(parts[len(parts) - 1 - parts[::-1].index(STAGES_DIR):])
+    return str(path)
+
+
+def error_line(exc: ValidationError) -> str:
+    """The first field at fault, ``a.b.0.c: what was expected (got ...)``, and how many more."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(the whole record)"
+    kind = str(first["type"])
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        what = "expected a JSON object"
+    elif kind == "list_type":
+        what = "expected a list"
+    elif kind == "missing":
+        what = "missing"
+    else:
+        what = first["msg"][0].lower() + first["msg"][1:]
+    if kind != "missing":
+        what += f" (got {json.dumps(first.get('input'), default=str)[:40]})"
+    more = exc.error_count() - 1
+    return f"{where}: {what}" + (f" (and {more} more)" if more else "")
+
+
+class _Record(BaseModel):
+    """The fields analysis reads, with their types; any others pass unread.
+
+    Strict: a number written as a string is as wrong as the writer would have made it.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+# ---- manifest.json -----------------------------------------------------------------------------
+
+
+class StageOutcome(_Record):
+    name: str
+    status: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    wall_s: float | None = None
+    message: str | None = None
+    last: dict[str, Any] | None = None
+    peak_tree_rss: int | None = None
+    peak_main_rss: int | None = None
+
+
+class Failure(_Record):
+    stage: str | None = None
+    status: str | None = None
+    message: str | None = None
+
+
+class ScenarioEcho(_Record):
+    name: str | None = None
+    stages: list[str] | None = None
+
+
+class Manifest(_Record):
+    manifest_version: int | None = None
+    kind: str = "run"
+    scenario_name: str = ""
+    scenario: ScenarioEcho | None = None
+    status: str = "unknown"
+    stages: list[StageOutcome] = []
+    failure: Failure | None = None
+    started: str | None = None
+    ended: str | None = None
+    wall_s: float | None = None
+    python: str | None = None
+    versions: dict[str, str | None] | None = None
+    host: str | None = None
+    platform: str | None = None
+    cpu_count: int | None = None
+    git_revision: str | None = None
+    command_line: list[str] | None = None
+
+
+# ---- events.jsonl --------------------------------------------------------------------------------
+
+
+class _Counts(_Record):
+    """A phase's tensor totals (traced_step, phase_totals)."""
+
+    count: float | None = None
+    bytes: float | None = None
+    peak_live_bytes: float | None = None
+    steps: float | None = None
+
+
+class _CudaPhase(_Record):
+    """A phase's device readings (traced_step, phase_totals)."""
+
+    readings: float | None = None
+    peak_allocated: float | None = None
+    peak_reserved: float | None = None
+    allocated: float | None = None
+    reserved: float | None = None
+    inactive_split: float | None = None
+    retries: float | None = None
+    ooms: float | None = None
+
+
+class _Event(_Record):
+    """Every line: ``t`` and ``kind``; ``epoch`` and ``step`` wherever they are given."""
+
+    t: float
+    kind: str
+    epoch: int | None = None
+    step: int | None = None
+
+
+class _StageEvent(_Event):
+    stage: str | None = None
+
+
+class _SectionEvent(_Event):
+    section: str | None = None
+    steps: int | None = None
+
+
+class _LoopEnd(_Event):
+    steps: int | None = None
+    total: int | None = None
+
+
+class _Metric(_Event):
+    name: str
+
+
+class _Totals(_Event):
+    span: str | None = None
+    phases: list[str] | None = None
+    tensors: dict[str, _Counts] | None = None
+    cuda: dict[str, _CudaPhase] | None = None
+    seconds: dict[str, float] | None = None
+
+
+class _MemrayEvent(_Event):
+    capture: str
+    section: str | None = None
+    file: str | None = None
+
+
+class _SnapshotEvent(_Event):
+    label: str | None = None
+    file: str | None = None
+    tensor_bytes: dict[str, float] | None = None
+
+
+class _CudaHistory(_Event):
+    file: str | None = None
+    start: int | None = None
+    stop: int | None = None
+    bytes: int | None = None
+    entries_kept: int | None = None
+    entries_dropped: int | None = None
+
+
+# The harness's own kinds; a workload's own (probe.record) is held to the common fields only.
+_EVENT_MODELS: dict[str, type[_Event]] = {
+    Event.STAGE_START: _StageEvent, Event.STAGE_END: _StageEvent, Event.STAGE_ERROR: _StageEvent,
+    Event.SECTION_START: _SectionEvent, Event.SECTION_END: _SectionEvent, Event.LOOP_END: _LoopEnd,
+    Event.METRIC: _Metric, Event.TRACED_STEP: _Totals, Event.PHASE_TOTALS: _Totals,
+    Event.MEMRAY_START: _MemrayEvent, Event.MEMRAY_STOP: _MemrayEvent,
+    Event.SNAPSHOT: _SnapshotEvent, Event.CUDA_HISTORY: _CudaHistory,
+}
+
+
+# ---- snapshots/<label>.json --------------------------------------------------------------------
+
+
+class _Process(_Record):
+    pid: int | None = None
+    role: str | None = None
+    rss: float | None = None
+    uss: float | None = None
+    pss: float | None = None
+    shared: float | None = None
+    swap: float | None = None
+    gone: bool | None = None
+
+
+class _MapsKind(_Record):
+    count: int | None = None
+    bytes: float | None = None
+
+
+class _Maps(_Record):
+    summary: dict[str, _MapsKind] | None = None
+
+
+class _Gc(_Record):
+    counts: list[int] | None = None
+
+
+class _SnapshotCuda(_Record):
+    allocated: float | None = None
+    reserved: float | None = None
+    max_allocated: float | None = None
+    stats: dict[str, float | None] | None = None
+    host: dict[str, float | None] | None = None
+
+
+class _Snapshot(_Record):
+    label: str | None = None
+    stage: str | None = None
+    epoch: int | None = None
+    t: float | None = None
+    pid: int | None = None
+    tensor_bytes: dict[str, float | None] | None = None
+    tensor_count: int | None = None
+    processes: list[_Process] | None = None
+    gc: _Gc | None = None
+    maps: _Maps | None = None
+    cuda: _SnapshotCuda | None = None
 
 
 def _whole_lines(data: bytes) -> tuple[bytes, bool]:
@@ -127,71 +379,165 @@ def _whole_lines(data: bytes) -> tuple[bytes, bool]:
     return (data[: cut + 1] if cut >= 0 else b""), True
 
 
+_SKIPPED_LINE = re.compile(r"Skipping line (\d+): (.*)")
+
+
+def _bad_lines(caught: list[warnings.WarningMessage]) -> list[tuple[int, str]]:
+    """(line, what) of the rows pandas skipped for their number of fields."""
+    out = []
+    for w in caught:
+        for m in _SKIPPED_LINE.finditer(str(w.message)):
+            out.append((int(m.group(1)), m.group(2).strip()))
+    return out
+
+
+def _note_lines(problems: list[str], where: str, bad: list[tuple[int, str]], verb: str) -> None:
+    """One problem for a file's bad lines: the first named, the rest counted."""
+    if not bad:
+        return
+    line, what = bad[0]
+    more = f"; {len(bad) - 1} more such line(s)" if len(bad) > 1 else ""
+    problems.append(f"{where} line {line}: {what} ({verb}{more})")
+
+
 def read_samples(path: Path, problems: list[str]) -> pd.DataFrame:
     """samples.csv as a DataFrame, numeric columns as numbers, rows of vanished processes dropped."""
+    where = _where(path)
     if not path.is_file():
-        problems.append(f"{path.parent.name}: no samples.csv")
+        problems.append(f"{_where(path.parent)}/: no samples.csv")
         return empty_samples()
     data, cut = _whole_lines(path.read_bytes())
     if cut:
-        problems.append(f"{path.parent.name}: samples.csv ends in a partial line (dropped)")
+        problems.append(f"{where} ends in a partial line (dropped)")
     if not data.strip():
         return empty_samples()
-    df = pd.read_csv(io.BytesIO(data), dtype={"role": "string", "stage": "string", "phase": "string"},
-                     keep_default_na=False, na_values={c: [""] for c in _NUMERIC})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            df = pd.read_csv(io.BytesIO(data),
+                             dtype={"role": "string", "stage": "string", "phase": "string"},
+                             keep_default_na=False, na_values={c: [""] for c in _NUMERIC},
+                             on_bad_lines="warn", encoding_errors="replace")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+            problems.append(f"{where}: cannot be read ({str(exc).strip()})")
+            return empty_samples()
+    # A row with more fields than the header is skipped (the rest are kept), and named.
+    skipped = _bad_lines(caught)
+    _note_lines(problems, where, skipped, "skipped")
     for c in SAMPLE_COLUMNS:
         if c not in df.columns:  # older run directories have no CUDA columns
             df[c] = float("nan")
+    df = df[list(SAMPLE_COLUMNS)].reset_index(drop=True)
+    bad: list[tuple[int, str]] = []
     for c in _NUMERIC:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    df = df[list(SAMPLE_COLUMNS)]
+        if pd.api.types.is_numeric_dtype(df[c]):
+            continue
+        # Parsed as text: some value in the column is not a number.
+        text = df[c]
+        df[c] = pd.to_numeric(text, errors="coerce")
+        wrong = df[c].isna() & text.notna()
+        if wrong.any():
+            i = int(wrong.to_numpy().argmax())
+            line = i + 2  # the header is line 1
+            for n, _ in skipped:
+                line += n <= line
+            bad.append((line, f"{c} {str(text.iloc[i])!r} is not a number"))
+    _note_lines(problems, where, sorted(bad), "read as empty")
     # The sampler's last look can catch a process already gone: psutil reports zeros for it.
     df = df[df["rss"] > 0]
-    df["role"] = df["role"].fillna("").astype(str)
-    df["stage"] = df["stage"].fillna("").astype(str)
-    df["phase"] = df["phase"].fillna("").astype(str)
+    for c in ("role", "stage", "phase"):
+        df[c] = df[c].fillna("").astype(str)
     return df.reset_index(drop=True)
 
 
 def read_events(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    """events.jsonl as a list of dicts; a torn line is skipped and noted."""
+    """events.jsonl as a list of dicts; a line torn, not JSON or with a field of the wrong type is
+    skipped and noted."""
     if not path.is_file():
         return []
+    where = _where(path)
     out: list[dict[str, Any]] = []
-    bad = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    bad: list[tuple[int, str]] = []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             ev = json.loads(line)
         except json.JSONDecodeError:
-            bad += 1
+            bad.append((n, "not valid JSON"))
             continue
-        if isinstance(ev, dict) and "kind" in ev:
-            out.append(ev)
-    if bad:
-        problems.append(f"{path.parent.name}: {bad} unreadable line(s) in events.jsonl (skipped)")
+        if not isinstance(ev, dict):
+            bad.append((n, "not a JSON object"))
+            continue
+        kind = ev.get("kind")
+        model = _EVENT_MODELS.get(kind, _Event) if isinstance(kind, str) else _Event
+        try:
+            model.model_validate(ev)
+        except ValidationError as exc:
+            bad.append((n, error_line(exc)))
+            continue
+        out.append(ev)
+    _note_lines(problems, where, bad, "unreadable line skipped")
     return out
 
 
 def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
-    """The stage's snapshots by label, in the order they were taken."""
+    """The stage's snapshots by label, in the order they were taken; a damaged one is skipped."""
     snap_dir = sdir / SNAPSHOTS_DIR
     if not snap_dir.is_dir():
         return {}
     found: dict[str, dict[str, Any]] = {}
-    for path in snap_dir.glob("*.json"):
+    for path in sorted(snap_dir.glob("*.json")):
+        where = _where(path)
         try:
             snap = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError):
-            problems.append(f"{sdir.name}: unreadable snapshot {path.name} (skipped)")
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            problems.append(f"{where}: unreadable ({type(exc).__name__}; skipped)")
             continue
-        if isinstance(snap, dict):
-            found[str(snap.get("label", path.stem))] = snap
+        try:
+            _Snapshot.model_validate(snap)
+        except ValidationError as exc:
+            problems.append(f"{where}: {error_line(exc)} (skipped)")
+            continue
+        found[str(snap.get("label") or path.stem)] = snap
     return dict(sorted(found.items(), key=lambda kv: float(kv[1].get("t") or 0.0)))
 
 
-def list_captures(stage: str, sdir: Path) -> list[Capture]:
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
+def lz4_damage(path: Path) -> tuple[int, int] | None:
+    """(bytes present, bytes needed at least) when ``path``, an lz4 frame, is cut short; else None.
+
+    The probe's captures are lz4-compressed when memray closes them. A frame is a header, then
+    blocks each led by its size, then an end mark: walking the sizes finds a cut without
+    decompressing anything (memray itself only logs "Memray ERROR" and reads what it can).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(4) != _LZ4_MAGIC:
+            return None
+        flags = fh.read(1)
+        if not flags:
+            return size, 7
+        flg = flags[0]
+        block_checksum, content_size, content_checksum, dict_id = (
+            bool(flg & 0x10), bool(flg & 0x08), bool(flg & 0x04), bool(flg & 0x01))
+        pos = 4 + 1 + 1 + (8 if content_size else 0) + (4 if dict_id else 0) + 1  # FLG, BD, HC
+        while True:
+            if pos + 4 > size:
+                return size, pos + 4
+            fh.seek(pos)
+            block = int.from_bytes(fh.read(4), "little") & 0x7FFFFFFF  # top bit: stored raw
+            pos += 4
+            if block == 0:  # the end mark
+                pos += 4 if content_checksum else 0
+                return (size, pos) if pos > size else None
+            pos += block + (4 if block_checksum else 0)
+
+
+def list_captures(stage: str, sdir: Path, problems: list[str] | None = None) -> list[Capture]:
     mdir = sdir / MEMRAY_DIR
     if not mdir.is_dir():
         return []
@@ -200,12 +546,19 @@ def list_captures(stage: str, sdir: Path) -> list[Capture]:
         parsed = parse_capture_file(path.name)
         if parsed is None or not path.is_file():
             continue
-        out.append(Capture(stage, parsed[0], path, parsed[1], path.stat().st_size))
+        damage = None
+        cut = lz4_damage(path)
+        if cut is not None:
+            damage = f"{_where(path)} is truncated ({cut[0]} of at least {cut[1]} bytes present)"
+            if problems is not None:
+                problems.append(damage)
+        out.append(Capture(stage, parsed[0], path, parsed[1], path.stat().st_size, damage))
     return out
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest.json as a dict; UsageError when it is missing or not a JSON object."""
+    """The run's manifest.json as a dict; UsageError when it is missing, not a JSON object, or a
+    field analysis reads has the wrong type (naming the first such field)."""
     path = run_dir / MANIFEST_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {MANIFEST_FILE})")
@@ -213,8 +566,14 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
+    try:
+        Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(f"{path}: {error_line(exc)}") from None
     return data
 
 
@@ -238,20 +597,23 @@ def load_run(run_dir: Path) -> Run:
     manifest = read_manifest(run_dir)
     problems: list[str] = []
     outcomes = {str(s.get("name")): s for s in manifest.get("stages", []) if isinstance(s, dict)}
+    bare = manifest.get("kind") == "bare"  # `harness train`: no sampler, no probe
     stages: list[Stage] = []
     for name in _stage_names(run_dir, manifest):
         sdir = stage_dir(run_dir, name)
         if not sdir.is_dir():
-            problems.append(f"{name}: the manifest names it but stages/{name}/ is missing")
+            problems.append(f"{STAGES_DIR}/{name}/: missing (the manifest names the stage)")
             continue
         events = read_events(sdir / EVENTS_FILE, problems)
+        samples = (empty_samples() if bare and not (sdir / SAMPLES_FILE).exists()
+                   else read_samples(sdir / SAMPLES_FILE, problems))
         stages.append(Stage(
             name=name,
             dir=sdir,
             outcome=outcomes.get(name),
-            samples=read_samples(sdir / SAMPLES_FILE, problems),
+            samples=samples,
             events=events,
             snapshots=read_snapshots(sdir, problems),
-            captures=list_captures(name, sdir),
+            captures=list_captures(name, sdir, problems),
         ))
     return Run(run_dir, manifest, stages, problems)
