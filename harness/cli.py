@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from harness import __version__
-from harness.errors import HarnessError
+from harness.errors import HarnessError, SignalReceived
+
+# Treated like Ctrl-C: whatever runs is stopped and recorded, then exit 128 + the signal's number.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _add_scenario_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """Run the scenario's stages under the harness and record memory by process, phase, epoch."""
     from harness.control import runner, scenario
     from harness.control.console import Console
-    from harness.errors import Interrupted, RunFailed
+    from harness.errors import Interrupted, RunFailed, StageInputError
 
     sc = scenario.load(args.scenario, args.overrides)
     console = Console(sys.stdout, quiet=args.quiet)
@@ -64,7 +72,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RunFailed as exc:
         failure = exc
         run_dir = exc.run_dir
-    if isinstance(failure, Interrupted) or args.no_report or run_dir is None:
+    # A stopped run is left as it is; a run that stopped on bad input has nothing to report, and
+    # its error is said once, by main.
+    if isinstance(failure, (Interrupted, StageInputError)) or args.no_report or run_dir is None:
         if failure is not None:
             raise failure
         print(f"harness: run finished: {run_dir}")
@@ -90,8 +100,10 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """Write RUN_DIR/report/ (report.html, summary.json, tables, timeline, flamegraphs) and summarize."""
+    from harness.gate.runs import check_report_dir
     from harness.report import build_report
 
+    check_report_dir(args.run_dir)
     result = build_report(args.run_dir)
     print(result.text)
     return 0
@@ -109,6 +121,9 @@ def _add_check_args(p: argparse.ArgumentParser) -> None:
                         "each metric's noise floor, docs/checks.md)")
     p.add_argument("--budgets", type=Path, default=None, metavar="SCENARIO",
                    help="take the budgets from this scenario file (default: the run's scenario.yaml)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="check a run whose records are damaged (a file cut short, a field of the "
+                        "wrong type) on what could be read, instead of refusing it (exit 2)")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -124,6 +139,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except SizeError as exc:
         raise UsageError(f"--tolerance/--slack: {exc}") from None
     summary = runs.summary(args.run_dir)
+    damaged = runs.damage(args.run_dir, summary)
+    # A run that failed is a failed check (exit 1, below); damaged records of a run that says it
+    # finished well cannot be trusted either way: bad input.
+    if damaged and summary.run.status == "ok" and not args.allow_incomplete:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise UsageError(f"{args.run_dir}: incomplete record: {damaged[0]}{more}; "
+                         "--allow-incomplete checks it on what could be read")
+    for reason in damaged:
+        print(f"harness: warning: incomplete record: {reason}")
     budgets = (runs.budgets_from(args.budgets) if args.budgets
                else runs.run_scenario(args.run_dir).budgets)
     base = runs.read_baseline(args.baseline) if args.baseline else None
@@ -223,16 +247,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SignalReceived in the main thread, as SIGINT raises
+    KeyboardInterrupt, so that every command stops what it started and says so.
+
+    Only the first one raises: a second must not cut short the clean-up the first began. The
+    previous handlers come back on the way out (``main`` also runs inside other programs).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    fired = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise SignalReceived(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr)
+    except OSError:  # after SIGHUP the terminal may be gone; the exit code still tells
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+    with _stop_signals_raise():
+        try:
+            return int(args.func(args))
+        except HarnessError as exc:
+            _say(f"harness: error: {exc}")
+            return exc.exit_code
+        except KeyboardInterrupt:
+            _say("harness: interrupted")
+            return 130
+        except SignalReceived as exc:
+            _say(f"harness: terminated by {exc.name}")
+            return 128 + exc.signum
 
 
 if __name__ == "__main__":

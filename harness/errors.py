@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -39,7 +40,37 @@ class RunFailed(HarnessError):
         self.run_dir = run_dir  # what was recorded up to the failure lives here
 
 
+class StageInputError(RunFailed):
+    """A stage stopped on a DataError or ScenarioError: bad input that only the stage could find."""
+
+    exit_code = 2
+
+
 class Interrupted(RunFailed):
-    """The user pressed Ctrl-C."""
+    """The harness was stopped: Ctrl-C (exit 130) or, as :class:`Terminated`, SIGTERM or SIGHUP."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """SIGTERM or SIGHUP stopped the harness; exits 128 + the signal's number, as a shell would."""
+
+    def __init__(self, message: str, run_dir: Path | None = None, signum: int = 15) -> None:
+        super().__init__(message, run_dir)
+        self.exit_code = 128 + signum
+
+
+class SignalReceived(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
+    """Raised by the harness's SIGTERM and SIGHUP handler, as Python raises KeyboardInterrupt.
+
+    A BaseException, so that no ``except Exception`` on the way swallows it; the runner turns it
+    into :class:`Terminated` once the stage is stopped, ``harness.cli.main`` anywhere else.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name

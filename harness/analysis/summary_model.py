@@ -73,8 +73,9 @@ class RunInfo(_Section):
     dir: str
     scenario: str
     kind: str = Field(description="run (instrumented) or bare")
-    status: str = Field(description="ok, failed, killed, limit, timeout, interrupted, or running "
-                                    "(the harness itself was stopped)")
+    status: str = Field(description="ok, failed, killed, limit, timeout, interrupted (Ctrl-C), "
+                                    "terminated (SIGTERM, SIGHUP), or running (the harness "
+                                    "itself was killed)")
     complete: bool = Field(description="false for a crashed, killed or stopped run: the report "
                                        "shows what was recorded")
     incomplete_reasons: list[str]

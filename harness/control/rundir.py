@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError
 from harness.layout import MANIFEST_FILE, SCENARIO_FILE
 
 MANIFEST = MANIFEST_FILE
@@ -39,7 +40,10 @@ MANIFEST_VERSION = 1
 def new_run_dir(reports: Path, scenario_name: str, suffix: str = "") -> Path:
     """Create ``reports/<name>/<UTC timestamp>-<id>``; never reuses an existing directory."""
     parent = reports / scenario_name
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --reports (or a folder in it) is a file, or not writable
+        raise UsageError(f"{reports}: cannot make a run directory under it: {exc.strerror}") from None
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     while True:
         path = parent / f"{stamp}-{secrets.token_hex(3)}{suffix}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.control import rundir
+import psutil
+
+from harness.control import preflight, rundir
 from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeSampler, TreeTotals
 from harness.control.scenario import Scenario, dump
-from harness.errors import Interrupted, RunFailed, ScenarioError
+from harness.errors import (
+    Interrupted,
+    RunFailed,
+    ScenarioError,
+    SignalReceived,
+    StageInputError,
+    Terminated,
+)
 from harness.layout import (
     CELL_FILE,
     EVENTS_FILE,
@@ -29,17 +39,21 @@ from harness.layout import (
     SAMPLES_FILE,
     STAGE_DIR_ENV,
     STAGE_LOG_FILE,
+    Event,
     stage_dir,
 )
 from harness.probe import cell as cellmod
 from harness.probe.config import ProbeConfig
 from harness.sizes import MiB, format_size
 
+# Errors a stage stops on that say its input was bad (exit 2), not that the workload failed.
+INPUT_ERRORS = ("DataError", "ScenarioError")
+
 
 @dataclass
 class StageOutcome:
     name: str
-    status: str  # ok | failed | killed | limit | timeout | interrupted
+    status: str  # ok | failed | killed | limit | timeout | interrupted | terminated
     exit_code: int | None
     signal: str | None
     started: str
@@ -50,6 +64,9 @@ class StageOutcome:
     sampling: dict[str, Any] | None
     peak_tree_rss: int | None
     peak_main_rss: int | None
+    error: str | None = None  # the type of the stage's own error (stage_error), when it recorded one
+    stopped_by: str | None = None  # the signal that stopped the harness: SIGINT, SIGTERM, SIGHUP
+    killed_descendants: list[int] | None = None  # left running by the stage, killed by the harness
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -90,27 +107,95 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def _kill_descendants(seen: dict[int, float], root: int, pgid: int) -> list[int]:
+    """SIGKILL what the sampler saw of the stage's tree and still runs outside its process group.
+
+    A descendant in its own session or group is not reached by killpg, and it is the workload's:
+    nothing else should outlive the stage. ``seen`` maps pid -> create time, so a pid reused by an
+    unrelated process since is left alone. Returns the pids killed.
+    """
+    found: dict[int, psutil.Process] = {}
+    for pid, created in seen.items():
+        if pid == root:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() != created or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getpgid(pid) == pgid:
+                continue  # killpg's SIGKILL is on its way
+            proc.suspend()  # stopped first, so it forks nothing we would miss while we look
+            found[pid] = proc
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    for proc in list(found.values()):
+        try:
+            for child in proc.children(recursive=True):
+                found.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+    killed = []
+    for pid, proc in sorted(found.items()):
+        try:
+            proc.kill()
+            killed.append(pid)
+        except psutil.Error:
+            pass
+    return killed
+
+
 def _probe_config(scenario: Scenario, stage: str) -> dict[str, Any]:
     return ProbeConfig.for_stage(scenario, stage).model_dump(mode="json")
 
 
-def _last_error(stage_path: Path) -> str:
-    """The workload's own error line from the event stream or, failing that, the log's tail."""
-    events = stage_path / EVENTS_FILE
-    if events.exists():
-        for line in reversed(events.read_text(encoding="utf-8", errors="replace").splitlines()):
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if ev.get("kind") == "stage_error":
-                return f"{ev.get('error')}: {ev.get('message')}".rstrip(": ")
+# The line the stage writes to its log when it stops on a harness error (harness.probe.stage).
+_HARNESS_ERROR_LINE = re.compile(r"^harness: ([A-Za-z]+Error): (.*)$")
+
+
+def _stage_error(stage_path: Path, instrumented: bool) -> tuple[str, str] | None:
+    """(error type, message) of the stage's own error: its stage_error event, or in a bare run,
+    where there are no events, the harness error line the stage wrote to its log."""
+    if instrumented:
+        events = stage_path / EVENTS_FILE
+        if events.exists():
+            for line in reversed(events.read_text(encoding="utf-8", errors="replace").splitlines()):
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(ev, dict) and ev.get("kind") == Event.STAGE_ERROR:
+                    return str(ev.get("error")), str(ev.get("message") or "")
+        return None
+    for line in reversed(_log_lines(stage_path)):
+        match = _HARNESS_ERROR_LINE.match(line)
+        if match:
+            return match.group(1), match.group(2)
+    return None
+
+
+def _log_lines(stage_path: Path) -> list[str]:
     log = stage_path / STAGE_LOG_FILE
-    if log.exists():
-        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    if not log.exists():
+        return []
+    return [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+
+
+def _failure_message(stage_path: Path, rc: int | None, instrumented: bool) -> tuple[str, str | None]:
+    """What a stage that exited non-zero said, and its error type when it recorded one.
+
+    Without a recorded error (``os._exit``, a crash in C) the exit code is the fact; the last
+    line printed is only a hint, and only a bare run, which has no events, shows it.
+    """
+    error = _stage_error(stage_path, instrumented)
+    if error is not None:
+        kind, message = error
+        return f"{kind}: {message}".rstrip(": "), kind
+    text = f"exit code {rc}"
+    if not instrumented:
+        lines = _log_lines(stage_path)
         if lines:
-            return lines[-1].strip()[:300]
-    return ""
+            text += f" (last output: {lines[-1][:300]})"
+    return text, None
 
 
 def run_stage(
@@ -130,17 +215,27 @@ def run_stage(
         (sdir / PROBE_CONFIG_FILE).write_text(json.dumps(_probe_config(scenario, stage), indent=1))
         env[STAGE_DIR_ENV] = str(sdir)
     started_iso, t0 = rundir.now_iso(), time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.probe.stage", str(run_dir), stage],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,  # its own process group: we can stop the whole tree at once
-    )
+    # The stage reads the other end of this pipe and stops its whole group when it closes: when
+    # this process ends, however it ends (SIGKILL included), no stage runs on.
+    watch_read, watch_write = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.probe.stage", str(run_dir), stage,
+             "--watch-fd", str(watch_read)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # its own process group: we can stop the whole tree at once
+            pass_fds=(watch_read,),
+        )
+    except BaseException:
+        os.close(watch_write)
+        raise
+    finally:
+        os.close(watch_read)
     pgid = proc.pid
     pump = threading.Thread(target=_pump, args=(proc.stdout, sdir / STAGE_LOG_FILE, console), daemon=True)
-    pump.start()
 
     stop_reason: list[str] = []
     limit_bytes = scenario.limits.max_rss_mb * MiB if scenario.limits.max_rss_mb else None
@@ -155,40 +250,56 @@ def run_stage(
             _kill_group(pgid)
 
     sampler = None
-    if instrumented:
-        sampler = TreeSampler(
-            proc.pid, stage, sdir / SAMPLES_FILE, sdir / CELL_FILE,
-            scenario.sampling.rss_hz, scenario.sampling.full_hz, on_tick,
-        )
-        sampler.start()
-
-    interrupted = False
+    stopped_by: signal.Signals | None = None
+    killed: list[int] = []
     timeout = scenario.limits.timeout_s
     try:
-        while True:
-            try:
-                proc.wait(timeout=0.25)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            elapsed = time.monotonic() - t0
-            if sampler is not None:
-                console.status(progress_text(stage, sampler.totals, elapsed))
-            if timeout is not None and elapsed > timeout and not stop_reason:
-                stop_reason.append(f"timeout: stage ran past limits.timeout_s ({timeout:g} s)")
-                _kill_group(pgid)
-    except KeyboardInterrupt:
-        interrupted = True
-        _kill_group(pgid)
+        pump.start()
+        if instrumented:
+            sampler = TreeSampler(
+                proc.pid, stage, sdir / SAMPLES_FILE, sdir / CELL_FILE,
+                scenario.sampling.rss_hz, scenario.sampling.full_hz, on_tick,
+            )
+            sampler.start()
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.25)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                elapsed = time.monotonic() - t0
+                if sampler is not None:
+                    console.status(progress_text(stage, sampler.totals, elapsed))
+                if timeout is not None and elapsed > timeout and not stop_reason:
+                    stop_reason.append(f"timeout: stage ran past limits.timeout_s ({timeout:g} s)")
+                    _kill_group(pgid)
+        except KeyboardInterrupt:
+            stopped_by = signal.SIGINT
+        except SignalReceived as exc:
+            stopped_by = signal.Signals(exc.signum)
+        finally:
+            # Workers outlive a killed main process only briefly; never leave one behind.
+            _kill_group(pgid)
+            console.end_status()
         proc.wait()
     finally:
-        # Workers outlive a killed main process only briefly; never leave one behind.
-        _kill_group(pgid)
-        console.end_status()
+        # Also when a second interruption lands here: the stage is over, whatever it left runs no
+        # longer, and the sampler stops writing.
+        _kill_group(pgid)  # a no-op unless the clean-up above was cut short
+        if sampler is not None:
+            sampler.stop()
+            sampler.join(timeout=10)
+            killed = _kill_descendants(sampler.seen(), proc.pid, pgid)
+        os.close(watch_write)
+    # Whatever held the stage's output pipe open is gone now, so this does not wait for long.
     pump.join(timeout=5)
-    if sampler is not None:
-        sampler.stop()
-        sampler.join(timeout=10)
+    if killed:
+        note = (f"harness: stage {stage!r} left {len(killed)} process(es) running; killed "
+                + ", ".join(str(pid) for pid in killed))
+        with open(sdir / STAGE_LOG_FILE, "a", encoding="utf-8") as log:
+            log.write(note + "\n")
+        console.line(note)
     wall = time.monotonic() - t0
     rc = proc.returncode
     last = None
@@ -196,8 +307,9 @@ def run_stage(
         c = sampler.totals.cell
         last = {"epoch": c.epoch, "step": c.step, "total": c.total, "phase": c.phase}
     sig = signal.Signals(-rc).name if rc is not None and rc < 0 else None
-    if interrupted:
-        status, message = "interrupted", "interrupted by Ctrl-C"
+    error: str | None = None
+    if stopped_by is not None:
+        status, message = _stopped(stopped_by)
     elif stop_reason:
         status = stop_reason[0].split(":")[0]
         message = stop_reason[0].partition(": ")[2]
@@ -206,7 +318,8 @@ def run_stage(
     elif sig is not None:
         status, message = "killed", f"killed by {sig}"
     else:
-        status, message = "failed", _last_error(sdir) or f"exit code {rc}"
+        status = "failed"
+        message, error = _failure_message(sdir, rc, instrumented)
     return StageOutcome(
         name=stage,
         status=status,
@@ -220,7 +333,17 @@ def run_stage(
         sampling=sampler.stats.rates() if sampler is not None else None,
         peak_tree_rss=sampler.totals.peak_tree_rss if sampler is not None else None,
         peak_main_rss=sampler.totals.peak_main_rss if sampler is not None else None,
+        error=error,
+        stopped_by=stopped_by.name if stopped_by is not None else None,
+        killed_descendants=killed,
     )
+
+
+def _stopped(signum: signal.Signals) -> tuple[str, str]:
+    """The status and message of a stage stopped because the harness was told to stop."""
+    if signum == signal.SIGINT:
+        return "interrupted", "interrupted by Ctrl-C"
+    return "terminated", f"terminated by {signum.name}"
 
 
 def _where(outcome: StageOutcome) -> str:
@@ -247,6 +370,7 @@ def run_scenario(
 
     ``source`` names the scenario in errors (its file).
     """
+    preflight.check(scenario, source)
     check_device(scenario, source)
     run_dir = rundir.new_run_dir(reports, scenario.name, "" if instrumented else "-bare")
     (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
@@ -265,6 +389,8 @@ def run_scenario(
     console.line(f"harness: run directory {run_dir}")
     t0 = time.monotonic()
     failure: StageOutcome | None = None
+    stage = scenario.stages[0]
+    completed = False  # only a loop that ran to its end (or to a recorded failure) may say ok
     try:
         for stage in scenario.stages:
             outcome = run_stage(scenario, run_dir, stage, console, instrumented)
@@ -273,10 +399,30 @@ def run_scenario(
             if outcome.status != "ok":
                 failure = outcome
                 break
+        completed = True
+    except (KeyboardInterrupt, SignalReceived) as exc:
+        # Stopped outside run_stage's wait (its clean-up, between stages): never recorded as ok.
+        signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum)
+        status, message = _stopped(signum)
+        now = rundir.now_iso()
+        failure = StageOutcome(
+            name=stage, status=status, exit_code=None, signal=None, started=now, ended=now,
+            wall_s=0.0, last=None, message=message, sampling=None, peak_tree_rss=None,
+            peak_main_rss=None, stopped_by=signum.name,
+        )
+        if all(s["name"] != stage for s in manifest["stages"]):
+            manifest["stages"].append(failure.to_dict())
     finally:
         manifest["ended"] = rundir.now_iso()
         manifest["wall_s"] = round(time.monotonic() - t0, 3)
-        manifest["status"] = "ok" if failure is None else failure.status
+        if failure is not None:
+            manifest["status"] = failure.status
+        elif completed:
+            manifest["status"] = "ok"
+        else:  # the harness itself failed (an exception of its own): the record is not whole
+            manifest["status"] = "failed"
+            manifest["failure"] = {"stage": stage, "status": "failed", "where": None,
+                                   "message": "the harness stopped on an error of its own"}
         if failure is not None:
             manifest["failure"] = {
                 "stage": failure.name, "status": failure.status, "message": failure.message,
@@ -291,9 +437,16 @@ def run_scenario(
             "limit": "was stopped by the harness",
             "timeout": "was stopped by the harness",
             "interrupted": "was interrupted",
+            "terminated": "was terminated",
         }[failure.status]
+        if failure.error in INPUT_ERRORS:
+            what = "stopped on bad input"
         text = f"stage {failure.name!r} {what}{_where(failure)}: {failure.message} (log: {log})"
+        if failure.status == "terminated" and failure.stopped_by is not None:
+            raise Terminated(text, run_dir, signal.Signals[failure.stopped_by])
         if failure.status == "interrupted":
             raise Interrupted(text, run_dir)
+        if failure.error in INPUT_ERRORS:
+            raise StageInputError(text, run_dir)
         raise RunFailed(text, run_dir)
     return run_dir

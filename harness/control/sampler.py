@@ -84,10 +84,20 @@ class TreeSampler(threading.Thread):
         self.stats = SamplerStats()
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
+        self._seen: dict[int, float] = {}  # every pid seen in the tree -> its create_time
+        self._seen_lock = threading.Lock()
         self._roles = Roles(root, cmdline=self._cmdline)
 
     def stop(self) -> None:
         self._halt.set()
+
+    def seen(self) -> dict[int, float]:
+        """Every process seen in the stage's tree so far (pid -> create_time), the root included.
+
+        The create time tells a process from a later one that reuses its pid.
+        """
+        with self._seen_lock:
+            return dict(self._seen)
 
     def _cmdline(self, pid: int) -> list[str] | None:
         proc = self._process(pid)
@@ -155,6 +165,14 @@ class TreeSampler(threading.Thread):
             proc = self._process(pid)
             if proc is None:
                 continue
+            if pid not in self._seen:
+                try:
+                    created = proc.create_time()
+                except psutil.Error:
+                    created = None
+                if created is not None:
+                    with self._seen_lock:
+                        self._seen[pid] = created
             try:
                 mem = proc.memory_info()
                 fmem = proc.memory_full_info() if full else None

@@ -73,8 +73,10 @@ def build(summaries: Sequence[Summary], runs: Sequence[Mapping[str, Any]],
         raise UsageError(f"baseline: the runs are of different scenarios ({', '.join(sorted(names))})")
     for s in summaries:
         if not s.run.complete:
-            raise UsageError(f"{s.run.dir}: run status {s.run.status!r}: "
-                             "a baseline is recorded from runs that finished ok")
+            why = (f"run status {s.run.status!r}" if s.run.status != "ok"
+                   else (s.run.incomplete_reasons or ["its records are incomplete"])[0])
+            raise UsageError(f"{s.run.dir}: {why}: a baseline is recorded from runs that finished "
+                             "ok with every record whole")
     values: dict[str, list[int]] = {}
     for s in summaries:
         for name, value in m.for_baseline(m.from_summary(s)).items():

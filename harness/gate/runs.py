@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import yaml
 from pydantic import ValidationError
 
-from harness.analysis.load import read_manifest
+from harness.analysis.load import load_run, read_manifest
 from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
-from harness.control import rundir
+from harness.control import rundir, yaml_safe
 from harness.control.scenario import BudgetsConfig, Scenario, from_dict
 from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
+from harness.layout import REPORT_DIR
 
 if TYPE_CHECKING:
     from harness.gate.sweep import SweepResult
@@ -42,8 +42,8 @@ def summary(run_dir: Path, *, refresh: bool = False) -> Summary:
     UsageError naming the file and the first field at fault.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.MANIFEST).is_file():
-        raise UsageError(f"{run_dir}: not a run directory (no {rundir.MANIFEST})")
+    read_manifest(run_dir)  # a run directory, with a manifest of the types it should have
+    check_report_dir(run_dir)
     path = run_dir / SUMMARY
     if refresh or not path.is_file():
         from harness.report import build_report
@@ -65,13 +65,44 @@ def summary(run_dir: Path, *, refresh: bool = False) -> Summary:
                          + (f" (and {more} more)" if more else "")) from None
 
 
+def check_report_dir(run_dir: Path) -> None:
+    """UsageError when ``RUN_DIR/report`` is there but not a folder: it is not ours to replace."""
+    path = Path(run_dir) / REPORT_DIR
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: not a folder, so the report cannot be written there "
+                         "(it is left as it is: move it away)")
+
+
+def damage(run_dir: Path, summary_doc: Summary) -> list[str]:
+    """What is damaged in a run's records, each naming its file: as they are now (a file may have
+    been cut since the report was written) and as the report found them (captures memray read
+    only in part)."""
+    found = load_run(Path(run_dir)).damage() + list(summary_doc.problems)
+    found += [c.error for c in summary_doc.captures if c.error]
+    return list(dict.fromkeys(found))
+
+
+def make_dir(path: Path, what: str) -> Path:
+    """``mkdir -p path``; one UsageError naming the file in the way, or why it failed."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UsageError(f"{blocker}: a file, not a folder: {what} cannot go there") from None
+        raise UsageError(f"{path}: cannot create {what}: {exc.strerror}") from None
+    return path
+
+
 def _read_yaml(path: Path, error: type[HarnessError], missing: str) -> Any:
     """Safe-load a YAML file; a missing or unreadable one raises ``error`` in one line."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml_safe.load_file(path)  # the scenario reader: no repeated keys, aliases capped
     except FileNotFoundError:
         raise error(f"{path}: {missing}") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except yaml_safe.YamlInputError as exc:
+        raise error(exc.format(str(path))) from None
+    except OSError as exc:
         raise error(f"{path}: cannot read: {exc.__class__.__name__}") from None
 
 
@@ -126,6 +157,12 @@ def run_provenance(run_dir: Path, summary_doc: Summary) -> dict[str, Any]:
 
 def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     """Record a baseline from ``run_dirs`` into ``out`` (written whole, atomically)."""
+    for d in run_dirs:
+        # The manifest is the record of how the run ended; a summary.json can be older than it.
+        status = read_manifest(Path(d)).get("status")
+        if status != "ok":
+            raise UsageError(f"{d}: run status {status!r}: a baseline is recorded from runs that "
+                             "finished ok")
     summaries = [summary(d) for d in run_dirs]
     prov = [run_provenance(d, s) for d, s in zip(run_dirs, summaries)]
     created = {**{k: v for k, v in rundir.provenance().items()
@@ -133,12 +170,14 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
                "at": rundir.now_iso()}
     doc = baseline_mod.build(summaries, prov, created)
     out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, out)
     except OSError as exc:
+        if tmp.is_file():  # ours, half-written or not moved into place: never left behind
+            tmp.unlink()
         raise UsageError(f"{out}: cannot write: {exc.strerror}") from None
     return doc
 
@@ -190,7 +229,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
 
     from harness.control import runner, scenario
     from harness.control.console import Console
-    from harness.errors import RunFailed
+    from harness.errors import Interrupted, RunFailed
     from harness.gate import sweep as sweep_mod
     from harness.render import gate as render
 
@@ -208,6 +247,8 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
         try:
             run_dir = runner.run_scenario(sc, Path(reports), instrumented=True, console=console)
             status = "ok"
+        except Interrupted:
+            raise  # Ctrl-C, SIGTERM, SIGHUP stop the sweep, not just this point
         except RunFailed as exc:
             # The failed point stays in the table: where the cost curve ends is worth seeing.
             print(f"harness: sweep: {exc}", flush=True)
@@ -223,7 +264,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
             return str(run_dir), status, None, None
         return str(run_dir), status, doc, processes(run_dir)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "the sweep's table")
     csv = out_dir / "sweep.csv"
     # rewritten after every point: a sweep stopped half-way keeps what it measured
     df = sweep_mod.run_grid(knobs, run_point, lambda text: print(text, flush=True),

@@ -3,26 +3,58 @@
 ``harness run`` and ``harness train`` both start a stage this way; under ``harness run`` the
 environment names the stage directory and the live probe is switched on before the workload is
 imported, so a full memray capture sees the imports too.
+
+A stage never outlives the harness that started it: when the harness process ends, however it
+ends, a thread here sees the pipe it holds close and kills the stage's whole process group (its
+DataLoader workers, its own children).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 from harness import probe
 from harness.errors import HarnessError
-from harness.layout import SCENARIO_FILE
+from harness.layout import SCENARIO_FILE, STAGE_LOG_FILE, stage_dir
+
+
+def watch_harness(fd: int) -> None:
+    """Kill this stage's whole process group once the harness that started it is gone.
+
+    The harness holds the only write end of the pipe ``fd`` reads and never writes to it, so the
+    read returns (end of file) only when the harness process has ended, however it ended, also
+    before this ran. (PR_SET_PDEATHSIG is no substitute: it fires when the harness thread that
+    started the stage ends, which on SIGKILL can be before the harness's other threads, while
+    the stage's parent still looks alive.)
+    """
+    os.set_inheritable(fd, False)  # exec'd children of the workload need not hold it
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            return
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # the harness is gone: nobody else will stop us
+
+    threading.Thread(target=watch, name="harness-watch", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness.probe.stage")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("stage")
+    parser.add_argument("--watch-fd", type=int, default=None,
+                        help="a pipe the harness holds open: the stage stops when it closes")
     args = parser.parse_args(argv)
+    if args.watch_fd is not None:
+        watch_harness(args.watch_fd)
 
     probe.activate_from_env()
     error: BaseException | None = None
@@ -36,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         run_stage(StageContext(stage=args.stage, scenario=scenario, run_dir=args.run_dir))
     except HarnessError as exc:
         error, code = exc, exc.exit_code
-        print(f"harness: {exc}", file=sys.stderr)
+        _log_error(args.run_dir, args.stage, exc)
     except SystemExit as exc:  # a script calling sys.exit()
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code:
@@ -49,6 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     probe.deactivate(failed=error is not None)
     sys.stdout.flush()
     return code
+
+
+def _log_error(run_dir: Path, stage: str, error: HarnessError) -> None:
+    """Write the harness error to the stage's log, not to the output the harness echoes: the
+    harness says it once, in its own error line (it reads the type from here in a bare run)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    line = f"harness: {type(error).__name__}: {error}"
+    try:
+        with open(stage_dir(run_dir, stage) / STAGE_LOG_FILE, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+    except OSError:  # no stage directory (run by hand): the output is all there is
+        print(line, file=sys.stderr)
 
 
 def _record_error(stage: str, error: BaseException) -> None:

@@ -2,7 +2,8 @@
 
 Compute (``harness.analysis``), then render (``harness.render``). The memray captures are the
 slow part: :mod:`harness.report.plan` plans their reads and :mod:`harness.report.pool` runs them
-in a pool of processes while this process computes the sample-based tables.
+in a pool of processes while this process computes the sample-based tables. The report is
+written into a staging folder and swapped in whole (:mod:`harness.report.staging`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.analysis import device, tables
@@ -22,6 +23,7 @@ from harness.analysis.summary import build_summary
 from harness.analysis.ticks import ticks
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
 from harness.render import csvs, flamegraphs, html, terminal, timeline
+from harness.report import signals, staging
 from harness.report.plan import plan_jobs
 from harness.report.pool import CaptureReading
 
@@ -44,13 +46,13 @@ class ReportResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _dir_bytes(path: Path, skip: Path) -> int:
+def _dir_bytes(path: Path, skip: set[Path]) -> int:
     total = 0
     for root, dirs, files in os.walk(path):
-        if Path(root) == skip:
+        if Path(root) in skip:
             dirs[:] = []
             continue
-        dirs[:] = [d for d in dirs if Path(root, d) != skip]
+        dirs[:] = [d for d in dirs if Path(root, d) not in skip]
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files
                      if os.path.isfile(os.path.join(root, f)))
     return total
@@ -113,12 +115,35 @@ def build_report(run_dir: Path, *, processes: int | None = None,
                  native_flamegraphs: bool = False) -> ReportResult:
     """Analyse ``run_dir`` and write ``run_dir/report/``; raises UsageError for a non-run directory.
 
-    ``processes``: how many processes read the memray captures (default: up to 2, one per
+    The report is built beside the old one and replaces it whole when complete (an interrupted
+    build leaves the old report as it was); the capture pool ends with the build, however it
+    ends. ``processes``: how many processes read the memray captures (default: up to 2, one per
     core). ``native_flamegraphs``: draw flamegraphs with the memray CLI, native frames
     included (seconds per capture; the default draws Python frames from the records read).
     """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    final = run_dir / REPORT_DIR
+    with signals.stop_signals_cleanly():
+        run = load_run(run_dir)
+        staging.check_replaceable(final)
+        with staging.locked(run_dir):
+            staging.remove_leftovers(run_dir)
+            out = staging.new_folder(run_dir)
+            try:
+                result = _write_report(run, run_dir, out, final, processes, native_flamegraphs, started)
+                staging.swap_in(out, final)
+            except BaseException:
+                shutil.rmtree(out, ignore_errors=True)  # gone already once swapped in
+                raise
+    return result
+
+
+def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: int | None,
+                  native_flamegraphs: bool, started: float) -> ReportResult:
+    """Write the report into ``out``; the paths returned are where it will be, under ``final``."""
     clock: dict[str, float] = {}
-    t_start = t = time.perf_counter()
+    t_start = t = started
 
     def lap(name: str) -> None:
         nonlocal t
@@ -126,21 +151,15 @@ def build_report(run_dir: Path, *, processes: int | None = None,
         clock[name] = round(now - t, 3)
         t = now
 
-    run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    out = run_dir / REPORT_DIR
-    if out.exists():
-        shutil.rmtree(out)  # a report is regenerated whole, never merged with an older one
-    out.mkdir()
     lap("load")
     assets = flamegraphs.copy_assets(out / FLAMEGRAPHS_DIR) if any(s.captures for s in run.stages) else 0
-    # Whatever the run directory already holds, the report must keep the whole under budget.
-    budget = max(RUN_DIR_BUDGET - _dir_bytes(run_dir, out) - assets - 10 * 1000 * 1000, 0)
+    # Whatever the run directory already holds, the report must keep the whole under budget; the
+    # old report is about to be replaced and does not count.
+    budget = max(RUN_DIR_BUDGET - _dir_bytes(run_dir, {out, final}) - assets - 10 * 1000 * 1000, 0)
     jobs, declined = plan_jobs(run, out, min(budget, 40 * 1000 * 1000), native_flamegraphs)
     procs = processes if processes is not None else min(os.cpu_count() or 1, 2)
 
-    reading = CaptureReading(jobs, procs)
-    try:
+    with CaptureReading(jobs, procs) as reading:
         tk = ticks(run.samples)
         phase_df = tables.phase_table(run, tk)
         epoch_df = tables.epoch_table(run)
@@ -149,9 +168,10 @@ def build_report(run_dir: Path, *, processes: int | None = None,
         history = device.history_windows(run)
         lap("tables")
         datas, flames = reading.collect()
-    finally:
-        reading.close()
     datas = _order_captures(run, datas)
+    # a capture memray could not read whole is a damaged record: the run is incomplete
+    run.problems.extend(f"{d.capture.path.relative_to(run.dir)}: {d.error}" for d in datas
+                        if d.error and d.capture.path.is_relative_to(run.dir))
     lap("captures")
     sites_df = tables.sites_table(datas)
     info = device.device_info(run)
@@ -201,14 +221,20 @@ def build_report(run_dir: Path, *, processes: int | None = None,
         provenance=_provenance(run),
         scenario_text=(run_dir / SCENARIO_FILE).read_text(encoding="utf-8", errors="replace")
         if (run_dir / SCENARIO_FILE).is_file() else json.dumps(run.manifest.get("scenario"), indent=1),
-        problems=run.problems + [d.error for d in datas if d.error],
+        problems=run.problems,
     )
     html_path = out / "report.html"
     html_path.write_text(html.render(page), encoding="utf-8")
     lap("html")
     clock["total"] = round(time.perf_counter() - t_start, 3)
+
+    def moved(path: Path) -> Path:
+        return final / path.relative_to(out)
+
     return ReportResult(
-        report_dir=out, html=html_path, summary=summary_path, timeline_png=png, timeline_svg=svg,
-        tables=table_paths, flamegraphs=all_flames, text=terminal.summary_text(summary, html_path),
-        complete=run.complete, seconds=clock,
+        report_dir=final, html=moved(html_path), summary=moved(summary_path),
+        timeline_png=moved(png) if png else None, timeline_svg=moved(svg) if svg else None,
+        tables={name: moved(p) for name, p in table_paths.items()},
+        flamegraphs=[replace(f, path=moved(f.path)) if f.path else f for f in all_flames],
+        text=terminal.summary_text(summary, moved(html_path)), complete=run.complete, seconds=clock,
     )
