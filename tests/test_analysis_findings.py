@@ -10,7 +10,11 @@ from _synthetic import EVENTS, MiB, snapshot, write_run
 from harness.analysis import findings
 from harness.analysis.captures import CaptureData, Window, aggregate_sites
 from harness.analysis.load import Capture, load_run
+from harness.analysis.summary import build_summary
+from harness.analysis.summary_model import Summary
+from harness.analysis.tables import phase_table
 from harness.analysis.ticks import ticks
+from harness.gate import metrics
 
 
 def _epochs(counts: list[int], uss: list[int]) -> list[dict]:  # type: ignore[type-arg]
@@ -37,12 +41,64 @@ def test_leak_from_tensor_growth_after_the_first_epoch(tmp_path: Path) -> None:
     assert "150 more live tensors" in f.text
 
 
-def test_leak_from_uss_growth_needs_every_epoch_to_grow(tmp_path: Path) -> None:
+def test_leak_from_rss_growth_needs_every_epoch_to_grow(tmp_path: Path) -> None:
+    # _epochs: RSS = USS + 50 MiB, so both grow by 40 MiB an epoch
     grows = load_run(write_run(tmp_path / "a", snapshots=_epochs([5, 5, 5], [300, 340, 380])))
     f = findings.leak(grows, [])
-    assert f is not None and f.numbers["stages"]["train"]["main_uss_per_epoch"] == 40 * MiB
+    assert f is not None
+    assert f.numbers["stages"]["train"]["main_rss_per_epoch"] == 40 * MiB
+    assert f.numbers["stages"]["train"]["growth_per_epoch"] == 40 * MiB
     once = load_run(write_run(tmp_path / "b", snapshots=_epochs([5, 5, 5], [300, 340, 341])))
     assert findings.leak(once, []) is None
+
+
+def _rss_uss_epochs(rss: list[int], uss: list[int]) -> list[dict]:  # type: ignore[type-arg]
+    """Epoch-end snapshots with main RSS and USS given in KiB, live tensors flat."""
+    snaps = _epochs([22] * len(rss), [0] * len(rss))
+    for snap, r, u in zip(snaps, rss, uss):
+        snap["processes"][0].update(rss=r * 1024, uss=u * 1024)
+    return snaps
+
+
+def _gate_growth(run_dir: Path) -> int | None:
+    run = load_run(run_dir)
+    tk = ticks(run.samples)
+    summary = build_summary(run, tk, phase_table(run, tk), [], findings.all_findings(run, tk, []))
+    return metrics.from_summary(Summary.model_validate(summary.to_dict(), strict=True)).get("growth_per_epoch")
+
+
+def test_one_boundary_of_uss_growth_with_flat_rss_is_no_leak_and_the_gate_agrees(tmp_path: Path) -> None:
+    # GIVEN the batch-64 smoke run's two epoch-end snapshots: USS up 106 MiB (forked workers
+    # still exiting made the parent's pages shared, then private again), RSS up 472 KiB
+    snaps = _rss_uss_epochs([761_600, 762_072], [328_000, 436_544])
+    run_dir = write_run(tmp_path, snapshots=snaps)
+    # WHEN the report and the gate read it
+    f = findings.leak(load_run(run_dir), [])
+    growth = _gate_growth(run_dir)
+    # THEN no leak (one boundary, RSS flat), and the gate's figure is that flat RSS
+    assert f is None
+    assert growth == 472 * 1024
+
+
+def test_the_leak_finding_and_the_gate_speak_of_the_same_growth(tmp_path: Path) -> None:
+    # GIVEN main RSS up 12 MiB at each of two boundaries (USS moving all over the place)
+    snaps = _rss_uss_epochs([700_000, 700_000 + 12 * 1024, 700_000 + 24 * 1024], [400_000, 300_000, 500_000])
+    run_dir = write_run(tmp_path, snapshots=snaps)
+    f = findings.leak(load_run(run_dir), [])
+    assert f is not None
+    per = f.numbers["stages"]["train"]
+    assert per["main_rss_deltas"] == [12 * MiB, 12 * MiB]
+    assert per["growth_per_epoch"] == per["main_rss_per_epoch"] == 12 * MiB == _gate_growth(run_dir)
+    assert "each of the 2 epoch boundaries" in f.text
+    assert "RSS 12.0 MiB (growth_per_epoch, the figure `harness check` gates)" in f.text
+
+
+def test_rss_growth_below_the_floor_at_one_boundary_is_no_leak(tmp_path: Path) -> None:
+    # 12 MiB, then 2 MiB: the growth does not hold at every boundary
+    snaps = _rss_uss_epochs([700_000, 700_000 + 12 * 1024, 700_000 + 14 * 1024], [1, 1, 1])
+    run_dir = write_run(tmp_path, snapshots=snaps)
+    assert findings.leak(load_run(run_dir), []) is None
+    assert _gate_growth(run_dir) == 7 * MiB  # (14 MiB) / 2 epochs, what a budget would see
 
 
 def _window_capture(epoch: int, steps: int, kept: int, line: int) -> CaptureData:
@@ -74,6 +130,9 @@ def test_sites_alone_need_two_epochs_and_not_the_first(tmp_path: Path) -> None:
     assert findings.leak(flat, [_window_capture(2, 100, 50, 36), _window_capture(3, 100, 50, 36)]) is None
     f = findings.leak(flat, [_window_capture(2, 100, 300, 36), _window_capture(3, 100, 300, 36)])
     assert f is not None and f.numbers["processes"] == ["main"]
+    # sites alone: the finding says what the gate's growth figure is, so the two read together
+    assert f.numbers["growth_per_epoch"] == 0
+    assert "RSS grew 0.0 MiB per epoch (growth_per_epoch" in f.text
 
 
 def _cow_rows(worker_rss: list[int], worker_uss: list[int], parent_rss: list[int]) -> list[list]:  # type: ignore[type-arg]
@@ -134,13 +193,47 @@ def test_peak_phase_and_the_harness_actions_near_it(tmp_path: Path) -> None:
     assert f.numbers["main_other_phases_max"] == 140 * MiB  # teardown, the largest other phase
     # the memray start 0.2 s and the epoch-2 snapshot 0.5 s after the peak tick
     assert f.numbers["harness_actions_near_peak"] == [
-        "started a memray capture", "took an epoch-boundary snapshot"]
+        "started a memray capture", "took the epoch-2 snapshot (an epoch boundary)"]
 
 
 def test_no_peak_phase_without_probe_phases() -> None:
     tk = pd.DataFrame({"stage": ["s"], "t": [1.0], "epoch": [0], "step": [0], "phase": ["none"],
                        "main_rss": [1.0], "tree_rss": [1.0]})
     assert findings.peak_phase(tk) is None
+
+
+def _main_tick(t: float, rss: int, phase: str, epoch: int = 0) -> list:  # type: ignore[type-arg]
+    return [f"{t:.4f}", 100, 0, "main", rss * MiB, 0, 40 * MiB, 0, 0, "", "", "", "train", epoch, 0, phase]
+
+
+def test_no_peak_phase_for_a_script_that_marks_no_phases(tmp_path: Path) -> None:
+    # GIVEN a script under the probe that never calls probe.phase: the harness's setup, its
+    # teardown (closing) and idle after stage_end are all there is; the peak is in teardown
+    rows = [_main_tick(1000.0, 100, "setup"), _main_tick(1001.0, 300, "setup"),
+            _main_tick(1002.0, 310, "teardown"), _main_tick(1003.5, 400, "idle")]
+    events = [{"t": 1000.0, "kind": "stage_start", "stage": "train", "pid": 100},
+              {"t": 1002.1, "kind": "snapshot", "label": "end", "epoch": 0, "file": "snapshots/end.json",
+               "tensor_bytes": {}},
+              {"t": 1003.0, "kind": "stage_end", "stage": "train"}]
+    run = load_run(write_run(tmp_path, rows=rows, events=events, snapshots=[]))
+    # WHEN / THEN: no "The peak is in phase teardown ... no phase stands out"
+    assert findings.peak_phase(ticks(run.samples), run) is None
+
+
+def test_the_end_of_stage_snapshot_is_not_called_an_epoch_boundary(tmp_path: Path) -> None:
+    # GIVEN a loop without epochs whose peak falls 0.3 s before the end-of-stage snapshot
+    rows = [_main_tick(1000.0, 100, "setup"), _main_tick(1001.0, 200, "forward"),
+            _main_tick(1001.5, 220, "backward"), _main_tick(1001.8, 250, "forward"),
+            _main_tick(1002.0, 240, "teardown")]
+    events = [{"t": 1000.0, "kind": "stage_start", "stage": "train", "pid": 100},
+              {"t": 1002.1, "kind": "snapshot", "label": "end", "epoch": 0, "file": "snapshots/end.json",
+               "tensor_bytes": {}},
+              {"t": 1002.2, "kind": "stage_end", "stage": "train"}]
+    run = load_run(write_run(tmp_path, rows=rows, events=events, snapshots=[]))
+    f = findings.peak_phase(ticks(run.samples), run)
+    assert f is not None and f.title == "The peak is in phase forward"
+    assert f.numbers["harness_actions_near_peak"] == ["took its end-of-stage snapshot"]
+    assert "epoch" not in f.text
 
 
 def test_a_peak_after_the_workload_finished_is_set_apart(tmp_path: Path) -> None:
@@ -155,3 +248,21 @@ def test_a_peak_after_the_workload_finished_is_set_apart(tmp_path: Path) -> None
     assert (f.numbers["main"]["bytes"], f.numbers["main"]["phase"]) == (160 * MiB, "backward")
     assert f.numbers["after_workload"]["bytes"] == 500 * MiB
     assert f.title == "The peak is in phase backward"
+
+
+def test_the_device_peak_phase_needs_phases_of_the_workload_s_own(tmp_path: Path) -> None:
+    from harness.analysis import device
+
+    run = load_run(write_run(tmp_path))
+
+    def table(phases: list[str]) -> pd.DataFrame:
+        return pd.DataFrame([{"stage": "train", "epoch": 0, "phase": p, "readings": 1,
+                              "peak_allocated": (i + 1) * MiB, "peak_reserved": 2 * (i + 1) * MiB,
+                              "allocated": 0, "reserved": 0, "inactive_split": 0, "retries": 0,
+                              "ooms": 0} for i, p in enumerate(phases)], columns=list(device.DEVICE_COLUMNS))
+
+    kinds = [f.kind for f in device.findings(run, table(["setup", "teardown"]))]
+    assert "cuda_peak_phase" not in kinds
+    (f,) = [f for f in device.findings(run, table(["setup", "forward", "teardown"]))
+            if f.kind == "cuda_peak_phase"]
+    assert f.title == "Device memory peaks in phase teardown"  # the workload's phases exist: any may hold it

@@ -61,6 +61,34 @@ def test_a_built_summary_reads_back_through_the_model_unchanged(built: Path) -> 
     assert runs.summary(built.parents[1]).to_dict() == model.to_dict()
 
 
+def test_a_summary_with_teardown_peaks_meets_the_schema_and_reads_back(tmp_path: Path) -> None:
+    # GIVEN the synthetic run with two ticks after its stage_end (t 1007): the teardown peaks
+    from _synthetic import MiB, samples_rows
+
+    after = [[f"{t:.4f}", 100, 0, "main", rss * MiB, 0, 40 * MiB, 0, 0, "", "", "", "train", 2, 3, "idle"]
+             for t, rss in ((1007.5, 300), (1008.0, 340))]
+    run_dir = write_synthetic_run(tmp_path, rows=samples_rows() + after)
+    build_report(run_dir, processes=1)
+    path = run_dir / "report" / "summary.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    # THEN the optional sections are filled, the version unchanged, the schema met, the read exact
+    assert doc["schema_version"] == 1
+    assert doc["peaks"]["main_rss_teardown"]["bytes"] == 340 * MiB
+    assert doc["peaks"]["tree_rss_teardown"]["file_backed_rise"] is None
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))).validate(doc)
+    text = path.read_text(encoding="utf-8")
+    assert json.dumps(Summary.model_validate(json.loads(text), strict=True).to_dict(), indent=1) == text
+
+
+def test_a_summary_written_before_the_teardown_peaks_still_reads() -> None:
+    # summary_version 1 gained optional fields only: an older summary.json lacks them
+    doc = fake_summary()
+    for key in ("main_rss_teardown", "tree_rss_teardown"):
+        doc["peaks"].pop(key, None)
+    s = Summary.model_validate(doc, strict=True)
+    assert s.peaks.main_rss_teardown is None and s.peaks.tree_rss_teardown is None
+
+
 @pytest.mark.parametrize(("value", "written"), [(7, "7"), (7.0, "7.0"), (None, "null")])
 def test_numbers_keep_the_type_they_were_written_with(value: Any, written: str) -> None:
     doc = fake_summary()

@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness.analysis import cuda
 from harness.analysis.finding import Finding
+from harness.analysis.findings import HARNESS_PHASES
 from harness.analysis.load import Run
 from harness.analysis.ticks import phase_order
 from harness.layout import Event
@@ -167,7 +168,9 @@ def _finding(kind: str, title: str, f: Any, **extra: Any) -> Finding:
 
 
 def _peak_phase(table: pd.DataFrame, device_total: int | None) -> Finding | None:
-    peak = cuda.device_peak_phase(table, device_total=device_total) if not table.empty else None
+    if table.empty or table["phase"].isin(HARNESS_PHASES).all():
+        return None  # no phases of the workload's own to name
+    peak = cuda.device_peak_phase(table, device_total=device_total)
     if peak is None:
         return None
     row = table.iloc[peak.row]

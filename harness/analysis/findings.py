@@ -14,14 +14,13 @@ import pandas as pd
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding
 from harness.analysis.load import Run
-from harness.analysis.snapshot_metrics import epoch_metrics
+from harness.analysis.peaks import WHOSE, after_stage_end, rise_kind, teardown_peak, tick_peak
+from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
 from harness.layout import Event
 from harness.sizes import MiB, format_size
 
-# leak: growth at every epoch boundary after the first ...
-LEAK_MIN_TENSORS_PER_EPOCH = 10  # ... of live tensors, or
-LEAK_MIN_USS_PER_EPOCH = 16 * MiB  # ... of the main process's USS by at least this
-LEAK_MIN_USS_FRACTION = 0.05  # ... and this fraction of its USS after epoch 1, or
+# leak: the main process's live tensors or RSS up at every one of >= 2 epoch boundaries (the
+# LEAK_MIN_* of harness.analysis.snapshot_metrics, where growth is defined for the gate too), or
 LEAK_MIN_SITE_RATE = 1.0  # a site that keeps this many allocations per step of a window
 LEAK_MIN_WINDOW_STEPS = 20  # (in a window of at least this many steps, in epoch 2 or later)
 LEAK_MIN_SITE_WINDOWS = 2  # windows of different epochs a site must keep memory in to be a
@@ -77,40 +76,38 @@ def growing_sites(captures: list[CaptureData]) -> pd.DataFrame:
 
 
 def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
-    """Memory that grows from epoch to epoch after the first: how much, where, which sites."""
+    """Memory that grows from epoch to epoch after the first: how much, where, which sites.
+
+    Growth is :func:`harness.analysis.snapshot_metrics.epoch_growth`'s, the figure the gate's
+    ``growth_per_epoch`` reads: the main process's RSS (and live tensors) at epoch-end snapshots.
+    """
     evidence: list[str] = []
     numbers: dict[str, Any] = {"stages": {}}
-    for stage, snaps in epoch_metrics(run).items():
-        if len(snaps) < 2:
+    for g in epoch_growth(run):
+        if not (g.tensor_leak or g.rss_leak):
             continue
-        first = snaps[0][1]
-        deltas = [{k: cur[k] - prev.get(k, 0.0) for k in cur}
-                  for (_, prev), (_, cur) in zip(snaps, snaps[1:])]
-        n = len(deltas)
-        tensors = [d["tensor_count"] for d in deltas]
-        uss = [d["main_uss"] for d in deltas]
-        uss_floor = max(LEAK_MIN_USS_PER_EPOCH, LEAK_MIN_USS_FRACTION * first["main_uss"])
         per_epoch: dict[str, Any] = {
-            "epochs": [e for e, _ in snaps],
-            "tensor_count_per_epoch": sum(tensors) / n,
-            "tensor_bytes_per_epoch": sum(d["tensor_bytes_total"] for d in deltas) / n,
-            "main_uss_per_epoch": sum(uss) / n,
-            "main_rss_per_epoch": sum(d["main_rss"] for d in deltas) / n,
+            "epochs": [g.boundaries[0].from_epoch] + [b.to_epoch for b in g.boundaries],
+            "boundaries": len(g.boundaries),
+            "tensor_count_per_epoch": g.per_epoch("tensor_count"),
+            "tensor_bytes_per_epoch": g.per_epoch("tensor_bytes"),
+            "main_rss_per_epoch": g.main_rss_per_epoch,
+            "main_uss_per_epoch": g.per_epoch("main_uss"),
+            "main_rss_deltas": [b.main_rss for b in g.boundaries],
+            "growth_per_epoch": growth_per_epoch([g]),
         }
-        grew_tensors = all(t >= LEAK_MIN_TENSORS_PER_EPOCH for t in tensors)
-        grew_uss = all(u >= uss_floor for u in uss)
-        if grew_tensors or grew_uss:
-            numbers["stages"][stage] = per_epoch
-            what = []
-            if grew_tensors:
-                what.append(f"{per_epoch['tensor_count_per_epoch']:,.0f} more live tensors "
-                            f"({per_epoch['tensor_bytes_per_epoch']:,.0f} bytes of tensor data)")
-            what.append(f"USS {mib(per_epoch['main_uss_per_epoch'])}, "
-                        f"RSS {mib(per_epoch['main_rss_per_epoch'])}")
-            evidence.append(
-                f"in stage {stage!r} the main process grew at each of the {n} epoch boundaries "
-                f"after the first: per epoch {'; '.join(what)}"
-            )
+        numbers["stages"][g.stage] = per_epoch
+        what = []
+        if g.tensor_leak:
+            what.append(f"{per_epoch['tensor_count_per_epoch']:,.0f} more live tensors "
+                        f"({per_epoch['tensor_bytes_per_epoch']:,.0f} bytes of tensor data)")
+        what.append(f"RSS {mib(per_epoch['main_rss_per_epoch'])} (growth_per_epoch, the figure "
+                    f"`harness check` gates), USS {mib(per_epoch['main_uss_per_epoch'])}")
+        evidence.append(
+            f"in stage {g.stage!r} the main process grew at each of the {len(g.boundaries)} epoch "
+            f"boundaries after the first: per epoch {'; '.join(what)}"
+        )
+    snapshot_evidence = bool(evidence)
     sites = growing_sites(captures)
     if not sites.empty and not evidence:
         # Without snapshot growth, a site counts only if it kept memory in several epochs.
@@ -141,6 +138,13 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
         numbers["sites"] = top.to_dict(orient="records")
     if not evidence:
         return None
+    if not snapshot_evidence:
+        gate = growth_per_epoch(epoch_growth(run))
+        if gate is not None:  # say what the gate's figure is, so that the two are not read apart
+            evidence.append(f"at the epoch-end snapshots the main process's RSS grew {mib(gate)} "
+                            "per epoch (growth_per_epoch, the figure `harness check` gates), "
+                            "too little, or at too few boundaries, to count as a leak on its own")
+            numbers["growth_per_epoch"] = gate
     processes = sorted({"main"} | (set(sites["process"]) if not sites.empty else set()))
     numbers["processes"] = processes
     return Finding(
@@ -272,9 +276,21 @@ def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | Non
 
 
 INSTRUMENT_EVENTS = {Event.MEMRAY_START: "started a memray capture",
-                     Event.MEMRAY_STOP: "stopped a memray capture",
-                     Event.SNAPSHOT: "took an epoch-boundary snapshot"}
+                     Event.MEMRAY_STOP: "stopped a memray capture"}
 INSTRUMENT_NEAR_S = 1.0  # a peak this close to one of the harness's own actions may be its doing
+# Phases the harness marks around the workload's own (and "none": no probe calls): a run whose
+# ticks are all in these has no phases of its own for a peak to be in.
+HARNESS_PHASES = frozenset({"setup", "teardown", "idle", "none"})
+
+
+def _snapshot_action(event: dict[str, Any]) -> str:
+    """What a snapshot event was, by its label: an epoch's end, or the stage's end."""
+    label = str(event.get("label", ""))
+    if is_epoch_snapshot(label):
+        return f"took the {label} snapshot (an epoch boundary)"
+    if label == "end":
+        return "took its end-of-stage snapshot"
+    return f"took a snapshot ({label})" if label else "took a snapshot"
 
 
 def _instrument_near(run: Run | None, stage: str, t: float) -> list[str]:
@@ -285,28 +301,11 @@ def _instrument_near(run: Run | None, stage: str, t: float) -> list[str]:
         if st.name != stage:
             continue
         for e in st.events:
-            what = INSTRUMENT_EVENTS.get(str(e.get("kind")))
+            kind = str(e.get("kind"))
+            what = _snapshot_action(e) if kind == Event.SNAPSHOT else INSTRUMENT_EVENTS.get(kind)
             if what and abs(float(e.get("t", 0.0)) - t) <= INSTRUMENT_NEAR_S:
                 out.append(what)
     return list(dict.fromkeys(out))
-
-
-def _after_stage_end(run: Run | None, tk: pd.DataFrame) -> pd.Series:
-    """Ticks after their stage's ``stage_end``: the process shutting down, the workload done."""
-    after = pd.Series(False, index=tk.index)
-    if run is None:
-        return after
-    for st in run.stages:
-        ends = [float(e["t"]) for e in st.events_of(Event.STAGE_END) if "t" in e]
-        if ends:
-            after |= (tk["stage"] == st.name) & (tk["t"] > min(ends))
-    return after
-
-
-def _peak(tk: pd.DataFrame, col: str) -> dict[str, Any]:
-    row = tk.loc[tk[col].idxmax()]
-    return {"bytes": float(row[col]), "stage": str(row["stage"]), "epoch": int(row["epoch"]),
-            "step": int(row["step"]), "phase": str(row["phase"]), "t": float(row["t"])}
 
 
 def _where(p: dict[str, Any]) -> str:
@@ -315,20 +314,22 @@ def _where(p: dict[str, Any]) -> str:
 
 
 def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
-    """The phase (and stage, epoch, step) that holds the peak RSS of the main process and tree.
+    """The phase (and stage, epoch, step) that holds the peak RSS of the main process and tree
+    while the workload ran (up to its stage's ``stage_end``): the summary's headline peaks.
 
-    A peak after the workload finished (the process shutting down, after ``stage_end``) is
-    reported, but the phase named is that of the peak while the workload ran.
+    Drawn only for a workload that marks phases of its own (a tick outside setup, teardown,
+    idle and none). A higher peak after ``stage_end`` (the process shutting down) is reported
+    beside it, with whose memory it is.
     """
     if tk.empty or tk["main_rss"].isna().all():
         return None
-    after = _after_stage_end(run, tk)
-    overall = _peak(tk, "main_rss")
-    running = tk[~after].dropna(subset=["main_rss"])
-    m = _peak(running, "main_rss") if not running.empty else overall
-    if m["phase"] == "none":
-        return None  # a workload without probe calls has no phases to name
-    tr = _peak(tk, "tree_rss")
+    running = tk[~after_stage_end(run, tk)].dropna(subset=["main_rss"])
+    if running.empty or running["phase"].isin(HARNESS_PHASES).all():
+        return None  # no phases of the workload's own to name
+    m = tick_peak(running, "main_rss")
+    tr = tick_peak(running, "tree_rss")
+    if m is None or tr is None:
+        return None
     rest = running[(running["phase"] != m["phase"]) & (running["stage"] == m["stage"])]["main_rss"]
     other_max = float(rest.max()) if not rest.empty else None
     text = f"While the workload ran, the main process peaked at {mib(m['bytes'])} in {_where(m)}"
@@ -341,10 +342,21 @@ def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
     if near:
         text += (f" Within {INSTRUMENT_NEAR_S:g} s of that peak the harness {' and '.join(near)}: "
                  "part of it may be the instrument's own memory.")
-    shutdown = overall if overall["t"] != m["t"] and overall["bytes"] > m["bytes"] else None
+    td = teardown_peak(run, tk, "main_rss")
+    shutdown = td if td is not None and td["bytes"] > m["bytes"] else None
     if shutdown is not None:
-        text += (f" After the workload finished (stage {shutdown['stage']}'s stage_end), the "
-                 f"process shutting down reached {mib(shutdown['bytes'])}.")
+        text += (f" After the workload finished, the process shutting down reached "
+                 f"{mib(shutdown['bytes'])}, {shutdown['after_end_s']:.1f} s after stage "
+                 f"{shutdown['stage']}'s stage_end")
+        kind = rise_kind(shutdown)
+        if shutdown["rise"] is not None and shutdown["rise"] > 0:
+            text += f", {mib(shutdown['rise'])} above its last reading before it"
+        if kind == "file-backed":
+            text += f", {mib(shutdown['file_backed_rise'])} of that in file-backed pages: {WHOSE[kind]}"
+        elif kind == "anonymous":
+            text += f", mostly {WHOSE[kind]}"
+        text += (". It is reported apart, as the teardown peak, and gated only where a budget "
+                 "names it (peak_main_rss_teardown).")
     return Finding(kind="peak_phase", title=f"The peak is in phase {m['phase']}", text=text,
                    numbers={"main": m, "tree": tr, "main_other_phases_max": other_max,
                             "harness_actions_near_peak": near, "after_workload": shutdown})

@@ -5,7 +5,7 @@ The fields, their types, the schema id and version: :mod:`harness.analysis.summa
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ import pandas as pd
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding
 from harness.analysis.load import Run
-from harness.analysis.snapshot_metrics import epoch_metrics
+from harness.analysis.peaks import running_peak, teardown_peak
+from harness.analysis.snapshot_metrics import epoch_growth
 from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
 
 
@@ -53,15 +54,6 @@ def _int(v: Any) -> int | None:
     return None if n is None else int(n)
 
 
-def _peak_at(tk: pd.DataFrame, column: str) -> dict[str, Any] | None:
-    s = tk.dropna(subset=[column]) if not tk.empty else tk
-    if s.empty:
-        return None
-    row = s.loc[s[column].idxmax()]
-    return {"bytes": int(row[column]), "stage": str(row["stage"]), "epoch": int(row["epoch"]),
-            "step": int(row["step"]), "phase": str(row["phase"]), "t": float(row["t"])}
-
-
 def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
     best: CaptureData | None = None
     for c in captures:
@@ -90,15 +82,7 @@ def _peak_in_phases(phases: pd.DataFrame, column: str,
 
 
 def _growth(run: Run) -> list[dict[str, Any]]:
-    out = []
-    for stage, snaps in epoch_metrics(run).items():
-        for (e0, a), (e1, b) in itertools.pairwise(snaps):
-            out.append({"stage": stage, "from_epoch": e0, "to_epoch": e1,
-                        "main_rss": int(b["main_rss"] - a["main_rss"]),
-                        "main_uss": int(b["main_uss"] - a["main_uss"]),
-                        "tensor_count": int(b["tensor_count"] - a["tensor_count"]),
-                        "tensor_bytes": int(b["tensor_bytes_total"] - a["tensor_bytes_total"])})
-    return out
+    return [{"stage": g.stage, **dataclasses.asdict(b)} for g in epoch_growth(run) for b in g.boundaries]
 
 
 def _epoch_durations(run: Run) -> list[dict[str, Any]]:
@@ -169,13 +153,15 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         },
         "stages": stages,
         "peaks": {
-            "main_rss": _peak_at(tk, "main_rss"),
-            "tree_rss": _peak_at(tk, "tree_rss"),
-            "workers_uss": _peak_at(tk, "workers_uss"),
+            "main_rss": running_peak(run, tk, "main_rss"),
+            "tree_rss": running_peak(run, tk, "tree_rss"),
+            "workers_uss": running_peak(run, tk, "workers_uss"),
             "heap": _peak_heap(captures),
             "live_tensor_bytes": _peak_in_phases(phases, "peak_live_tensor_bytes"),
             "cuda_allocated": _peak_in_phases(phases, "cuda_peak_allocated"),
             "cuda_reserved": _peak_in_phases(phases, "cuda_peak_reserved", "cuda_peak_allocated"),
+            "main_rss_teardown": teardown_peak(run, tk, "main_rss"),
+            "tree_rss_teardown": teardown_peak(run, tk, "tree_rss"),
         },
         "phases": phase_rows,
         "growth_per_epoch": _growth(run),

@@ -100,7 +100,8 @@ class StageRow(_Section):
 
 
 class Peak(_Section):
-    """Where a sampled peak was: the tick with the largest value."""
+    """Where a sampled peak was: the tick with the largest value while the workload ran (from
+    its stage's start to its ``stage_end`` event)."""
 
     bytes: Bytes
     stage: str
@@ -108,6 +109,20 @@ class Peak(_Section):
     step: Count
     phase: str = Field(description="a probe phase, or 'none' for a workload without probe calls")
     t: float
+
+
+class TeardownPeak(_Section):
+    """The largest tick after a stage's ``stage_end`` event: the process shutting down."""
+
+    bytes: Bytes
+    stage: str
+    t: float
+    after_end_s: Annotated[float, Field(ge=0)] = Field(description="seconds after the stage's stage_end")
+    rise: int | None = Field(
+        description="bytes above the stage's last tick at or before stage_end (null: none)")
+    file_backed_rise: int | None = Field(
+        description="main process only: the part of the rise in file-backed pages (statm shared: "
+                    "shared libraries' code and data, mapped files); null for the tree")
 
 
 class HeapPeak(_Section):
@@ -132,8 +147,8 @@ class PhasePeak(_Section):
 class Peaks(_Section):
     """The run's peaks, each with where it was (null: not measured)."""
 
-    main_rss: Peak | None
-    tree_rss: Peak | None
+    main_rss: Peak | None = Field(description="the main process's RSS while the workload ran")
+    tree_rss: Peak | None = Field(description="RSS summed over the process tree while the workload ran")
     workers_uss: Peak | None = Field(description="the workers' USS summed over a full tick")
     heap: HeapPeak | None
     live_tensor_bytes: PhasePeak | None = Field(
@@ -144,6 +159,11 @@ class Peaks(_Section):
     cuda_reserved: PhasePeak | None = Field(
         None, description="CUDA runs: the highest per-phase peak of bytes reserved by the caching "
                           "allocator")
+    main_rss_teardown: TeardownPeak | None = Field(
+        None, description="the main process's RSS after its stage's stage_end (interpreter and "
+                          "library teardown); null when no tick came after it")
+    tree_rss_teardown: TeardownPeak | None = Field(
+        None, description="the process tree's RSS after its stage's stage_end")
 
 
 class PhaseRow(_Section):

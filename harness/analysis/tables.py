@@ -9,6 +9,7 @@ import pandas as pd
 from harness.analysis import device
 from harness.analysis.captures import SITE_COLUMNS, CaptureData
 from harness.analysis.load import Run, Stage
+from harness.analysis.peaks import after_stage_end
 from harness.analysis.snapshot_metrics import snapshot_metrics
 from harness.analysis.ticks import phase_order, ticks
 from harness.layout import Event
@@ -62,6 +63,11 @@ def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
     the first epoch (setup) or a stage without epochs (test).
     """
     tk = ticks(run.samples) if tk is None else tk
+    # what the sampler saw after a stage's stage_end is its process shutting down, not the phase
+    # the cell last held (analysis/peaks.py): the table files it under teardown
+    late = after_stage_end(run, tk)
+    if late.any():
+        tk = tk.assign(phase=tk["phase"].where(~late, "teardown"))
     key = ["stage", "epoch", "phase"]
     if tk.empty:
         base = pd.DataFrame(columns=key)

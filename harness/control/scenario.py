@@ -171,6 +171,10 @@ class BudgetsConfig(_Section):
     peak_cuda_allocated: int | None = None  # CUDA: torch.cuda allocated, highest phase peak
     peak_cuda_reserved: int | None = None  # CUDA: reserved by the caching allocator
     growth_per_epoch: int | None = None  # main RSS growth between epoch-end snapshots, mean
+    # after a stage's stage_end (interpreter and library teardown); peak_main_rss and
+    # peak_tree_rss are the peaks while the workload ran, up to stage_end
+    peak_main_rss_teardown: int | None = None
+    peak_tree_rss_teardown: int | None = None
     phases: dict[str, PhaseBudget] = Field(default_factory=dict)
 
     @field_validator("*", mode="before")

@@ -23,6 +23,25 @@ def _where(p: dict[str, Any] | None) -> str:
     return " (" + ", ".join(b for b in bits if b) + ")"
 
 
+def _teardown(peaks: dict[str, Any]) -> str:
+    """The main process's peak after stage_end, when above its running peak (the tree's too when
+    it differs, i.e. workers still ran); else nothing to say."""
+    main, tree = peaks.get("main_rss_teardown"), peaks.get("tree_rss_teardown")
+    bits = []
+    if main and main["bytes"] > ((peaks.get("main_rss") or {}).get("bytes") or 0):
+        bit = f"main {_mib(main['bytes'])}, {main['after_end_s']:.1f} s after {main['stage']}'s stage_end"
+        if main.get("rise") and main["rise"] > 0:
+            bit += f" (+{_mib(main['rise'])}"
+            if main.get("file_backed_rise") is not None:
+                bit += f", {_mib(max(main['file_backed_rise'], 0))} of it file-backed"
+            bit += ")"
+        bits.append(bit)
+    if tree and tree["bytes"] > ((peaks.get("tree_rss") or {}).get("bytes") or 0) \
+            and (not main or tree["bytes"] != main["bytes"]):
+        bits.append(f"tree {_mib(tree['bytes'])}")
+    return ", ".join(bits)
+
+
 def summary_text(summary: dict[str, Any], report_html: Path) -> str:
     """A few lines: status, peaks, metrics, one line per finding, where the report is."""
     run = summary["run"]
@@ -34,6 +53,9 @@ def summary_text(summary: dict[str, Any], report_html: Path) -> str:
     lines.append(f"  peak RSS   main {_mib((peaks['main_rss'] or {}).get('bytes'))}"
                  f"{_where(peaks['main_rss'])}, tree {_mib((peaks['tree_rss'] or {}).get('bytes'))}"
                  f"{_where(peaks['tree_rss'])}")
+    teardown = _teardown(peaks)
+    if teardown:
+        lines.append("  teardown   " + teardown)
     extra = []
     if peaks["workers_uss"]:
         extra.append(f"workers' USS {_mib(peaks['workers_uss']['bytes'])}")
