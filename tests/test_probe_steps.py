@@ -31,6 +31,7 @@ from harness.probe.steps import (
     StepHook,
     Steps,
     TensorTracer,
+    fit_window,
 )
 
 MB = 1_000_000
@@ -178,6 +179,67 @@ def test_memray_window_closed_by_a_loop_that_ends_inside_it(tmp_path: Path) -> N
     drive(window, 1, 7)
     assert trackers.log == ["open train-e1-train.bin", "close train-e1-train.bin"]
     assert events.of("memray_stop")[0]["step"] == 7
+
+
+@pytest.mark.parametrize(
+    ("start", "steps", "total", "window"),
+    [
+        (100, 300, 1000, (100, 400)),  # fits: as configured
+        (100, 300, 400, (100, 400)),  # fits exactly
+        (100, 300, 64, (0, 300)),  # too short to reach the start: the whole epoch, from step 0
+        (100, 300, 200, (0, 300)),  # too short for the whole window: ends with the epoch
+        (100, 50, 120, (70, 120)),  # 50 steps that end with the epoch
+        (0, 50, 20, (0, 50)),
+        (100, 300, None, (100, 400)),  # unknown: as configured
+        (100, 300, 0, None),  # no step: no window
+    ],
+)
+def test_fit_window(start: int, steps: int, total: int | None, window: tuple[int, int] | None) -> None:
+    assert fit_window(start, steps, total) == window
+
+
+def test_memray_window_fits_a_64_step_epoch_from_step_zero(tmp_path: Path) -> None:
+    # GIVEN the default window (steps 100-399) and a loop of 64 steps
+    window, trackers, events = _window(tmp_path)
+    window.expect_steps(64)
+    # WHEN the loop starts THEN the window opens at once, before the loader forks its workers
+    plan = drive(window, 1, 64)
+    assert plan == Steps(at=frozenset({0, 299}))
+    assert trackers.log == ["open train-e1-train.bin", "close train-e1-train.bin"]
+    assert [e["step"] for e in events.of("memray_start")] == [0]
+    assert events.of("memray_stop")[0]["step"] == 64
+
+
+def test_memray_window_as_configured_in_a_long_loop(tmp_path: Path) -> None:
+    window, trackers, events = _window(tmp_path)
+    window.expect_steps(1000)
+    calls: list[str] = []
+    assert drive(window, 1, 1000, calls) == Steps(at=frozenset({100, 399}))
+    assert calls == ["begin 100", "begin 399"]
+    assert [e["step"] for e in events.of("memray_start")] == [100]
+    assert [e["step"] for e in events.of("memray_stop")] == [400]
+
+
+def test_memray_window_of_an_unknown_length_loop_learns_from_the_epoch_before(tmp_path: Path) -> None:
+    # GIVEN a loader without len(): 64 steps an epoch, unknown beforehand
+    window, trackers, events = _window(tmp_path)
+    # WHEN epoch 1 runs THEN its window is planned as configured and never opens
+    assert drive(window, 1, 64) == Steps(at=frozenset({100, 399}))
+    assert trackers.log == []
+    # WHEN epoch 2 runs THEN it is planned for the 64 steps epoch 1 ran: from step 0
+    window.expect_steps(-1)
+    assert drive(window, 2, 64) == Steps(at=frozenset({0, 299}))
+    assert trackers.log == ["open train-e2-train.bin", "close train-e2-train.bin"]
+
+
+def test_memray_window_told_the_length_of_one_loop_only(tmp_path: Path) -> None:
+    window, _, _ = _window(tmp_path, train_start=10, train_steps=5)
+    window.expect_steps(8)
+    assert drive(window, 1, 8) == Steps(at=frozenset({3, 7}))
+    # the next loop is not told: planned for the 8 steps the last one ran, not told twice
+    assert drive(window, 2, 30) == Steps(at=frozenset({3, 7}))
+    window.expect_steps(30)
+    assert drive(window, 3, 30) == Steps(at=frozenset({10, 14}))
 
 
 @pytest.mark.parametrize(
@@ -440,3 +502,49 @@ def test_live_probe_traced_steps_and_phase_totals(tmp_path: Path) -> None:
     assert "cuda" not in totals
     loop_end = next(e for e in events if e["kind"] == "loop_end")
     assert (loop_end["steps"], loop_end["total"]) == (6, 6)
+
+
+def _live_memray(tmp_path: Path) -> tuple[LiveProbe, Trackers]:
+    cfg = ProbeConfig(stage="train", device="cpu", memray=MemrayConfig(),
+                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False),
+                      cuda=CudaConfig())
+    (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
+    cellmod.create(tmp_path / CELL_FILE)
+    p = LiveProbe(tmp_path)
+    trackers = Trackers()
+    p._memray._tracker = trackers
+    return p, trackers
+
+
+def test_live_probe_fits_the_default_window_to_64_step_epochs(tmp_path: Path) -> None:
+    p, trackers = _live_memray(tmp_path)
+    for epoch in (1, 2):
+        with p.epoch(epoch):
+            for _ in p.iterate(range(64)):
+                p.phase("forward")
+    p.close()
+    assert trackers.log == ["open train-e1-train.bin", "close train-e1-train.bin",
+                            "open train-e2-train.bin", "close train-e2-train.bin"]
+    starts = [e for e in read_events(tmp_path) if e["kind"] == "memray_start"]
+    assert [(e["epoch"], e["step"]) for e in starts] == [(1, 0), (2, 0)]
+
+
+def test_live_probe_window_of_a_loader_without_len_opens_in_the_next_epoch(tmp_path: Path) -> None:
+    p, trackers = _live_memray(tmp_path)
+    for epoch in (1, 2):
+        with p.epoch(epoch):
+            for _ in p.iterate(iter(range(64))):
+                p.phase("forward")
+    p.close()
+    assert trackers.log == ["open train-e2-train.bin", "close train-e2-train.bin"]
+
+
+def test_live_probe_window_fits_the_step_limit(tmp_path: Path) -> None:
+    p, trackers = _live_memray(tmp_path)
+    with p.epoch(1):
+        for _ in p.iterate(range(1000), limit=120):
+            p.phase("forward")
+    p.close()
+    (start,) = [e for e in read_events(tmp_path) if e["kind"] == "memray_start"]
+    (stop,) = [e for e in read_events(tmp_path) if e["kind"] == "memray_stop"]
+    assert (start["step"], stop["step"]) == (0, 120)

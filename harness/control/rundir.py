@@ -18,6 +18,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import platform
@@ -61,25 +64,85 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git_revision() -> str | None:
-    here = Path(__file__).resolve().parent.parent
+def _git(folder: Path, *args: str) -> str | None:
+    """``git -C folder ARGS``'s output, stripped; None when git fails or is not there."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )
+        out = subprocess.run(["git", "-C", str(folder), *args],
+                             capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if out.returncode != 0:
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_revision() -> str | None:
+    """The harness checkout's revision, ``-dirty`` when a tracked file differs from it."""
+    here = Path(__file__).resolve().parent.parent
+    revision = _git(here, "rev-parse", "HEAD")
+    if revision is None:
         return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    dirty = _git(here, "status", "--porcelain", "--untracked-files=no")
+    return revision + ("-dirty" if dirty else "")
+
+
+def module_file(name: str) -> Path | None:
+    """The file of module ``pkg.module`` as the stage would find it, found without importing.
+
+    The stage runs in this working directory with this environment: it has the directory,
+    PYTHONPATH and this interpreter's path on its own, then the interpreter's other finders (an
+    editable install's).
+    """
+    search = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+              *filter(None, sys.path)]
+    parts = name.split(".")
+    spec = None
+    try:
+        for i in range(len(parts)):
+            if spec is not None:  # the package above: its module lies in the package's folders
+                search = list(spec.submodule_search_locations or [])
+                if not search:
+                    return None
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), search)
+            if spec is None and i == 0:  # a top-level name imports nothing to be found
+                spec = importlib.util.find_spec(parts[0])
+            if spec is None:
+                return None
+    except (ImportError, ValueError):
+        return None
+    origin = spec.origin if spec is not None else None
+    return Path(origin).resolve() if origin and Path(origin).is_file() else None
+
+
+def workload_provenance(entry: str) -> dict[str, Any]:
+    """Which code a workload ran: its file, the file's sha256, the git revision holding it.
+
+    For a script, the script; for ``pkg.module:function`` (the built-in included), the module's
+    file. ``git_revision`` is the revision (HEAD) of the repository holding the file, None outside
+    one; ``dirty`` says whether the file differs from that revision (modified, staged, untracked
+    or ignored). Imports of the file are not followed.
+    """
+    path = Path(entry).resolve() if entry.endswith(".py") else module_file(entry.partition(":")[0])
+    out: dict[str, Any] = {"entry": entry, "file": None, "sha256": None, "git_root": None,
+                           "git_revision": None, "dirty": None}
+    if path is None or not path.is_file():
+        return out
+    out["file"] = str(path)
+    try:
+        out["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        pass
+    folder = path.parent
+    revision = _git(folder, "rev-parse", "HEAD")
+    if revision is None:
+        return out
+    tracked = _git(folder, "ls-files", "--error-unmatch", "--", path.name) is not None
+    status = _git(folder, "status", "--porcelain", "--ignored", "--", path.name)
+    out.update(git_root=_git(folder, "rev-parse", "--show-toplevel"), git_revision=revision,
+               dirty=None if status is None else not tracked or bool(status))
+    return out
 
 
 def provenance() -> dict[str, Any]:
+    """Where and with what the harness runs; ``git_revision`` is the harness checkout's."""
     return {
         "python": platform.python_version(),
         "versions": {

@@ -379,7 +379,8 @@ def run_scenario(
         "kind": "run" if instrumented else "bare",
         "scenario_name": scenario.name,
         "scenario": scenario.to_dict(),
-        **rundir.provenance(),
+        **rundir.provenance(),  # git_revision: the harness's; the workload's own is beside it
+        "workload": rundir.workload_provenance(scenario.workload.entry),
         "started": rundir.now_iso(),
         "ended": None,
         "status": "running",

@@ -119,6 +119,7 @@ class LiveProbe:
     def _train(self, loader: Iterable[T], limit: int | None) -> Iterator[T]:
         total = self._start_loop(loader, limit)
         cell = self._cell
+        self._memray.expect_steps(total)  # a short loop gets a window that fits it
         plans = self._plan_loop()  # before iter(): a memray window at step 0 must see the fork
         due = _next(plans, 0)  # the next step a hook acts on
         live: tuple[StepHook, ...] = ()  # the hooks acting on this step

@@ -153,7 +153,9 @@ def memray_tracker(path: Path, cfg: MemrayConfig) -> AbstractContextManager[Any]
 class MemrayWindow(StepHook):
     """Bounded memray captures: each epoch's training window, validate/test sections, or the stage.
 
-    One capture at a time: an ask to open a second while one runs is refused.
+    The training window is ``memray.train_steps`` steps from ``memray.train_start``, moved
+    earlier in a loop too short for it (:func:`fit_window`), so that it opens in every epoch it
+    is configured for. One capture at a time: an ask to open a second while one runs is refused.
     """
 
     def __init__(
@@ -169,19 +171,29 @@ class MemrayWindow(StepHook):
         self._epoch = 0
         self._window = (0, 0)  # this loop's training window: [start, stop) steps
         self._train: str | None = None  # this loop's training capture's name
+        self._total = -1  # the coming loop's length (expect_steps), -1 when unknown
+        self._last_steps: int | None = None  # steps the previous training loop ran
 
     @property
     def active(self) -> bool:
         return self._open is not None
 
-    def train_window(self, epoch: int) -> tuple[int, int] | None:
-        """The training steps ``[start, stop)`` captured in ``epoch``, if any."""
+    def expect_steps(self, total: int) -> None:
+        """The training loop about to start runs ``total`` steps (-1: its length is unknown)."""
+        self._total = total
+
+    def train_window(self, epoch: int, total: int = -1) -> tuple[int, int] | None:
+        """The training steps ``[start, stop)`` to capture in ``epoch`` for a loop of ``total`` steps.
+
+        ``total`` -1 (unknown): planned for as many steps as the previous training loop ran, or,
+        in the first, as configured. See :func:`fit_window`.
+        """
         cfg = self._cfg
         if cfg.mode != "windows" or cfg.train_steps <= 0:
             return None
         if cfg.epochs is not None and epoch not in cfg.epochs:
             return None
-        return cfg.train_start, cfg.train_start + cfg.train_steps
+        return fit_window(cfg.train_start, cfg.train_steps, total if total >= 0 else self._last_steps)
 
     def wants_section(self, name: str, epoch: int) -> bool:
         cfg = self._cfg
@@ -227,7 +239,8 @@ class MemrayWindow(StepHook):
     def start_loop(self, epoch: int) -> Steps | None:
         self._epoch = epoch
         self._train = None
-        window = self.train_window(epoch)
+        total, self._total = self._total, -1  # told for this loop only
+        window = self.train_window(epoch, total)
         if window is None:
             return None
         self._window = window
@@ -253,6 +266,23 @@ class MemrayWindow(StepHook):
         if self._train is not None and self._open is not None and self._open[0] == self._train:
             self.close(epoch=self._epoch, step=steps)
         self._train = None
+        self._last_steps = steps
+
+
+def fit_window(start: int, steps: int, total: int | None) -> tuple[int, int] | None:
+    """The window ``[start, start + steps)`` moved so that it fits a loop of ``total`` steps.
+
+    A loop too short for the whole window gets one that ends with it, as many steps long as the
+    window (or the loop) and starting no later than ``start``: the window opens in every loop
+    that runs a step, and skips as many of its first steps as it can. ``total`` None (unknown):
+    as configured. A loop of no steps gets none.
+    """
+    if total is None or total >= start + steps:
+        return start, start + steps
+    if total <= 0:
+        return None
+    first = max(0, min(start, total - steps))
+    return first, first + steps
 
 
 class DeviceReader(StepHook):
