@@ -30,12 +30,13 @@ class CaptureJob:
 
 
 def plan_jobs(
-    run: Run, out_dir: Path, budget: int, native: bool = False,
+    run: Run, out_dir: Path, budget: int, native: bool = False, draw: bool = True,
 ) -> tuple[list[CaptureJob], list[flamegraphs.Flamegraph]]:
     """One job per (capture, process group); flamegraphs while the size budget lasts.
 
     Priority: training windows' main process, then their workers, then validation and test;
     one temporal flamegraph, for the largest training capture small enough to allow it.
+    ``draw=False``: the captures are read (sites, heap peaks) but no flamegraph is drawn.
     """
     groups: list[tuple[int, str, str, str, tuple[Capture, ...], Window | None]] = []
     for st in run.stages:
@@ -55,7 +56,10 @@ def plan_jobs(
     chosen: set[tuple[str, str, str]] = set()
     left = budget
     for _rank, stage, name, group, _files, _win in sorted(groups, key=lambda g: g[0]):
-        if left >= FLAMEGRAPH_ESTIMATE:
+        if not draw:
+            declined.append(flamegraphs.Flamegraph(
+                name, group, False, None, 0, "not drawn: the report was built without flamegraphs"))
+        elif left >= FLAMEGRAPH_ESTIMATE:
             chosen.add((stage, name, group))
             left -= FLAMEGRAPH_ESTIMATE
         else:
@@ -63,7 +67,7 @@ def plan_jobs(
                 name, group, False, None, 0, "declined: the run directory's size budget is spent"))
     temporal: tuple[str, str] | None = None
     train_main = [g for g in groups if g[0] == 0 and g[4][0].size <= flamegraphs.TEMPORAL_MAX_CAPTURE_BYTES]
-    if train_main and left >= 3 * max(g[4][0].size for g in train_main):
+    if draw and train_main and left >= 3 * max(g[4][0].size for g in train_main):
         best = max(train_main, key=lambda g: g[4][0].size)
         temporal = (best[1], best[2])
     jobs = []
