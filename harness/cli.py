@@ -124,6 +124,13 @@ def _add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="check a run whose records are damaged (a file cut short, a field of the "
                         "wrong type) on what could be read, instead of refusing it (exit 2)")
+    _add_wide_arg(p)
+
+
+def _add_wide_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wide", action="store_true",
+                   help="every column, however wide (default: at most 100 columns; colour only on "
+                        "a terminal and without NO_COLOR)")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -158,8 +165,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
                          tolerance=tolerance, slack=slack, run_status=summary.run.status)
     title = f"harness: check {args.run_dir}"
     if base is not None:
-        title += f" against {args.baseline} ({base.scenario}, {len(base.runs)} run(s), tolerance {args.tolerance})"
-    print(render.check_text(result, title))
+        title += (f"\n  against {args.baseline} ({base.scenario}, {len(base.runs)} run(s), "
+                  f"tolerance {args.tolerance})")
+    print(render.check_text(result, title, wide=args.wide, color=render.use_color(sys.stdout)))
     return result.exit_code
 
 
@@ -184,8 +192,11 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_a", type=Path, metavar="RUN_A", help="the run compared against (before)")
     p.add_argument("run_b", type=Path, metavar="RUN_B", help="the run compared (after)")
     p.add_argument("--html", type=Path, default=None, metavar="FILE",
-                   help="where the HTML page goes (default: reports/compare/<A>-vs-<B>.html)")
+                   help="where the HTML page goes (default: REPORTS/compare/<A>-vs-<B>.html)")
+    p.add_argument("--reports", type=Path, default=Path("reports"),
+                   help="where the comparison page goes unless --html says (default: reports/)")
     p.add_argument("--top", type=int, default=10, help="allocation sites listed (default: 10)")
+    _add_wide_arg(p)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -195,10 +206,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     sa, sb = runs.summary(args.run_a), runs.summary(args.run_b)
     result = compare.compare(sa, sb, runs.processes(args.run_a), runs.processes(args.run_b),
-                             runs.sites(args.run_a), runs.sites(args.run_b), args.top)
-    out = args.html or Path("reports") / "compare" / f"{args.run_a.name}-vs-{args.run_b.name}.html"
+                             runs.sites(args.run_a), runs.sites(args.run_b), args.top,
+                             manifests=(runs.manifest(args.run_a), runs.manifest(args.run_b)))
+    out = args.html or args.reports / "compare" / f"{args.run_a.name}-vs-{args.run_b.name}.html"
     runs.write_text(out, render.compare_html(result))
-    print(render.compare_text(result))
+    print(render.compare_text(result, wide=args.wide, color=render.use_color(sys.stdout)))
     print(f"\nharness: comparison page {out}")
     return 0
 

@@ -173,9 +173,10 @@ def test_check_holds_device_memory_to_budgets_and_baselines(
         runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check", str(runs["bs4"])]) == 0
     out = capsys.readouterr().out
-    rows = [line.split()[:5] for line in out.splitlines() if line.startswith("pass")]
-    assert rows == [["pass", "budget", "peak_cuda_allocated", "all", "76.3"],  # 80 MB
-                    ["pass", "budget", "peak_cuda_reserved", "backward", "95.4"]]  # 100 MB
+    # result, check, metric, phase, measured, limit
+    rows = [line.split()[:8] for line in out.splitlines() if line.startswith("pass")]
+    assert rows == [["pass", "budget", "peak_cuda_allocated", "all", "65.3", "MiB", "76.3", "MiB"],  # 80 MB
+                    ["pass", "budget", "peak_cuda_reserved", "backward", "66.0", "MiB", "95.4", "MiB"]]
     assert cli.main(["check", str(runs["bs256"])]) == 1
     assert "FAIL" in capsys.readouterr().out
     base = tmp_path / "bs4.json"

@@ -54,8 +54,12 @@ def test_comparison_by_phase_epoch_and_process() -> None:
     procs = dict(c.sections[3].rows)
     assert procs[("train", "worker 0")][0] == (2, 2)  # two worker-0 processes in each run
     assert procs[("train", "worker 0")][1] == (60 * MiB, 60 * MiB)
+    wide = compare_text(c, wide=True)
+    assert "By phase:" in wide and "400 MiB → 500 MiB (+100 MiB, +25.0%)" in wide
+    # narrow (the default): A, B and the share under each metric
     text = compare_text(c)
-    assert "By phase:" in text and "400 MiB → 500 MiB (+100 MiB, +25.0%)" in text
+    row = next(line for line in text.split("By phase:")[1].splitlines() if " backward " in line)
+    assert row.split()[:7] == ["train", "1", "backward", "400", "MiB", "500", "MiB"] and "+25.0%" in row
 
 
 def test_compare_html_escapes_everything_from_the_runs() -> None:

@@ -69,6 +69,13 @@ class CheckResult:
         return [r for r in self.rows if r.status in ("FAIL", "missing")]
 
     @property
+    def rows_failures_first(self) -> list[Row]:
+        """The rows as a reader wants them: failures (``FAIL``, ``missing``), then the limits that
+        hold, then the baseline figures this run lacks; metric order within each."""
+        rank = {"FAIL": 0, "missing": 0, "pass": 1, "skipped": 2}
+        return sorted(self.rows, key=lambda r: rank[r.status])
+
+    @property
     def ok(self) -> bool:
         return not self.failures and not self.problems
 

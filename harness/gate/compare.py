@@ -1,11 +1,14 @@
 """``harness compare``: two runs side by side by phase, epoch and process, and the sites that grew.
 
-Pure: summaries (:class:`Summary`) and the report's process and site tables (DataFrames) in, a
-:class:`Comparison` out. Figures missing from one run stay ``None``.
+Pure: summaries (:class:`Summary`), the report's process and site tables (DataFrames) and the
+runs' manifests in, a :class:`Comparison` out. Figures missing from one run stay ``None``. Which
+changes stand out of the noise is decided here (:meth:`Column.beyond_noise`), with the floors the
+baseline check forgives (:mod:`harness.gate.metrics`), so that a renderer only has to colour them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,12 +24,32 @@ if TYPE_CHECKING:
 Unit = Literal["bytes", "seconds", "count"]
 Pair = tuple[float | None, float | None]
 
+# Times move with the machine's load, not with a floor in seconds: a change counts when it is
+# more than this share of A's time, and more than the timer's reach for very short phases.
+SECONDS_RELATIVE = 0.10
+SECONDS_MIN = 0.1
+ABSENT = "(absent)"
+
 
 @dataclass(frozen=True)
 class Column:
+    """One metric of a section; ``noise_floor`` (bytes or a count) is the change that is still noise."""
+
     name: str
     label: str
     unit: Unit
+    noise_floor: float = 0.0
+
+    def beyond_noise(self, pair: Pair) -> bool:
+        """Whether A → B changed by more than run-to-run noise: the metric's noise floor for
+        bytes (as ``harness check`` forgives it), any change for a count, and for seconds more
+        than :data:`SECONDS_RELATIVE` of A (and :data:`SECONDS_MIN`)."""
+        d = delta(pair)
+        if d is None or d == 0:
+            return False
+        if self.unit == "seconds":
+            return abs(d) > max(SECONDS_RELATIVE * abs(pair[0] or 0.0), SECONDS_MIN)
+        return abs(d) > self.noise_floor
 
 
 @dataclass
@@ -54,6 +77,21 @@ class SiteDelta:
     def delta(self) -> int:
         return self.b - self.a
 
+    @property
+    def beyond_noise(self) -> bool:
+        """Grew by more than memray's heap noise floor."""
+        return abs(self.delta) > m.definition("peak_heap").noise_floor
+
+
+@dataclass(frozen=True)
+class Change:
+    """One setting that differs between the runs: its flat key (``train.batch_size``) and its value
+    in each, as YAML would write it, or :data:`ABSENT`."""
+
+    key: str
+    a: str
+    b: str
+
 
 @dataclass
 class Comparison:
@@ -62,6 +100,10 @@ class Comparison:
     sections: list[Section]
     sites: list[SiteDelta]
     notes: list[str] = field(default_factory=list)
+    # None: a run's manifest did not record its scenario (or no manifests were given)
+    scenario_changes: list[Change] | None = None
+    version_changes: list[Change] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)  # A's, by flat key: python, torch, git_revision
 
 
 def delta(pair: Pair) -> float | None:
@@ -94,22 +136,31 @@ def _join(title: str, keys: list[str], columns: list[Column],
     return Section(title, keys, columns, rows)
 
 
-_RUN_COLUMNS = [Column(d.key, d.label, "bytes") for d in m.RUN_METRICS] + [
+def _floor(metric: str) -> int:
+    return m.definition(metric).noise_floor
+
+
+_RUN_COLUMNS = [Column(d.key, d.label, "bytes", d.noise_floor) for d in m.RUN_METRICS] + [
     Column("wall_s", "wall time", "seconds")]
 # The phase rows' peaks; an epoch's are the largest of its phases'.
 _PEAK_COLUMNS = [
-    Column("main_rss_max", "main RSS", "bytes"), Column("tree_rss_max", "tree RSS", "bytes"),
-    Column("workers_uss_max", "workers' USS", "bytes"),
-    Column("peak_live_tensor_bytes", "live tensors", "bytes"),
-    Column("cuda_peak_allocated", "CUDA allocated", "bytes"),
-    Column("cuda_peak_reserved", "CUDA reserved", "bytes"),
+    Column("main_rss_max", "main RSS", "bytes", _floor("peak_main_rss")),
+    Column("tree_rss_max", "tree RSS", "bytes", _floor("peak_tree_rss")),
+    Column("workers_uss_max", "workers' USS", "bytes", _floor("peak_workers_uss")),
+    Column("peak_live_tensor_bytes", "live tensors", "bytes", _floor("peak_live_tensor_bytes")),
+    Column("cuda_peak_allocated", "CUDA allocated", "bytes", _floor("peak_cuda_allocated")),
+    Column("cuda_peak_reserved", "CUDA reserved", "bytes", _floor("peak_cuda_reserved")),
 ]
 _PHASE_COLUMNS = _PEAK_COLUMNS + [Column("seconds", "time", "seconds")]
 _EPOCH_COLUMNS = _PEAK_COLUMNS + [
-    Column("growth", "main RSS growth", "bytes"), Column("seconds", "time", "seconds")]
+    Column("growth", "main RSS growth", "bytes", _floor("growth_per_epoch")),
+    Column("seconds", "time", "seconds")]
+# One process's peaks: RSS and PSS move like the main process's RSS, USS like the workers'.
 _PROCESS_COLUMNS = [
-    Column("processes", "processes", "count"), Column("peak_rss", "peak RSS", "bytes"),
-    Column("peak_uss", "peak USS", "bytes"), Column("peak_pss", "peak PSS", "bytes"),
+    Column("processes", "processes", "count"),
+    Column("peak_rss", "peak RSS", "bytes", _floor("peak_main_rss")),
+    Column("peak_uss", "peak USS", "bytes", _floor("peak_workers_uss")),
+    Column("peak_pss", "peak PSS", "bytes", _floor("peak_main_rss")),
 ]
 
 
@@ -187,10 +238,72 @@ def site_deltas(sites_a: pd.DataFrame, sites_b: pd.DataFrame, top: int = 10) -> 
     return out
 
 
+def value_text(v: Any) -> str:
+    """A setting's value as YAML would read it back: ``64``, ``null``, ``[0.8, 0.1]``; a string that
+    would read as something else (``"4"``, ``""``) is quoted."""
+    if isinstance(v, str):
+        try:
+            json.loads(v)
+        except ValueError:
+            return v or '""'
+        return json.dumps(v, ensure_ascii=False)
+    return json.dumps(v, ensure_ascii=False, default=str)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys (``{"train": {"batch_size": 4}}`` -> ``train.batch_size``);
+    lists and empty mappings are values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same(x: Any, y: Any) -> bool:
+    # 50 and 50.0 are one rate; True and 1 are not one setting
+    return bool(x == y) and isinstance(x, bool) == isinstance(y, bool)
+
+
+def changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Change]:
+    """Every flat key whose value differs between ``a`` and ``b``, in A's order, then B's new keys."""
+    fa, fb = flatten(a), flatten(b)
+    out = []
+    for key in list(fa) + [k for k in fb if k not in fa]:
+        if key in fa and key in fb and _same(fa[key], fb[key]):
+            continue
+        out.append(Change(key, value_text(fa[key]) if key in fa else ABSENT,
+                          value_text(fb[key]) if key in fb else ABSENT))
+    return out
+
+
+def versions(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run was made with, by flat key: ``python``, each package's version (``torch``,
+    ``memray``, ``harness``), the harness's git revision and the workload's code (its file's
+    ``workload.sha256``, ``workload.git_revision``, ``workload.dirty``) where recorded."""
+    out: dict[str, Any] = {}
+    if "python" in manifest:
+        out["python"] = manifest["python"]
+    pkgs = manifest.get("versions")
+    if isinstance(pkgs, Mapping):
+        out.update(flatten(pkgs))
+    for key, value in manifest.items():
+        if "git" in key:
+            out.update(flatten({key: value}) if isinstance(value, Mapping) else {key: value})
+    code = manifest.get("workload")
+    if isinstance(code, Mapping):
+        out.update({f"workload.{k}": code[k] for k in ("sha256", "git_revision", "dirty") if k in code})
+    return out
+
+
 def compare(sa: Summary, sb: Summary, procs_a: pd.DataFrame,
             procs_b: pd.DataFrame, sites_a: pd.DataFrame | None, sites_b: pd.DataFrame | None,
-            top: int = 10) -> Comparison:
-    """Run A against run B: run-wide, by phase, by epoch, by process; the sites that grew."""
+            top: int = 10, manifests: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+            ) -> Comparison:
+    """Run A against run B: run-wide, by phase, by epoch, by process; the sites that grew; and,
+    given the runs' ``manifests``, what differs between their scenarios and versions."""
     sections = [
         _join("Run", ["run"], _RUN_COLUMNS, _run_rows(sa), _run_rows(sb)),
         _join("By phase", ["stage", "epoch", "phase"], _PHASE_COLUMNS, _phase_rows(sa), _phase_rows(sb)),
@@ -207,4 +320,13 @@ def compare(sa: Summary, sb: Summary, procs_a: pd.DataFrame,
         sites = site_deltas(sites_a, sites_b, top)
     if sa.run.scenario != sb.run.scenario:
         notes.append(f"the runs are of different scenarios: {sa.run.scenario!r} and {sb.run.scenario!r}")
-    return Comparison(sa.run.model_dump(), sb.run.model_dump(), sections, sites, notes)
+    result = Comparison(sa.run.model_dump(), sb.run.model_dump(), sections, sites, notes)
+    if manifests is not None:
+        ma, mb = manifests
+        sc_a, sc_b = ma.get("scenario"), mb.get("scenario")
+        if isinstance(sc_a, Mapping) and isinstance(sc_b, Mapping):
+            result.scenario_changes = changes(sc_a, sc_b)
+        va = versions(ma)
+        result.version_changes = changes(va, versions(mb))
+        result.versions = {k: value_text(v) for k, v in va.items()}
+    return result

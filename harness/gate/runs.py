@@ -145,7 +145,8 @@ def run_provenance(run_dir: Path, summary_doc: Summary) -> dict[str, Any]:
         "status": run.status,
         "started": run.started,
         "wall_s": manifest.get("wall_s"),
-        "git_revision": run.git_revision,
+        "git_revision": run.git_revision,  # the harness checkout's
+        "workload": manifest.get("workload"),  # the workload's file, sha256 and git revision
         "harness_version": run.harness_version,
         "host": run.host,
         "cpu_count": manifest.get("cpu_count"),
@@ -181,6 +182,18 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
         raise UsageError(f"{out}: cannot write: {exc.strerror}") from None
     return doc
 
+
+
+def manifest(run_dir: Path) -> dict[str, Any]:
+    """A run's manifest, as ``harness compare`` reads its scenario and versions; the resolved
+    scenario from ``scenario.yaml`` where the manifest holds none."""
+    doc = dict(read_manifest(Path(run_dir)))
+    path = Path(run_dir) / rundir.SCENARIO
+    if not isinstance(doc.get("scenario"), dict) and path.is_file():
+        raw = _read_yaml(path, UsageError, "no such file")
+        if isinstance(raw, dict):
+            doc["scenario"] = raw
+    return doc
 
 
 def report_table(run_dir: Path, name: str) -> pd.DataFrame | None:

@@ -12,8 +12,12 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from harness.analysis import device, tables
 from harness.analysis import findings as findings_mod
@@ -21,6 +25,8 @@ from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
 from harness.analysis.ticks import ticks
+from harness.analysis.windows import unopened_windows
+from harness.control.scenario import BUILTIN_WORKLOAD
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
@@ -87,6 +93,18 @@ TABLE_TITLES = {
 }
 
 
+def _workload_line(prov: object) -> str:
+    """The manifest's ``workload`` provenance in one line (older manifests have none)."""
+    if not isinstance(prov, Mapping):
+        return "not recorded"
+    line = str(prov.get("file") or f"{prov.get('entry')} (file not found)")
+    if prov.get("sha256"):
+        line += f", sha256 {str(prov['sha256'])[:12]}"
+    if prov.get("git_revision"):
+        line += f", git {prov['git_revision']}{' (the file differs from it)' if prov.get('dirty') else ''}"
+    return line
+
+
 def _provenance(run: Run) -> list[tuple[str, str]]:
     m = run.manifest
     versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)
@@ -94,7 +112,8 @@ def _provenance(run: Run) -> list[tuple[str, str]]:
         ("scenario", str(m.get("scenario_name", ""))),
         ("kind", str(m.get("kind", ""))),
         ("command line", " ".join(str(a) for a in m.get("command_line") or [])),
-        ("git revision", str(m.get("git_revision"))),
+        ("git revision", f"{m.get('git_revision')} (the harness)"),
+        ("workload", _workload_line(m.get("workload"))),
         ("started", str(m.get("started"))),
         ("ended", str(m.get("ended"))),
         ("python", str(m.get("python"))),
@@ -111,8 +130,76 @@ def _provenance(run: Run) -> list[tuple[str, str]]:
     return rows
 
 
+# The sections only the built-in workload reads (model/stages.py): a script is handed no
+# scenario; a function entry is handed it whole (StageContext), but these are the tutorial's.
+BUILTIN_ONLY = ("seed", "data", "train")
+# data keys each source reads (model/data.py); split and num_workers apply to every source
+DATA_KEYS = {"cifar10": ("root", "download"), "folder": ("root", "path"), "synthetic": ("size",)}
+# memray keys each mode reads (harness/probe/steps.py); "windows" reads them all
+MEMRAY_KEYS = {"off": ("mode",), "full": ("mode", "native_traces", "follow_fork")}
+
+
+def scenario_in_effect(scenario: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The resolved ``scenario`` with only the keys in effect for its workload and device, and
+    what was left out, one line each with why."""
+    raw = scenario.get("workload")
+    workload: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    entry = str(workload.get("entry", BUILTIN_WORKLOAD))
+    builtin, script = entry == BUILTIN_WORKLOAD, entry.endswith(".py")
+    kept: dict[str, Any] = dict(scenario)
+    left: list[str] = []
+    if not builtin:
+        gone = [k for k in BUILTIN_ONLY if kept.pop(k, None) is not None]
+        if gone:
+            what = "a script" if script else "a function entry"
+            left.append(f"{', '.join(gone)}: read by the built-in workload only, not by {what}")
+    if not script and "args" in workload:
+        kept["workload"] = {k: v for k, v in workload.items() if k != "args"}
+        left.append("workload.args: passed to a script only")
+    if not str(scenario.get("device", "cpu")).startswith("cuda") and kept.pop("cuda", None) is not None:
+        left.append(f"cuda: the device is {scenario.get('device', 'cpu')}")
+    data = kept.get("data")
+    if isinstance(data, Mapping) and data.get("source") in DATA_KEYS:
+        reads = DATA_KEYS[str(data["source"])]
+        unread = [k for k in ("root", "path", "download", "size") if k in data and k not in reads]
+        kept["data"] = {k: v for k, v in data.items() if k not in unread}
+        if unread:
+            left.append(f"data.{', data.'.join(unread)}: not read from source {data['source']}")
+    memray = kept.get("memray")
+    if isinstance(memray, Mapping) and memray.get("mode") in MEMRAY_KEYS:
+        reads = MEMRAY_KEYS[str(memray["mode"])]
+        unread = [k for k in memray if k not in reads]
+        kept["memray"] = {k: v for k, v in memray.items() if k in reads}
+        if unread:
+            left.append(f"memray.{', memray.'.join(unread)}: not read in mode {memray['mode']}")
+    return kept, left
+
+
+def scenario_text(run: Run) -> str:
+    """The run's resolved scenario as YAML, only the keys in effect, with a comment on the rest.
+
+    From the manifest's resolved scenario; the run's scenario.yaml as written when the manifest
+    has none.
+    """
+    scenario = run.manifest.get("scenario")
+    if not isinstance(scenario, Mapping):
+        path = run.dir / SCENARIO_FILE
+        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    kept, left = scenario_in_effect(scenario)
+    head = "".join(["# the keys in effect; left out:\n", *(f"#   {line}\n" for line in left)] if left else [])
+    return head + yaml.safe_dump(kept, sort_keys=False)
+
+
+def _with_notes(text: str, notes: list[str]) -> str:
+    """The terminal summary with ``notes`` before its last line (where the report is)."""
+    if not notes:
+        return text
+    body, _, last = text.rpartition("\n")
+    return "\n".join([body, *(f"  note       {n}" for n in notes), last])
+
+
 def build_report(run_dir: Path, *, processes: int | None = None,
-                 native_flamegraphs: bool = False) -> ReportResult:
+                 native_flamegraphs: bool = False, flamegraphs: bool = True) -> ReportResult:
     """Analyse ``run_dir`` and write ``run_dir/report/``; raises UsageError for a non-run directory.
 
     The report is built beside the old one and replaces it whole when complete (an interrupted
@@ -120,6 +207,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     ends. ``processes``: how many processes read the memray captures (default: up to 2, one per
     core). ``native_flamegraphs``: draw flamegraphs with the memray CLI, native frames
     included (seconds per capture; the default draws Python frames from the records read).
+    ``flamegraphs=False``: none drawn (the captures are still read), e.g. for a budget test.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -131,7 +219,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
             staging.remove_leftovers(run_dir)
             out = staging.new_folder(run_dir)
             try:
-                result = _write_report(run, run_dir, out, final, processes, native_flamegraphs, started)
+                result = _write_report(run, run_dir, out, final, processes, native_flamegraphs, started,
+                                       draw_flamegraphs=flamegraphs)
                 staging.swap_in(out, final)
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)  # gone already once swapped in
@@ -140,7 +229,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
 
 
 def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: int | None,
-                  native_flamegraphs: bool, started: float) -> ReportResult:
+                  native_flamegraphs: bool, started: float, draw_flamegraphs: bool = True) -> ReportResult:
     """Write the report into ``out``; the paths returned are where it will be, under ``final``."""
     clock: dict[str, float] = {}
     t_start = t = started
@@ -152,11 +241,13 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         t = now
 
     lap("load")
-    assets = flamegraphs.copy_assets(out / FLAMEGRAPHS_DIR) if any(s.captures for s in run.stages) else 0
+    drawn = draw_flamegraphs and any(s.captures for s in run.stages)
+    assets = flamegraphs.copy_assets(out / FLAMEGRAPHS_DIR) if drawn else 0
     # Whatever the run directory already holds, the report must keep the whole under budget; the
     # old report is about to be replaced and does not count.
     budget = max(RUN_DIR_BUDGET - _dir_bytes(run_dir, {out, final}) - assets - 10 * 1000 * 1000, 0)
-    jobs, declined = plan_jobs(run, out, min(budget, 40 * 1000 * 1000), native_flamegraphs)
+    jobs, declined = plan_jobs(run, out, min(budget, 40 * 1000 * 1000), native_flamegraphs,
+                               draw=draw_flamegraphs)
     procs = processes if processes is not None else min(os.cpu_count() or 1, 2)
 
     with CaptureReading(jobs, procs) as reading:
@@ -179,6 +270,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         run, device_df, (info or {}).get("total"))
     summary = build_summary(run, tk, phase_df, datas, found,
                             device.summary_section(info, history)).to_dict()
+    notes = unopened_windows(run)
     lap("findings")
 
     named = {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df}
@@ -219,9 +311,8 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
                       for w in history],
         flamegraphs=links,
         provenance=_provenance(run),
-        scenario_text=(run_dir / SCENARIO_FILE).read_text(encoding="utf-8", errors="replace")
-        if (run_dir / SCENARIO_FILE).is_file() else json.dumps(run.manifest.get("scenario"), indent=1),
-        problems=run.problems,
+        scenario_text=scenario_text(run),
+        problems=run.problems + notes,  # the notes are not damage: the run stays complete
     )
     html_path = out / "report.html"
     html_path.write_text(html.render(page), encoding="utf-8")
@@ -236,5 +327,6 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         timeline_png=moved(png) if png else None, timeline_svg=moved(svg) if svg else None,
         tables={name: moved(p) for name, p in table_paths.items()},
         flamegraphs=[replace(f, path=moved(f.path)) if f.path else f for f in all_flames],
-        text=terminal.summary_text(summary, moved(html_path)), complete=run.complete, seconds=clock,
+        text=_with_notes(terminal.summary_text(summary, moved(html_path)), notes),
+        complete=run.complete, seconds=clock,
     )
