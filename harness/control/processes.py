@@ -3,11 +3,19 @@
 Used by the sampler (in the harness process) and by epoch snapshots (inside the workload), so both
 name a process alike. Light on purpose: psutil and the standard library only.
 
-Roles: the stage's root process is ``main``. A direct child of ``main`` that runs main's own command
-line was forked, not exec'd: a DataLoader (or multiprocessing) worker, named ``worker N`` after the
-lowest slot no living worker holds, new workers taking slots in pid order. Anything else (an exec'd
-helper such as ``ldconfig`` or a compiler, a worker's own children) is ``child``. A direct child
-whose command line cannot be read (already exiting, a zombie) gets no role yet.
+Roles: the stage's root process is ``main``. A DataLoader (or multiprocessing) worker is named
+``worker N`` after the lowest slot no living worker holds, new workers taking slots in pid order,
+whichever start method made it:
+
+- fork: a direct child of ``main`` running main's own command line (forked, not exec'd);
+- spawn: a direct child of ``main`` running ``-c "from multiprocessing.spawn import spawn_main; ..."
+  --multiprocessing-fork``;
+- forkserver: a child of the fork server (``-c "from multiprocessing.forkserver import main; ..."``,
+  a direct child of ``main`` named ``forkserver``) running the server's own command line.
+
+Anything else (an exec'd helper such as ``ldconfig`` or a compiler, multiprocessing's resource
+tracker, a worker's own children) is ``child``. A process whose command line must be read to name it
+and cannot be (already exiting, a zombie) gets no role yet.
 """
 
 from __future__ import annotations
@@ -19,11 +27,47 @@ import psutil
 
 MAIN = "main"
 CHILD = "child"
+FORKSERVER = "forkserver"
+
+# The ``-c`` programs multiprocessing starts its exec'd processes with (multiprocessing/spawn.py,
+# forkserver.py).
+_SPAWN_PROGRAM = "from multiprocessing.spawn import spawn_main"
+_FORKSERVER_PROGRAM = "from multiprocessing.forkserver import main"
+
+# Start methods, as worker_start_method names them.
+FORK, SPAWN, FORKSERVER_METHOD, NO_WORKERS = "fork", "spawn", "forkserver", "none"
 
 
 def worker(slot: int) -> str:
     """The role of the DataLoader worker in ``slot``."""
     return f"worker {slot}"
+
+
+def is_worker(role: str | None) -> bool:
+    return role is not None and role.startswith("worker ")
+
+
+def _program(cmdline: list[str]) -> str:
+    """The ``-c`` program of a Python command line; "" if it has none."""
+    try:
+        return cmdline[cmdline.index("-c") + 1]
+    except (ValueError, IndexError):
+        return ""
+
+
+def is_spawn_worker(cmdline: list[str]) -> bool:
+    """A process multiprocessing started with the spawn method."""
+    return _program(cmdline).startswith(_SPAWN_PROGRAM) and "--multiprocessing-fork" in cmdline
+
+
+def is_forkserver(cmdline: list[str]) -> bool:
+    """multiprocessing's fork server, whose forks are the forkserver method's workers."""
+    return _program(cmdline).startswith(_FORKSERVER_PROGRAM)
+
+
+def start_method(methods: set[str]) -> str:
+    """One stage's ``worker_start_method`` from the methods its workers were seen started by."""
+    return "+".join(sorted(methods)) if methods else NO_WORKERS
 
 
 def _read_task_children(pid: int, tid: str) -> str:
@@ -85,8 +129,8 @@ class Roles:
     """Names the processes of the tree rooted at ``root``, remembering names from look to look.
 
     A name, once given, stays with its pid until :meth:`forget`; a forgotten worker's slot goes to
-    the next new worker. Feed pids in :func:`tree_of` order so that new workers take slots in pid
-    order, as a single look (:func:`roles_of`) does.
+    the next new worker. Feed pids in :func:`tree_of` order (parents before their children) so that
+    new workers take slots in pid order, as a single look (:func:`roles_of`) does.
     """
 
     def __init__(self, root: int, cmdline: Callable[[int], list[str] | None] = read_cmdline) -> None:
@@ -95,26 +139,42 @@ class Roles:
         self._main_cmdline: list[str] | None = None
         self._roles: dict[int, str] = {}
         self._slots: dict[int, int] = {}
+        self._servers: dict[int, list[str]] = {}  # fork server pid -> its command line
+        self.methods: dict[int, str] = {}  # worker pid -> the start method that made it
+        self.methods_seen: set[str] = set()  # every start method a worker was seen made by
 
     def role(self, pid: int, ppid: int) -> str | None:
-        """main, worker N or child; None while it cannot be told (a process already exiting)."""
+        """main, worker N, forkserver or child; None while it cannot be told (already exiting)."""
         if pid == self.root:
             return MAIN
         role = self._roles.get(pid)
         if role is not None:
             return role
-        role = CHILD
-        if ppid == self.root:
-            if self._main_cmdline is None:
-                self._main_cmdline = self._cmdline(self.root)
+        role, method = CHILD, None
+        if ppid == self.root or ppid in self._servers:
             cmdline = self._cmdline(pid)
             if not cmdline:  # exiting (or a zombie): its command line is gone; ask again next look
                 return None
-            if cmdline == self._main_cmdline:
-                used = set(self._slots.values())
-                slot = next(i for i in range(len(used) + 1) if i not in used)
-                self._slots[pid] = slot
-                role = worker(slot)
+            if ppid in self._servers:
+                if cmdline == self._servers[ppid]:
+                    method = FORKSERVER_METHOD
+            else:
+                if self._main_cmdline is None:
+                    self._main_cmdline = self._cmdline(self.root)
+                if cmdline == self._main_cmdline:
+                    method = FORK
+                elif is_spawn_worker(cmdline):
+                    method = SPAWN
+                elif is_forkserver(cmdline):
+                    role = FORKSERVER
+                    self._servers[pid] = cmdline
+        if method is not None:
+            used = set(self._slots.values())
+            slot = next(i for i in range(len(used) + 1) if i not in used)
+            self._slots[pid] = slot
+            self.methods[pid] = method
+            self.methods_seen.add(method)
+            role = worker(slot)
         self._roles[pid] = role
         return role
 
@@ -122,6 +182,8 @@ class Roles:
         """Drop a process that has gone; a worker's slot becomes free."""
         self._roles.pop(pid, None)
         self._slots.pop(pid, None)
+        self._servers.pop(pid, None)
+        self.methods.pop(pid, None)
 
 
 def roles_of(root: int) -> list[tuple[int, int, str]]:
