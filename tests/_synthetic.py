@@ -161,13 +161,7 @@ def write_capture(run_dir: Path, name: str = "train-e1-train") -> Path:
         temporary = namespace["allocate"](1 * MiB)
         del temporary
     del kept
-    events = run_dir / "stages" / "train" / "events.jsonl"
-    with open(events, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"t": 1001.0, "kind": "memray_start", "capture": name,
-                             "file": f"memray/{name}.bin", "epoch": 1, "step": 0,
-                             "section": None}) + "\n")
-        fh.write(json.dumps({"t": 1001.5, "kind": "memray_stop", "capture": name, "epoch": 1,
-                             "step": 30}) + "\n")
+    _window_events(run_dir, name)
     return path
 
 
@@ -194,13 +188,7 @@ def write_busy_capture(run_dir: Path, name: str = "train-e1-train", *, allocatio
             if i % 10 == 0:
                 kept.append(block)
     del kept
-    events = run_dir / "stages" / "train" / "events.jsonl"
-    with open(events, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"t": 1001.0, "kind": "memray_start", "capture": name,
-                             "file": f"memray/{name}.bin", "epoch": 1, "step": 0,
-                             "section": None}) + "\n")
-        fh.write(json.dumps({"t": 1001.5, "kind": "memray_stop", "capture": name, "epoch": 1,
-                             "step": 30}) + "\n")
+    _window_events(run_dir, name)
     return path
 
 
@@ -210,3 +198,14 @@ def truncate_to_half(path: Path) -> tuple[int, int]:
     with open(path, "r+b") as fh:
         fh.truncate(size // 2)
     return size // 2, size
+
+
+def _window_events(run_dir: Path, name: str) -> None:
+    """The memray_start/stop events of a training window over steps 0-30 of epoch 1."""
+    events = run_dir / "stages" / "train" / "events.jsonl"
+    with open(events, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"t": 1001.0, "kind": "memray_start", "capture": name,
+                             "file": f"memray/{name}.bin", "epoch": 1, "step": 0,
+                             "section": None}) + "\n")
+        fh.write(json.dumps({"t": 1001.5, "kind": "memray_stop", "capture": name, "epoch": 1,
+                             "step": 30}) + "\n")
