@@ -61,7 +61,14 @@ def running_peak(run: Run | None, tk: pd.DataFrame, column: str) -> dict[str, An
     """The largest ``column`` from a stage's start to its ``stage_end``: the headline peak."""
     if tk.empty:
         return None
-    return tick_peak(tk[~after_stage_end(run, tk)], column)
+    return tick_peak(running_ticks(run, tk), column)
+
+
+def running_ticks(run: Run | None, tk: pd.DataFrame) -> pd.DataFrame:
+    """The ticks while the workload ran: before its stage's ``stage_end`` and not in phase
+    ``teardown`` (set when the workload has returned: the harness's end-of-stage snapshot and
+    last memray window follow, which belong with what came after)."""
+    return tk[~after_stage_end(run, tk) & (tk["phase"] != "teardown")]
 
 
 def teardown_peak(run: Run | None, tk: pd.DataFrame, column: str) -> dict[str, Any] | None:
