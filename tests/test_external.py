@@ -22,7 +22,9 @@ def _scenario(tmp_path: Path, script: str, **extra: object) -> Path:
 
 
 def test_script_without_probe_gets_the_process_timeline_and_memray(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = cli("run", str(_scenario(tmp_path, "noprobe.py", memray={"mode": "full"})),
+    no_auto = {"entry": str(WORKLOADS / "noprobe.py"), "auto_phases": False}  # as before auto phases
+    code, out, err = cli("run", str(_scenario(tmp_path, "noprobe.py", memray={"mode": "full"},
+                                              workload=no_auto)),
                          "--reports", str(tmp_path / "r"))
     assert code == 0, err
     run = latest_run(tmp_path / "r")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from harness.control import processes
-from harness.control.processes import Roles, children_of, tree_of
+from harness.control.processes import Roles, children_of, start_method, tree_of
 from harness.control.sampler import TreeSampler
 
 # The parent forks two workers with multiprocessing (fork: they run its own command line), worker 0
@@ -43,6 +43,7 @@ PARENT = textwrap.dedent("""
             assert time.time() < deadline, "worker 0 did not start its sleep"
             time.sleep(0.01)
         grandchild = psutil.Process(workers[0].pid).children()[0].pid
+        time.sleep(0.3)  # past FORK_EXEC_GRACE_S: a younger fork may yet exec, and is not named
 
         from harness.probe.epoch_snapshot import process_tree
 
@@ -144,8 +145,13 @@ class FakeCmdlines:
     def __init__(self, **by_pid: list[str]) -> None:
         self.by_pid = {int(k.lstrip("p")): v for k, v in by_pid.items()}
 
+        self.ages: dict[int, float] = {}  # seconds since the fork; a pid not listed is old
+
     def __call__(self, pid: int) -> list[str] | None:
         return self.by_pid.get(pid)
+
+    def age(self, pid: int) -> float | None:
+        return self.ages.get(pid, 60.0)
 
 
 MAIN_CMD = ["python", "-m", "harness.probe.stage", "run", "train"]
@@ -153,7 +159,7 @@ MAIN_CMD = ["python", "-m", "harness.probe.stage", "run", "train"]
 
 def test_forked_children_are_workers_exec_d_and_deeper_ones_children() -> None:
     cmd = FakeCmdlines(p1=MAIN_CMD, p10=MAIN_CMD, p11=["ldconfig", "-p"], p12=MAIN_CMD, p20=MAIN_CMD)
-    roles = Roles(1, cmdline=cmd)
+    roles = Roles(1, cmdline=cmd, age=cmd.age)
     assert roles.role(1, 0) == "main"
     assert roles.role(10, 1) == "worker 0"
     assert roles.role(11, 1) == "child"  # exec'd: another command line
@@ -163,7 +169,7 @@ def test_forked_children_are_workers_exec_d_and_deeper_ones_children() -> None:
 
 def test_a_child_already_exiting_gets_no_role_until_it_can_be_told() -> None:
     cmd = FakeCmdlines(p1=MAIN_CMD)
-    roles = Roles(1, cmdline=cmd)
+    roles = Roles(1, cmdline=cmd, age=cmd.age)
     assert roles.role(10, 1) is None  # no command line: exiting, or a zombie
     assert roles.role(11, 1) is None
     cmd.by_pid[11] = MAIN_CMD
@@ -172,7 +178,7 @@ def test_a_child_already_exiting_gets_no_role_until_it_can_be_told() -> None:
 
 def test_roles_stick_and_a_gone_worker_s_slot_is_reused() -> None:
     cmd = FakeCmdlines(p1=MAIN_CMD, p10=MAIN_CMD, p11=MAIN_CMD, p12=MAIN_CMD, p13=MAIN_CMD)
-    roles = Roles(1, cmdline=cmd)
+    roles = Roles(1, cmdline=cmd, age=cmd.age)
     assert [roles.role(p, 1) for p in (10, 11)] == ["worker 0", "worker 1"]
     cmd.by_pid[10] = ["sleep", "1"]
     assert roles.role(10, 1) == "worker 0"  # named once, named for good
@@ -180,3 +186,69 @@ def test_roles_stick_and_a_gone_worker_s_slot_is_reused() -> None:
     assert roles.role(12, 1) == "worker 0"
     assert roles.role(13, 1) == "worker 2"
     assert roles.role(11, 1) == "worker 1"
+
+
+PY = ["/usr/bin/python3.14", "-B"]
+SPAWN_CMD = [*PY, "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, "
+             "pipe_handle=7)", "--multiprocessing-fork"]
+SERVER_CMD = [*PY, "-c", "from multiprocessing.forkserver import main; main(5, 6, ['__main__'], "
+              "**{'sys_path': []})"]
+TRACKER_CMD = [*PY, "-c", "from multiprocessing.resource_tracker import main;main(4)"]
+
+
+def test_spawned_children_are_workers_and_the_resource_tracker_is_not() -> None:
+    cmd = FakeCmdlines(p1=MAIN_CMD, p10=TRACKER_CMD, p11=SPAWN_CMD, p12=SPAWN_CMD,
+                       p13=[*PY, "-c", "print('from multiprocessing.spawn import spawn_main')"],
+                       p20=SPAWN_CMD)
+    roles = Roles(1, cmdline=cmd, age=cmd.age)
+    assert [roles.role(p, 1) for p in (10, 11, 12, 13)] == ["child", "worker 0", "worker 1", "child"]
+    assert roles.role(20, 11) == "child"  # a spawned worker's own child
+    assert roles.methods == {11: "spawn", 12: "spawn"}
+    assert start_method(roles.methods_seen) == "spawn"
+
+
+def test_the_fork_server_s_children_are_workers_and_the_server_is_not() -> None:
+    cmd = FakeCmdlines(p1=MAIN_CMD, p10=TRACKER_CMD, p11=SERVER_CMD, p20=SERVER_CMD, p21=SERVER_CMD,
+                       p22=["sh", "-c", "true"], p30=SERVER_CMD, p40=SERVER_CMD)
+    roles = Roles(1, cmdline=cmd, age=cmd.age)
+    assert [roles.role(p, 1) for p in (10, 11)] == ["child", "forkserver"]
+    assert [roles.role(p, 11) for p in (20, 21, 22)] == ["worker 0", "worker 1", "child"]
+    assert roles.role(30, 20) == "child"  # a worker's own fork
+    assert roles.role(40, 10) == "child"  # the server's command line, but not the server's child
+    assert roles.methods == {20: "forkserver", 21: "forkserver"}
+    assert start_method(roles.methods_seen) == "forkserver"
+    roles.forget(20)
+    cmd.by_pid[23] = SERVER_CMD
+    assert roles.role(23, 11) == "worker 0"  # one slot rule for every start method
+
+
+def test_start_methods_seen_together_and_none() -> None:
+    cmd = FakeCmdlines(p1=MAIN_CMD, p10=MAIN_CMD, p11=SPAWN_CMD)
+    roles = Roles(1, cmdline=cmd, age=cmd.age)
+    assert start_method(roles.methods_seen) == "none"
+    assert [roles.role(p, 1) for p in (10, 11)] == ["worker 0", "worker 1"]
+    assert start_method(roles.methods_seen) == "fork+spawn"
+
+
+def test_a_young_child_with_main_s_command_line_is_not_named_until_it_cannot_be_an_exec() -> None:
+    # GIVEN a child forked a moment ago, still running main's command line: maybe on its way to exec
+    cmd = FakeCmdlines(p1=MAIN_CMD, p10=MAIN_CMD, p11=MAIN_CMD)
+    cmd.ages[10] = cmd.ages[11] = 0.01
+    roles = Roles(1, cmdline=cmd, age=cmd.age)
+    assert roles.role(10, 1) is None
+    # WHEN one execs (the spawn method) and the other stays as it is past the grace
+    cmd.by_pid[10] = SPAWN_CMD
+    assert roles.role(10, 1) == "worker 0"  # an exec'd spawn worker is named at any age
+    assert roles.role(11, 1) is None
+    cmd.ages[11] = processes.FORK_EXEC_GRACE_S
+    # THEN the one still running main's command line is a forked worker
+    assert roles.role(11, 1) == "worker 1"
+    assert roles.methods == {10: "spawn", 11: "fork"}
+
+
+def test_process_age_reads_proc() -> None:
+    age = processes.process_age(os.getpid())
+    assert age is not None and 0 < age < time.monotonic() + 1
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert processes.process_age(gone.pid) is None

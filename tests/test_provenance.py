@@ -149,7 +149,7 @@ def test_a_script_workloads_scenario_text_has_no_builtin_sections(tmp_path: Path
     shown = yaml.safe_load(text)
     assert "data" not in shown and "train" not in shown and "seed" not in shown
     assert "\ndata:" not in text and not text.startswith("data:")
-    assert shown["workload"] == {"entry": "/x/train.py", "args": ["--fast"]}
+    assert shown["workload"] == {"entry": "/x/train.py", "args": ["--fast"], "auto_phases": True}
     assert {"memray", "tensors", "sampling", "limits", "budgets"} <= set(shown)
     assert "cuda" not in shown  # a cpu run
     assert "#   seed, data, train: read by the built-in workload only, not by a script\n" in text

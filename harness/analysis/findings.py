@@ -14,8 +14,16 @@ import pandas as pd
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding
 from harness.analysis.load import Run
-from harness.analysis.peaks import WHOSE, after_stage_end, rise_kind, teardown_peak, tick_peak
+from harness.analysis.peaks import (
+    WHOSE,
+    after_stage_end,
+    rise_kind,
+    running_ticks,
+    teardown_peak,
+    tick_peak,
+)
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
+from harness.analysis.trend import trend
 from harness.layout import Event
 from harness.sizes import MiB, format_size
 
@@ -163,13 +171,31 @@ def _nearest(series: pd.DataFrame, t: float, column: str) -> float | None:
     return float(s.loc[i, column])
 
 
+def _start_methods(run: Run) -> dict[str, str]:
+    """Each stage's worker start method as the manifest recorded it (fork where not recorded:
+    runs from before the field, when only forked workers were recognised)."""
+    out = {}
+    for st in run.stages:
+        method = (st.outcome or {}).get("worker_start_method")
+        out[st.name] = method if isinstance(method, str) else "fork"
+    return out
+
+
 def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
-    """Forked workers' private memory growing while the parent's heap stays flat."""
+    """Workers' private memory growing from pages they shared while the parent's heap stays flat.
+
+    Workers of any start method are looked at but those of a spawn-only stage: exec'd, they share
+    no pages with the parent to copy.
+    """
     s = run.samples
     if s.empty:
         return None
+    methods = _start_methods(run)
     hits = []
     for (stage, pid), g in s[s["role"].str.startswith("worker")].groupby(["stage", "pid"]):
+        method = methods.get(str(stage), "fork")
+        if method == "spawn":
+            continue
         full = g.dropna(subset=["uss"]).sort_values("t")
         if len(full) < 2:
             continue
@@ -186,17 +212,22 @@ def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
         hits.append({"stage": stage, "pid": int(pid), "role": str(a["role"]),
                      "uss_start": float(a["uss"]), "uss_end": float(b["uss"]), "uss_growth": d_uss,
                      "anon_rss_growth": d_anon, "seconds": t1 - t0,
-                     "parent_change": parent, "parent_measure": how})
+                     "parent_change": parent, "parent_measure": how, "start_method": method})
     if not hits:
         return None
     total = sum(h["uss_growth"] for h in hits)
     per = "; ".join(f"{h['role']} (pid {h['pid']}, {h['stage']}): USS {mib(h['uss_start'])} → "
                     f"{mib(h['uss_end'])} in {h['seconds']:.1f} s" for h in hits[:6])
     parent_how = hits[0]["parent_measure"]
+    if {h["start_method"] for h in hits} == {"fork"}:
+        who, source = "forked worker(s)", "the parent"
+    else:  # forkserver: forked from the fork server, which shares what it imported with them
+        started = "/".join(sorted({h["start_method"] for h in hits}))
+        who, source = f"worker(s) (started by {started})", "the process they were forked from"
     return Finding(
         kind="copy_on_read",
         title="DataLoader workers copy the parent's memory as they read it (copy-on-read)",
-        text=(f"{len(hits)} forked worker(s) turned {mib(total)} of pages shared with the parent "
+        text=(f"{len(hits)} {who} turned {mib(total)} of pages shared with {source} "
               f"into private copies while the parent's {parent_how} stayed flat: {per}. Reading "
               "Python objects in a forked process writes their reference counts (and the garbage "
               "collector's headers), so every page the dataset's objects live on is copied. "
@@ -315,22 +346,26 @@ def _where(p: dict[str, Any]) -> str:
 
 def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
     """The phase (and stage, epoch, step) that holds the peak RSS of the main process and tree
-    while the workload ran (up to its stage's ``stage_end``): the summary's headline peaks.
+    while the workload ran (until its teardown phase or ``stage_end``): the summary's headline
+    peaks.
 
     Drawn only for a workload that marks phases of its own (a tick outside setup, teardown,
-    idle and none). A higher peak after ``stage_end`` (the process shutting down) is reported
+    idle and none). A higher peak after the workload ended (the harness's end-of-stage work, the
+    process shutting down) is reported
     beside it, with whose memory it is.
     """
     if tk.empty or tk["main_rss"].isna().all():
         return None
-    running = tk[~after_stage_end(run, tk)].dropna(subset=["main_rss"])
+    before_end = tk[~after_stage_end(run, tk)].dropna(subset=["main_rss"])
+    running = running_ticks(run, tk).dropna(subset=["main_rss"])
     if running.empty or running["phase"].isin(HARNESS_PHASES).all():
         return None  # no phases of the workload's own to name
     m = tick_peak(running, "main_rss")
     tr = tick_peak(running, "tree_rss")
     if m is None or tr is None:
         return None
-    rest = running[(running["phase"] != m["phase"]) & (running["stage"] == m["stage"])]["main_rss"]
+    rest = before_end[(before_end["phase"] != m["phase"])
+                      & (before_end["stage"] == m["stage"])]["main_rss"]
     other_max = float(rest.max()) if not rest.empty else None
     text = f"While the workload ran, the main process peaked at {mib(m['bytes'])} in {_where(m)}"
     if other_max is not None and not math.isnan(other_max):
@@ -363,6 +398,6 @@ def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
 
 
 def all_findings(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Finding]:
-    found = [leak(run, captures), copy_on_read(run, captures), rss_heap_gap(tk, captures),
-             peak_phase(tk, run)]
+    found = [leak(run, captures), trend(run, tk, captures), copy_on_read(run, captures),
+             rss_heap_gap(tk, captures), peak_phase(tk, run)]
     return [f for f in found if f is not None]

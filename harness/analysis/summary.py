@@ -125,7 +125,9 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
                        "exit_code": _int(o.get("exit_code")), "signal": o.get("signal"),
                        "wall_s": _num(o.get("wall_s")), "message": o.get("message") or "",
                        "peak_main_rss": _int(o.get("peak_main_rss")),
-                       "peak_tree_rss": _int(o.get("peak_tree_rss"))})
+                       "peak_tree_rss": _int(o.get("peak_tree_rss")),
+                       "worker_start_method": (o["worker_start_method"] if isinstance(
+                           o.get("worker_start_method"), str) else None)})
     phase_rows = [{
         "stage": str(r.stage), "epoch": int(r.epoch), "phase": str(r.phase),
         "seconds": round(float(r.seconds), 4), "time_share": round(float(r.time_share), 4),

@@ -55,8 +55,8 @@ Count = Annotated[int, Field(ge=0)]
 Epoch = Annotated[int, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
 Process = Literal["main", "worker"]
-FindingKind = Literal["leak", "copy_on_read", "rss_heap_gap", "peak_phase", "cuda_peak_phase",
-                      "cuda_reserved", "cuda_pinned_host", "cuda_retries"]
+FindingKind = Literal["leak", "trend", "copy_on_read", "rss_heap_gap", "peak_phase",
+                      "cuda_peak_phase", "cuda_reserved", "cuda_pinned_host", "cuda_retries"]
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -97,6 +97,9 @@ class StageRow(_Section):
     message: str
     peak_main_rss: Bytes | None
     peak_tree_rss: Bytes | None
+    worker_start_method: str | None = Field(
+        None, description="how its DataLoader workers were started: fork, spawn, forkserver, none, "
+                          "several joined by '+'; null when nothing sampled the stage")
 
 
 class Peak(_Section):

@@ -15,7 +15,10 @@ whichever start method made it:
 
 Anything else (an exec'd helper such as ``ldconfig`` or a compiler, multiprocessing's resource
 tracker, a worker's own children) is ``child``. A process whose command line must be read to name it
-and cannot be (already exiting, a zombie) gets no role yet.
+and cannot be (already exiting, a zombie) gets no role yet; nor does a child of ``main`` running
+main's command line that is younger than :data:`FORK_EXEC_GRACE_S`: between its fork and its exec,
+a process about to be exec'd (a spawned worker, the resource tracker, any subprocess) shows its
+parent's command line too.
 """
 
 from __future__ import annotations
@@ -34,17 +37,18 @@ FORKSERVER = "forkserver"
 _SPAWN_PROGRAM = "from multiprocessing.spawn import spawn_main"
 _FORKSERVER_PROGRAM = "from multiprocessing.forkserver import main"
 
-# Start methods, as worker_start_method names them.
-FORK, SPAWN, FORKSERVER_METHOD, NO_WORKERS = "fork", "spawn", "forkserver", "none"
+# How old a child running main's command line must be to be a forked worker rather than a fork
+# still on its way to exec: far beyond the fork-to-exec time even of a large parent, and short
+# enough that a worker's first moments go unsampled at worst.
+FORK_EXEC_GRACE_S = 0.2
+
+# Start methods, as a stage's worker_start_method names them (forkserver: FORKSERVER, as the role).
+FORK, SPAWN, NO_WORKERS = "fork", "spawn", "none"
 
 
 def worker(slot: int) -> str:
     """The role of the DataLoader worker in ``slot``."""
     return f"worker {slot}"
-
-
-def is_worker(role: str | None) -> bool:
-    return role is not None and role.startswith("worker ")
 
 
 def _program(cmdline: list[str]) -> str:
@@ -125,6 +129,22 @@ def read_cmdline(pid: int) -> list[str] | None:
         return None
 
 
+def process_age(pid: int) -> float | None:
+    """Seconds since ``pid`` was forked, to the kernel's clock tick; None if it cannot be read.
+
+    From ``/proc`` alone (start time against uptime, one clock), not psutil's create_time, which
+    adds the boot time read to the whole second.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Roles:
     """Names the processes of the tree rooted at ``root``, remembering names from look to look.
 
@@ -133,9 +153,11 @@ class Roles:
     new workers take slots in pid order, as a single look (:func:`roles_of`) does.
     """
 
-    def __init__(self, root: int, cmdline: Callable[[int], list[str] | None] = read_cmdline) -> None:
+    def __init__(self, root: int, cmdline: Callable[[int], list[str] | None] = read_cmdline,
+                 age: Callable[[int], float | None] = process_age) -> None:
         self.root = root
         self._cmdline = cmdline
+        self._age = age
         self._main_cmdline: list[str] | None = None
         self._roles: dict[int, str] = {}
         self._slots: dict[int, int] = {}
@@ -157,11 +179,14 @@ class Roles:
                 return None
             if ppid in self._servers:
                 if cmdline == self._servers[ppid]:
-                    method = FORKSERVER_METHOD
+                    method = FORKSERVER
             else:
                 if self._main_cmdline is None:
                     self._main_cmdline = self._cmdline(self.root)
                 if cmdline == self._main_cmdline:
+                    age = self._age(pid)
+                    if age is not None and age < FORK_EXEC_GRACE_S:  # maybe not exec'd yet
+                        return None
                     method = FORK
                 elif is_spawn_worker(cmdline):
                     method = SPAWN

@@ -67,6 +67,9 @@ class StageOutcome:
     error: str | None = None  # the type of the stage's own error (stage_error), when it recorded one
     stopped_by: str | None = None  # the signal that stopped the harness: SIGINT, SIGTERM, SIGHUP
     killed_descendants: list[int] | None = None  # left running by the stage, killed by the harness
+    # How the sampler saw its DataLoader workers started: fork | spawn | forkserver | none; None
+    # when nothing sampled the stage.
+    worker_start_method: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -336,6 +339,7 @@ def run_stage(
         error=error,
         stopped_by=stopped_by.name if stopped_by is not None else None,
         killed_descendants=killed,
+        worker_start_method=sampler.stats.worker_start_method() if sampler is not None else None,
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from harness.control.processes import Roles, tree_of
+from harness.control.processes import Roles, start_method, tree_of
 from harness.probe.cell import CellReader, CellState
 
 COLUMNS = (
@@ -47,6 +47,11 @@ class SamplerStats:
     stopped: float = 0.0
     max_tick_s: float = 0.0
     roles: dict[int, str] = field(default_factory=dict)
+    start_methods: set[str] = field(default_factory=set)  # how the workers seen were started
+
+    def worker_start_method(self) -> str:
+        """fork, spawn or forkserver (several joined by +); none when no worker was seen."""
+        return start_method(self.start_methods)
 
     def rates(self) -> dict[str, float]:
         span = max(self.stopped - self.started, 1e-9)
@@ -185,6 +190,9 @@ class TreeSampler(threading.Thread):
                 continue
             alive.add(pid)
             self.stats.roles[pid] = role
+            method = self._roles.methods.get(pid)
+            if method is not None:
+                self.stats.start_methods.add(method)
             writer.writerow((
                 f"{t:.4f}", pid, ppid, role, mem.rss, mem.vms, mem.shared, mem.text, mem.data,
                 fmem.uss if fmem else "", getattr(fmem, "pss", "") if fmem else "",

@@ -77,6 +77,8 @@ class WorkloadConfig(_Section):
 
     entry: str = BUILTIN_WORKLOAD
     args: tuple[str, ...] = ()
+    # a script or function without probe calls gets phases and epochs from PyTorch's own hooks
+    auto_phases: bool = True
 
     @property
     def builtin(self) -> bool:

@@ -116,14 +116,21 @@ class LiveProbe:
         finally:
             del it
 
-    def _train(self, loader: Iterable[T], limit: int | None) -> Iterator[T]:
+    def train_pass(self, loader: Iterable[T], start: int = 0) -> Iterator[T]:
+        """A training loop over ``loader`` whose first ``start`` steps ran already, unseen.
+
+        The automatic phases (:mod:`harness.probe.auto`) drive the step hooks through this.
+        """
+        return self._train(loader, None, start)
+
+    def _train(self, loader: Iterable[T], limit: int | None, start: int = 0) -> Iterator[T]:
         total = self._start_loop(loader, limit)
         cell = self._cell
         self._memray.expect_steps(total)  # a short loop gets a window that fits it
         plans = self._plan_loop()  # before iter(): a memray window at step 0 must see the fork
-        due = _next(plans, 0)  # the next step a hook acts on
+        due = _next(plans, start)  # the next step a hook acts on
         live: tuple[StepHook, ...] = ()  # the hooks acting on this step
-        step = 0
+        step = start
         it = iter(loader)
         try:
             while step != limit:

@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.control.scenario import Scenario
 from harness.errors import ScenarioError
+from harness.probe import auto
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -53,8 +54,14 @@ def resolve(entry: str) -> Callable[[StageContext], Any] | Path:
 
 
 def run_stage(ctx: StageContext) -> None:
-    """Run one stage in this process."""
-    target = resolve(ctx.scenario.workload.entry)
+    """Run one stage in this process; a script or function gets automatic phases (harness.probe.auto)."""
+    workload = ctx.scenario.workload
+    target = resolve(workload.entry)
+    with auto.phases(ctx.stage, enabled=workload.auto_phases and not workload.builtin):
+        _run(ctx, target)
+
+
+def _run(ctx: StageContext, target: Callable[[StageContext], Any] | Path) -> None:
     if isinstance(target, Path):
         sys.argv = [str(target), *ctx.scenario.workload.args]
         sys.path.insert(0, str(target.parent))

@@ -105,6 +105,32 @@ def _workload_line(prov: object) -> str:
     return line
 
 
+def unfollowed_workers(run: Run) -> list[str]:
+    """One line for each stage whose workers memray was asked to follow and could not.
+
+    memray follows forks of the tracked process only; spawned workers are exec'd, and the fork
+    server's workers are forks of a process memray never tracked. Said instead of leaving the
+    workers' flamegraphs missing unexplained.
+    """
+    scenario = run.manifest.get("scenario")
+    memray = scenario.get("memray") if isinstance(scenario, Mapping) else None
+    memray = memray if isinstance(memray, Mapping) else {}
+    if (run.manifest.get("kind", "run") != "run" or memray.get("mode", "windows") == "off"
+            or not memray.get("follow_fork", True)):
+        return []
+    notes = []
+    for st in run.stages:
+        method = (st.outcome or {}).get("worker_start_method")
+        started = [m for m in str(method).split("+") if m in ("spawn", "forkserver")] if method else []
+        if not started or any(c.pid is not None for c in st.captures):
+            continue
+        notes.append(f"memray: stage {st.name}: memray could not follow its DataLoader workers "
+                     f"(started by {'/'.join(started)}, not forked from the tracked process; "
+                     "memray.follow_fork follows forks only): no worker captures. Their RSS, USS "
+                     "and PSS are in the processes table")
+    return notes
+
+
 def _provenance(run: Run) -> list[tuple[str, str]]:
     m = run.manifest
     versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)
@@ -126,7 +152,9 @@ def _provenance(run: Run) -> list[tuple[str, str]]:
         o = st.outcome or {}
         rows.append((f"stage {st.name}",
                      f"{o.get('status', 'unknown')}, exit code {o.get('exit_code')}, "
-                     f"{o.get('wall_s')} s" + (f", {o['message']}" if o.get("message") else "")))
+                     f"{o.get('wall_s')} s" + (f", {o['message']}" if o.get("message") else "")
+                     + (f", workers started by {o['worker_start_method']}"
+                        if o.get("worker_start_method") not in (None, "none") else "")))
     return rows
 
 
@@ -270,7 +298,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         run, device_df, (info or {}).get("total"))
     summary = build_summary(run, tk, phase_df, datas, found,
                             device.summary_section(info, history)).to_dict()
-    notes = unopened_windows(run)
+    notes = unopened_windows(run) + unfollowed_workers(run)
     lap("findings")
 
     named = {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df}

@@ -1,0 +1,519 @@
+"""Automatic phases: a script without probe calls gets phases, epochs and sections from PyTorch's hooks.
+
+Installed by the stage process (:func:`phases`) around a script or ``module:function`` workload
+while ``harness run`` is live; never for the built-in workload, never in a bare run. Each hook has
+one place that installs it (:meth:`AutoPhases.install`) and one that removes it
+(:meth:`AutoPhases.uninstall`); none changes what the user's code computes. What they mark:
+
+- ``forward``  the outermost call of a module with parameters (a depth counter: not every submodule;
+  a loss module, having no parameters, is not a forward);
+- ``loss``     from the end of a grad-enabled outermost forward until backward;
+- ``backward`` ``Tensor.backward`` or ``torch.autograd.backward``;
+- ``optimizer`` the optimizer's step;
+- ``data``     while the DataLoader iterator's ``__next__`` waits for a batch.
+
+A *pass* is one iteration over a DataLoader (keyed by the loader's index sampler, which a loader
+keeps for life). A pass whose batches are followed by a backward or an optimizer step trains;
+one that is not is an evaluation pass, run as the live probe's section ``validate`` (``test`` in
+a stage named test, or over a second evaluation loader). How a pass is told apart, batch by batch:
+
+- a loader known from an earlier pass keeps its kind from its first batch;
+- the first loader of the stage is taken for training once its first batch saw a backward or an
+  optimizer step; otherwise (or when its first forward runs without grad or in eval mode) it
+  evaluates from its second batch on. Its first batch is recorded with plain phases, outside the
+  step machinery: the training loop's step hooks begin at step 1 of the first epoch;
+- a new loader after a training loader is known is taken for evaluation from its first batch,
+  until a backward or optimizer step says otherwise (then it trains from its next batch).
+
+Each pass of the training loader starts an epoch (the previous one ends then, and at the stage's
+end); a training pass goes through :meth:`LiveProbe.train_pass`, the same step machinery as
+``probe.iterate`` (steps, memray training windows, traced steps, device readings). The first
+outermost module with parameters seen under grad, and the first optimizer stepped, are watched.
+
+A workload that calls the probe itself (``phase``, ``iterate``, ``epoch``, ``section``, ``watch``)
+keeps its own marks: the first such call removes the hooks, ends what they opened, and the
+automatic marks stop. A DataLoader worker forked from the stage marks nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+
+    from harness.probe.live import LiveProbe
+
+# how a pass is classified so far
+PENDING = 0  # the stage's first loader, first batch: not known yet
+TRAIN = 1
+EVAL = 2
+GONE = -1  # the key of a training loader that no longer exists
+
+_current: AutoPhases | None = None  # the installed instance, for the fork handler
+_fork_handler = False
+
+
+def _after_fork_in_child() -> None:
+    if _current is not None:  # a forked DataLoader worker: its modules (transforms) mark nothing
+        _current.child = True
+        _current.quiet = True
+
+
+def _has_parameters(module: Any) -> bool:
+    return next(iter(module.parameters()), None) is not None
+
+
+class _Pass:
+    """One iteration over a DataLoader."""
+
+    __slots__ = ("it", "key", "state", "trained", "fetched", "gen", "section")
+
+    def __init__(self, it: Any, key: int, state: int) -> None:
+        self.it = it
+        self.key = key
+        self.state = state
+        self.trained = False  # a backward or an optimizer step happened during this pass
+        self.fetched = 0  # batches handed to the workload
+        self.gen: Iterator[Any] | None = None  # the live probe's training loop, while training
+        self.section: contextlib.AbstractContextManager[None] | None = None  # while evaluating
+
+
+class _Feed:
+    """The pass's own iterator as the training loop sees it, read through the unwrapped ``__next__``."""
+
+    def __init__(self, it: Any, next_: Callable[[Any], Any]) -> None:
+        self._it = it
+        self._next = next_
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> Any:
+        return self._next(self._it)
+
+
+class _StandAside:
+    """Stands in for the live probe as ``harness.probe``'s target while the hooks are installed.
+
+    An explicit marking call uninstalls the hooks first, then goes to the live probe.
+    """
+
+    enabled = True
+
+    def __init__(self, auto: AutoPhases, live: LiveProbe) -> None:
+        self._auto = auto
+        self._live = live
+
+    def _explicit(self) -> LiveProbe:
+        self._auto.stand_aside()
+        return self._live
+
+    def phase(self, name: str) -> None:
+        self._explicit().phase(name)
+
+    def iterate(self, loader: Any, limit: int | None = None) -> Any:
+        return self._explicit().iterate(loader, limit)
+
+    def epoch(self, number: int) -> contextlib.AbstractContextManager[None]:
+        return self._explicit().epoch(number)
+
+    def section(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._explicit().section(name)
+
+    def watch(self, model: Any = None, optimizer: Any = None) -> None:
+        self._explicit().watch(model, optimizer)
+
+    def __getattr__(self, name: str) -> Any:  # metric, record, close: no marks, the hooks stay
+        return getattr(self._live, name)
+
+
+class AutoPhases:
+    """PyTorch's global hooks driving a live probe; see the module's docstring."""
+
+    def __init__(self, live: Any, stage: str) -> None:
+        self.live = live
+        self.stage = stage
+        self.installed = False
+        self.quiet = False  # inside an evaluation section, or in a forked child: mark nothing
+        self.child = False
+        self._mark: Callable[[str], None] = live.phase
+        self._cell = getattr(live, "_cell", None)
+        self._handles: list[Any] = []
+        self._patched: list[tuple[Any, str, Any]] = []  # (owner, name, original)
+        self._orig_next: Callable[[Any], Any] | None = None
+        self._grad_enabled: Callable[[], bool] = lambda: True  # torch.is_grad_enabled, once installed
+        self._depth = 0  # nesting of module calls
+        self._has_params: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        self._in_backward = False  # inside Tensor.backward: torch.autograd.backward is the same call
+        self._pass: _Pass | None = None
+        self._samplers: dict[int, weakref.ref[Any]] = {}  # loader key -> the loader's sampler
+        self._kinds: dict[int, int] = {}  # loader key -> TRAIN or EVAL
+        self._sections: dict[int, str] = {}  # evaluation loader key -> section name
+        self._eval_loaders = 0  # evaluation loaders seen: the first validates, later ones test
+        self._train_key: int | None = None  # the loader whose passes start epochs
+        self._epoch = 0
+        self._epoch_cm: contextlib.AbstractContextManager[None] | None = None
+        self._watched_model = False
+        self._watched_optimizer = False
+        self._proxy: _StandAside | None = None
+        self._previous: Any = live  # harness.probe's target before install
+        self._ended: weakref.ref[Any] | None = None  # the iterator whose pass ended by running out
+
+    # -- installing and removing ----------------------------------------------------------
+    def install(self) -> None:
+        """Install every hook and wrapper; a second call does nothing."""
+        global _current, _fork_handler
+        if self.installed:
+            return
+        import torch
+        from torch.nn.modules import module as nn_module
+        from torch.optim import optimizer as optim_module
+        from torch.utils.data import dataloader
+
+        from harness import probe
+
+        self.installed = True
+        self._grad_enabled = torch.is_grad_enabled
+        _current = self
+        if not _fork_handler:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_handler = True
+        self._handles = [
+            nn_module.register_module_forward_pre_hook(self._forward_pre),
+            nn_module.register_module_forward_hook(self._forward_post, always_call=True),
+            optim_module.register_optimizer_step_pre_hook(self._step_pre),
+            optim_module.register_optimizer_step_post_hook(self._step_post),
+        ]
+        self._wrap(torch.Tensor, "backward", self._tensor_backward)
+        self._wrap(torch.autograd, "backward", self._autograd_backward)
+        iter_cls = dataloader._BaseDataLoaderIter
+        self._orig_next = iter_cls.__next__
+        self._wrap(iter_cls, "__next__", self._loader_next)
+        self._previous = probe._active
+        self._proxy = _StandAside(self, self.live)
+        probe._active = self._proxy
+
+    def _wrap(self, owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
+        original = getattr(owner, name)
+        wrapper = make(original)
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        for attr in ("__name__", "__qualname__", "__doc__"):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(wrapper, attr, getattr(original, attr))
+        setattr(owner, name, wrapper)
+        self._patched.append((owner, name, original))
+
+    def uninstall(self) -> None:
+        """Remove every hook and wrapper ``install`` put in place; the probe's target is as before."""
+        global _current
+        if not self.installed:
+            return
+        from harness import probe
+
+        self.installed = False
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for owner, name, original in reversed(self._patched):
+            if getattr(owner, name).__wrapped__ is original:  # nobody wrapped ours since
+                setattr(owner, name, original)
+        self._patched = []
+        if probe._active is self._proxy:
+            probe._active = self._previous
+        self._proxy = None
+        if _current is self:
+            _current = None
+
+    def finish(self) -> None:
+        """End of the workload: end the open pass and epoch, then uninstall."""
+        try:
+            self._end_pass()
+            self._end_epoch()
+        finally:
+            self.uninstall()
+
+    def stand_aside(self) -> None:
+        """The workload calls the probe itself: end what the hooks opened, and stop marking."""
+        self.finish()
+
+    # -- marks ----------------------------------------------------------------------------
+    def _forward_pre(self, module: Any, args: Any) -> None:
+        self._depth += 1
+        if self._depth != 1 or self.quiet:
+            return
+        try:
+            has = self._has_params.get(module)
+            if has is None:
+                has = self._has_params[module] = _has_parameters(module)
+        except TypeError:  # a module class made unhashable (an __eq__ without __hash__)
+            has = _has_parameters(module)
+        if not has:
+            return  # a loss or a transform: no forward of a model
+        grad = self._grad_enabled()
+        p = self._pass
+        if p is not None and p.state == PENDING and not p.trained and not (grad and module.training):
+            self._open_eval(p)  # an evaluation pass that says so
+            return
+        if grad and not self._watched_model:
+            self._watched_model = True
+            self.live.watch(model=module)
+        self._mark("forward")
+
+    def _forward_post(self, module: Any, args: Any, output: Any) -> None:
+        self._depth -= 1
+        if self._depth or self.quiet:
+            return
+        try:
+            has = self._has_params.get(module)
+        except TypeError:
+            has = _has_parameters(module)
+        if has and self._grad_enabled():
+            self._mark("loss")
+
+    def _trains(self) -> None:
+        """A backward or an optimizer step: the running pass trains."""
+        p = self._pass
+        if p is not None and not p.trained:
+            p.trained = True
+            if p.state == EVAL:  # taken for evaluation, but it trains: from its next batch on
+                self._close_section(p)
+                self._kinds[p.key] = TRAIN
+                p.state = PENDING
+
+    def _tensor_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            if self.child:
+                return original(*args, **kwargs)
+            self._trains()
+            if not self.quiet:
+                self._mark("backward")
+            self._in_backward = True
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._in_backward = False
+
+        return backward
+
+    def _autograd_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            if not self._in_backward and not self.child:
+                self._trains()
+                if not self.quiet:
+                    self._mark("backward")
+            return original(*args, **kwargs)
+
+        return backward
+
+    def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.child:
+            return
+        self._trains()
+        if not self._watched_optimizer:
+            self._watched_optimizer = True
+            self.live.watch(optimizer=optimizer)
+        if not self.quiet:
+            self._mark("optimizer")
+
+    def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self.child:
+            self._trains()
+
+    # -- DataLoader passes ----------------------------------------------------------------
+    def _loader_next(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def __next__(it: Any) -> Any:
+            if self.child:
+                return original(it)
+            return self._fetch(it, original)
+
+        return __next__
+
+    def _fetch(self, it: Any, original: Callable[[Any], Any]) -> Any:
+        p = self._pass
+        if p is None and it._num_yielded and self._ended is not None and self._ended() is it:
+            return original(it)  # asked again after it ran out: no new pass
+        if p is None or p.it is not it or (it._num_yielded == 0 and p.fetched > 0):
+            p = self._start_pass(it)
+        elif p.state == PENDING and p.fetched > 0:
+            if p.trained:
+                self._begin_training(p)
+            else:
+                self._open_eval(p)
+        if p.gen is not None:
+            try:
+                batch = next(p.gen)
+            except StopIteration:
+                p.gen = None
+                self._ran_out(it)
+                raise
+            p.fetched += 1
+            return batch
+        if p.section is None:
+            self._mark("data")
+        try:
+            batch = original(it)
+        except StopIteration:
+            self._ran_out(it)
+            raise
+        p.fetched += 1
+        if p.section is not None and self._cell is not None:
+            self._cell.step = p.fetched
+            self._cell.heartbeat += 1
+        return batch
+
+    def _ran_out(self, it: Any) -> None:
+        self._end_pass()
+        self._ended = weakref.ref(it)
+
+    def _start_pass(self, it: Any) -> _Pass:
+        self._end_pass()
+        key = self._key(it._index_sampler)
+        kind = self._kinds.get(key)
+        if kind is None and self._train_key is not None:
+            kind = EVAL  # a new loader once training is known: evaluation until it trains
+        p = self._pass = _Pass(it, key, PENDING)
+        if kind == TRAIN:
+            self._begin_training(p)
+        elif kind == EVAL:
+            self._open_eval(p)
+        return p
+
+    def _key(self, sampler: Any) -> int:
+        """The key of the loader that owns ``sampler`` (a loader keeps its own for life).
+
+        Held weakly: the hooks keep no dataset alive, and a key goes when its sampler does, so
+        that a new loader never inherits a dead one's id.
+        """
+        key = id(sampler)
+        if key not in self._samplers:
+            def forget(_: weakref.ref[Any], key: int = key) -> None:
+                self._forget(key)
+
+            self._samplers[key] = weakref.ref(sampler, forget)
+        return key
+
+    def _forget(self, key: int) -> None:
+        self._samplers.pop(key, None)
+        self._kinds.pop(key, None)
+        self._sections.pop(key, None)
+        if self._train_key == key:
+            self._train_key = GONE  # training is still known: later loaders start as evaluation
+
+    def _begin_training(self, p: _Pass) -> None:
+        assert self._orig_next is not None
+        self._kinds[p.key] = TRAIN
+        if self._train_key is None:
+            self._train_key = p.key
+        if p.key == self._train_key:
+            self._end_epoch()
+            self._epoch += 1
+            self._epoch_cm = self.live.epoch(self._epoch)
+            self._epoch_cm.__enter__()
+        p.state = TRAIN
+        p.gen = self.live.train_pass(_Feed(p.it, self._orig_next), p.fetched)
+
+    def _open_eval(self, p: _Pass) -> None:
+        self._kinds[p.key] = EVAL
+        name = self._sections.get(p.key)
+        if name is None:
+            name = "test" if self.stage == "test" or self._eval_loaders else "validate"
+            self._eval_loaders += 1
+            self._sections[p.key] = name
+        p.state = EVAL
+        section = self.live.section(name)
+        section.__enter__()
+        p.section = section
+        self.quiet = True
+        if self._cell is not None:
+            self._cell.step = p.fetched
+
+    def _close_section(self, p: _Pass) -> None:
+        section, p.section = p.section, None
+        self.quiet = self.child
+        if section is not None:
+            section.__exit__(None, None, None)
+
+    def _end_pass(self) -> None:
+        p, self._pass = self._pass, None
+        if p is None:
+            return
+        if p.gen is not None:
+            gen, p.gen = p.gen, None
+            gen.close()  # type: ignore[attr-defined]  # the loop's end: hooks finish, loop_end
+        self._close_section(p)
+        if p.state == PENDING and p.fetched:  # a pass of one batch: it trained or it did not
+            self._kinds[p.key] = TRAIN if p.trained else EVAL
+
+    def _end_epoch(self) -> None:
+        cm, self._epoch_cm = self._epoch_cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+
+class _AfterTorchImport(importlib.abc.MetaPathFinder):
+    """Calls ``then`` once ``import torch`` has run: a workload that never imports torch gets no torch."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        self._then = then
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if name != "torch":
+            return None
+        self.remove()  # once; and the finders below find torch itself
+        spec = importlib.util.find_spec(name)
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        then = self._then
+
+        def exec_module(module: Any) -> None:
+            del loader.exec_module  # the loader's own again
+            loader.exec_module(module)
+            then()
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+    def add(self) -> None:
+        sys.meta_path.insert(0, self)
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+@contextlib.contextmanager
+def phases(stage: str, enabled: bool = True) -> Iterator[AutoPhases | None]:
+    """Automatic phases around a workload, when ``enabled`` and the live probe is on.
+
+    The hooks go in when torch is imported (now, if it is already), so a workload without torch
+    never imports it.
+    """
+    from harness import probe
+
+    live = probe._active
+    if not enabled or not live.enabled:
+        yield None
+        return
+    auto = AutoPhases(live, stage)
+    watch = _AfterTorchImport(auto.install)
+    if "torch" in sys.modules:
+        auto.install()
+    else:
+        watch.add()
+    try:
+        yield auto
+    finally:
+        watch.remove()
+        auto.finish()
