@@ -43,6 +43,10 @@ SAMPLE_COLUMNS = (
 )
 
 
+# The phases the harness itself sets, not the workload: before, between and after its own.
+HARNESS_PHASES = frozenset({"setup", "teardown", "idle", "none"})
+
+
 class Event:
     """The ``kind`` of each line of events.jsonl (every line also has ``t``, the wall clock)."""
 

@@ -26,8 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from harness.analysis.finding import mib
 from harness.errors import HarnessError
-from harness.sizes import MiB, format_size
+from harness.sizes import MiB
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -345,8 +346,6 @@ def summarize_history(
 # Findings: a sentence and the numbers behind it, or None when the data does not support one.
 
 
-def _mib(n: float) -> str:
-    return format_size(n, unit="MiB")
 
 
 @dataclass(frozen=True)
@@ -391,17 +390,17 @@ def reserved_far_above_allocated(
     )
     if fragmented:
         cause = "fragmentation"
-        why = (f"{_mib(stats.inactive_split)} of it is free space split between live blocks, "
-               f"and at the peak {_mib(stats.peak_reserved)} was reserved for "
-               f"{_mib(stats.peak_allocated)} allocated. Fewer distinct tensor sizes, or "
+        why = (f"{mib(stats.inactive_split)} of it is free space split between live blocks, "
+               f"and at the peak {mib(stats.peak_reserved)} was reserved for "
+               f"{mib(stats.peak_allocated)} allocated. Fewer distinct tensor sizes, or "
                "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, usually shrink it.")
     else:
         cause = "cache"
         why = ("It is cache kept from an earlier, higher peak "
-               f"({_mib(stats.peak_allocated)} allocated): reusable by this process, not by "
+               f"({mib(stats.peak_allocated)} allocated): reusable by this process, not by "
                "others until torch.cuda.empty_cache().")
-    text = (f"The CUDA caching allocator holds {_mib(stats.reserved)} for "
-            f"{_mib(stats.allocated)} of live tensors ({ratio:.1f}x, {_mib(gap)} more). {why}")
+    text = (f"The CUDA caching allocator holds {mib(stats.reserved)} for "
+            f"{mib(stats.allocated)} of live tensors ({ratio:.1f}x, {mib(gap)} more). {why}")
     return ReservedFinding(text, stats.allocated, stats.reserved, gap, ratio, stats.peak_allocated,
                            stats.peak_reserved, stats.inactive_split, cause)
 
@@ -434,9 +433,9 @@ def device_peak_phase(
     rec = table.iloc[row]
     peak = int(rec["peak_allocated"])
     share = peak / device_total if device_total else None
-    of_device = f", {share:.1%} of the device's {_mib(device_total)}" if device_total else ""
-    text = (f"Device memory peaked in the {rec['phase']} phase: {_mib(peak)} allocated"
-            f"{of_device}, {_mib(int(rec['peak_reserved']))} reserved by the allocator.")
+    of_device = f", {share:.1%} of the device's {mib(device_total)}" if device_total else ""
+    text = (f"Device memory peaked in the {rec['phase']} phase: {mib(peak)} allocated"
+            f"{of_device}, {mib(int(rec['peak_reserved']))} reserved by the allocator.")
     return PeakPhaseFinding(text, str(rec["phase"]), row, peak, int(rec["peak_reserved"]), share)
 
 
@@ -472,8 +471,8 @@ def pinned_host_memory(
     blocks = _int(host_stats, "allocations.current")
     share = pinned / rss if rss else None
     of_rss = f" ({share:.0%} of the process's RSS)" if share is not None else ""
-    text = (f"{_mib(pinned)} of host memory is pinned (page-locked) for transfers to the GPU"
-            f"{of_rss}, {_mib(in_use)} of it in use, peak {_mib(peak)}, in {blocks} blocks. "
+    text = (f"{mib(pinned)} of host memory is pinned (page-locked) for transfers to the GPU"
+            f"{of_rss}, {mib(in_use)} of it in use, peak {mib(peak)}, in {blocks} blocks. "
             "Pinned pages count in RSS, cannot be swapped, and stay cached after use.")
     return PinnedHostFinding(text, pinned, peak, in_use, blocks, share)
 

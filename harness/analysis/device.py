@@ -15,10 +15,9 @@ import pandas as pd
 
 from harness.analysis import cuda
 from harness.analysis.finding import Finding
-from harness.analysis.findings import HARNESS_PHASES
 from harness.analysis.load import Run
 from harness.analysis.ticks import phase_order
-from harness.layout import Event
+from harness.layout import HARNESS_PHASES, Event
 
 DEVICE_COLUMNS = (
     "stage", "epoch", "phase", "readings", "peak_allocated", "peak_reserved",

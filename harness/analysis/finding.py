@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.sizes import format_size
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -18,3 +20,8 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title, "text": self.text, "numbers": self.numbers}
+
+
+def mib(n: float) -> str:
+    """Bytes as the findings' texts write them: ``1,234.5 MiB``."""
+    return format_size(n, unit="MiB")

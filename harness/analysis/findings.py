@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis.captures import CaptureData
-from harness.analysis.finding import Finding
+from harness.analysis.finding import Finding, mib
 from harness.analysis.load import Run
 from harness.analysis.peaks import (
     WHOSE,
@@ -24,8 +24,8 @@ from harness.analysis.peaks import (
 )
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
 from harness.analysis.trend import trend
-from harness.layout import Event
-from harness.sizes import MiB, format_size
+from harness.layout import HARNESS_PHASES, Event
+from harness.sizes import MiB
 
 # leak: the main process's live tensors or RSS up at every one of >= 2 epoch boundaries (the
 # LEAK_MIN_* of harness.analysis.snapshot_metrics, where growth is defined for the gate too), or
@@ -40,8 +40,6 @@ COW_PARENT_FLAT_BYTES = 8 * MiB  # while the parent's heap (or RSS) moves less t
 COW_PARENT_FLAT_FRACTION = 0.25  # or this fraction of the worker's growth.
 
 
-def mib(n: float) -> str:
-    return format_size(n, unit="MiB")
 
 
 def _steps_per_epoch(run: Run, stage: str) -> int | None:
@@ -311,7 +309,6 @@ INSTRUMENT_EVENTS = {Event.MEMRAY_START: "started a memray capture",
 INSTRUMENT_NEAR_S = 1.0  # a peak this close to one of the harness's own actions may be its doing
 # Phases the harness marks around the workload's own (and "none": no probe calls): a run whose
 # ticks are all in these has no phases of its own for a peak to be in.
-HARNESS_PHASES = frozenset({"setup", "teardown", "idle", "none"})
 
 
 def _snapshot_action(event: dict[str, Any]) -> str:

@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.captures import CaptureData
-from harness.analysis.finding import Finding
+from harness.analysis.finding import Finding, mib
 from harness.analysis.load import Run
 from harness.analysis.peaks import after_stage_end
-from harness.layout import Event, capture_name
-from harness.sizes import MiB, format_size
+from harness.layout import HARNESS_PHASES, Event, capture_name
+from harness.sizes import MiB
 
 TREND_MAX_POINTS = 400  # a series is thinned to this many points: ~80,000 pairs to take slopes of
 WARMUP_FRACTION = 0.25  # the first quarter of the running time is warm-up (imports, first batches,
@@ -47,7 +47,6 @@ TREND_MIN_HALF = 0.25  # in each half, the later quarter's median above the earl
 # of the line's rise between them: growth in both halves, so one step between plateaus is no trend
 # The harness's own phases (a workload without probe calls is in setup throughout); teardown and
 # idle, the harness's end-of-stage work, are left out of the fit.
-HARNESS_PHASES = frozenset({"setup", "teardown", "idle", "none"})
 TREND_MAX_SITES = 5  # sites named in the finding
 IMPORT_LINE = r"\s*(import|from)\s"  # a workload line that imports: what it keeps is a module
 
@@ -224,16 +223,14 @@ SERIES_NAMES = {"main_rss": "the main process's RSS", "workers_rss": "its worker
                 "heap": "memray's heap of the main process"}
 
 
-def _mib(n: float) -> str:
-    return format_size(n, unit="MiB")
 
 
 def _describe(tr: Trend) -> str:
     name = SERIES_NAMES[tr.series] + (f" (capture {tr.capture})" if tr.capture else "")
-    text = f"{name} grew {_mib(tr.per_minute)} per minute"
+    text = f"{name} grew {mib(tr.per_minute)} per minute"
     if tr.per_epoch is not None:
-        text += f" ({_mib(tr.per_epoch)} per epoch)"
-    return text + (f" over {tr.t1 - tr.t0:.0f} s after warm-up, {_mib(tr.rise)} from the first "
+        text += f" ({mib(tr.per_epoch)} per epoch)"
+    return text + (f" over {tr.t1 - tr.t0:.0f} s after warm-up, {mib(tr.rise)} from the first "
                    "quarter of that time to the last")
 
 
@@ -261,7 +258,7 @@ def trend(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | 
         for r in sites.itertuples(index=False):
             code = f" `{r.source}`" if r.source else ""
             at = f" (site {r.site})" if r.site != r.where else ""
-            lines.append(f"{r.where}{code}{at} [{r.process}]: {_mib(r.kept_bytes)} in "
+            lines.append(f"{r.where}{code}{at} [{r.process}]: {mib(r.kept_bytes)} in "
                          f"{int(r.kept_allocations):,} allocations")
         evidence.append(f"Sites allocated inside the memray capture(s) of stage {stage!r} and still "
                         "held when they closed (a whole-stage capture: at its heap's peak), largest "

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from harness.layout import HARNESS_PHASES
+from harness.sizes import MiB
+
 if TYPE_CHECKING:
     from harness.analysis.summary_model import HeapPeak, Peak, PhasePeak, Summary, TeardownPeak
 
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,6 @@ TEARDOWN_KEYS = frozenset({"peak_main_rss_teardown", "peak_tree_rss_teardown"})
 # Phases between the workload's own steps (and a no-probe stage's "none"): short, host the
 # epoch snapshots, and seen by the sampler at a few ticks; a baseline records their process
 # memory only at run level, where the noise is averaged in, never per phase.
-TRANSITIONAL_PHASES = frozenset({"idle", "setup", "teardown", "none"})
 # Counted, not sampled: exact in any phase, so a baseline records them in the transitional ones too.
 EXACT_KEYS = frozenset({"peak_live_tensor_bytes", "peak_cuda_allocated", "peak_cuda_reserved"})
 
@@ -145,7 +146,7 @@ def for_baseline(metrics: Mapping[str, int]) -> dict[str, int]:
     out = {}
     for name, value in metrics.items():
         phase, key = split_name(name)
-        if phase in TRANSITIONAL_PHASES and key not in EXACT_KEYS:
+        if phase in HARNESS_PHASES and key not in EXACT_KEYS:
             continue
         if key in TEARDOWN_KEYS:
             continue

@@ -21,7 +21,7 @@ from harness.gate import metrics as m
 from harness.gate.compare import SECONDS_RELATIVE, delta, ratio
 from harness.gate.sweep import ALLOCATION_COLUMNS, ROLE_COLUMNS
 from harness.render.html import environment
-from harness.sizes import format_percent, format_size
+from harness.sizes import MiB, format_percent, format_size
 
 if TYPE_CHECKING:
     from matplotlib.lines import Line2D
@@ -543,7 +543,7 @@ def sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
                 gdf = gdf.sort_values(knob, key=lambda s: s.map(lambda v: (str(type(v)), v)))
                 xs, labels, log = _x_positions(list(gdf[knob]))
                 for ci, (name, label_text) in enumerate(metrics):
-                    ys = pd_float(gdf[name]) / (1024 * 1024)
+                    ys = pd_float(gdf[name]) / MiB
                     if ys.isna().all():
                         continue
                     ax.plot(xs, ys, linestyle=style, marker=marker, color=f"C{ci}")
