@@ -251,15 +251,33 @@ def test_an_explicit_probe_call_stands_the_hooks_aside(fake: FakeProbe) -> None:
     assert fake.log[-1] == ("epoch_end", 1)
 
 
+def _installed() -> tuple[Any, ...]:
+    """Everything the hooks would touch: torch's global hook tables and the wrapped functions."""
+    from torch.nn.modules import module as nn_module
+    from torch.optim import optimizer as optim_module
+    return (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks),
+            len(optim_module._global_optimizer_pre_hooks), len(optim_module._global_optimizer_post_hooks),
+            torch.Tensor.backward, torch.autograd.backward, _BaseDataLoaderIter.__next__)
+
+
 def test_switched_off_or_bare_installs_nothing() -> None:
     before = torch.Tensor.backward
+    untouched = _installed()
+    assert untouched[:4] == (0, 0, 0, 0)
     with auto.phases("main") as hooks:  # bare: the probe is the null probe
         assert hooks is None and torch.Tensor.backward is before
+        assert _installed() == untouched
     fake = FakeProbe()
     probe._active = fake
     try:
         with auto.phases("main", enabled=False) as hooks:
             assert hooks is None and torch.Tensor.backward is before
+            assert _installed() == untouched
+        with auto.phases("main") as hooks:  # live: every table has one hook more, then none
+            installed = _installed()
+            assert installed[:4] == (1, 1, 1, 1)
+            assert all(now is not was for now, was in zip(installed[4:], untouched[4:], strict=True))
+        assert _installed() == untouched
     finally:
         probe._active = probe.NullProbe()
 
@@ -361,3 +379,50 @@ def test_switched_off_a_plain_script_stays_in_setup(tmp_path: Path, cli: Any) ->
                workload={"entry": str(WORKLOADS / "auto_manual_iter.py"), "auto_phases": False})
     kinds = [e["kind"] for e in read_events(run / "stages/main")]
     assert "epoch_start" not in kinds and "section_start" not in kinds and "watch" not in kinds
+
+
+def test_the_tutorials_test_of_a_reloaded_net_is_the_test_outside_the_epochs(fake: FakeProbe) -> None:
+    # GIVEN the tutorial's shape: two epochs over one loader, no validation, then a fresh net
+    # loaded from the trained one's state tested under no_grad over a new loader
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    train, test = _loader(6, 0), _loader(4, 1)
+    with auto.phases("main"):
+        for _ in range(2):
+            for x, y in train:
+                _train_step(net, opt, x, y)
+        state = net.state_dict()
+        net = _net()
+        net.load_state_dict(state)
+        with torch.no_grad():
+            for x, _y in test:
+                net(x)
+    # THEN the last pass is the test, after epoch 2 has ended; no forward is marked in it
+    assert fake.log[-4:] == [("loop_end", 3), ("epoch_end", 2), ("section", "test"), ("section_end", "test")]
+    assert fake.marks.count("forward") == 6
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_validating_the_trained_model_or_its_inner_module_stays_validation(fake: FakeProbe,
+                                                                          wrapped: bool) -> None:
+    # GIVEN a model trained through a wrapper (as DDP wraps it) or directly, validated each epoch
+    # on the same model, or on the wrapper's inner module
+    inner = _net()
+    net = torch.nn.Sequential(inner) if wrapped else inner
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    train, val = _loader(6, 0), _loader(4, 1)
+    with auto.phases("main"):
+        for _ in range(2):
+            for x, y in train:
+                _train_step(net, opt, x, y)
+            with torch.no_grad():
+                for x, _y in val:
+                    inner(x)
+    # THEN both evaluation passes are validation, each inside its epoch
+    assert fake.log[-9:] == [
+        ("section", "validate"), ("section_end", "validate"), ("epoch_end", 1),
+        ("epoch", 2), ("train", 0), ("loop_end", 3),
+        ("section", "validate"), ("section_end", "validate"), ("epoch_end", 2),
+    ]
+    assert [e for e in fake.log if e[0] == "section"] == [("section", "validate")] * 2
+    assert fake.log[-1] == ("epoch_end", 2)

@@ -25,6 +25,15 @@ a stage named test, or over a second evaluation loader). How a pass is told apar
 - a new loader after a training loader is known is taken for evaluation from its first batch,
   until a backward or optimizer step says otherwise (then it trains from its next batch).
 
+An evaluation pass's section opens at its first forward of a model (or its second batch, if no
+model ran), so that the section can be named by the model it runs: ``validate``, unless the stage
+is named test, or the loader is the second evaluation loader, or the model is not the one being
+trained (the tutorial's test reloads a fresh ``Net()`` from the checkpoint after training) — those
+are ``test``. A test pass ends the epoch it would otherwise fall in. (A script that validates a
+separate averaged copy of its model, an EMA, gets ``test`` for that pass; a script that tests
+the very model it trained, after its last epoch, gets ``validate`` in that epoch: which training
+pass is the last is not known when the pass begins.)
+
 Each pass of the training loader starts an epoch (the previous one ends then, and at the stage's
 end); a training pass goes through :meth:`LiveProbe.train_pass`, the same step machinery as
 ``probe.iterate`` (steps, memray training windows, traced steps, device readings). The first
@@ -69,6 +78,14 @@ def _after_fork_in_child() -> None:
 
 def _has_parameters(module: Any) -> bool:
     return next(iter(module.parameters()), None) is not None
+
+
+def _related(a: Any, b: Any) -> bool:
+    """Whether one module is the other or contains it."""
+    try:
+        return any(m is b for m in a.modules()) or any(m is a for m in b.modules())
+    except (AttributeError, TypeError):
+        return a is b
 
 
 class _Pass:
@@ -165,6 +182,7 @@ class AutoPhases:
         self._epoch = 0
         self._epoch_cm: contextlib.AbstractContextManager[None] | None = None
         self._watched_model = False
+        self._model: weakref.ref[Any] | None = None  # the watched (trained) model, while it lives
         self._watched_optimizer = False
         self._proxy: _StandAside | None = None
         self._previous: Any = live  # harness.probe's target before install
@@ -250,7 +268,11 @@ class AutoPhases:
     # -- marks ----------------------------------------------------------------------------
     def _forward_pre(self, module: Any, args: Any) -> None:
         self._depth += 1
-        if self._depth != 1 or self.quiet:
+        if self._depth != 1:
+            return
+        p = self._pass
+        waiting = p is not None and p.state == EVAL and p.section is None and not self.child
+        if self.quiet and not waiting:
             return
         try:
             has = self._has_params.get(module)
@@ -260,13 +282,18 @@ class AutoPhases:
             has = _has_parameters(module)
         if not has:
             return  # a loss or a transform: no forward of a model
+        if waiting:
+            assert p is not None
+            self._enter_section(p, module)
+            return
         grad = self._grad_enabled()
-        p = self._pass
         if p is not None and p.state == PENDING and not p.trained and not (grad and module.training):
-            self._open_eval(p)  # an evaluation pass that says so
+            self._open_eval(p, module)  # an evaluation pass that says so
             return
         if grad and not self._watched_model:
             self._watched_model = True
+            with contextlib.suppress(TypeError):
+                self._model = weakref.ref(module)
             self.live.watch(model=module)
         self._mark("forward")
 
@@ -350,6 +377,8 @@ class AutoPhases:
                 self._begin_training(p)
             else:
                 self._open_eval(p)
+        if p.state == EVAL and p.section is None and p.fetched > 0:
+            self._enter_section(p, None)  # a second batch and still no model ran: name it now
         if p.gen is not None:
             try:
                 batch = next(p.gen)
@@ -359,7 +388,7 @@ class AutoPhases:
                 raise
             p.fetched += 1
             return batch
-        if p.section is None:
+        if p.state != EVAL:
             self._mark("data")
         try:
             batch = original(it)
@@ -367,7 +396,7 @@ class AutoPhases:
             self._ran_out(it)
             raise
         p.fetched += 1
-        if p.section is not None and self._cell is not None:
+        if p.state == EVAL and self._cell is not None:
             self._cell.step = p.fetched
             self._cell.heartbeat += 1
         return batch
@@ -423,20 +452,35 @@ class AutoPhases:
         p.state = TRAIN
         p.gen = self.live.train_pass(_Feed(p.it, self._orig_next), p.fetched)
 
-    def _open_eval(self, p: _Pass) -> None:
+    def _open_eval(self, p: _Pass, module: Any = None) -> None:
+        """The pass evaluates: mark nothing from now on; its section opens at its first model."""
         self._kinds[p.key] = EVAL
-        name = self._sections.get(p.key)
-        if name is None:
-            name = "test" if self.stage == "test" or self._eval_loaders else "validate"
-            self._eval_loaders += 1
-            self._sections[p.key] = name
         p.state = EVAL
-        section = self.live.section(name)
-        section.__enter__()
-        p.section = section
         self.quiet = True
         if self._cell is not None:
             self._cell.step = p.fetched
+        if module is not None:
+            self._enter_section(p, module)
+
+    def _enter_section(self, p: _Pass, module: Any) -> None:
+        """Open the evaluation pass's section, named by its loader and the model it runs."""
+        name = self._sections.get(p.key)
+        if name is None:
+            trained = self._model() if self._model is not None else None
+            # another model, not a part or a wrapper of the trained one (DDP's `.module` validates)
+            other_model = (module is not None and trained is not None
+                           and not _related(module, trained))
+            # a watched model that is gone was replaced too (`net = Net()` dropped the trained one)
+            gone = self._model is not None and trained is None
+            test = self.stage == "test" or self._eval_loaders or other_model or gone
+            name = "test" if test else "validate"
+            self._eval_loaders += 1
+            self._sections[p.key] = name
+        if name == "test":
+            self._end_epoch()  # a test pass belongs to no epoch
+        section = self.live.section(name)
+        section.__enter__()
+        p.section = section
 
     def _close_section(self, p: _Pass) -> None:
         section, p.section = p.section, None
