@@ -4,6 +4,8 @@
 
 Each repetition regenerates ``<run>/report/`` from scratch in a fresh process (so memray's
 per-process symbol cache and the imports are paid every time, as ``harness report`` pays them).
+``summary_at``: seconds from the process's start until the terminal summary was handed over
+(``harness report`` prints it then, before the tables, the timeline and the page are written).
 Prints a table per phase of the work and writes bench/out/report_speed.json with the machine's
 facts and the sizes the acceptance also bounds (run directory under 150 MB, flamegraphs under
 20 MB each).
@@ -28,8 +30,10 @@ import json, sys, time
 t0 = time.perf_counter()
 from harness.report import build_report
 imports = time.perf_counter() - t0
-r = build_report(sys.argv[1])
-out = dict(r.seconds, imports=round(imports, 3), process_total=round(time.perf_counter() - t0, 3))
+told = []
+r = build_report(sys.argv[1], on_summary=lambda text: told.append(time.perf_counter() - t0))
+out = dict(r.seconds, imports=round(imports, 3), summary_at=round(told[0], 3) if told else None,
+           process_total=round(time.perf_counter() - t0, 3))
 print(json.dumps({"seconds": out, "flamegraphs": [
     {"file": str(f.path) if f.path else None, "bytes": f.bytes, "note": f.note}
     for f in r.flamegraphs]}))
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(result)
         print(f"run {i + 1}/{args.repeat}: {wall:.2f} s", file=sys.stderr)
 
-    keys = list(runs[0]["seconds"])
+    keys = [k for k in runs[0]["seconds"] if runs[0]["seconds"][k] is not None]
     rows = []
     for k in keys:
         vals = [r["seconds"][k] for r in runs]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -39,6 +40,17 @@ def latest_run(reports: Path) -> Path:
     runs = sorted(p for p in reports.glob("*/*") if (p / "manifest.json").exists())
     assert runs, f"no run directory under {reports}"
     return runs[-1]
+
+
+def stage_samples(stage_dir: Path) -> pd.DataFrame:
+    """A stage's samples (its samples/ folder) as pd.read_csv read samples.csv: empty text missing."""
+    from harness.analysis.load import read_samples
+    from harness.layout import SAMPLE_TEXT_COLUMNS, SAMPLES_DIR
+
+    problems: list[str] = []
+    df = read_samples(stage_dir / SAMPLES_DIR, problems)
+    assert not problems, problems
+    return df.replace({c: {"": None} for c in SAMPLE_TEXT_COLUMNS})
 
 
 def read_events(stage_dir: Path) -> list[dict[str, Any]]:

@@ -10,11 +10,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import WORKLOADS, latest_run, read_events
+from conftest import WORKLOADS, latest_run, read_events, stage_samples
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
@@ -32,6 +31,7 @@ class FakeProbe:
 
     def __init__(self) -> None:
         self.marks: list[str] = []
+        self.section_batches = 0  # the last count the hooks gave the running section
         self.log: list[tuple[str, Any]] = []
 
     def phase(self, name: str) -> None:
@@ -53,6 +53,9 @@ class FakeProbe:
 
     def metric(self, name: str, value: float, **fields: Any) -> None:
         self.log.append(("metric", name))
+
+    def section_step(self, done: int) -> None:
+        self.section_batches = done
 
     def watch(self, model: Any = None, optimizer: Any = None) -> None:
         self.log.append(("watch", type(model if model is not None else optimizer).__name__))
@@ -353,7 +356,7 @@ def test_plain_scripts_get_phases_epochs_and_census(tmp_path: Path, cli: Any, sc
     for e in totals:
         assert all(e["transitions"].get(p, 0) > 0 for p in STEP), e["transitions"]
     # and the sampler's rows carry the epochs and the automatic phases
-    s = pd.read_csv(run / "stages/main/samples.csv")
+    s = stage_samples(run / "stages/main")
     main = s[s.role == "main"]
     assert set(main.phase.dropna()) & set(STEP)
     assert {1, 2} <= set(main.epoch.dropna())
@@ -399,6 +402,7 @@ def test_the_tutorials_test_of_a_reloaded_net_is_the_test_outside_the_epochs(fak
                 net(x)
     # THEN the last pass is the test, after epoch 2 has ended; no forward is marked in it
     assert fake.log[-4:] == [("loop_end", 3), ("epoch_end", 2), ("section", "test"), ("section_end", "test")]
+    assert fake.section_batches == 2  # the section counted both batches of the test loader
     assert fake.marks.count("forward") == 6
 
 

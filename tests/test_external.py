@@ -6,10 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
-from conftest import WORKLOADS, latest_run, read_events
+from conftest import WORKLOADS, latest_run, read_events, stage_samples
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def test_script_without_probe_gets_the_process_timeline_and_memray(tmp_path: Pat
     assert code == 0, err
     run = latest_run(tmp_path / "r")
     assert "noprobe done 40" in out
-    s = pd.read_csv(run / "stages/main/samples.csv")
+    s = stage_samples(run / "stages/main")
     assert set(s.role) == {"main"} and s.phase.dropna().isin(["setup", "teardown", "idle"]).all()
     # the script's 10 MiB of bytearrays show in RSS
     assert s.rss.max() - s.rss.iloc[0] > 10 * 1024 * 1024
@@ -50,7 +49,7 @@ def test_script_with_probe_gets_phases_and_epoch_snapshots(tmp_path: Path, cli) 
     params = (32 * 64 + 64 + 64 * 4 + 4) * 4
     assert snap["tensor_bytes"]["parameters"] == params
     assert snap["tensor_bytes"]["optimizer_state"] == params
-    s = pd.read_csv(run / "stages/main/samples.csv")
+    s = stage_samples(run / "stages/main")
     assert {"worker 0", "worker 1"} <= set(s.role)
     assert {"forward", "backward"} <= set(s.phase.dropna())
 

@@ -6,7 +6,6 @@ behind, a non-zero exit and one clear line.
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
 import subprocess
@@ -14,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import psutil
 import pytest
 import yaml
-from conftest import REPO, WORKLOADS, latest_run, read_events
+from conftest import REPO, WORKLOADS, latest_run, read_events, stage_samples
+
+from harness.analysis.load import read_samples
+from harness.layout import SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +39,16 @@ def _scenario(tmp_path: Path, *args: str, **extra: object) -> Path:
 
 def _workers_seen(run: Path) -> bool:
     """The sampler saw both DataLoader workers of the main stage (also while it still writes)."""
-    samples = run / "stages/main/samples.csv"
+    samples = run / "stages/main" / SAMPLES_DIR
     if not samples.exists():
         return False
-    with open(samples, newline="", encoding="utf-8") as fh:  # may be empty or end mid-row
-        roles = {row.get("role") for row in csv.DictReader(fh)}
+    # the part being written may be empty or end mid-row
+    roles = set(read_samples(samples, [], columns=["role"])["role"])
     return {"worker 0", "worker 1"} <= roles
 
 
 def _assert_nothing_left(run: Path) -> None:
-    pids = set(pd.read_csv(run / "stages/main/samples.csv").pid)
+    pids = set(stage_samples(run / "stages/main").pid)
     assert len(pids) >= 3  # the main process and its two DataLoader workers were seen
     deadline = time.time() + 5
     alive = pids
@@ -149,7 +150,7 @@ def test_ctrl_c_on_the_harness(tmp_path: Path) -> None:
             started = True
             break
         time.sleep(0.2)
-    assert started, "the stage's DataLoader workers never showed in samples.csv"
+    assert started, "the stage's DataLoader workers never showed in its samples"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

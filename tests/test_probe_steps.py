@@ -156,13 +156,13 @@ def test_memray_window_opens_at_train_start_and_closes_after_train_steps(tmp_pat
     assert calls == ["begin 2", "begin 4"]  # told of no other step
     assert trackers.log == ["open train-e1-train.bin", "close train-e1-train.bin"]
     assert events.of("memray_start") == [{"capture": "train-e1-train", "file": "memray/train-e1-train.bin",
-                                          "epoch": 1, "step": 2, "section": None}]
+                                          "epoch": 1, "step": 2, "section": None, "reason": "first"}]
     assert events.of("memray_stop") == [{"capture": "train-e1-train", "epoch": 1, "step": 5}]
     assert (tmp_path / "memray").is_dir()
 
 
 def test_memray_window_from_step_zero_opens_before_the_loader_starts(tmp_path: Path) -> None:
-    window, trackers, events = _window(tmp_path, train_start=0, train_steps=2)
+    window, trackers, events = _window(tmp_path, train_start=0, train_steps=2, epochs="every")
     window.start_loop(3)
     assert trackers.log == ["open train-e3-train.bin"]  # before any step: DataLoader workers fork later
     window.begin(0)  # already open: nothing more
@@ -233,7 +233,7 @@ def test_memray_window_of_an_unknown_length_loop_learns_from_the_epoch_before(tm
 
 
 def test_memray_window_told_the_length_of_one_loop_only(tmp_path: Path) -> None:
-    window, _, _ = _window(tmp_path, train_start=10, train_steps=5)
+    window, _, _ = _window(tmp_path, train_start=10, train_steps=5, epochs="every")
     window.expect_steps(8)
     assert drive(window, 1, 8) == Steps(at=frozenset({3, 7}))
     # the next loop is not told: planned for the 8 steps the last one ran, not told twice

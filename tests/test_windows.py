@@ -56,6 +56,20 @@ def test_an_epoch_never_reached_by_a_failed_stage_is_left_to_its_failure(tmp_pat
     assert unopened_windows(run) == []
 
 
+def test_epochs_the_probe_did_not_pick_need_no_note(tmp_path: Path) -> None:
+    # GIVEN the default policy's picks, said at each loop's end: epochs 1, 2 and 4, not 3
+    def loop(epoch: int, reason: str | None) -> list[dict[str, Any]]:
+        events = _loop(epoch, 64, 64)
+        events[1]["memray_reason"] = reason
+        return events
+
+    events = [*loop(1, "first"), _opened(1), *loop(2, "first"), _opened(2), *loop(3, None),
+              *loop(4, "spaced")]
+    # THEN only epoch 4, picked and not opened, is noted
+    (note,) = unopened_windows(_run(tmp_path, events))
+    assert note.startswith("memray: stage main, epoch 4: no training capture")
+
+
 def test_a_loader_without_len_misses_the_first_epochs_window(tmp_path: Path) -> None:
     run = _run(tmp_path, [*_loop(1, 64, -1), *_loop(2, 64, -1), _opened(2)])
     (note,) = unopened_windows(run)

@@ -7,6 +7,7 @@ capture on a libtorch process and the tables and findings need the Python lines 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import struct
 import sys
@@ -32,6 +33,7 @@ from harness.layout import MEMRAY_DIR, STAGES_DIR, Event, parse_capture_name
 # memray drops, on the main thread, the frames that were on the stack when tracking started: for
 # a window opened inside the probe that is the workload's own loop. Ask for the whole stack.
 MAX_FRAMES = 256
+RAW_MAGIC = b"memray\x00"  # an uncompressed capture starts so; an lz4-compressed one does not
 SITE_COLUMNS = (
     "stage", "capture", "process", "pid", "phase", "site", "workload_line", "source",
     "bytes_at_peak", "allocations_at_peak", "leaked_bytes", "leaked_allocations",
@@ -200,6 +202,20 @@ def _memray_complaints() -> Iterator[list[str]]:
                 print("\n".join(others), file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: reading a capture makes hundreds of thousands of
+    small objects (records, frames) and none of them cyclic, so each collection it would trigger
+    walks the whole heap for nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _recorded_allocations(path: Path, meta: Any) -> int | None:
     """How many allocations the tracker counted when it closed a raw (uncompressed) capture.
 
@@ -212,7 +228,7 @@ def _recorded_allocations(path: Path, meta: Any) -> int | None:
     end = round(meta.end_time.timestamp() * 1000)
     with open(path, "rb") as fh:
         head = fh.read(4096)
-    if not head.startswith(b"memray\x00"):
+    if not head.startswith(RAW_MAGIC):
         return None  # compressed: load.lz4_damage walks those
     at = head.find(struct.pack("<qq", start, end))
     if at < 16:
@@ -221,20 +237,71 @@ def _recorded_allocations(path: Path, meta: Any) -> int | None:
     return count or None  # 0: never closed (its process was killed)
 
 
+ZERO_TAIL_COPY_BYTES = 16 * 1024  # a raw capture's zero tail past this is cut off before memray opens it
+
+
+def zero_tail(path: Path, block: int = 64 * 1024) -> int:
+    """How many zero bytes end the file at ``path``."""
+    n = 0
+    with open(path, "rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(end - block, 0)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            kept = len(chunk.rstrip(b"\0"))
+            n += len(chunk) - kept
+            if kept:
+                break
+            end = start
+    return n
+
+
+def _open_reader(path: Path) -> Any:
+    """A memray FileReader of ``path``; a raw capture with a long zero tail is read from a copy
+    without it, in memory.
+
+    A tracker that never closed its file (a DataLoader worker's, ended by its parent) leaves the
+    file's last preallocated chunk zero-filled, often 100-200 KB. memray finds where the data
+    ends by stepping back over that tail one byte at a time, two system calls a byte, on every
+    pass over the file: 0.3 s a pass for such a worker capture, against 0.1 s for the rest of
+    it. The copy ends at the last non-zero byte, where memray's search stops anyway, so the
+    records read are the same.
+    """
+    import memray
+
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is None or not sys.platform.startswith("linux"):
+        return memray.FileReader(str(path), report_progress=False)
+    with open(path, "rb") as src:
+        magic = src.read(len(RAW_MAGIC))
+    if magic != RAW_MAGIC:  # lz4-compressed: memray does not search those for a zero tail
+        return memray.FileReader(str(path), report_progress=False)
+    tail = zero_tail(path)
+    if tail < ZERO_TAIL_COPY_BYTES:
+        return memray.FileReader(str(path), report_progress=False)
+    with open(memfd("memray-capture"), "wb") as copy, open(path, "rb") as src:
+        left = path.stat().st_size - tail
+        while left > 0 and (chunk := src.read(min(left, 1 << 20))):
+            copy.write(chunk)
+            left -= len(chunk)
+        copy.flush()
+        # The reader opens the copy again; that descriptor keeps it alive once this one closes.
+        return memray.FileReader(f"/proc/self/fd/{copy.fileno()}", report_progress=False)
+
+
 def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, Records | None]:
     """Read one capture once: high-watermark records, memory snapshots, leaks where wanted.
 
     A capture memray reads only in part keeps what was read, with ``error`` saying so: its
     figures are not the window's, and the findings leave it out.
     """
-    import memray
-
     win = window or _guess_window(capture)
     data = CaptureData(capture=capture, window=win)
     where = f"{STAGES_DIR}/{capture.stage}/{MEMRAY_DIR}/{capture.path.name}"
     try:
-        with _memray_complaints() as said:
-            reader = memray.FileReader(str(capture.path), report_progress=False)
+        with _memray_complaints() as said, _gc_paused():
+            reader = _open_reader(capture.path)
             meta = reader.metadata
             peak = list(reader.get_high_watermark_allocation_records(merge_threads=True))
             leaked = (list(reader.get_leaked_allocation_records(merge_threads=True))
@@ -266,15 +333,16 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
             got = stacks[r.stack_id] = r.stack_trace(MAX_FRAMES)
         return got
 
-    data.sites = aggregate_sites(
-        ((frames(r), r.size, r.n_allocations) for r in peak),
-        ((frames(r), r.size, r.n_allocations) for r in leaked),
-        stage=capture.stage,
-        capture=capture.name,
-        process=capture.role,
-        pid=data.pid,
-        section=win.section,
-    )
+    with _gc_paused():
+        data.sites = aggregate_sites(
+            ((frames(r), r.size, r.n_allocations) for r in peak),
+            ((frames(r), r.size, r.n_allocations) for r in leaked),
+            stage=capture.stage,
+            capture=capture.name,
+            process=capture.role,
+            pid=data.pid,
+            section=win.section,
+        )
     if not data.leaks_read:
         data.sites[["leaked_bytes", "leaked_allocations"]] = float("nan")
     return data, Records(reader, meta, peak, snaps)

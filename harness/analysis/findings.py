@@ -190,19 +190,23 @@ def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
         return None
     methods = _start_methods(run)
     hits = []
-    for (stage, pid), g in s[s["role"].str.startswith("worker")].groupby(["stage", "pid"]):
+    # each worker's first and last full tick, all at once: a long run has thousands of workers
+    full = s[s["role"].str.startswith("worker") & s["uss"].notna()].sort_values("t", kind="stable")
+    keys = ["stage", "pid"]
+    first = full.drop_duplicates(keys, keep="first").set_index(keys).sort_index()
+    last = full.drop_duplicates(keys, keep="last").set_index(keys).reindex(first.index)
+    count = full.groupby(keys).size().reindex(first.index)
+    growth = last["uss"] - first["uss"]
+    anon = (last["rss"] - last["shared"]) - (first["rss"] - first["shared"])
+    shared_part = growth - anon.clip(lower=0.0)
+    small = (growth < COW_MIN_USS_GROWTH) | (shared_part < COW_MIN_SHARE_FROM_SHARED * growth)
+    for stage, pid in first.index[((count >= 2) & ~small).to_numpy()]:
         method = methods.get(str(stage), "fork")
         if method == "spawn":
             continue
-        full = g.dropna(subset=["uss"]).sort_values("t")
-        if len(full) < 2:
-            continue
-        a, b = full.iloc[0], full.iloc[-1]
+        a, b = first.loc[(stage, pid)], last.loc[(stage, pid)]
         d_uss = float(b["uss"] - a["uss"])
         d_anon = float((b["rss"] - b["shared"]) - (a["rss"] - a["shared"]))
-        from_shared = d_uss - max(d_anon, 0.0)
-        if d_uss < COW_MIN_USS_GROWTH or from_shared < COW_MIN_SHARE_FROM_SHARED * d_uss:
-            continue
         t0, t1 = float(a["t"]), float(b["t"])
         parent, how = _parent_change(s, captures, stage, t0, t1)
         if parent is None or abs(parent) > max(COW_PARENT_FLAT_BYTES, COW_PARENT_FLAT_FRACTION * d_uss):

@@ -1,4 +1,4 @@
-"""Sampler ticks: one row per tick with the whole tree's figures, from samples.csv's per-process rows."""
+"""Sampler ticks: one row per tick with the whole tree's figures, from the samples' per-process rows."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def ticks(samples: pd.DataFrame) -> pd.DataFrame:
     """Per (stage, tick): main RSS/USS, tree RSS, workers' RSS and USS summed, the cell's state.
 
     ``dt`` is the time to the stage's next tick (0 for its last), so summing it over a phase
-    gives the time spent in it as the sampler saw it. ``workers_uss`` is set on full ticks only.
+    gives the time spent in it as the sampler saw it. ``workers_uss`` is set on ticks that read a
+    worker's USS: every worker's latest reading summed (the sampler reads one process a tick in
+    rotation, each within ``1/full_hz``), once every worker of the tick has one.
     """
     if samples.empty:
         return pd.DataFrame({c: pd.Series(dtype="object" if c in ("stage", "phase") else "float64")
@@ -42,10 +44,13 @@ def ticks(samples: pd.DataFrame) -> pd.DataFrame:
     out["step"] = first["step"].fillna(0).astype(int)
     out["phase"] = first["phase"].replace("", NO_PHASE)
     workers = s[s["role"].str.startswith("worker")]
+    workers = workers.assign(latest_uss=workers.groupby(["stage", "pid"])["uss"].ffill())
     wg = workers.groupby(key)
     out["workers_rss"] = wg["rss"].sum()
-    # USS only where every worker of the tick has it (a full tick).
-    out["workers_uss"] = wg["uss"].sum().where(wg["uss"].count() == wg["pid"].size())
+    # Where all workers were read in one tick (run directories before the rotation) this is the
+    # sum of that tick's readings, as it always was.
+    read = (wg["uss"].count() > 0) & (wg["latest_uss"].count() == wg["pid"].size())
+    out["workers_uss"] = wg["latest_uss"].sum().where(read)
     out["workers"] = wg["pid"].nunique() if not workers.empty else 0
     out["workers"] = out["workers"].fillna(0).astype(int)
     out = out.reset_index()

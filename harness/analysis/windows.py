@@ -1,7 +1,9 @@
 """Training windows the scenario asked memray for that never opened, each said in one line.
 
-A window is asked for in every epoch (or those in ``memray.epochs``) when ``memray.mode`` is
-``windows`` and ``memray.train_steps`` is above 0. The probe fits it to a loop of known length
+A window is asked for when ``memray.mode`` is ``windows`` and ``memray.train_steps`` is above 0,
+in the epochs the probe picked (each training loop's ``loop_end`` event says why, in
+``memray_reason``; a run written before that field asked in every epoch, or in those in
+``memray.epochs``). The probe fits it to a loop of known length
 (``harness.probe.steps.fit_window``), so one missing here means the loop ran no step of it: the
 loader had no length and the loop ended before ``memray.train_start``, the workload left the loop
 early, the epoch never ran, or the workload has no ``probe.iterate`` training loop at all.
@@ -24,9 +26,13 @@ class _Asked:
 
     start: int
     steps: int
-    epochs: tuple[int, ...] | None  # None: every epoch
+    epochs: tuple[int, ...] | None  # None: every epoch, or those the probe picked
 
-    def wants(self, epoch: int) -> bool:
+    def wants(self, epoch: int, loops: list[dict[str, Any]]) -> bool:
+        """Whether a window was asked for in ``epoch``, whose training loops ended with ``loops``."""
+        picked = [e["memray_reason"] for e in loops if "memray_reason" in e]
+        if picked:  # the probe said which epochs it picked
+            return any(picked)
         return self.epochs is None or epoch in self.epochs
 
     @property
@@ -44,7 +50,7 @@ def _asked(scenario: Any) -> _Asked | None:
         return None
     epochs = memray.get("epochs")
     if not isinstance(epochs, list | tuple) or not all(isinstance(e, int) for e in epochs):
-        epochs = None  # none given, or unreadable: judged as every epoch, which only adds notes
+        epochs = None  # none given, "every" or unreadable: judged as every epoch, which only adds notes
     return _Asked(_int(memray.get("train_start"), 100), steps, None if epochs is None else tuple(epochs))
 
 
@@ -101,7 +107,7 @@ def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:
                   stage.name, _int(ev.get("epoch"), 0), TRAIN_WINDOW)}
     out = [f"memray: stage {stage.name}, {f'epoch {epoch}' if epoch else 'outside an epoch'}: "
            f"no training capture: {_why(evs, asked)}"
-           for epoch, evs in sorted(loops.items()) if asked.wants(epoch) and epoch not in opened]
+           for epoch, evs in sorted(loops.items()) if asked.wants(epoch, evs) and epoch not in opened]
     epochs_run = {_int(ev.get("epoch"), 0) for ev in stage.events_of(Event.EPOCH_START)}
     if epochs_run and not loops:
         out.append(f"memray: stage {stage.name} ran epochs but no training loop through "

@@ -396,9 +396,8 @@ class AutoPhases:
             self._ran_out(it)
             raise
         p.fetched += 1
-        if p.state == EVAL and self._cell is not None:
-            self._cell.step = p.fetched
-            self._cell.heartbeat += 1
+        if p.section is not None:  # the section counts its batches; its capture may end here
+            self.live.section_step(p.fetched)
         return batch
 
     def _ran_out(self, it: Any) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 from harness.layout import CELL_FILE, EVENTS_FILE, SNAPSHOTS_DIR, Event
 from harness.probe.cell import PHASE_CODE, PHASES
 from harness.probe.config import ProbeConfig
@@ -54,6 +56,7 @@ class LiveProbe:
         self._section: str | None = None
         self._model: Any = None
         self._optimizer: Any = None
+        self._process = psutil.Process()  # this one: its RSS at each epoch's end
         # The step hooks, in the order they begin a step (they end it in reverse; see steps.py).
         self._memray = MemrayWindow(cfg.memray, self.stage, self.dir, self.events)
         self._device: DeviceReader | None = None
@@ -100,7 +103,6 @@ class LiveProbe:
 
     def _evaluate(self, loader: Iterable[T], limit: int | None) -> Iterator[T]:
         self._start_loop(loader, limit)
-        cell = self._cell
         step = 0
         it = iter(loader)
         try:
@@ -111,10 +113,21 @@ class LiveProbe:
                     break
                 yield batch
                 step += 1
-                cell.step = step
-                cell.heartbeat += 1
+                self.section_step(step)
         finally:
             del it
+
+    def section_step(self, done: int) -> None:
+        """``done`` batches of the running section are over; its capture may end here.
+
+        ``iterate`` calls it after each batch of a section; the automatic phases, which iterate
+        the loader themselves, call it too.
+        """
+        cell = self._cell
+        cell.step = done
+        cell.heartbeat += 1
+        if done >= self._memray.section_stop:  # memray.eval_batches
+            self._memray.close(epoch=self._epoch, step=done)
 
     def train_pass(self, loader: Iterable[T], start: int = 0) -> Iterator[T]:
         """A training loop over ``loader`` whose first ``start`` steps ran already, unseen.
@@ -161,7 +174,8 @@ class LiveProbe:
                 self._end_step(live, step)
             for hook in reversed(self._hooks):
                 hook.finish(step)
-            self.events.write(Event.LOOP_END, epoch=self._epoch, steps=step, total=total)
+            self.events.write(Event.LOOP_END, epoch=self._epoch, steps=step, total=total,
+                              memray_reason=self._memray.reason)
             del it
 
     def _plan_loop(self) -> list[tuple[StepHook, Steps]]:
@@ -189,7 +203,9 @@ class LiveProbe:
             yield
         finally:
             self._flush_phases()
-            self.events.write(Event.EPOCH_END, epoch=number)
+            rss = self._process.memory_info().rss
+            self._memray.epoch_end(number, rss)  # grown: a training window in the next epoch
+            self.events.write(Event.EPOCH_END, epoch=number, rss=rss)
             self.snapshot(f"epoch-{number}")
 
     @contextlib.contextmanager
@@ -208,7 +224,7 @@ class LiveProbe:
             if self._device is not None:
                 self._device.section_end(name)
             if opened:
-                self._memray.close(epoch=self._epoch, step=self._cell.step)
+                self._memray.close_section(epoch=self._epoch, step=self._cell.step)
             self.events.write(Event.SECTION_END, section=name, epoch=self._epoch, steps=self._cell.step)
             self._section = previous
             self.phase("idle")

@@ -19,14 +19,16 @@ the device reader's last reading is in before the tracer's event carries it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
 from harness.layout import (
@@ -150,12 +152,104 @@ def memray_tracker(path: Path, cfg: MemrayConfig) -> AbstractContextManager[Any]
     )
 
 
+class EpochWindows:
+    """Which epochs get a training window, and why (``memray.epochs``, ``memray.regrow_mb``).
+
+    ``epochs`` a tuple: those epochs (reason ``listed``); ``"every"``: each one (``every``);
+    None: epochs 1 and 2 (``first``), each power of two after them (``spaced``: 4, 8, 16, ...),
+    and the epoch after one whose end found the main process's RSS more than ``regrow`` bytes
+    above its RSS at the end of the last epoch with a window (``regrow``; 0: never). A loop
+    outside any epoch (epoch 0) counts as the first. So a run of n epochs with steady memory
+    gets 1 + floor(log2(n)) windows (7 in 100), and one that grows one more per ``regrow`` bytes.
+    """
+
+    def __init__(self, epochs: tuple[int, ...] | Literal["every"] | None, regrow: int) -> None:
+        self._epochs = epochs
+        self._regrow = regrow
+        self._base: int | None = None  # main RSS at the end of the last epoch with a window
+        self._grown: tuple[int, int] | None = None  # (epoch, growth since _base) asking for the next
+
+    def reason(self, epoch: int) -> str | None:
+        """Why ``epoch`` gets a training window; None: it gets none."""
+        epochs = self._epochs
+        if epochs == "every":
+            return "every"
+        if epochs is not None:
+            return "listed" if epoch in epochs else None
+        if epoch <= 2:
+            return "first"
+        if epoch & (epoch - 1) == 0:
+            return "spaced"
+        if self._grown is not None and self._grown[0] == epoch - 1:
+            return "regrow"
+        return None
+
+    def growth(self, epoch: int) -> int | None:
+        """For a ``regrow`` window in ``epoch``: the RSS growth, in bytes, that asked for it."""
+        grown = self._grown
+        return grown[1] if grown is not None and grown[0] == epoch - 1 else None
+
+    def epoch_end(self, epoch: int, rss: int) -> None:
+        """Epoch ``epoch`` ended with the main process's RSS at ``rss`` bytes."""
+        if self.reason(epoch) is not None:
+            self._base, self._grown = rss, None
+        elif self._regrow > 0 and self._base is not None and rss - self._base > self._regrow:
+            self._grown = (epoch, rss - self._base)
+
+
+class _ForkedTracking:
+    """Ends, when a capture closes, the tracking of the processes forked while it was open.
+
+    memray's ``follow_fork`` gives each forked child (a DataLoader worker) a tracker of its own,
+    writing ``<capture>.bin.<pid>``, which runs until the child exits, whatever the parent does:
+    a validation window closed after a few batches would leave its workers tracked for the
+    whole pass. So while a capture is open the parent holds a pipe; a child forked meanwhile
+    keeps only its read end, on which a thread of its own waits. When the capture closes, the
+    parent closes the pipe, and each child's thread ends the child's tracker through the
+    ``Tracker`` object it was forked with (memray's own exit: the child's file is finished and
+    compressed). A child that forks in turn passes nothing on: its children track to their end.
+    """
+
+    def __init__(self, tracker: AbstractContextManager[Any]) -> None:
+        self.tracker = tracker
+        self.read, self.write = os.pipe()  # not inheritable: an exec'd child never holds them
+
+    def in_child(self) -> None:
+        os.close(self.write)
+        read, tracker = self.read, self.tracker
+
+        def stop() -> None:
+            with contextlib.suppress(OSError):
+                while os.read(read, 1):
+                    pass
+            tracker.__exit__(None, None, None)
+
+        threading.Thread(target=stop, name="harness-memray-stop", daemon=True).start()
+
+    def close(self) -> None:
+        os.close(self.write)
+        os.close(self.read)
+
+
+_forking: _ForkedTracking | None = None  # the open capture's, for a child forked now
+_fork_handler = False
+
+
+def _after_fork_in_child() -> None:
+    global _forking
+    forked, _forking = _forking, None
+    if forked is not None:
+        forked.in_child()
+
+
 class MemrayWindow(StepHook):
-    """Bounded memray captures: each epoch's training window, validate/test sections, or the stage.
+    """Bounded memray captures: training windows, validate/test sections, or the stage.
 
     The training window is ``memray.train_steps`` steps from ``memray.train_start``, moved
-    earlier in a loop too short for it (:func:`fit_window`), so that it opens in every epoch it
-    is configured for. One capture at a time: an ask to open a second while one runs is refused.
+    earlier in a loop too short for it (:func:`fit_window`), so that it opens in every epoch
+    :class:`EpochWindows` picks. A validation or test capture ends after ``memray.eval_batches``
+    batches. One capture at a time: an ask to open a second while one runs is refused. A
+    process forked while a capture is open (a DataLoader worker) is tracked until it closes.
     """
 
     def __init__(
@@ -167,12 +261,17 @@ class MemrayWindow(StepHook):
         self._dir = directory / MEMRAY_DIR
         self._events = events
         self._tracker = tracker
+        self._epochs = EpochWindows(cfg.epochs, int(cfg.regrow_mb * MiB))
         self._open: tuple[str, AbstractContextManager[Any]] | None = None
+        self._forked: _ForkedTracking | None = None  # the open capture's pipe to its forked children
         self._epoch = 0
         self._window = (0, 0)  # this loop's training window: [start, stop) steps
         self._train: str | None = None  # this loop's training capture's name
+        self.reason: str | None = None  # why this loop's epoch has a training window (None: it has none)
         self._total = -1  # the coming loop's length (expect_steps), -1 when unknown
         self._last_steps: int | None = None  # steps the previous training loop ran
+        self._section: str | None = None  # the running section's capture, while it is open
+        self.section_stop = NEVER  # the batch count at which the running section's capture closes
 
     @property
     def active(self) -> bool:
@@ -182,18 +281,27 @@ class MemrayWindow(StepHook):
         """The training loop about to start runs ``total`` steps (-1: its length is unknown)."""
         self._total = total
 
+    def train_reason(self, epoch: int) -> str | None:
+        """Why ``epoch``'s training loops get a window (:class:`EpochWindows`); None: no window."""
+        cfg = self._cfg
+        if cfg.mode != "windows" or cfg.train_steps <= 0:
+            return None
+        return self._epochs.reason(epoch)
+
     def train_window(self, epoch: int, total: int = -1) -> tuple[int, int] | None:
         """The training steps ``[start, stop)`` to capture in ``epoch`` for a loop of ``total`` steps.
 
         ``total`` -1 (unknown): planned for as many steps as the previous training loop ran, or,
         in the first, as configured. See :func:`fit_window`.
         """
+        if self.train_reason(epoch) is None:
+            return None
         cfg = self._cfg
-        if cfg.mode != "windows" or cfg.train_steps <= 0:
-            return None
-        if cfg.epochs is not None and epoch not in cfg.epochs:
-            return None
         return fit_window(cfg.train_start, cfg.train_steps, total if total >= 0 else self._last_steps)
+
+    def epoch_end(self, epoch: int, rss: int) -> None:
+        """Epoch ``epoch`` ended with the main process at ``rss`` bytes: maybe a window in the next."""
+        self._epochs.epoch_end(epoch, rss)
 
     def wants_section(self, name: str, epoch: int) -> bool:
         cfg = self._cfg
@@ -208,8 +316,9 @@ class MemrayWindow(StepHook):
         if self._cfg.mode == "full":
             self.open(capture_name(self._stage), epoch=0, step=0, section=None)
 
-    def open(self, name: str, *, epoch: int, step: int, section: str | None) -> bool:
-        """Start capture ``name``; False if one is running already."""
+    def open(self, name: str, *, epoch: int, step: int, section: str | None, **why: Any) -> bool:
+        """Start capture ``name``; False if one is running already. ``why`` goes into its event."""
+        global _forking, _fork_handler
         if self._open is not None:
             return False
         self._dir.mkdir(exist_ok=True)
@@ -217,29 +326,52 @@ class MemrayWindow(StepHook):
         tracker = self._tracker(path, self._cfg)
         tracker.__enter__()
         self._open = (name, tracker)
+        if self._cfg.follow_fork:
+            if not _fork_handler:
+                os.register_at_fork(after_in_child=_after_fork_in_child)
+                _fork_handler = True
+            self._forked = _forking = _ForkedTracking(tracker)
         self._events.write(Event.MEMRAY_START, capture=name, file=f"{MEMRAY_DIR}/{path.name}",
-                           epoch=epoch, step=step, section=section)
+                           epoch=epoch, step=step, section=section, **why)
         return True
 
     def close(self, *, epoch: int, step: int) -> None:
-        """Stop the running capture, if any."""
+        """Stop the running capture, if any, and the tracking of the processes forked meanwhile."""
+        global _forking
         if self._open is None:
             return
         (name, tracker), self._open = self._open, None
+        self._section, self.section_stop = None, NEVER
         tracker.__exit__(None, None, None)
+        forked, self._forked = self._forked, None
+        if forked is not None:
+            if _forking is forked:
+                _forking = None
+            forked.close()
         self._events.write(Event.MEMRAY_STOP, capture=name, epoch=epoch, step=step)
 
     def open_section(self, name: str, epoch: int) -> bool:
         """Start the section's capture if the scenario asks for one; True if it started."""
         if not self.wants_section(name, epoch):
             return False
-        return self.open(capture_name(self._stage, epoch, name), epoch=epoch, step=0, section=name)
+        capture = capture_name(self._stage, epoch, name)
+        if not self.open(capture, epoch=epoch, step=0, section=name):
+            return False
+        self._section = capture
+        self.section_stop = self._cfg.eval_batches or NEVER
+        return True
+
+    def close_section(self, *, epoch: int, step: int) -> None:
+        """The section ends: stop its capture if it is still running."""
+        if self._section is not None and self._open is not None and self._open[0] == self._section:
+            self.close(epoch=epoch, step=step)
 
     # -- the training window, as a step hook
     def start_loop(self, epoch: int) -> Steps | None:
         self._epoch = epoch
         self._train = None
         total, self._total = self._total, -1  # told for this loop only
+        self.reason = self.train_reason(epoch)
         window = self.train_window(epoch, total)
         if window is None:
             return None
@@ -251,7 +383,9 @@ class MemrayWindow(StepHook):
 
     def _open_train(self, step: int) -> None:
         name = capture_name(self._stage, self._epoch, "train")
-        if self.open(name, epoch=self._epoch, step=step, section=None):
+        growth = self._epochs.growth(self._epoch) if self.reason == "regrow" else None
+        why = {"reason": self.reason, **({"growth": growth} if growth is not None else {})}
+        if self.open(name, epoch=self._epoch, step=step, section=None, **why):
             self._train = name
 
     def begin(self, step: int) -> None:

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import probe
 from harness.control.scenario import Scenario
 from harness.errors import ScenarioError
+from harness.layout import Event
 from harness.probe import auto
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -57,8 +59,33 @@ def run_stage(ctx: StageContext) -> None:
     """Run one stage in this process; a script or function gets automatic phases (harness.probe.auto)."""
     workload = ctx.scenario.workload
     target = resolve(workload.entry)
+    set_threads(ctx.scenario.train.threads)
     with auto.phases(ctx.stage, enabled=workload.auto_phases and not workload.builtin):
         _run(ctx, target)
+
+
+def set_threads(threads: int | None) -> None:
+    """Give torch ``threads`` intra-op and inter-op threads (``train.threads``); record what it runs with.
+
+    Before the workload, so its first operation already runs with them. None keeps torch's
+    default, and a workload that has not imported torch yet (a script) is left to import it.
+    The inter-op count can be set only before torch's inter-op pool starts; the event says the
+    count it kept if it had.
+    """
+    if threads is None and "torch" not in sys.modules:
+        return
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+        if torch.get_num_interop_threads() != threads:
+            try:
+                torch.set_num_interop_threads(threads)
+            except RuntimeError as exc:  # the pool runs already: said below, by the count kept
+                print(f"harness: train.threads: inter-op threads stay {torch.get_num_interop_threads()}: "
+                      f"{str(exc).splitlines()[0]}", file=sys.stderr)
+    probe.record(Event.TORCH_THREADS, threads=torch.get_num_threads(),
+                 interop_threads=torch.get_num_interop_threads(), asked=threads)
 
 
 def _run(ctx: StageContext, target: Callable[[StageContext], Any] | Path) -> None:

@@ -17,6 +17,7 @@ from harness.layout import Event
 from harness.sizes import MiB
 
 MAX_POINTS = 4000  # per series: more adds nothing a reader can see, and bloats the SVG
+MAX_EPOCH_LABELS = 40  # epochs named along the top; past it, every k-th
 
 
 @dataclass
@@ -39,21 +40,30 @@ class TimelineData:
     # per epoch: start, end, the highest phase peak of allocated (the probe's device steps)
     cuda_peaks: list[tuple[float, float, float]] = field(default_factory=list)
     bands: list[Band] = field(default_factory=list)
+    # distributed runs: x, rank, rss (each rank's own process), one line a rank
+    ranks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _decimate(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Keep at most MAX_POINTS rows per stage, by taking each bin's maximum (peaks stay visible)."""
+    """At most about MAX_POINTS rows: a min/max envelope of each column.
+
+    Each stage's time is cut into bins (narrower than a pixel at MAX_POINTS / 2 in all), each
+    drawn as two rows: the bin's lowest value of every column at its first time, then its highest
+    at its last. A line through them spans every value the bin held, so every peak and every dip
+    stays visible however long the run.
+    """
     if len(df) <= MAX_POINTS:
         return df
     parts = []
-    per = max(MAX_POINTS // max(df["stage"].nunique(), 1), 10)
+    per = max(MAX_POINTS // 2 // max(df["stage"].nunique(), 1), 10)
     for _, g in df.groupby("stage", sort=False):
-        if len(g) <= per:
+        if len(g) <= 2 * per:
             parts.append(g)
             continue
-        bins = pd.cut(g["x"], per, labels=False)
-        agg = g.groupby(bins).agg({"x": "first", "stage": "first", **{c: "max" for c in columns}})
-        parts.append(agg)
+        by = g.groupby(pd.cut(g["x"], per, labels=False))
+        low = by.agg({"stage": "first", "x": "first", **{c: "min" for c in columns}})
+        high = by.agg({"stage": "first", "x": "last", **{c: "max" for c in columns}})
+        parts.append(pd.concat([low, high]).sort_index(kind="stable"))  # bin by bin: low, high
     return pd.concat(parts, ignore_index=True)
 
 
@@ -63,7 +73,8 @@ def _worker_uss(run: Run, t0: float, tk: pd.DataFrame) -> pd.DataFrame:
     w = s[s["role"].str.startswith("worker")].sort_values("t")
     if w.empty:
         return pd.DataFrame({"stage": tk["stage"], "x": tk["t"] - t0})
-    w = w.assign(uss=w.groupby("pid")["uss"].transform(lambda u: u.ffill().bfill()))
+    # filled within each pid, all pids at once (a long run has thousands of workers)
+    w = w.assign(uss=w.groupby("pid")["uss"].ffill().groupby(w["pid"]).bfill())
     wide = w.pivot_table(index=["stage", "t"], columns="role", values="uss", aggfunc="sum")
     wide = wide.reindex(pd.MultiIndex.from_frame(tk[["stage", "t"]])).fillna(0.0)
     wide = wide.reset_index()
@@ -172,20 +183,33 @@ def render(data: TimelineData, png: Path, svg: Path, title: str) -> None:
         plt.close(fig)
 
 
+RANK_COLORS = ["#08519c", "#a63603", "#006d2c", "#54278f", "#b30000", "#525252"]
 BAND_COLORS = {"stage": "#f2f2f2", "epoch": "#e3ecf7", "validate": "#fbe5c8", "test": "#e6f2e1"}
+
+
+def _spans(ax: Any, spans: list[tuple[float, float]], **style: Any) -> None:
+    """Full-height bands over ``spans`` (start, end), as axvspan draws them, in one collection:
+    a day's run has thousands of epochs, each its own patch under axvspan (seconds to draw)."""
+    from matplotlib.collections import PolyCollection
+
+    if not spans:
+        return
+    verts = [[(a, 0.0), (a, 1.0), (b, 1.0), (b, 0.0)] for a, b in spans]
+    ax.add_collection(PolyCollection(verts, transform=ax.get_xaxis_transform(), linewidths=0,
+                                     **style), autolim=False)
+    ax.update_datalim([(min(a for a, _ in spans), 0.0), (max(b for _, b in spans), 0.0)], updatey=False)
 
 
 def _shade(ax: Any, bands: list[Band]) -> None:
     """Stages, then epochs (alternating shades), then validation and test passes on top."""
-    for band in bands:
-        if band.kind == "stage":
-            ax.axvspan(band.start, band.end, color=BAND_COLORS["stage"], zorder=0, lw=0)
-    for i, band in enumerate(b for b in bands if b.kind == "epoch"):
-        ax.axvspan(band.start, band.end, color=BAND_COLORS["epoch"], alpha=0.5 + 0.3 * (i % 2),
-                   zorder=0.5, lw=0)
-    for band in bands:
-        if band.kind in ("validate", "test"):
-            ax.axvspan(band.start, band.end, color=BAND_COLORS[band.kind], zorder=0.7, lw=0)
+    _spans(ax, [(b.start, b.end) for b in bands if b.kind == "stage"], color=BAND_COLORS["stage"],
+           zorder=0)
+    epochs = [(b.start, b.end) for b in bands if b.kind == "epoch"]
+    for parity in (0, 1):
+        _spans(ax, epochs[parity::2], color=BAND_COLORS["epoch"], alpha=0.5 + 0.3 * parity, zorder=0.5)
+    for kind in ("validate", "test"):
+        _spans(ax, [(b.start, b.end) for b in bands if b.kind == kind], color=BAND_COLORS[kind],
+               zorder=0.7)
 
 
 def _draw_device(ax: Any, data: TimelineData) -> None:
@@ -240,18 +264,29 @@ def _draw(ax: Any, data: TimelineData, title: str) -> None:
         ax.plot(x, tree, color="#636363", lw=0.8, ls=":", zorder=3,
                 label="tree RSS (shared pages counted per process)" if n == 0 else None)
         ymax = max(ymax, float(max(base.max(initial=0), tree.max(initial=0))))
+    if not data.ranks.empty:
+        for i, (rank, g) in enumerate(data.ranks.groupby("rank", sort=True)):
+            y = (g["rss"] / MiB).to_numpy()
+            ax.plot(g["x"], y, color=RANK_COLORS[i % len(RANK_COLORS)], lw=1.3, zorder=4,
+                    label=f"rank {rank} RSS")
+            ymax = max(ymax, float(y.max(initial=0)))
     for i, h in enumerate(data.heap):
         ax.plot(h["x"], h["heap"] / MiB, color="#d62728", lw=1.8, zorder=4,
                 label="memray heap (main, captured windows)" if i == 0 else None)
     top = ymax * 1.12
     ax.set_ylim(0, top)
+    # a long run's epochs are too many to name each: every k-th, so the names never overlap
+    every = -(-sum(b.kind == "epoch" for b in data.bands) // MAX_EPOCH_LABELS)
+    epoch_no = 0
     for band in data.bands:
         if band.kind == "stage":
             ax.text(band.start, top * 0.985, f" {band.label}", va="top", ha="left", fontsize=9,
                     fontweight="bold", color="#444444")
         elif band.kind == "epoch":
-            ax.text((band.start + band.end) / 2, top * 0.94, band.label, va="top", ha="center",
-                    fontsize=8, color="#2b5d8a")
+            epoch_no += 1
+            if (epoch_no - 1) % every == 0:
+                ax.text((band.start + band.end) / 2, top * 0.94, band.label, va="top", ha="center",
+                        fontsize=8, color="#2b5d8a")
     ax.set_xlabel("seconds since the run's first sample")
     ax.set_ylabel("MiB")
     ax.set_title(title, fontsize=11)

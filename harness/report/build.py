@@ -12,14 +12,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from harness.analysis import device, tables
+from harness.analysis import device, ranks, tables
 from harness.analysis import findings as findings_mod
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
@@ -65,7 +65,8 @@ def _dir_bytes(path: Path, skip: set[Path]) -> int:
 
 
 def _order_captures(run: Run, datas: list[CaptureData]) -> list[CaptureData]:
-    order = {(c.stage, c.path): i for i, c in enumerate(c for st in run.stages for c in st.captures)}
+    order = {(c.stage, c.path): i for i, c in enumerate(c for st in run.recording_stages()
+                                                        for c in st.captures)}
     return sorted(datas, key=lambda d: order.get((d.capture.stage, d.capture.path), 0))
 
 
@@ -122,7 +123,7 @@ def unfollowed_workers(run: Run) -> list[str]:
     for st in run.stages:
         method = (st.outcome or {}).get("worker_start_method")
         started = [m for m in str(method).split("+") if m in ("spawn", "forkserver")] if method else []
-        if not started or any(c.pid is not None for c in st.captures):
+        if not started or any(c.pid is not None for r in (st.ranks or [st]) for c in r.captures):
             continue
         notes.append(f"memray: stage {st.name}: memray could not follow its DataLoader workers "
                      f"(started by {'/'.join(started)}, not forked from the tracked process; "
@@ -227,7 +228,8 @@ def _with_notes(text: str, notes: list[str]) -> str:
 
 
 def build_report(run_dir: Path, *, processes: int | None = None,
-                 native_flamegraphs: bool = False, flamegraphs: bool = True) -> ReportResult:
+                 native_flamegraphs: bool = False, flamegraphs: bool = True,
+                 on_summary: Callable[[str], None] | None = None) -> ReportResult:
     """Analyse ``run_dir`` and write ``run_dir/report/``; raises UsageError for a non-run directory.
 
     The report is built beside the old one and replaces it whole when complete (an interrupted
@@ -236,6 +238,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     core). ``native_flamegraphs``: draw flamegraphs with the memray CLI, native frames
     included (seconds per capture; the default draws Python frames from the records read).
     ``flamegraphs=False``: none drawn (the captures are still read), e.g. for a budget test.
+    ``on_summary``: handed the terminal summary (``ReportResult.text``) as soon as it is known,
+    before the tables, the timeline and the page are written, so that a person sees it first.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -248,7 +252,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
             out = staging.new_folder(run_dir)
             try:
                 result = _write_report(run, run_dir, out, final, processes, native_flamegraphs, started,
-                                       draw_flamegraphs=flamegraphs)
+                                       draw_flamegraphs=flamegraphs, on_summary=on_summary)
                 staging.swap_in(out, final)
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)  # gone already once swapped in
@@ -257,7 +261,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
 
 
 def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: int | None,
-                  native_flamegraphs: bool, started: float, draw_flamegraphs: bool = True) -> ReportResult:
+                  native_flamegraphs: bool, started: float, draw_flamegraphs: bool = True,
+                  on_summary: Callable[[str], None] | None = None) -> ReportResult:
     """Write the report into ``out``; the paths returned are where it will be, under ``final``."""
     clock: dict[str, float] = {}
     t_start = t = started
@@ -269,7 +274,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         t = now
 
     lap("load")
-    drawn = draw_flamegraphs and any(s.captures for s in run.stages)
+    drawn = draw_flamegraphs and any(s.captures for s in run.recording_stages())
     assets = flamegraphs.copy_assets(out / FLAMEGRAPHS_DIR) if drawn else 0
     # Whatever the run directory already holds, the report must keep the whole under budget; the
     # old report is about to be replaced and does not count.
@@ -278,13 +283,17 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
                                draw=draw_flamegraphs)
     procs = processes if processes is not None else min(os.cpu_count() or 1, 2)
 
+    # torchrun: every table per rank (harness.analysis.ranks); the timeline's bands and stacked
+    # areas are the lowest rank's, with a line for each rank's RSS
+    vs = ranks.views(run) if run.distributed else []
+    one = vs[0].run if vs else run
     with CaptureReading(jobs, procs) as reading:
-        tk = ticks(run.samples)
-        phase_df = tables.phase_table(run, tk)
-        epoch_df = tables.epoch_table(run)
-        process_df = tables.process_table(run)
-        device_df = device.device_table(run)
-        history = device.history_windows(run)
+        tk = vs[0].ticks if vs else ticks(run.samples)
+        phase_df = ranks.phase_table(run, vs) if vs else tables.phase_table(run, tk)
+        epoch_df = ranks.epoch_table(vs) if vs else tables.epoch_table(run)
+        process_df = ranks.process_table(run) if vs else tables.process_table(run)
+        device_df = ranks.device_table(run, vs) if vs else device.device_table(run)
+        history = [w for v in vs for w in device.history_windows(v.run)] if vs else device.history_windows(run)
         lap("tables")
         datas, flames = reading.collect()
     datas = _order_captures(run, datas)
@@ -292,14 +301,21 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     run.problems.extend(f"{d.capture.path.relative_to(run.dir)}: {d.error}" for d in datas
                         if d.error and d.capture.path.is_relative_to(run.dir))
     lap("captures")
-    sites_df = tables.sites_table(datas)
-    info = device.device_info(run)
-    found = findings_mod.all_findings(run, tk, datas) + device.findings(
-        run, device_df, (info or {}).get("total"))
+    sites_df = ranks.sites_table(run, vs, datas) if vs else tables.sites_table(datas)
+    info = device.device_info(one)
+    if vs:
+        found = ranks.all_findings(run, vs, phase_df, datas, (info or {}).get("total"))
+    else:
+        found = findings_mod.all_findings(run, tk, datas) + device.findings(
+            run, device_df, (info or {}).get("total"))
     summary = build_summary(run, tk, phase_df, datas, found,
-                            device.summary_section(info, history)).to_dict()
+                            device.summary_section(info, history), views=vs or None).to_dict()
     notes = unopened_windows(run) + unfollowed_workers(run)
+    html_path = out / "report.html"
+    text = _with_notes(terminal.summary_text(summary, final / html_path.relative_to(out)), notes)
     lap("findings")
+    if on_summary is not None:
+        on_summary(text)
 
     named = {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df}
     if not device_df.empty:
@@ -312,7 +328,11 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     if not tk.empty:
         png, svg = out / "timeline.png", out / "timeline.svg"
         title = f"{run.manifest.get('scenario_name', '')}: memory over time ({run.status})"
-        timeline.render(timeline.timeline_data(run, tk, datas), png, svg, title)
+        lowest = vs[0].rank if vs else None
+        data = timeline.timeline_data(one, tk, [d for d in datas if d.capture.rank == lowest])
+        if vs:
+            data.ranks = ranks.rank_lines(vs, data.t0)
+        timeline.render(data, png, svg, title)
     lap("timeline")
 
     all_flames = flames + declined
@@ -342,7 +362,6 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         scenario_text=scenario_text(run),
         problems=run.problems + notes,  # the notes are not damage: the run stays complete
     )
-    html_path = out / "report.html"
     html_path.write_text(html.render(page), encoding="utf-8")
     lap("html")
     clock["total"] = round(time.perf_counter() - t_start, 3)
@@ -355,6 +374,6 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         timeline_png=moved(png) if png else None, timeline_svg=moved(svg) if svg else None,
         tables={name: moved(p) for name, p in table_paths.items()},
         flamegraphs=[replace(f, path=moved(f.path)) if f.path else f for f in all_flames],
-        text=_with_notes(terminal.summary_text(summary, moved(html_path)), notes),
+        text=text,
         complete=run.complete, seconds=clock,
     )
