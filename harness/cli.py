@@ -79,19 +79,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise failure
         print(f"harness: run finished: {run_dir}")
         return 0
+    dist = sc.distributed
+    if dist is not None and dist.node_rank > 0:  # one node's part: the report covers every node
+        if failure is not None:
+            raise failure
+        print(f"harness: node {dist.node_rank}'s run finished: {run_dir}; its report comes from "
+              f"`harness merge` of every node's run directory")
+        return 0
     # A failed run still gets a report of what was recorded, marked incomplete.
     from harness.report import build_report
 
     try:
-        result = build_report(run_dir)
+        build_report(run_dir, on_summary=_print_now)  # the summary first, the files after
     except HarnessError as exc:
         print(f"harness: warning: no report: {exc}", file=sys.stderr)
-    else:
-        print(result.text)
     if failure is not None:
         raise failure
     print(f"harness: run finished: {run_dir}")
     return 0
+
+
+def _print_now(text: str) -> None:
+    print(text, flush=True)
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
@@ -104,8 +113,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
     check_report_dir(args.run_dir)
-    result = build_report(args.run_dir)
-    print(result.text)
+    build_report(args.run_dir, on_summary=_print_now)  # the summary first, the files after
     return 0
 
 
@@ -215,6 +223,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="DIR",
+                   help="each node's run directory (harness run with distributed.node_rank K)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="OUT",
+                   help="the joined run directory (default: node 0's directory name + '-merged', beside it)")
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    """Join the run directories of a several-node job's nodes into one, and write its report."""
+    from harness.control.merge import merge
+    from harness.report import build_report
+
+    out = merge(args.run_dirs, args.output)
+    print(f"harness: merged {len(args.run_dirs)} nodes into {out}")
+    print(build_report(out).text)
+    return 0
+
+
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     _add_scenario_args(p)
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -242,6 +268,7 @@ COMMANDS = {
     "baseline": (_cmd_baseline, _add_baseline_args),
     "compare": (_cmd_compare, _add_compare_args),
     "sweep": (_cmd_sweep, _add_sweep_args),
+    "merge": (_cmd_merge, _add_merge_args),
 }
 
 

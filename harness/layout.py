@@ -27,7 +27,8 @@ FLAMEGRAPHS_DIR = "flamegraphs"  # in REPORT_DIR
 # A stage's directory: <run dir>/stages/<stage>/
 STAGES_DIR = "stages"
 STAGE_LOG_FILE = "log.txt"  # the workload's stdout and stderr
-SAMPLES_FILE = "samples.csv"  # the sampler's rows (SAMPLE_COLUMNS)
+SAMPLES_DIR = "samples"  # the sampler's rows (SAMPLE_COLUMNS), in parts (below)
+SAMPLES_FILE = "samples.csv"  # the same rows in one CSV: run directories from before SAMPLES_DIR
 EVENTS_FILE = "events.jsonl"  # the probe's events, one JSON object a line
 PROBE_CONFIG_FILE = "probe.json"  # the probe's settings, written by the runner
 CELL_FILE = "probe.cell"  # the shared-memory cell: phase, epoch, step (harness.probe.cell)
@@ -36,11 +37,36 @@ SNAPSHOTS_DIR = "snapshots"  # epoch snapshots: <label>.json
 CUDA_HISTORY_DIR = "cuda"  # CUDA allocator history windows: <stage>-e<N>-steps<a>-<b>.pickle
 CHECKPOINT_FILE = "checkpoint.pt"  # written by the built-in train stage, read by its test stage
 
-# samples.csv: one row per process per sampler tick.
+# The samples: one row per process per sampler tick. Columns added later go at the end (an older
+# file lacks them; readers fill them in empty).
 SAMPLE_COLUMNS = (
     "t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
     "uss", "pss", "swap", "stage", "epoch", "step", "phase", "cuda_allocated", "cuda_reserved",
+    "rss_anon", "rss_file", "rss_shmem",
+    "rank",  # distributed: the global rank a process belongs to (a worker: its rank's); else empty
 )
+# Text columns; every other is a number: ``t`` seconds, the rest integers (bytes, counts), empty
+# where not read.
+SAMPLE_TEXT_COLUMNS = frozenset({"role", "stage", "phase"})
+
+# SAMPLES_DIR holds numbered parts, each about a minute of rows: <N>.csv the part being written
+# (flushed twice a second), <N>.parquet a finished one at the full rate, and <N>-<M>.parquet parts
+# N..M decimated into one file (harness.control.samples says what is kept). Numbers have six digits.
+_SAMPLES_PART = re.compile(r"^(\d{6})(?:-(\d{6}))?\.(csv|parquet)$")
+
+
+def samples_part_name(first: int, ext: str, last: int | None = None) -> str:
+    """The file name of samples part ``first`` (``ext`` csv or parquet), or of parts first..last."""
+    return f"{first:06d}" + (f"-{last:06d}" if last is not None else "") + f".{ext}"
+
+
+def parse_samples_part(filename: str) -> tuple[int, int, str] | None:
+    """``(first part, last part, ext)`` of a file in SAMPLES_DIR, or ``None`` if not a part."""
+    m = _SAMPLES_PART.match(filename)
+    if m is None:
+        return None
+    first = int(m.group(1))
+    return first, int(m.group(2)) if m.group(2) else first, m.group(3)
 
 
 # The phases the harness itself sets, not the workload: before, between and after its own.
@@ -66,6 +92,7 @@ class Event:
     PHASE_TOTALS = "phase_totals"
     SNAPSHOT = "snapshot"
     CUDA_HISTORY = "cuda_history"
+    TORCH_THREADS = "torch_threads"  # the intra-op and inter-op threads the stage ran with
 
 
 # Capture names: <stage> (a whole-stage capture), <stage>-e<N>-train (a training window; N is 0
@@ -128,3 +155,40 @@ def cuda_history_name(stage: str, epoch: int, start: int, stop: int) -> str:
 
 def stage_dir(run_dir: Path, stage: str) -> Path:
     return run_dir / STAGES_DIR / stage
+
+
+# Distributed stages (torchrun): stages/<stage>/rank<R>/ holds what a stage's directory holds for
+# the one probed process (events, probe.json, probe.cell, memray/, snapshots/, cuda/), R the global
+# rank; with several nodes each node's harness writes its log and samples under
+# stages/<stage>/node<K>/ and node K > 0 its manifest as manifest-node<K>.json.
+AGENT_FILE = "agent.json"  # beside the node's log: the torchrun agent's record (which rank failed)
+_RANK_DIR = re.compile(r"^rank(\d+)$")
+_NODE_DIR = re.compile(r"^node(\d+)$")
+_NODE_MANIFEST = re.compile(r"^manifest-node(\d+)\.json$")
+
+
+def rank_dir_name(rank: int) -> str:
+    return f"rank{rank}"
+
+
+def node_dir_name(node: int) -> str:
+    return f"node{node}"
+
+
+def node_manifest_name(node: int) -> str:
+    return f"manifest-node{node}.json"
+
+
+def parse_rank_dir(name: str) -> int | None:
+    m = _RANK_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+def parse_node_dir(name: str) -> int | None:
+    m = _NODE_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+def parse_node_manifest(name: str) -> int | None:
+    m = _NODE_MANIFEST.match(name)
+    return int(m.group(1)) if m else None

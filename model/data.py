@@ -24,7 +24,7 @@ import torch
 import torchvision
 import torchvision.transforms as transforms
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, random_split
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, random_split
 
 from harness.control.scenario import DataConfig
 from harness.errors import DataError
@@ -193,9 +193,15 @@ def build_splits(data: DataConfig, seed: int) -> Splits:
 
 
 def loader(
-    dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int  # type: ignore[type-arg]
+    dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int,  # type: ignore[type-arg]
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader:  # type: ignore[type-arg]
-    """A DataLoader as in the tutorial; shuffling is seeded so runs are reproducible."""
+    """A DataLoader as in the tutorial; shuffling is seeded so runs are reproducible.
+
+    ``sampler`` (a rank's DistributedSampler) picks and shuffles the images instead.
+    """
+    if sampler is not None:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         dataset,

@@ -18,6 +18,7 @@ import pytest
 from harness.control import processes
 from harness.control.processes import Roles, children_of, start_method, tree_of
 from harness.control.sampler import TreeSampler
+from harness.layout import SAMPLES_DIR
 
 # The parent forks two workers with multiprocessing (fork: they run its own command line), worker 0
 # starts a `sleep` of its own, and the parent execs a `sleep` helper. It then snapshots its own tree
@@ -80,7 +81,7 @@ def test_snapshot_and_sampler_name_the_same_tree_alike(tree: dict[str, Any], tmp
     snapshot = {p["pid"]: p["role"] for p in tree["snapshot"]}
     assert all("gone" not in p and p["rss"] > 0 for p in tree["snapshot"])
     # WHEN the sampler watches the same tree from outside for a few ticks
-    sampler = TreeSampler(tree["pid"], "t", tmp_path / "samples.csv", None, rss_hz=50, full_hz=5)
+    sampler = TreeSampler(tree["pid"], "t", tmp_path / SAMPLES_DIR, None, rss_hz=50, full_hz=5)
     sampler.start()
     time.sleep(0.3)
     sampler.stop()

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import memray
-import pandas as pd
 import pytest
-from conftest import REPO, latest_run, read_events, write_scenario
+from conftest import REPO, latest_run, read_events, stage_samples, write_scenario
 from test_tensors import forward_bytes
+
+from harness.layout import SAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def test_smoke_run_directory_holds_everything(smoke_run: Path) -> None:
     assert (smoke_run / "scenario.yaml").exists() and (smoke_run / "checkpoint.pt").exists()
     for stage in ("train", "test"):
         d = smoke_run / "stages" / stage
-        for name in ("log.txt", "events.jsonl", "samples.csv", "snapshots/end.json"):
+        for name in ("log.txt", "events.jsonl", SAMPLES_DIR, "snapshots/end.json"):
             assert (d / name).exists(), f"{stage}/{name}"
         assert m["stages"][0]["sampling"]["ticks"] > 0 and m["stages"][0]["sampling"]["full_ticks"] > 0
     train = smoke_run / "stages/train"
@@ -46,7 +47,7 @@ def test_smoke_run_directory_holds_everything(smoke_run: Path) -> None:
 
 
 def test_samples_table_tags_processes_and_phases(smoke_run: Path) -> None:
-    s = pd.read_csv(smoke_run / "stages/train/samples.csv")
+    s = stage_samples(smoke_run / "stages/train")
     assert {"t", "pid", "role", "rss", "uss", "pss", "epoch", "step", "phase"} <= set(s.columns)
     assert {"main", "worker 0", "worker 1"} <= set(s.role)
     assert s.groupby("t").role.apply(lambda r: r.str.startswith("worker").sum()).max() == 2
@@ -112,7 +113,7 @@ def test_sampler_sees_exactly_the_scenario_worker_count(tmp_path: Path, cli, wor
     )
     code, _, err = cli("run", str(path), "--reports", str(tmp_path / "r"), "--quiet")
     assert code == 0, err
-    s = pd.read_csv(latest_run(tmp_path / "r") / "stages/train/samples.csv")
+    s = stage_samples(latest_run(tmp_path / "r") / "stages/train")
     per_tick = s.groupby("t").role.apply(lambda r: r.str.startswith("worker").sum())
     assert per_tick.max() == workers
     # Other children (an exec'd helper such as ldconfig during setup) are "child", not workers.
@@ -131,6 +132,6 @@ def test_bare_train_hands_the_checkpoint_to_the_test_stage(tmp_path: Path, cli) 
     assert m["kind"] == "bare" and [s["status"] for s in m["stages"]] == ["ok", "ok"]
     assert (run / "checkpoint.pt").exists()
     assert not (run / "stages/train/events.jsonl").exists()  # no instrumentation at all
-    assert not (run / "stages/train/samples.csv").exists()
+    assert not (run / "stages/train" / SAMPLES_DIR).exists() and not (run / "stages/train/samples.csv").exists()
     assert "[1,    10] loss:" in out and "Finished Training" in out
     assert "Accuracy of the network on the 12 test images:" in out

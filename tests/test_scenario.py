@@ -37,6 +37,10 @@ data: {source: synthetic, size: 120, num_workers: 0}
         (GOOD.replace("num_workers: 0", "num_workers: 0, split: [0.8, 0.1, 0.2]"), [], "s.yaml: data.split: split fractions must add up to 1, they add up to 1.1"),
         (GOOD.replace("num_workers: 0", "num_workers: 0, download: 'yes'"), [], "s.yaml: data.download: Input should be a valid boolean, got 'yes'"),
         (GOOD + "device: tpu\n", [], "s.yaml: device: expected 'cpu', 'cuda' or 'cuda:N'"),
+        (GOOD + "memray: {epochs: sometimes}\n", [], "s.yaml: memray.epochs: expected a list of epochs, 'every' or null, got 'sometimes'"),
+        (GOOD + "memray: {regrow_mb: -1}\n", [], "s.yaml: memray.regrow_mb: Input should be greater than or equal to 0, got -1"),
+        (GOOD + "memray: {eval_batches: all}\n", [], "s.yaml: memray.eval_batches: Input should be a valid integer, got 'all'"),
+        (GOOD, ["train.threads=0"], "s.yaml (with --set): train.threads: Input should be greater than or equal to 1, got 0"),
         (GOOD + "stages: [train, deploy]\n", [], "s.yaml: stages: the built-in workload has stages 'train' and 'test', not 'deploy'"),
         ("data: {source: synthetic}\n", [], "s.yaml: name: required key is missing"),
         ("name: t\ndata: [1, 2\n", [], "s.yaml: not valid YAML at line 3"),
@@ -104,3 +108,14 @@ def test_error_type_carries_exit_code_2() -> None:
         sc.from_dict({"name": "bad name!"}, "x.yaml")
     assert err.value.exit_code == 2
     assert str(err.value).startswith("x.yaml: name: String should match pattern")
+
+
+@pytest.mark.parametrize(("text", "epochs"), [("every", "every"), ("[1, 4]", (1, 4)), ("null", None)])
+def test_memray_epochs_round_trip_through_yaml_and_probe_json(tmp_path: Path, text: str, epochs: object) -> None:
+    from harness.probe.config import ProbeConfig
+
+    s = sc.load(_write(tmp_path, GOOD), [f"memray.epochs={text}", "train.threads=2", "memray.eval_batches=0"])
+    assert (s.memray.epochs, s.train.threads, s.memray.eval_batches) == (epochs, 2, 0)
+    assert sc.from_dict(yaml.safe_load(sc.dump(s)), "dumped") == s
+    cfg = ProbeConfig.for_stage(s, "train")
+    assert ProbeConfig.model_validate_json(cfg.model_dump_json()) == cfg

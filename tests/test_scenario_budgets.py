@@ -21,7 +21,7 @@ def _load(tmp_path: Path, budgets: Any) -> sc.Scenario:
 
 def test_budgets_default_to_nothing_checked() -> None:
     s = sc.from_dict({"name": "x"}, "x.yaml")
-    assert s.budgets.model_dump(exclude_none=True) == {"phases": {}}
+    assert s.budgets.model_dump(exclude_none=True) == {"phases": {}, "ranks": {}}
 
 
 def test_budgets_read_sizes_and_phases(tmp_path: Path) -> None:

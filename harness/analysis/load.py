@@ -14,6 +14,7 @@ import io
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,21 @@ from harness.layout import (
     MANIFEST_FILE,
     MEMRAY_DIR,
     SAMPLE_COLUMNS,
+    SAMPLE_TEXT_COLUMNS,
+    SAMPLES_DIR,
     SAMPLES_FILE,
     SNAPSHOTS_DIR,
     STAGES_DIR,
     Event,
     parse_capture_file,
+    parse_node_dir,
+    parse_node_manifest,
+    parse_rank_dir,
+    parse_samples_part,
     stage_dir,
 )
 
-_NUMERIC = ("t", "pid", "ppid", "rss", "vms", "shared", "text", "data", "uss", "pss", "swap",
-            "epoch", "step", "cuda_allocated", "cuda_reserved")
+_NUMERIC = tuple(c for c in SAMPLE_COLUMNS if c not in SAMPLE_TEXT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Capture:
     pid: int | None
     size: int
     damage: str | None = None  # what is wrong with the file itself (cut short), as a problem says
+    rank: int | None = None  # the global rank whose folder holds it (distributed runs)
 
     @property
     def role(self) -> str:
@@ -66,6 +73,11 @@ class Stage:
     events: list[dict[str, Any]]
     snapshots: dict[str, dict[str, Any]]  # label -> snapshot, in the order they were taken
     captures: list[Capture]
+    # Distributed runs: a rank's own records (rank<R>/), its samples those of its process and
+    # workers with the roles a single process has (main, worker N); see harness.analysis.ranks.
+    rank: int | None = None
+    node: int | None = None
+    ranks: list[Stage] = field(default_factory=list)  # the stage's ranks, on the stage itself
 
     def events_of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("kind") == kind]
@@ -79,10 +91,20 @@ class Run:
     manifest: dict[str, Any]
     stages: list[Stage]
     problems: list[str] = field(default_factory=list)
+    node_manifests: dict[int, dict[str, Any]] = field(default_factory=dict)  # manifest-node<K>.json
 
     @property
     def status(self) -> str:
         return str(self.manifest.get("status", "unknown"))
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a stage ran under torchrun: its records are per rank (Stage.ranks)."""
+        return any(s.ranks for s in self.stages)
+
+    def recording_stages(self) -> list[Stage]:
+        """Every stage or rank that wrote events: the ranks of a distributed stage, else the stage."""
+        return [r for s in self.stages for r in (s.ranks or [s])]
 
     @property
     def complete(self) -> bool:
@@ -116,9 +138,10 @@ class Run:
             if failure.get("message"):
                 msg += f": {failure['message']}"
             out.append(msg)
-        for s in self.stages:
+        for s in self.recording_stages():
             if s.events and not s.events_of(Event.STAGE_END):
-                out.append(f"stage {s.name!r} has no stage_end event")
+                who = f" rank {s.rank}" if s.rank is not None else ""
+                out.append(f"stage {s.name!r}{who} has no stage_end event")
         return out + self.problems
 
     def damage(self) -> list[str]:
@@ -130,13 +153,13 @@ class Run:
         out = list(self.problems)
         if self.status == "ok":
             out += [f"{_rel(s.dir / EVENTS_FILE, self.dir)} has no stage_end event"
-                    for s in self.stages if s.events and not s.events_of(Event.STAGE_END)]
+                    for s in self.recording_stages() if s.events and not s.events_of(Event.STAGE_END)]
         return out
 
 
-def empty_samples() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="float64" if c in _NUMERIC else "object")
-                         for c in SAMPLE_COLUMNS})
+def empty_samples(columns: Sequence[str] | None = None) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object" if c in SAMPLE_TEXT_COLUMNS else "float64")
+                         for c in (SAMPLE_COLUMNS if columns is None else columns)})
 
 
 def _rel(path: Path, run_dir: Path) -> str:
@@ -400,27 +423,119 @@ def _note_lines(problems: list[str], where: str, bad: list[tuple[int, str]], ver
     problems.append(f"{where} line {line}: {what} ({verb}{more})")
 
 
-def read_samples(path: Path, problems: list[str]) -> pd.DataFrame:
-    """samples.csv as a DataFrame, numeric columns as numbers, rows of vanished processes dropped."""
+def samples_record(folder: Path) -> Path | None:
+    """Where the samples of a stage's (or node's) folder are: its SAMPLES_DIR, else the
+    SAMPLES_FILE of a run directory written before it; None if neither is there."""
+    for path in (folder / SAMPLES_DIR, folder / SAMPLES_FILE):
+        if path.exists():
+            return path
+    return None
+
+
+def read_samples(path: Path, problems: list[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A stage's samples as a DataFrame: numeric columns as numbers (integers where no value is
+    missing), text columns as text, rows of vanished processes dropped.
+
+    ``path`` is the stage's SAMPLES_DIR or SAMPLES_FILE (the one written, whichever is named);
+    ``columns``: only those, read from Parquet parts alone (default: SAMPLE_COLUMNS).
+    """
+    want = list(SAMPLE_COLUMNS if columns is None else columns)
+    record = samples_record(path.parent) if path.name in (SAMPLES_DIR, SAMPLES_FILE) else path
+    if record is None or not record.exists():
+        problems.append(f"{_where(path.parent)}/: no {SAMPLES_FILE} or {SAMPLES_DIR}/")
+        return empty_samples(want)
+    read = [*want, "rss"] if "rss" not in want else want
+    if record.is_dir():
+        frames = [f for f in _read_parts(record, problems, read) if not f.empty]
+        df = pd.concat(frames, ignore_index=True) if frames else None
+    else:
+        df = _read_csv(record, problems)
+    if df is None or df.empty:
+        return empty_samples(want)
+    for c in read:
+        if c not in df.columns:  # a file from before the column (CUDA, rss_anon, ...)
+            df[c] = float("nan")
+    # The sampler's last look can catch a process already gone: psutil reports zeros for it.
+    df = df.loc[df["rss"] > 0, want]
+    for c in want:
+        if c in SAMPLE_TEXT_COLUMNS:
+            df[c] = df[c].fillna("").astype(str)
+        elif c != "t" and df[c].dtype != "int64":
+            # integers as pandas reads them from a CSV: int64 where none is missing
+            df[c] = df[c].astype("int64") if df[c].notna().all() else df[c].astype("float64")
+    return df.reset_index(drop=True)
+
+
+def _read_parts(folder: Path, problems: list[str], columns: list[str]) -> list[pd.DataFrame]:
+    """The parts of a SAMPLES_DIR in order (harness.control.samples): a decimated group over the
+    parts it covers, a part's Parquet file over its CSV; a file that cannot be read is a problem."""
+    for attempt in range(3):
+        noted: list[str] = []
+        try:
+            frames = _read_parts_once(folder, noted, columns)
+        except FileNotFoundError:  # read while a live writer replaced a part: list them again
+            if attempt == 2:
+                raise
+            continue
+        problems.extend(noted)
+        return frames
+    return []
+
+
+def _read_parts_once(folder: Path, problems: list[str], columns: list[str]) -> list[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    found: dict[tuple[int, int, str], Path] = {}
+    for p in folder.iterdir():
+        parsed = parse_samples_part(p.name)
+        if parsed is not None:
+            found[parsed] = p
+    groups = sorted((first, last) for first, last, ext in found if ext == "parquet" and last > first)
+    covered = {i for first, last in groups for i in range(first, last + 1)}
+    chosen: list[tuple[int, Path]] = [(first, found[(first, last, "parquet")]) for first, last in groups]
+    for first, last, ext in found:
+        if first != last or first in covered:
+            continue
+        if ext == "parquet" or (first, first, "parquet") not in found:
+            chosen.append((first, found[(first, last, ext)]))
+    frames = []
+    for _, p in sorted(chosen):
+        if p.suffix == ".csv":
+            df = _read_csv(p, problems)
+            if df is not None:
+                frames.append(df)
+            continue
+        try:
+            names = set(pq.read_schema(p).names)
+            frames.append(pq.read_table(p, columns=[c for c in columns if c in names]).to_pandas())
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"{_where(p)}: cannot be read ({type(exc).__name__}; skipped)")
+    return frames
+
+
+def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
+    """A samples CSV (an older run's samples.csv or a part being written) with every column,
+    numeric columns as numbers; a partial last line, a row with too many fields and a value that
+    is not a number are dropped and named. None when there is nothing to read."""
     where = _where(path)
-    if not path.is_file():
-        problems.append(f"{_where(path.parent)}/: no samples.csv")
-        return empty_samples()
     data, cut = _whole_lines(path.read_bytes())
     if cut:
         problems.append(f"{where} ends in a partial line (dropped)")
     if not data.strip():
-        return empty_samples()
+        return None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
         try:
             df = pd.read_csv(io.BytesIO(data),
-                             dtype={"role": "string", "stage": "string", "phase": "string"},
+                             dtype={c: "string" for c in SAMPLE_TEXT_COLUMNS},
                              keep_default_na=False, na_values={c: [""] for c in _NUMERIC},
                              on_bad_lines="warn", encoding_errors="replace")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
             problems.append(f"{where}: cannot be read ({str(exc).strip()})")
-            return empty_samples()
+            return None
     # A row with more fields than the header is skipped (the rest are kept), and named.
     skipped = _bad_lines(caught)
     _note_lines(problems, where, skipped, "skipped")
@@ -443,11 +558,7 @@ def read_samples(path: Path, problems: list[str]) -> pd.DataFrame:
                 line += n <= line
             bad.append((line, f"{c} {str(text.iloc[i])!r} is not a number"))
     _note_lines(problems, where, sorted(bad), "read as empty")
-    # The sampler's last look can catch a process already gone: psutil reports zeros for it.
-    df = df[df["rss"] > 0]
-    for c in ("role", "stage", "phase"):
-        df[c] = df[c].fillna("").astype(str)
-    return df.reset_index(drop=True)
+    return df
 
 
 def read_events(path: Path, problems: list[str]) -> list[dict[str, Any]]:
@@ -537,7 +648,8 @@ def lz4_damage(path: Path) -> tuple[int, int] | None:
             pos += block + (4 if block_checksum else 0)
 
 
-def list_captures(stage: str, sdir: Path, problems: list[str] | None = None) -> list[Capture]:
+def list_captures(stage: str, sdir: Path, problems: list[str] | None = None,
+                  rank: int | None = None) -> list[Capture]:
     mdir = sdir / MEMRAY_DIR
     if not mdir.is_dir():
         return []
@@ -552,7 +664,7 @@ def list_captures(stage: str, sdir: Path, problems: list[str] | None = None) -> 
             damage = f"{_where(path)} is truncated ({cut[0]} of at least {cut[1]} bytes present)"
             if problems is not None:
                 problems.append(damage)
-        out.append(Capture(stage, parsed[0], path, parsed[1], path.stat().st_size, damage))
+        out.append(Capture(stage, parsed[0], path, parsed[1], path.stat().st_size, damage, rank))
     return out
 
 
@@ -605,8 +717,14 @@ def load_run(run_dir: Path) -> Run:
             problems.append(f"{STAGES_DIR}/{name}/: missing (the manifest names the stage)")
             continue
         events = read_events(sdir / EVENTS_FILE, problems)
-        samples = (empty_samples() if bare and not (sdir / SAMPLES_FILE).exists()
-                   else read_samples(sdir / SAMPLES_FILE, problems))
+        nodes = _numbered_dirs(sdir, parse_node_dir)
+        if nodes:
+            samples = _node_samples(sdir, nodes, problems)
+        else:
+            samples = (empty_samples() if bare and samples_record(sdir) is None
+                       else read_samples(sdir / SAMPLES_FILE, problems))
+        ranks = [_rank_stage(name, rdir, r, outcomes.get(name), samples, problems)
+                 for r, rdir in _numbered_dirs(sdir, parse_rank_dir)]
         stages.append(Stage(
             name=name,
             dir=sdir,
@@ -615,5 +733,79 @@ def load_run(run_dir: Path) -> Run:
             events=events,
             snapshots=read_snapshots(sdir, problems),
             captures=list_captures(name, sdir, problems),
+            ranks=ranks,
         ))
-    return Run(run_dir, manifest, stages, problems)
+    return Run(run_dir, manifest, stages, problems, _node_manifests(run_dir, problems))
+
+
+# ---- distributed stages (torchrun): rank<R>/ and node<K>/ folders ---------------------------------
+
+
+def _numbered_dirs(sdir: Path, parse: Any) -> list[tuple[int, Path]]:
+    """The folders of ``sdir`` whose names ``parse`` reads as a number, in number order."""
+    found = [(parse(p.name), p) for p in sdir.iterdir() if p.is_dir()]
+    return sorted((n, p) for n, p in found if n is not None)
+
+
+def _node_samples(sdir: Path, nodes: list[tuple[int, Path]], problems: list[str]) -> pd.DataFrame:
+    """Every node's samples of a stage, each row with its ``node``; the stage folder's own too,
+    should a single-node harness have written there."""
+    frames = []
+    if samples_record(sdir) is not None:
+        frames.append(read_samples(sdir / SAMPLES_FILE, problems).assign(node=float("nan")))
+    for k, ndir in nodes:
+        frames.append(read_samples(ndir / SAMPLES_FILE, problems).assign(node=float(k)))
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return empty_samples().assign(node=pd.Series(dtype="float64"))
+    return pd.concat(frames, ignore_index=True).sort_values("t", kind="stable", ignore_index=True)
+
+
+_RANK_ROLE = r"^rank (\d+)\b"
+
+
+def sample_ranks(samples: pd.DataFrame) -> pd.Series:
+    """Each row's global rank (NaN: the agent, or no rank): the ``rank`` column, else the role's."""
+    from_role = pd.to_numeric(samples["role"].astype(str).str.extract(_RANK_ROLE)[0], errors="coerce")
+    if "rank" in samples.columns:
+        return pd.to_numeric(samples["rank"], errors="coerce").fillna(from_role)
+    return from_role
+
+
+def rank_samples(samples: pd.DataFrame, rank: int) -> pd.DataFrame:
+    """The rows of ``rank``'s process and its workers, with the roles of a single process:
+    ``rank R`` becomes ``main``, ``rank R worker N`` becomes ``worker N``."""
+    rows = samples[sample_ranks(samples) == rank]
+    role = rows["role"].astype(str).str.replace(r"^rank \d+ ?", "", regex=True)
+    return rows.assign(role=role.where(role != "", "main")).reset_index(drop=True)
+
+
+def _rank_stage(name: str, rdir: Path, rank: int, outcome: dict[str, Any] | None,
+                samples: pd.DataFrame, problems: list[str]) -> Stage:
+    own = rank_samples(samples, rank)
+    node = None
+    if "node" in own.columns and own["node"].notna().any():
+        node = int(own["node"].dropna().mode().iloc[0])
+    return Stage(name=name, dir=rdir, outcome=outcome, samples=own,
+                 events=read_events(rdir / EVENTS_FILE, problems),
+                 snapshots=read_snapshots(rdir, problems),
+                 captures=list_captures(name, rdir, problems, rank), rank=rank, node=node)
+
+
+def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, dict[str, Any]]:
+    """manifest-node<K>.json of nodes K > 0 (several nodes); one unreadable is a problem."""
+    out: dict[int, dict[str, Any]] = {}
+    for path in sorted(run_dir.glob("manifest-node*.json")):
+        k = parse_node_manifest(path.name)
+        if k is None:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            problems.append(f"{path.name}: unreadable ({type(exc).__name__})")
+            continue
+        if isinstance(data, dict):
+            out[k] = data
+        else:
+            problems.append(f"{path.name}: expected a JSON object")
+    return out

@@ -37,6 +37,9 @@ def snapshot_metrics(snap: dict[str, Any]) -> dict[str, float]:
     tb = snap.get("tensor_bytes") or {}
     for cat in ("parameters", "gradients", "optimizer_state", "other"):
         m[f"tensor_bytes_{cat}"] = float(tb.get(cat, 0) or 0)
+    for cat in tb:  # categories of some runs only: a DDP rank's reducer buckets (ddp_buckets)
+        if cat not in ("parameters", "gradients", "optimizer_state", "other"):
+            m[f"tensor_bytes_{cat}"] = float(tb.get(cat) or 0)
     m["tensor_bytes_total"] = sum(float(v or 0) for v in tb.values())
     m["tensor_count"] = float(snap.get("tensor_count") or 0)
     procs = [p for p in snap.get("processes") or [] if not p.get("gone")]

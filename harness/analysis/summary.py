@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from harness.analysis.load import Run
 from harness.analysis.peaks import running_peak, teardown_peak
 from harness.analysis.snapshot_metrics import epoch_growth
 from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
+
+if TYPE_CHECKING:
+    from harness.analysis.ranks import RankView
 
 
 def _plain(obj: Any) -> Any:
@@ -64,7 +67,8 @@ def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
     if best is None:
         return None
     return {"bytes": int(best.peak_memory or 0), "stage": best.capture.stage,
-            "capture": best.capture.name, "process": best.capture.role, "pid": best.pid}
+            "capture": best.capture.name, "process": best.capture.role, "pid": best.pid,
+            "rank": best.capture.rank}
 
 
 def _peak_in_phases(phases: pd.DataFrame, column: str,
@@ -78,7 +82,13 @@ def _peak_in_phases(phases: pd.DataFrame, column: str,
     s = s.assign(**{k: s[k].astype("float64").fillna(-1.0) for k in keys})
     row = s.sort_values(keys, ascending=False, kind="stable").iloc[0]
     return {"bytes": int(row[column]), "stage": str(row["stage"]),
-            "epoch": int(row["epoch"]), "phase": str(row["phase"])}
+            "epoch": int(row["epoch"]), "phase": str(row["phase"]), **_rank_of(row)}
+
+
+def _rank_of(row: Any) -> dict[str, int | None]:
+    """A table row's ``rank`` and ``node`` where it has them (distributed runs), else nothing."""
+    have = row.index if isinstance(row, pd.Series) else row  # a Series or a plain dict
+    return {k: _int(row[k]) for k in ("rank", "node") if k in have}
 
 
 def _growth(run: Run) -> list[dict[str, Any]]:
@@ -112,12 +122,65 @@ def _metrics(run: Run) -> dict[str, Any]:
     return {"final": final, "series": series}
 
 
+def _sampled_peaks(run: Run, tk: pd.DataFrame) -> dict[str, Any]:
+    return {"main_rss": running_peak(run, tk, "main_rss"), "tree_rss": running_peak(run, tk, "tree_rss"),
+            "workers_uss": running_peak(run, tk, "workers_uss"),
+            "main_rss_teardown": teardown_peak(run, tk, "main_rss"),
+            "tree_rss_teardown": teardown_peak(run, tk, "tree_rss")}
+
+
+def _largest(peaks: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    found = [p for p in peaks if p is not None]
+    return max(found, key=lambda p: p["bytes"]) if found else None
+
+
+def _rank_sections(views: list[RankView], phases: pd.DataFrame,
+                   captures: list[CaptureData]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run-wide peaks (each the largest over the ranks) and every rank's own."""
+    rows: list[dict[str, Any]] = []
+    for v in views:
+        where = {"rank": v.rank, "node": v.node}
+        sampled = {k: None if p is None else {**p, **where}
+                   for k, p in _sampled_peaks(v.run, v.ticks).items()}
+        own = phases[phases["rank"] == v.rank] if "rank" in phases.columns else phases.iloc[0:0]
+        rows.append({"rank": v.rank, "node": v.node, "peaks": {
+            **sampled,
+            "heap": _peak_heap([c for c in captures if c.capture.rank == v.rank]),
+            "live_tensor_bytes": _peak_in_phases(own, "peak_live_tensor_bytes"),
+            "cuda_allocated": _peak_in_phases(own, "cuda_peak_allocated"),
+            "cuda_reserved": _peak_in_phases(own, "cuda_peak_reserved", "cuda_peak_allocated"),
+        }})
+    keys = list(rows[0]["peaks"]) if rows else []
+    return {k: _largest([r["peaks"][k] for r in rows]) for k in keys}, rows
+
+
 def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
                   captures: list[CaptureData], findings: list[Finding],
-                  cuda: dict[str, Any] | None = None) -> Summary:
+                  cuda: dict[str, Any] | None = None,
+                  views: list[RankView] | None = None) -> Summary:
     """The summary (``.to_dict()`` is what summary.json holds). ``cuda``: the device section (CUDA
-    runs only), as :func:`harness.analysis.device.summary_section` gives it."""
+    runs only), as :func:`harness.analysis.device.summary_section` gives it. ``views``: a
+    distributed run's ranks (:func:`harness.analysis.ranks.views`); then ``phases`` has a rank
+    column, the peaks are the largest over the ranks and ``ranks`` holds each rank's own."""
     m = run.manifest
+    ranks: list[dict[str, Any]] | None = None
+    if views:
+        peaks, ranks = _rank_sections(views, phases, captures)
+        first = views[0].run  # the lowest rank: rank 0 logs the metrics and times the epochs
+        growth = [{**g, "rank": v.rank, "node": v.node} for v in views for g in _growth(v.run)]
+    else:
+        peaks = {
+            **_sampled_peaks(run, tk),
+            "heap": _peak_heap(captures),
+            "live_tensor_bytes": _peak_in_phases(phases, "peak_live_tensor_bytes"),
+            "cuda_allocated": _peak_in_phases(phases, "cuda_peak_allocated"),
+            "cuda_reserved": _peak_in_phases(phases, "cuda_peak_reserved", "cuda_peak_allocated"),
+        }
+        first = run
+        growth = _growth(run)
+    order = ("main_rss", "tree_rss", "workers_uss", "heap", "live_tensor_bytes", "cuda_allocated",
+             "cuda_reserved", "main_rss_teardown", "tree_rss_teardown")
+    peaks = {k: peaks[k] for k in order}
     stages = []
     for st in run.stages:
         o = st.outcome or {}
@@ -136,6 +199,7 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         "peak_live_tensor_bytes": _int(r.peak_live_tensor_bytes),
         "cuda_peak_allocated": _int(r.cuda_peak_allocated),
         "cuda_peak_reserved": _int(r.cuda_peak_reserved),
+        **_rank_of(r._asdict()),  # a dict: a Series a row costs seconds on a day's phases
     } for r in phases.itertuples(index=False)]
     return Summary.model_validate({
         "schema": SCHEMA_ID,
@@ -154,30 +218,22 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
             "host": m.get("host"),
         },
         "stages": stages,
-        "peaks": {
-            "main_rss": running_peak(run, tk, "main_rss"),
-            "tree_rss": running_peak(run, tk, "tree_rss"),
-            "workers_uss": running_peak(run, tk, "workers_uss"),
-            "heap": _peak_heap(captures),
-            "live_tensor_bytes": _peak_in_phases(phases, "peak_live_tensor_bytes"),
-            "cuda_allocated": _peak_in_phases(phases, "cuda_peak_allocated"),
-            "cuda_reserved": _peak_in_phases(phases, "cuda_peak_reserved", "cuda_peak_allocated"),
-            "main_rss_teardown": teardown_peak(run, tk, "main_rss"),
-            "tree_rss_teardown": teardown_peak(run, tk, "tree_rss"),
-        },
+        "peaks": peaks,
         "phases": phase_rows,
-        "growth_per_epoch": _growth(run),
+        "growth_per_epoch": growth,
         "durations": {
             "wall_s": _num(m.get("wall_s")),
             "stages": {s["name"]: s["wall_s"] for s in stages},
-            "epochs": _epoch_durations(run),
+            "epochs": _epoch_durations(first),
         },
-        "metrics": _metrics(run),
+        "metrics": _metrics(first),
         "findings": [_plain(f.to_dict()) for f in findings],
         "captures": [{"stage": c.capture.stage, "name": c.capture.name, "process": c.capture.role,
                       "pid": c.pid, "file": str(c.capture.path.relative_to(run.dir)),
                       "file_bytes": c.capture.size, "peak_heap": c.peak_memory,
-                      "allocations": c.total_allocations, "error": c.error} for c in captures],
+                      "allocations": c.total_allocations, "error": c.error,
+                      "rank": c.capture.rank} for c in captures],
         "problems": list(run.problems),
+        **({"ranks": ranks} if ranks is not None else {}),
         **({"cuda": _plain(cuda)} if cuda is not None else {}),
     })

@@ -56,7 +56,21 @@ Epoch = Annotated[int, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
 Process = Literal["main", "worker"]
 FindingKind = Literal["leak", "trend", "copy_on_read", "rss_heap_gap", "peak_phase",
-                      "cuda_peak_phase", "cuda_reserved", "cuda_pinned_host", "cuda_retries"]
+                      "cuda_peak_phase", "cuda_reserved", "cuda_pinned_host", "cuda_retries",
+                      "rank_skew"]
+# Distributed runs (torchrun) only: the global rank and the node a row is of. Absent, never
+# null, elsewhere, so that a single process's summary.json is what it was (Summary.to_dict).
+RANK_KEYS = ("rank", "node")
+
+
+def _rank_field() -> Any:
+    return Field(None, description="distributed runs only: the global rank (absent otherwise)",
+                 json_schema_extra=_no_default)
+
+
+def _node_field() -> Any:
+    return Field(None, description="runs of several nodes only: the node (node_rank)",
+                 json_schema_extra=_no_default)
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -112,6 +126,8 @@ class Peak(_Section):
     step: Count
     phase: str = Field(description="a probe phase, or 'none' for a workload without probe calls")
     t: float
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    node: Count | SkipJsonSchema[None] = _node_field()
 
 
 class TeardownPeak(_Section):
@@ -126,6 +142,8 @@ class TeardownPeak(_Section):
     file_backed_rise: int | None = Field(
         description="main process only: the part of the rise in file-backed pages (statm shared: "
                     "shared libraries' code and data, mapped files); null for the tree")
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    node: Count | SkipJsonSchema[None] = _node_field()
 
 
 class HeapPeak(_Section):
@@ -136,6 +154,8 @@ class HeapPeak(_Section):
     capture: str
     process: Process
     pid: int | None
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    node: Count | SkipJsonSchema[None] = _node_field()
 
 
 class PhasePeak(_Section):
@@ -145,6 +165,8 @@ class PhasePeak(_Section):
     stage: str
     epoch: Epoch
     phase: str
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    node: Count | SkipJsonSchema[None] = _node_field()
 
 
 class Peaks(_Section):
@@ -185,6 +207,8 @@ class PhaseRow(_Section):
         None, description="CUDA runs: the phase's own peak allocated (reset when it began)")
     cuda_peak_reserved: Bytes | None = Field(
         None, description="CUDA runs: the phase's own peak reserved")
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    node: Count | SkipJsonSchema[None] = _node_field()
 
 
 class GrowthRow(_Section):
@@ -197,6 +221,8 @@ class GrowthRow(_Section):
     main_uss: int
     tensor_count: int
     tensor_bytes: int
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    node: Count | SkipJsonSchema[None] = _node_field()
 
 
 class EpochSeconds(_Section):
@@ -249,6 +275,8 @@ class CaptureRow(_Section):
     peak_heap: Bytes | None
     allocations: Count | None
     error: str | None
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    node: Count | SkipJsonSchema[None] = _node_field()
 
 
 class TopSite(_Section):
@@ -292,6 +320,14 @@ class Cuda(_Section):
     history: list[HistoryRow]
 
 
+class RankRow(_Section):
+    """One rank of a distributed run: its own peaks (each also carries the rank)."""
+
+    rank: Count
+    node: Count | SkipJsonSchema[None] = _node_field()
+    peaks: Peaks
+
+
 class Summary(_Section):
     """report/summary.json: the headline numbers of one run directory."""
 
@@ -310,6 +346,10 @@ class Summary(_Section):
     findings: list[FindingRow]
     captures: list[CaptureRow]
     problems: list[str] = Field(description="files missing, cut short or unreadable")
+    # Distributed runs only; the run-wide peaks above are then the largest over the ranks.
+    ranks: list[RankRow] | SkipJsonSchema[None] = Field(
+        None, description="distributed runs only: each rank's peaks; the run-wide peaks are the "
+                          "largest over the ranks", json_schema_extra=_no_default)
     # Absent, never null, on the CPU: the schema shows the object only.
     cuda: Cuda | SkipJsonSchema[None] = Field(
         None, description="CUDA runs only: the device and the allocator-history windows",
@@ -324,9 +364,20 @@ class Summary(_Section):
         return value
 
     def to_dict(self) -> dict[str, Any]:
-        """What summary.json holds: every field in order, ``cuda`` only on CUDA runs."""
-        return self.model_dump(mode="json", by_alias=True,
-                               exclude={"cuda"} if self.cuda is None else None)
+        """What summary.json holds: every field in order, ``cuda`` only on CUDA runs, ``ranks``
+        and each row's ``rank`` and ``node`` only where they are known (distributed runs)."""
+        exclude = {k for k in ("cuda", "ranks") if getattr(self, k) is None}
+        out = self.model_dump(mode="json", by_alias=True, exclude=exclude or None)
+        return {k: v if k == "findings" else _drop_unknown_ranks(v) for k, v in out.items()}
+
+
+def _drop_unknown_ranks(obj: Any) -> Any:
+    """``obj`` without the RANK_KEYS that are null (the findings' free-form numbers are not walked)."""
+    if isinstance(obj, dict):
+        return {k: _drop_unknown_ranks(v) for k, v in obj.items() if not (k in RANK_KEYS and v is None)}
+    if isinstance(obj, list):
+        return [_drop_unknown_ranks(v) for v in obj]
+    return obj
 
 
 class _NoFieldTitles(GenerateJsonSchema):

@@ -13,6 +13,11 @@ whichever start method made it:
 - forkserver: a child of the fork server (``-c "from multiprocessing.forkserver import main; ..."``,
   a direct child of ``main`` named ``forkserver``) running the server's own command line.
 
+In a distributed stage (:class:`AgentRoles`) the root is torchrun's ``agent``; each rank, a child of
+the agent running ``harness.probe.stage ... --rank``, is ``rank R`` (R the global rank, from its
+environment's ``RANK``) and its DataLoader workers ``rank R worker N``, by the rule above applied
+to the rank's own tree.
+
 Anything else (an exec'd helper such as ``ldconfig`` or a compiler, multiprocessing's resource
 tracker, a worker's own children) is ``child``. A process whose command line must be read to name it
 and cannot be (already exiting, a zombie) gets no role yet; nor does a child of ``main`` running
@@ -31,6 +36,7 @@ import psutil
 MAIN = "main"
 CHILD = "child"
 FORKSERVER = "forkserver"
+AGENT = "agent"
 
 # The ``-c`` programs multiprocessing starts its exec'd processes with (multiprocessing/spawn.py,
 # forkserver.py).
@@ -49,6 +55,15 @@ FORK, SPAWN, NO_WORKERS = "fork", "spawn", "none"
 def worker(slot: int) -> str:
     """The role of the DataLoader worker in ``slot``."""
     return f"worker {slot}"
+
+
+def rank_role(rank: int, role: str = MAIN) -> str:
+    """``rank R`` for a rank's own process, ``rank R worker N`` for its workers; others unchanged."""
+    if role == MAIN:
+        return f"rank {rank}"
+    if role.startswith("worker "):
+        return f"rank {rank} {role}"
+    return role
 
 
 def _program(cmdline: list[str]) -> str:
@@ -209,6 +224,98 @@ class Roles:
         self._slots.pop(pid, None)
         self._servers.pop(pid, None)
         self.methods.pop(pid, None)
+
+
+# The rank program the agent starts (harness.control.distributed.run_agent).
+_RANK_PROGRAM = ("harness.probe.stage", "--rank")
+
+
+def read_rank(pid: int) -> int | None:
+    """The global rank torchrun gave ``pid`` (``RANK`` in its environment); None if none or unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = fh.read()
+    except OSError:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(b"RANK="):
+            try:
+                return int(item[5:])
+            except ValueError:
+                return None
+    return None
+
+
+class AgentRoles:
+    """Names the tree of a distributed stage, rooted at torchrun's agent, as :class:`Roles` does.
+
+    ``rank(pid)`` is the global rank a process belongs to: a rank's own, its workers' and its
+    other descendants' alike; None for the agent and what else it runs.
+    """
+
+    def __init__(self, root: int, cmdline: Callable[[int], list[str] | None] = read_cmdline,
+                 age: Callable[[int], float | None] = process_age,
+                 rank_of: Callable[[int], int | None] = read_rank) -> None:
+        self.root = root
+        self._cmdline = cmdline
+        self._age = age
+        self._rank_of = rank_of
+        self._ranks: dict[int, Roles] = {}  # rank -> the roles of its tree
+        self._owner: dict[int, int] = {}  # pid -> the rank it belongs to
+        self._roles: dict[int, str] = {}
+        self._agent_cmdline: list[str] | None = None
+        self.methods_seen: set[str] = set()
+
+    @property
+    def methods(self) -> dict[int, str]:
+        """Worker pid -> the start method that made it, over every rank."""
+        out: dict[int, str] = {}
+        for roles in self._ranks.values():
+            out.update(roles.methods)
+        return out
+
+    def rank(self, pid: int) -> int | None:
+        return self._owner.get(pid)
+
+    def role(self, pid: int, ppid: int) -> str | None:
+        """agent, rank R, rank R worker N, forkserver or child; None while it cannot be told."""
+        if pid == self.root:
+            return AGENT
+        owner = self._owner.get(pid, self._owner.get(ppid))
+        if owner is not None:
+            role = self._ranks[owner].role(pid, ppid)
+            if role is None:
+                return None
+            self._owner[pid] = owner
+            self.methods_seen |= self._ranks[owner].methods_seen
+            return rank_role(owner, role)
+        role = self._roles.get(pid)
+        if role is not None:
+            return role
+        if ppid == self.root:
+            cmdline = self._cmdline(pid)
+            if not cmdline:
+                return None
+            if self._agent_cmdline is None:
+                self._agent_cmdline = self._cmdline(self.root)
+            if cmdline == self._agent_cmdline:  # forked, not yet exec'd: a rank on its way
+                return None
+            if all(part in cmdline for part in _RANK_PROGRAM):
+                rank = self._rank_of(pid)
+                if rank is None:  # exiting: its environment is gone; ask again next look
+                    return None
+                self._ranks[rank] = Roles(pid, self._cmdline, self._age)
+                self._owner[pid] = rank
+                return rank_role(rank)
+        self._roles[pid] = CHILD
+        return CHILD
+
+    def forget(self, pid: int) -> None:
+        """Drop a process that has gone; a worker's slot becomes free."""
+        owner = self._owner.pop(pid, None)
+        if owner is not None:
+            self._ranks[owner].forget(pid)
+        self._roles.pop(pid, None)
 
 
 def roles_of(root: int) -> list[tuple[int, int, str]]:

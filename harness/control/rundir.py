@@ -9,7 +9,7 @@
         stages/<stage>/
             log.txt            the stage's stdout and stderr
             events.jsonl       phase, epoch, metric and memray events from the workload
-            samples.csv        the process-tree samples (one row per process per tick)
+            samples/           the process-tree samples (one row per process per tick, in parts)
             probe.json         the probe's configuration; probe.cell: the shared cell
             snapshots/*.json   epoch-boundary memory snapshots
             memray/*.bin[.pid] memray captures (a .pid suffix: a forked worker)
@@ -161,9 +161,10 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write atomically, so a crash mid-write never leaves a torn manifest."""
-    tmp = run_dir / (MANIFEST + ".tmp")
+def write_manifest(run_dir: Path, manifest: dict[str, Any], name: str = MANIFEST) -> None:
+    """Write atomically, so a crash mid-write never leaves a torn manifest (``name``: node K > 0
+    of a distributed job writes manifest-node<K>.json)."""
+    tmp = run_dir / (name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    tmp.replace(run_dir / MANIFEST)
+    tmp.replace(run_dir / name)
 

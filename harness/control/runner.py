@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from harness.control import preflight, rundir
+from harness.control import distributed, preflight, rundir
 from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeSampler, TreeTotals
 from harness.control.scenario import Scenario, dump
@@ -36,10 +36,12 @@ from harness.layout import (
     CELL_FILE,
     EVENTS_FILE,
     PROBE_CONFIG_FILE,
-    SAMPLES_FILE,
+    SAMPLES_DIR,
     STAGE_DIR_ENV,
     STAGE_LOG_FILE,
     Event,
+    node_manifest_name,
+    rank_dir_name,
     stage_dir,
 )
 from harness.probe import cell as cellmod
@@ -70,6 +72,11 @@ class StageOutcome:
     # How the sampler saw its DataLoader workers started: fork | spawn | forkserver | none; None
     # when nothing sampled the stage.
     worker_start_method: str | None = None
+    # A distributed stage: the global rank it failed in (the first to fail, or the largest when the
+    # tree passed a limit), this node's rank, and each rank's last cell state (epoch, step, ...)
+    rank: int | None = None
+    node: int | None = None
+    ranks: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -208,13 +215,16 @@ def run_stage(
     console: Console,
     instrumented: bool,
 ) -> StageOutcome:
-    sdir = stage_dir(run_dir, stage)
+    dist = scenario.distributed
+    # The stage's log and samples; a distributed stage's ranks each have a directory beside them.
+    sdir = stage_dir(run_dir, stage) if dist is None else distributed.node_dir(run_dir, stage, dist)
     sdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.pop(STAGE_DIR_ENV, None)
     if instrumented:
-        cellmod.create(sdir / CELL_FILE)
+        if dist is None:  # a rank makes its own cell, once it knows its rank
+            cellmod.create(sdir / CELL_FILE)
         (sdir / PROBE_CONFIG_FILE).write_text(json.dumps(_probe_config(scenario, stage), indent=1))
         env[STAGE_DIR_ENV] = str(sdir)
     started_iso, t0 = rundir.now_iso(), time.monotonic()
@@ -224,7 +234,7 @@ def run_stage(
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "harness.probe.stage", str(run_dir), stage,
-             "--watch-fd", str(watch_read)],
+             "--watch-fd", str(watch_read), *(["--agent"] if dist is not None else [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -241,18 +251,29 @@ def run_stage(
     pump = threading.Thread(target=_pump, args=(proc.stdout, sdir / STAGE_LOG_FILE, console), daemon=True)
 
     stop_reason: list[str] = []
+    limit_rank: list[int] = []  # distributed: the rank holding most when the tree passed the limit
     limit_bytes = scenario.limits.max_rss_mb * MiB if scenario.limits.max_rss_mb else None
+    sampler: TreeSampler | None = None
+
+    def stop_tree() -> None:
+        _kill_group(pgid)
+        if dist is not None and sampler is not None:  # torchrun put each rank in a session of its own
+            _kill_rank_groups(sampler)
 
     def on_tick(totals: TreeTotals) -> None:
         if limit_bytes is not None and totals.tree_rss > limit_bytes and not stop_reason:
+            largest = ""
+            if totals.rank_rss:
+                rank, rss = max(totals.rank_rss.items(), key=lambda kv: (kv[1], -kv[0]))
+                limit_rank.append(rank)
+                largest = f"; rank {rank} held the most ({format_size(rss, unit='MiB', digits=0)})"
             stop_reason.append(
                 f"limit: tree RSS {format_size(totals.tree_rss, unit='MiB', digits=0)} exceeded "
                 "limits.max_rss_mb "
-                f"({scenario.limits.max_rss_mb:g} MiB)"
+                f"({scenario.limits.max_rss_mb:g} MiB){largest}"
             )
-            _kill_group(pgid)
+            stop_tree()
 
-    sampler = None
     stopped_by: signal.Signals | None = None
     killed: list[int] = []
     timeout = scenario.limits.timeout_s
@@ -260,8 +281,9 @@ def run_stage(
         pump.start()
         if instrumented:
             sampler = TreeSampler(
-                proc.pid, stage, sdir / SAMPLES_FILE, sdir / CELL_FILE,
+                proc.pid, stage, sdir / SAMPLES_DIR, sdir / CELL_FILE if dist is None else None,
                 scenario.sampling.rss_hz, scenario.sampling.full_hz, on_tick,
+                ranks=stage_dir(run_dir, stage) if dist is not None else None,
             )
             sampler.start()
         try:
@@ -276,20 +298,20 @@ def run_stage(
                     console.status(progress_text(stage, sampler.totals, elapsed))
                 if timeout is not None and elapsed > timeout and not stop_reason:
                     stop_reason.append(f"timeout: stage ran past limits.timeout_s ({timeout:g} s)")
-                    _kill_group(pgid)
+                    stop_tree()
         except KeyboardInterrupt:
             stopped_by = signal.SIGINT
         except SignalReceived as exc:
             stopped_by = signal.Signals(exc.signum)
         finally:
             # Workers outlive a killed main process only briefly; never leave one behind.
-            _kill_group(pgid)
+            stop_tree()
             console.end_status()
         proc.wait()
     finally:
         # Also when a second interruption lands here: the stage is over, whatever it left runs no
         # longer, and the sampler stops writing.
-        _kill_group(pgid)  # a no-op unless the clean-up above was cut short
+        stop_tree()  # a no-op unless the clean-up above was cut short
         if sampler is not None:
             sampler.stop()
             sampler.join(timeout=10)
@@ -306,7 +328,7 @@ def run_stage(
     wall = time.monotonic() - t0
     rc = proc.returncode
     last = None
-    if sampler is not None and sampler.totals.cell is not None:
+    if sampler is not None and sampler.totals.cell is not None and dist is None:
         c = sampler.totals.cell
         last = {"epoch": c.epoch, "step": c.step, "total": c.total, "phase": c.phase}
     sig = signal.Signals(-rc).name if rc is not None and rc < 0 else None
@@ -323,6 +345,15 @@ def run_stage(
     else:
         status = "failed"
         message, error = _failure_message(sdir, rc, instrumented)
+    rank: int | None = None
+    ranks: dict[str, Any] | None = None
+    if dist is not None:
+        rank, ranks, rank_last, rank_status = _rank_outcome(run_dir, stage, sdir, instrumented,
+                                                       limit_rank[0] if limit_rank else None)
+        if rank_status is not None and stopped_by is None and not stop_reason and rc != 0:
+            status, message, error = rank_status
+        if instrumented:
+            last = rank_last
     return StageOutcome(
         name=stage,
         status=status,
@@ -340,7 +371,67 @@ def run_stage(
         stopped_by=stopped_by.name if stopped_by is not None else None,
         killed_descendants=killed,
         worker_start_method=sampler.stats.worker_start_method() if sampler is not None else None,
+        rank=rank,
+        node=dist.node_rank if dist is not None else None,
+        ranks=ranks,
     )
+
+
+def _kill_rank_groups(sampler: TreeSampler) -> None:
+    """SIGKILL the process group of every rank the sampler saw that still runs (torchrun starts
+    each in its own session; its workers share its group)."""
+    seen = sampler.seen()
+    for pid, role in list(sampler.stats.roles.items()):
+        if not (role.startswith("rank ") and " " not in role[5:]) or pid not in seen:
+            continue
+        try:
+            if psutil.Process(pid).create_time() != seen[pid] or os.getpgid(pid) != pid:
+                continue  # a reused pid, or not a group leader any more
+        except (psutil.Error, ProcessLookupError):
+            continue
+        _kill_group(pid)
+
+
+def _cell_state(path: Path) -> dict[str, Any] | None:
+    """epoch, step, total and phase of a rank's cell file, as ``last`` holds them."""
+    try:
+        reader = cellmod.CellReader(path)
+    except (OSError, ValueError):
+        return None
+    try:
+        c = reader.read()
+    finally:
+        reader.close()
+    return None if c is None else {"epoch": c.epoch, "step": c.step, "total": c.total, "phase": c.phase}
+
+
+def _rank_outcome(
+    run_dir: Path, stage: str, node_path: Path, instrumented: bool, limit_rank: int | None
+) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None, tuple[str, str, str | None] | None]:
+    """(rank, each rank's last cell state, the rank's last state, (status, message, error)) of a
+    distributed stage: the rank that failed first (the agent's record), else the rank that held the
+    most when the tree passed a limit. The status is None when the agent recorded no failure."""
+    spath = stage_dir(run_dir, stage)
+    ranks = {str(r): _cell_state(d / CELL_FILE) for r, d in distributed.rank_dirs(spath).items()} or None
+    record = distributed.read_record(node_path)
+    failure = record.get("failure") if record else None
+    if record and record.get("rendezvous"):  # the nodes never met: no rank ran
+        return None, ranks, None, ("failed", str(record["rendezvous"]), "RendezvousError")
+    rank: int | None = int(failure["rank"]) if failure else limit_rank
+    if rank is None and ranks:
+        rank_last = ranks[min(ranks, key=int)]  # the lowest rank's, for progress and the record
+    else:
+        rank_last = (ranks or {}).get(str(rank))
+    if not failure or rank is None:
+        return rank, ranks, rank_last, None
+    rdir = spath / rank_dir_name(rank)
+    if failure.get("signal"):
+        return rank, ranks, rank_last, ("killed", distributed.describe(failure), None)
+    error = _stage_error(rdir if instrumented else node_path, instrumented)
+    if error is not None:
+        kind, text = error
+        return rank, ranks, rank_last, ("failed", f"rank {rank}: {kind}: {text}".rstrip(": "), kind)
+    return rank, ranks, rank_last, ("failed", distributed.describe(failure), None)
 
 
 def _stopped(signum: signal.Signals) -> tuple[str, str]:
@@ -352,9 +443,9 @@ def _stopped(signum: signal.Signals) -> tuple[str, str]:
 
 def _where(outcome: StageOutcome) -> str:
     if not outcome.last:
-        return ""
+        return f" in rank {outcome.rank}" if outcome.rank is not None else ""
     last = outcome.last
-    bits = []
+    bits = [f"rank {outcome.rank}"] if outcome.rank is not None else []
     if last.get("epoch"):
         bits.append(f"epoch {last['epoch']}")
     bits.append(f"step {last['step']}")
@@ -376,7 +467,11 @@ def run_scenario(
     """
     preflight.check(scenario, source)
     check_device(scenario, source)
+    distributed.check(scenario, source)
     run_dir = rundir.new_run_dir(reports, scenario.name, "" if instrumented else "-bare")
+    dist = scenario.distributed
+    # Node K > 0 of a job keeps its own manifest beside node 0's (harness merge joins them).
+    manifest_name = node_manifest_name(dist.node_rank) if dist and dist.node_rank > 0 else rundir.MANIFEST
     (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
     manifest: dict[str, Any] = {
         "manifest_version": rundir.MANIFEST_VERSION,
@@ -390,7 +485,7 @@ def run_scenario(
         "status": "running",
         "stages": [],
     }
-    rundir.write_manifest(run_dir, manifest)
+    rundir.write_manifest(run_dir, manifest, manifest_name)
     console.line(f"harness: run directory {run_dir}")
     t0 = time.monotonic()
     failure: StageOutcome | None = None
@@ -400,7 +495,7 @@ def run_scenario(
         for stage in scenario.stages:
             outcome = run_stage(scenario, run_dir, stage, console, instrumented)
             manifest["stages"].append(outcome.to_dict())
-            rundir.write_manifest(run_dir, manifest)
+            rundir.write_manifest(run_dir, manifest, manifest_name)
             if outcome.status != "ok":
                 failure = outcome
                 break
@@ -433,9 +528,12 @@ def run_scenario(
                 "stage": failure.name, "status": failure.status, "message": failure.message,
                 "where": failure.last,
             }
-        rundir.write_manifest(run_dir, manifest)
+            if failure.node is not None:
+                manifest["failure"].update(rank=failure.rank, node=failure.node)
+        rundir.write_manifest(run_dir, manifest, manifest_name)
     if failure is not None:
-        log = stage_dir(run_dir, failure.name) / STAGE_LOG_FILE
+        log = (stage_dir(run_dir, failure.name) if dist is None
+               else distributed.node_dir(run_dir, failure.name, dist)) / STAGE_LOG_FILE
         what = {
             "failed": "failed",
             "killed": "was killed",

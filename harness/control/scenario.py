@@ -70,6 +70,9 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     log_every: int = Field(2000, ge=1)  # mini-batches between loss lines
     max_steps: int | None = Field(None, ge=1)  # cap on training steps per epoch (None: all)
+    # torch's intra-op (and inter-op) threads in each stage (None: torch's default, one per core);
+    # on a small machine they compete with the DataLoader workers for the same cores
+    threads: int | None = Field(None, ge=1, le=1024)
 
 
 class WorkloadConfig(_Section):
@@ -90,29 +93,51 @@ class MemrayConfig(_Section):
 
     mode: Literal["off", "windows", "full"] = "windows"
     native_traces: bool = True
-    follow_fork: bool = True  # DataLoader workers forked while tracking stay tracked
+    # DataLoader workers forked while a capture is open are tracked until it closes
+    follow_fork: bool = True
     train_start: int = Field(100, ge=0)  # first tracked training step of each epoch (0: from the
-    # loader's start, so its forked workers are tracked for the whole epoch)
+    # loader's start, so its forked workers are tracked too, for the window's steps)
     train_steps: int = Field(300, ge=0)  # tracked training steps per epoch (0: none)
-    epochs: tuple[int, ...] | None = None  # 1-based epochs with a training window (None: all)
+    # 1-based epochs with a training window. None: where one answers a question — epochs 1 and
+    # 2, each power of two (4, 8, 16, ...), and the epoch after one whose end found the main
+    # process's RSS more than regrow_mb above its RSS at the end of the last epoch with a
+    # window; "every": each epoch. A window costs ~7 MB and ~2 s, so every epoch of a long run
+    # would write ~440 MB an hour.
+    epochs: tuple[int, ...] | Literal["every"] | None = None
+    # MiB of epoch-end RSS growth that asks for a window in the next epoch (0: never). Measured:
+    # epoch-end RSS of the JPEG baseline moves <= 1.4 MiB an epoch, 2.1 MiB over 7 epochs.
+    regrow_mb: float = Field(32.0, ge=0)
     validation: bool = True  # track validation passes (their workers included)
     # epochs whose validation pass is tracked (None: all); the passes run the same code, and
     # each costs about as much as it tracks, so one is the default
     validation_epochs: tuple[int, ...] | None = (1,)
     test: bool = True  # track the test stage
+    # batches of a tracked validation or test pass (its workers stop with it); 0 or None: the
+    # whole pass. A pass repeats one small loop: 200 of the baseline's 1,500 batches find the
+    # same top sites and a peak heap within 5 %, for a fifth or less of its cost (docs/run-directory.md).
+    eval_batches: int | None = Field(200, ge=0)
 
     @field_validator("mode", mode="before")
     @classmethod
     def _yaml_off(cls, v: Any) -> Any:
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs_form(cls, v: Any) -> Any:
+        if v is None or v == "every" or isinstance(v, tuple):
+            return v
+        if isinstance(v, list):  # read back from JSON (probe.json)
+            return tuple(v)
+        raise ValueError(f"expected a list of epochs, 'every' or null, got {v!r}")
+
 
 class SamplingConfig(_Section):
     """psutil sampling of the stage's process tree, in the harness process."""
 
-    rss_hz: float = Field(25.0, ge=1, le=1000)  # RSS and /proc/<pid>/statm (~0.2 ms a process)
-    # USS, PSS, swap via smaps_rollup: the kernel walks every page table, 10-30 ms a call for
-    # an 800 MB process, so this is the sampler's main cost on a busy machine
+    rss_hz: float = Field(25.0, ge=1, le=1000)  # RSS and its parts, /proc/<pid>/status (~20 us a process)
+    # USS, PSS, swap of each process via smaps_rollup: the kernel walks every page table, 10-30 ms
+    # a call for an 800 MB process, so this is the sampler's main cost (one process a tick, in turn)
     full_hz: float = Field(1.0, gt=0, le=50)
 
 
@@ -132,6 +157,36 @@ class CudaConfig(_Section):
     history_start: int = Field(100, ge=0)  # first step of that window
     history_steps: int = Field(50, ge=1)  # steps recorded (~90 alloc/free events a step)
     history_max_mb: float = Field(64, gt=0)  # the pickle is trimmed to this size
+
+
+class DistributedConfig(_Section):
+    """Run each stage under torchrun: the stage process is the agent, each rank runs the workload."""
+
+    nproc_per_node: int = Field(1, ge=1)  # ranks on this node
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)  # this node's place; each node runs `harness run` with its own
+    # host:port of the c10d rendezvous; None: 127.0.0.1 on a free port (one node only)
+    rdzv_endpoint: str | None = None
+    backend: Literal["gloo", "nccl"] = "gloo"  # nccl needs CUDA
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # how the built-in workload spreads the model
+    rdzv_timeout_s: float = Field(60.0, gt=0)  # for every node to join (and to reach the endpoint)
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint_form(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}", v):
+            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        if v is not None and not 0 < int(v.rpartition(":")[2]) < 65536:
+            raise ValueError(f"port out of range in {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _nodes(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} is not below nnodes {self.nnodes}")
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError("several nodes need rdzv_endpoint: the HOST:PORT every node can reach")
+        return self
 
 
 class LimitsConfig(_Section):
@@ -178,11 +233,23 @@ class BudgetsConfig(_Section):
     peak_main_rss_teardown: int | None = None
     peak_tree_rss_teardown: int | None = None
     phases: dict[str, PhaseBudget] = Field(default_factory=dict)
+    # distributed runs: one rank's own limits, by global rank (the keys above: the largest over ranks)
+    ranks: dict[int, BudgetsConfig] = Field(default_factory=dict)
 
     @field_validator("*", mode="before")
     @classmethod
     def _sizes(cls, v: Any, info: ValidationInfo) -> Any:
-        return v if info.field_name == "phases" else _size_or_none(v)
+        return v if info.field_name in ("phases", "ranks") else _size_or_none(v)
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks_flat(cls, v: dict[int, BudgetsConfig]) -> dict[int, BudgetsConfig]:
+        for rank, budgets in v.items():
+            if rank < 0:
+                raise ValueError(f"rank {rank}: expected a global rank, 0 or more")
+            if budgets.ranks:
+                raise ValueError(f"rank {rank}: a rank's budgets cannot have ranks of their own")
+        return v
 
     @field_validator("phases")
     @classmethod
@@ -215,6 +282,7 @@ class Scenario(_Section):
     cuda: CudaConfig = CudaConfig()
     limits: LimitsConfig = LimitsConfig()
     budgets: BudgetsConfig = BudgetsConfig()
+    distributed: DistributedConfig | None = None  # None: one process, no torchrun
 
     @field_validator("device")
     @classmethod

@@ -92,15 +92,17 @@ def baseline_limit(stats: MetricStats, tolerance: float, noise_floor: int) -> in
 
 
 def budget_limits(budgets: BudgetsConfig) -> dict[str, int]:
-    """The scenario's budgets by flat metric name."""
+    """The scenario's budgets by flat metric name (a rank's: ``ranks.<R>.<name>``)."""
     out: dict[str, int] = {}
-    for key, value in budgets.model_dump(exclude={"phases"}).items():
+    for key, value in budgets.model_dump(exclude={"phases", "ranks"}).items():
         if value is not None:
             out[key] = int(value)
     for phase, pb in budgets.phases.items():
         for key, value in pb.model_dump().items():
             if value is not None:
                 out[m.phase_name(phase, key)] = int(value)
+    for rank, rb in budgets.ranks.items():
+        out.update({m.rank_name(rank, k): v for k, v in budget_limits(rb).items()})
     return out
 
 

@@ -171,7 +171,9 @@ def _run_rows(s: Summary) -> dict[tuple[str, ...], dict[str, Any]]:
 
 
 def _phase_rows(s: Summary) -> dict[tuple[str, ...], dict[str, Any]]:
-    return {(r.stage, str(r.epoch), r.phase): r.model_dump() for r in s.phases}
+    # a distributed run's rows are per rank: rank R of A is set beside rank R of B
+    return {(r.stage if r.rank is None else f"{r.stage} rank {r.rank}", str(r.epoch), r.phase): r.model_dump()
+            for r in s.phases}
 
 
 def _max(values: list[Any]) -> float | None:

@@ -17,7 +17,15 @@ from harness.layout import HARNESS_PHASES
 from harness.sizes import MiB
 
 if TYPE_CHECKING:
-    from harness.analysis.summary_model import HeapPeak, Peak, PhasePeak, Summary, TeardownPeak
+    from harness.analysis.summary_model import (
+        HeapPeak,
+        Peak,
+        Peaks,
+        PhasePeak,
+        PhaseRow,
+        Summary,
+        TeardownPeak,
+    )
 
 
 
@@ -70,8 +78,26 @@ TEARDOWN_KEYS = frozenset({"peak_main_rss_teardown", "peak_tree_rss_teardown"})
 EXACT_KEYS = frozenset({"peak_live_tensor_bytes", "peak_cuda_allocated", "peak_cuda_reserved"})
 
 
+RANK_PREFIX = "ranks."  # ranks.<R>.<metric>: one rank's own figure (distributed runs)
+
+
+def rank_name(rank: int, name: str) -> str:
+    return f"{RANK_PREFIX}{rank}.{name}"
+
+
+def split_rank(name: str) -> tuple[int | None, str]:
+    """``ranks.1.peak_main_rss`` -> (1, ``peak_main_rss``); a name of no rank -> (None, name)."""
+    if name.startswith(RANK_PREFIX):
+        rank, _, rest = name.removeprefix(RANK_PREFIX).partition(".")
+        if rank.isdigit():
+            return int(rank), rest
+    return None, name
+
+
 def split_name(name: str) -> tuple[str | None, str]:
-    """``phases.backward.peak_main_rss`` -> (``backward``, ``peak_main_rss``); run-wide -> (None, name)."""
+    """``phases.backward.peak_main_rss`` -> (``backward``, ``peak_main_rss``); run-wide -> (None, name).
+    A rank's (``ranks.1.phases.backward.peak_main_rss``) splits as the name it is that rank's of."""
+    name = split_rank(name)[1]
     if name.startswith("phases."):
         _, phase, key = name.split(".", 2)
         return phase, key
@@ -90,8 +116,10 @@ def definition(name: str) -> MetricDef:
 
 def label(name: str) -> str:
     phase, _ = split_name(name)
+    rank, _ = split_rank(name)
     text = definition(name).label
-    return f"{text} [{phase}]" if phase else text
+    text = f"{text} [{phase}]" if phase else text
+    return f"{text}, rank {rank}" if rank is not None else text
 
 
 def _bytes(peak: Peak | HeapPeak | PhasePeak | TeardownPeak | None) -> int | None:
@@ -115,8 +143,19 @@ def growth_per_epoch(summary: Summary) -> int | None:
 
 
 def from_summary(summary: Summary) -> dict[str, int]:
-    """Every metric the summary can give, by flat name. Absent figures are left out."""
-    peaks = summary.peaks
+    """Every metric the summary can give, by flat name. Absent figures are left out.
+
+    A distributed run's names without a rank are the largest over its ranks; each rank's own
+    are ``ranks.<R>.<name>`` (run-wide and per phase; growth_per_epoch is run-wide only).
+    """
+    out = {**_peaks_metrics(summary.peaks, growth_per_epoch(summary)), **_phase_metrics(summary.phases)}
+    for r in summary.ranks or []:
+        own = {**_peaks_metrics(r.peaks), **_phase_metrics([p for p in summary.phases if p.rank == r.rank])}
+        out.update({rank_name(r.rank, k): v for k, v in own.items()})
+    return out
+
+
+def _peaks_metrics(peaks: Peaks, growth: int | None = None) -> dict[str, int]:
     raw: dict[str, int | None] = {
         "peak_main_rss": _bytes(peaks.main_rss),
         "peak_tree_rss": _bytes(peaks.tree_rss),
@@ -125,12 +164,17 @@ def from_summary(summary: Summary) -> dict[str, int]:
         "peak_live_tensor_bytes": _bytes(peaks.live_tensor_bytes),
         "peak_cuda_allocated": _bytes(peaks.cuda_allocated),
         "peak_cuda_reserved": _bytes(peaks.cuda_reserved),
-        "growth_per_epoch": growth_per_epoch(summary),
+        "growth_per_epoch": growth,
         "peak_main_rss_teardown": _bytes(peaks.main_rss_teardown),
         "peak_tree_rss_teardown": _bytes(peaks.tree_rss_teardown),
     }
-    out = {k: v for k, v in raw.items() if v is not None}
-    for row in summary.phases:
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def _phase_metrics(phases: list[PhaseRow]) -> dict[str, int]:
+    """Per phase, the largest over the rows (stages, epochs and, distributed, ranks)."""
+    out: dict[str, int] = {}
+    for row in phases:
         for mdef, column in PHASE_METRICS:
             value = getattr(row, column)
             if value is None:
@@ -154,14 +198,16 @@ def for_baseline(metrics: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def sort_key(name: str) -> tuple[int, int, int]:
+def sort_key(name: str) -> tuple[int, int, int, int]:
     """Run-wide metrics first, then phases in the order a step goes through them."""
     from harness.probe.cell import PHASES
 
     phase, key = split_name(name)
+    rank, _ = split_rank(name)
+    r = -1 if rank is None else rank  # the largest over ranks first, then each rank's own
     order = [m.key for m in RUN_METRICS]
     k = order.index(key) if key in order else len(order)
     if phase is None:
-        return (0, 0, k)
+        return (r, 0, 0, k)
     p = PHASES.index(phase) if phase in PHASES else len(PHASES)
-    return (1, p, k)
+    return (r, 1, p, k)

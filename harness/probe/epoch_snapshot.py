@@ -1,6 +1,7 @@
 """Epoch-boundary memory snapshots, taken inside the workload process.
 
-A snapshot holds live tensor bytes by category and a tensor map (category, name, shape, dtype,
+A snapshot holds live tensor bytes by category (a DDP rank's reducer buckets as ``ddp_buckets``,
+sizes only: :func:`harness.probe.tensors.ddp_buckets`) and a tensor map (category, name, shape, dtype,
 bytes, address and the memory mapping that holds it), each process's RSS/USS/PSS, gc counts, a
 summary of ``/proc/self/maps`` and, on CUDA, ``torch.cuda`` statistics.
 """
@@ -136,13 +137,19 @@ def take(
             holding[m.start] = m
             d["mapping"] = {"start": m.start, "end": m.end, "kind": m.kind, "path": m.path}
         tensor_map.append(d)
+    tensor_bytes = tensor_census.bytes_by_category(records)
+    ddp = tensor_census.ddp_buckets(model)
+    if ddp is not None and not ddp["gradient_as_bucket_view"]:  # else they are the gradients
+        tensor_bytes["ddp_buckets"] = sum(ddp["bucket_sizes"])
     return {
         "label": label,
         "stage": stage,
         "epoch": epoch,
         "t": t0,
         "pid": os.getpid(),
-        "tensor_bytes": tensor_census.bytes_by_category(records),
+        "rank": _rank(),
+        "tensor_bytes": tensor_bytes,
+        "ddp": ddp,
         "tensor_count": len(records),
         "tensors": tensor_map,
         "processes": process_tree(os.getpid()),
@@ -158,6 +165,12 @@ def take(
         "cuda": cuda_stats(device),
         "took_s": round(time.time() - t0, 4),
     }
+
+
+def _rank() -> int | None:
+    """The global rank of this process in a torchrun job; None outside one."""
+    raw = os.environ.get("RANK")
+    return int(raw) if raw and raw.isdigit() and "TORCHELASTIC_RUN_ID" in os.environ else None
 
 
 def write(snapshot: dict[str, Any], directory: Path) -> Path:

@@ -4,7 +4,8 @@ Two instruments:
 
 * :func:`census` lists the live tensors the workload handed to the probe (parameters, gradients,
   optimizer state) plus every other tensor the garbage collector can see, each with its category,
-  name, shape, dtype, bytes and address. Used at epoch boundaries.
+  name, shape, dtype, bytes and address. Used at epoch boundaries. A sharded tensor (FSDP2's
+  DTensor) counts as the local shard this process holds.
 * :class:`AllocationTracer` is a ``TorchDispatchMode`` switched on for a few traced steps. It counts
   the storages each phase allocates (views and in-place results are not allocations) and follows
   their frees through weak references, so it knows the peak of live tensor bytes per phase.
@@ -46,6 +47,15 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The part of ``t`` this process holds: a DTensor's local shard, any other tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    if to_local is None:
+        return t
+    with torch.no_grad():
+        return to_local()
+
+
 def _record(category: str, name: str, t: torch.Tensor) -> TensorRecord:
     return TensorRecord(
         category=category,
@@ -66,16 +76,16 @@ def watched(
     if model is not None:
         for name, p in model.named_parameters():
             names[id(p)] = name
-            yield "parameters", name, p
+            yield "parameters", name, _local(p)
             if p.grad is not None:
-                yield "gradients", f"{name}.grad", p.grad
+                yield "gradients", f"{name}.grad", _local(p.grad)
     if optimizer is not None:
         for group in optimizer.param_groups:
             for p in group["params"]:
-                pname = names.get(id(p), f"param@{p.data_ptr():#x}")
+                pname = names.get(id(p), f"param@{_local(p).data_ptr():#x}")
                 for key, value in optimizer.state.get(p, {}).items():
                     if isinstance(value, torch.Tensor) and value.numel() > 0:
-                        yield "optimizer_state", f"{pname}.{key}", value
+                        yield "optimizer_state", f"{pname}.{key}", _local(value)
 
 
 def watched_tensors(
@@ -96,7 +106,11 @@ def census(
         warnings.simplefilter("ignore")
         found = [o for o in gc.get_objects() if _is_tensor(o)]
     for obj in found:
-        if obj.is_meta or obj.numel() == 0:
+        if hasattr(obj, "to_local"):  # a DTensor: its local shard is a tensor the GC sees too
+            continue
+        # A storage resized to nothing (FSDP2's unsharded parameters between all-gathers) holds
+        # no bytes, whatever the tensor's shape says.
+        if obj.is_meta or obj.numel() == 0 or obj.untyped_storage().nbytes() == 0:
             continue
         addr = obj.data_ptr()
         if addr in seen:
@@ -113,11 +127,41 @@ def _is_tensor(obj: object) -> bool:
         return False
 
 
+def ddp_buckets(model: Any) -> dict[str, Any] | None:
+    """The gradient buckets of a DistributedDataParallel model: ``bucket_sizes`` (bytes each) and
+    ``gradient_as_bucket_view``; None for any other model.
+
+    The reducer holds its buckets in C++ and hands out no tensor of them (its
+    ``_get_zeros_like_grad_buckets`` makes new ones), so the census cannot list them; their sizes
+    come from DDP's own logging data. Unless ``gradient_as_bucket_view``, they are memory beside
+    the gradients (each backward copies the gradients into them for the all-reduce).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(model, DistributedDataParallel):
+        return None
+    try:
+        data = model._get_ddp_logging_data()  # type: ignore[no-untyped-call]
+    except (RuntimeError, AttributeError):  # a torch that no longer has it
+        return None
+    sizes = [int(x) for x in str(data.get("bucket_sizes") or "").split(",") if x.strip()]
+    return {"bucket_sizes": sizes, "gradient_as_bucket_view": bool(data.get("gradient_as_bucket_view"))}
+
+
 def bytes_by_category(records: list[TensorRecord]) -> dict[str, int]:
     out = dict.fromkeys(CATEGORIES, 0)
     for r in records:
         out[r.category] += r.bytes
     return out
+
+
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    """The address of ``t``'s storage; None for a wrapper with none of its own (a DTensor: the mode
+    sees its local tensors' operations too, and counts them there)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None
 
 
 @dataclass
@@ -159,7 +203,8 @@ class AllocationTracer(TorchDispatchMode):  # type: ignore[no-untyped-call]  # t
     def seed(self, tensors: list[torch.Tensor]) -> None:
         """Count tensors that already exist (parameters, gradients, state) as live."""
         for t in tensors:
-            self._track(t.untyped_storage())
+            if _storage_ptr(t) is not None:
+                self._track(t.untyped_storage())
 
     def _stats(self, phase: str) -> PhaseAllocations:
         stats = self.by_phase.get(phase)
@@ -180,16 +225,13 @@ class AllocationTracer(TorchDispatchMode):  # type: ignore[no-untyped-call]  # t
         outputs, _ = tree_flatten(out)
         inputs, _ = tree_flatten((args, kwargs))
         # Views and in-place results share an input's storage: they allocate nothing.
-        reused = {
-            t.untyped_storage().data_ptr()
-            for t in inputs
-            if isinstance(t, torch.Tensor) and not t.is_meta
-        }
+        reused = {_storage_ptr(t) for t in inputs if isinstance(t, torch.Tensor) and not t.is_meta}
         stats = None
         for t in outputs:
             if not isinstance(t, torch.Tensor) or t.is_meta:
                 continue
-            if t.untyped_storage().data_ptr() in reused:
+            ptr = _storage_ptr(t)
+            if ptr is None or ptr in reused:
                 continue
             n = self._track(t.untyped_storage())
             if n:

@@ -39,7 +39,7 @@ def plan_jobs(
     ``draw=False``: the captures are read (sites, heap peaks) but no flamegraph is drawn.
     """
     groups: list[tuple[int, str, str, str, tuple[Capture, ...], Window | None]] = []
-    for st in run.stages:
+    for st in run.recording_stages():  # a distributed stage's captures are its ranks'
         wins = windows(st)
         by_name: dict[str, list[Capture]] = {}
         for c in st.captures:
@@ -47,11 +47,12 @@ def plan_jobs(
         for name, caps in by_name.items():
             win = wins.get(name)
             section = win.section if win else parse_capture_name(st.name, name).section
+            label = name if st.rank is None else f"{name}-rank{st.rank}"  # ranks' windows share names
             for group in ("main", "workers"):
                 files = tuple(c for c in caps if (c.pid is None) == (group == "main"))
                 if files:
                     rank = (0 if section is None else 2) + (0 if group == "main" else 1)
-                    groups.append((rank, st.name, name, group, files, win))
+                    groups.append((rank, st.name, label, group, files, win))
     declined: list[flamegraphs.Flamegraph] = []
     chosen: set[tuple[str, str, str]] = set()
     left = budget

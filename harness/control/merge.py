@@ -1,0 +1,156 @@
+"""``harness merge``: the run directories of a job's nodes joined into one run directory.
+
+Each node of a several-node job runs its own ``harness run`` (``distributed.node_rank`` K). On
+shared storage they all write into one run directory; on each node's own disk each writes its
+own, and this joins them: node 0's manifest, scenario and top-level files, every node's
+``manifest-node<K>.json``, and every node's ``stages/<stage>/node<K>/`` and ``rank<R>/`` folders
+side by side. Files are hard-linked where the file system allows (a capture can be large), else
+copied; the inputs are left as they were, their ``report/`` folders are not carried over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.layout import (
+    MANIFEST_FILE,
+    REPORT_DIR,
+    STAGES_DIR,
+    node_manifest_name,
+    parse_node_manifest,
+)
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    """One node's run directory: its node rank, its manifest and the manifest's file name."""
+
+    dir: Path
+    node: int
+    manifest: dict[str, Any]
+    manifest_file: str
+
+
+def _read_node(run_dir: Path) -> NodeRun:
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    files = [p for p in [run_dir / MANIFEST_FILE, *sorted(run_dir.glob("manifest-node*.json"))]
+             if p.is_file() and (p.name == MANIFEST_FILE or parse_node_manifest(p.name) is not None)]
+    if not files:
+        raise UsageError(f"{run_dir}: not a run directory (no {MANIFEST_FILE} or manifest-node<K>.json)")
+    if len(files) > 1:
+        raise UsageError(f"{run_dir}: holds several nodes' manifests already ({', '.join(p.name for p in files)})")
+    path = files[0]
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable ({type(exc).__name__})") from None
+    dist = (manifest.get("scenario") or {}).get("distributed") if isinstance(manifest, dict) else None
+    if not isinstance(dist, dict):
+        raise UsageError(f"{run_dir}: not a distributed run (its scenario has no distributed section)")
+    node = dist.get("node_rank", 0)
+    named = parse_node_manifest(path.name)
+    if not isinstance(node, int) or (named is not None and named != node):
+        raise UsageError(f"{path}: its node rank is unclear (the file says {named}, the scenario {node!r})")
+    return NodeRun(run_dir, node, manifest, path.name)
+
+
+def _scenario_without_node(manifest: dict[str, Any]) -> dict[str, Any]:
+    scenario = json.loads(json.dumps(manifest.get("scenario") or {}))
+    scenario.get("distributed", {}).pop("node_rank", None)
+    return scenario
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    """The first key at which ``a`` and ``b`` differ, dotted (``train.epochs``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+    return where or "(the whole scenario)"
+
+
+def check_nodes(nodes: list[NodeRun]) -> None:
+    """One node each, of one job: UsageError naming the first thing that does not fit."""
+    seen: dict[int, Path] = {}
+    for n in nodes:
+        if n.node in seen:
+            raise UsageError(f"node {n.node} given twice: {seen[n.node]} and {n.dir}")
+        seen[n.node] = n.dir
+    first = nodes[0]
+    base = _scenario_without_node(first.manifest)
+    for n in nodes[1:]:
+        other = _scenario_without_node(n.manifest)
+        if other != base:
+            key = _first_difference(base, other)
+            raise UsageError(f"{n.dir}: a different scenario from {first.dir}'s (first at {key}): "
+                             "not nodes of one job")
+    nnodes = (base.get("distributed") or {}).get("nnodes", 1)
+    missing = sorted(set(range(int(nnodes))) - set(seen))
+    if missing:
+        raise UsageError(f"node(s) {', '.join(map(str, missing))} missing: the job had nnodes {nnodes}, "
+                         f"{len(nodes)} run directories were given")
+    if 0 not in seen:
+        raise UsageError("node 0's run directory is missing")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _merged_status(nodes: list[NodeRun]) -> dict[str, Any]:
+    """Node 0's status, unless another node's run did not end well: then the first such node's,
+    its failure naming the node."""
+    for n in sorted(nodes, key=lambda n: n.node):
+        if n.manifest.get("status") != "ok":
+            failure = dict(n.manifest.get("failure") or {})
+            failure.setdefault("node", n.node)
+            return {"status": n.manifest.get("status", "unknown"), "failure": failure}
+    return {"status": "ok"}
+
+
+def merge(run_dirs: list[Path], out: Path | None = None) -> Path:
+    """Join the run directories of a job's nodes into ``out`` (default: node 0's, with
+    ``-merged``); UsageError for anything that is not one node each of one job."""
+    if len(run_dirs) < 2:
+        raise UsageError("merge needs the run directories of at least two nodes")
+    nodes = sorted((_read_node(Path(d)) for d in run_dirs), key=lambda n: (n.node, str(n.dir)))
+    check_nodes(nodes)
+    head = nodes[0]
+    out = Path(out) if out is not None else head.dir.with_name(head.dir.name + "-merged")
+    if out.exists():
+        raise UsageError(f"{out}: already exists")
+    placed: dict[Path, Path] = {}  # relative path -> the node directory it came from
+    out.mkdir(parents=True)
+    try:
+        for n in nodes:
+            for src in sorted(n.dir.rglob("*")):
+                rel = src.relative_to(n.dir)
+                if rel.parts[0] == REPORT_DIR or src.is_dir() or rel.name == n.manifest_file:
+                    continue
+                if n.node != 0 and rel.parts[0] != STAGES_DIR:
+                    continue  # node 0's scenario.yaml and top-level files stand for the job's
+                if rel in placed:
+                    raise UsageError(f"{rel} is in both {placed[rel]} and {n.dir}: not one node's folders each")
+                placed[rel] = n.dir
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(str(src), str(out / rel))
+        manifest = {**head.manifest, **_merged_status(nodes),
+                    "merged_from": {str(n.node): str(n.dir) for n in nodes}}
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        for n in nodes[1:]:
+            (out / node_manifest_name(n.node)).write_text(json.dumps(n.manifest, indent=2, default=str),
+                                                          encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
