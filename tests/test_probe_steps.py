@@ -199,12 +199,12 @@ def test_fit_window(start: int, steps: int, total: int | None, window: tuple[int
 
 
 def test_memray_window_fits_a_64_step_epoch_from_step_zero(tmp_path: Path) -> None:
-    # GIVEN the default window (steps 100-399) and a loop of 64 steps
+    # GIVEN the default window (steps 100-249) and a loop of 64 steps
     window, trackers, events = _window(tmp_path)
     window.expect_steps(64)
     # WHEN the loop starts THEN the window opens at once, before the loader forks its workers
     plan = drive(window, 1, 64)
-    assert plan == Steps(at=frozenset({0, 299}))
+    assert plan == Steps(at=frozenset({0, 149}))
     assert trackers.log == ["open train-e1-train.bin", "close train-e1-train.bin"]
     assert [e["step"] for e in events.of("memray_start")] == [0]
     assert events.of("memray_stop")[0]["step"] == 64
@@ -214,21 +214,21 @@ def test_memray_window_as_configured_in_a_long_loop(tmp_path: Path) -> None:
     window, trackers, events = _window(tmp_path)
     window.expect_steps(1000)
     calls: list[str] = []
-    assert drive(window, 1, 1000, calls) == Steps(at=frozenset({100, 399}))
-    assert calls == ["begin 100", "begin 399"]
+    assert drive(window, 1, 1000, calls) == Steps(at=frozenset({100, 249}))
+    assert calls == ["begin 100", "begin 249"]
     assert [e["step"] for e in events.of("memray_start")] == [100]
-    assert [e["step"] for e in events.of("memray_stop")] == [400]
+    assert [e["step"] for e in events.of("memray_stop")] == [250]
 
 
 def test_memray_window_of_an_unknown_length_loop_learns_from_the_epoch_before(tmp_path: Path) -> None:
     # GIVEN a loader without len(): 64 steps an epoch, unknown beforehand
     window, trackers, events = _window(tmp_path)
     # WHEN epoch 1 runs THEN its window is planned as configured and never opens
-    assert drive(window, 1, 64) == Steps(at=frozenset({100, 399}))
+    assert drive(window, 1, 64) == Steps(at=frozenset({100, 249}))
     assert trackers.log == []
     # WHEN epoch 2 runs THEN it is planned for the 64 steps epoch 1 ran: from step 0
     window.expect_steps(-1)
-    assert drive(window, 2, 64) == Steps(at=frozenset({0, 299}))
+    assert drive(window, 2, 64) == Steps(at=frozenset({0, 149}))
     assert trackers.log == ["open train-e2-train.bin", "close train-e2-train.bin"]
 
 

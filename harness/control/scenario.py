@@ -97,12 +97,12 @@ class MemrayConfig(_Section):
     follow_fork: bool = True
     train_start: int = Field(100, ge=0)  # first tracked training step of each epoch (0: from the
     # loader's start, so its forked workers are tracked too, for the window's steps)
-    train_steps: int = Field(300, ge=0)  # tracked training steps per epoch (0: none)
+    train_steps: int = Field(150, ge=0)  # tracked training steps per epoch (0: none)
     # 1-based epochs with a training window. None: where one answers a question — epochs 1 and
     # 2, each power of two (4, 8, 16, ...), and the epoch after one whose end found the main
     # process's RSS more than regrow_mb above its RSS at the end of the last epoch with a
-    # window; "every": each epoch. A window costs ~7 MB and ~2 s, so every epoch of a long run
-    # would write ~440 MB an hour.
+    # window; "every": each epoch. A 300-step window cost ~7 MB and ~2 s, so one every epoch of a
+    # long run would write ~440 MB an hour.
     epochs: tuple[int, ...] | Literal["every"] | None = None
     # MiB of epoch-end RSS growth that asks for a window in the next epoch (0: never). Measured:
     # epoch-end RSS of the JPEG baseline moves <= 1.4 MiB an epoch, 2.1 MiB over 7 epochs.
@@ -113,9 +113,11 @@ class MemrayConfig(_Section):
     validation_epochs: tuple[int, ...] | None = (1,)
     test: bool = True  # track the test stage
     # batches of a tracked validation or test pass (its workers stop with it); 0 or None: the
-    # whole pass. A pass repeats one small loop: 200 of the baseline's 1,500 batches find the
-    # same top sites and a peak heap within 5 %, for a fifth or less of its cost (docs/run-directory.md).
-    eval_batches: int | None = Field(200, ge=0)
+    # whole pass. A pass repeats one small loop: 200 of the baseline's 1,500 batches found the
+    # same top sites and a peak heap within 5 % of the whole pass's (docs/run-directory.md); 100
+    # (and 150 training steps) halve the windows' cost again for the 1.10x overhead goal
+    # (bench/RESULTS.md).
+    eval_batches: int | None = Field(100, ge=0)
 
     @field_validator("mode", mode="before")
     @classmethod
