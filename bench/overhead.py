@@ -26,7 +26,7 @@ from _common import harness_cmd, machine, run_dir_from, table, timed, write_resu
 
 def capture_bytes(run_dir: Path) -> dict[str, int]:
     out: dict[str, int] = {}
-    for f in run_dir.glob("stages/*/memray/*"):
+    for f in run_dir.glob("stages/**/memray/*"):  # a distributed stage: under rank<R>/
         group = "workers" if f.suffix.lstrip(".").isdigit() else "main"
         out[group] = out.get(group, 0) + f.stat().st_size
     return out

@@ -230,3 +230,20 @@ def test_merge_of_a_missing_node(tmp_path: Path) -> None:
     n1 = sr.write_node_run(tmp_path, 1, nnodes=3)
     with pytest.raises(UsageError, match=r"node\(s\) 2 missing: the job had nnodes 3"):
         merge([n0, n1], tmp_path / "out")
+
+
+def test_rank_lines_run_in_time_order_stage_by_stage() -> None:
+    # GIVEN one rank's ticks from two stages, the later stage's view first (as views can come)
+    from types import SimpleNamespace
+
+    def view(stage: str, ts: list[float], rss: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(rank=0, ticks=pd.DataFrame({"stage": stage, "t": ts, "main_rss": rss}))
+
+    vs = [view("test", [120.0, 121.0], [5 * MiB, 6 * MiB]), view("train", [100.0, 101.0, 102.0], [1, 2, 3])]
+    # WHEN the timeline's rank lines are made
+    lines = ranks.rank_lines(vs, 100.0)  # type: ignore[arg-type]
+    # THEN the rank's points run in time order, each with its stage (the timeline draws one
+    # segment a stage, never a line across the gap between the two stages' processes)
+    assert lines["x"].tolist() == [0.0, 1.0, 2.0, 20.0, 21.0]
+    assert lines["stage"].tolist() == ["train"] * 3 + ["test"] * 2
+    assert lines["rss"].tolist() == [1, 2, 3, 5 * MiB, 6 * MiB]

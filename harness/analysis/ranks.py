@@ -273,7 +273,10 @@ def _named(f: Finding, rank: int) -> Finding:
 
 
 def rank_lines(vs: list[RankView], t0: float) -> pd.DataFrame:
-    """Each rank's own RSS at its ticks, for the timeline: x (seconds from ``t0``), rank, rss."""
-    frames = [pd.DataFrame({"x": v.ticks["t"] - t0, "rank": v.rank, "rss": v.ticks["main_rss"]})
+    """Each rank's own RSS at its ticks, for the timeline: x (seconds from ``t0``), rank, stage, rss,
+    in time order within each rank (a rank's ticks come stage by stage, not in time order)."""
+    frames = [pd.DataFrame({"x": v.ticks["t"] - t0, "rank": v.rank, "stage": v.ticks["stage"],
+                            "rss": v.ticks["main_rss"]})
               for v in vs if not v.ticks.empty]
-    return _join(frames, ["x", "rank", "rss"]).dropna(subset=["rss"])
+    lines = _join(frames, ["x", "rank", "stage", "rss"]).dropna(subset=["rss"])
+    return lines.sort_values(["rank", "x"], kind="stable").reset_index(drop=True)

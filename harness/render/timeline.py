@@ -266,10 +266,13 @@ def _draw(ax: Any, data: TimelineData, title: str) -> None:
         ymax = max(ymax, float(max(base.max(initial=0), tree.max(initial=0))))
     if not data.ranks.empty:
         for i, (rank, g) in enumerate(data.ranks.groupby("rank", sort=True)):
-            y = (g["rss"] / MiB).to_numpy()
-            ax.plot(g["x"], y, color=RANK_COLORS[i % len(RANK_COLORS)], lw=1.3, zorder=4,
-                    label=f"rank {rank} RSS")
-            ymax = max(ymax, float(y.max(initial=0)))
+            # one segment a stage: no line drawn across the gap between two stages' processes
+            parts = g.groupby("stage", sort=False) if "stage" in g else [(None, g)]
+            for j, (_, part) in enumerate(parts):
+                y = (part["rss"] / MiB).to_numpy()
+                ax.plot(part["x"], y, color=RANK_COLORS[i % len(RANK_COLORS)], lw=1.3, zorder=4,
+                        label=f"rank {rank} RSS" if j == 0 else None)
+                ymax = max(ymax, float(y.max(initial=0)))
     for i, h in enumerate(data.heap):
         ax.plot(h["x"], h["heap"] / MiB, color="#d62728", lw=1.8, zorder=4,
                 label="memray heap (main, captured windows)" if i == 0 else None)
