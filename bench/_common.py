@@ -62,6 +62,12 @@ def harness_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "harness", *args]
 
 
+def stage_seconds(run_dir: Path) -> float:
+    """The stages' wall time of a run, from its manifest (the report written after is not in it)."""
+    m = json.loads((run_dir / "manifest.json").read_text())
+    return float(sum(s["wall_s"] for s in m["stages"]))
+
+
 def run_dir_from(output: str) -> Path:
     for line in output.splitlines():
         for prefix in ("harness: run directory ", "harness: run finished: ",

@@ -14,7 +14,6 @@ bench/out/auto_hooks_cost.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -22,49 +21,21 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from _common import machine, table, write_result
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from harness import probe
 from harness.probe import auto
+from model.net import Net
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.lin1 = nn.Linear(16 * 5 * 5, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        return self.lin1(torch.flatten(x, 1))
-
-
-class QuietProbe:
+class QuietProbe(probe.NullProbe):
     """A live probe that records nothing: the hooks' own cost is what is left."""
 
-    enabled = True
-
-    def phase(self, name: str) -> None:
-        pass
-
-    @contextlib.contextmanager
-    def epoch(self, number: int) -> Iterator[None]:
-        yield
-
-    @contextlib.contextmanager
-    def section(self, name: str) -> Iterator[None]:
-        yield
+    enabled = True  # type: ignore[assignment]
 
     def section_step(self, done: int) -> None:
-        pass
-
-    def watch(self, model: Any = None, optimizer: Any = None) -> None:
         pass
 
     def train_pass(self, loader: Iterable[Any], start: int = 0) -> Iterator[Any]:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, harness_cmd, machine, run_dir_from, table, timed, write_result
+from _common import REPO, harness_cmd, machine, run_dir_from, stage_seconds, table, timed, write_result
 
 STEP_PHASES = ("data", "forward", "loss", "backward", "optimizer")
 SCRIPTS = {"auto": "bench/tutorial.py", "probe": "bench/tutorial_probe.py"}
@@ -41,10 +41,6 @@ def scenario(kind: str, data: Path, folder: Path) -> Path:
     )
     return path
 
-
-def stage_seconds(run_dir: Path) -> float:
-    m = json.loads((run_dir / "manifest.json").read_text())
-    return float(sum(s["wall_s"] for s in m["stages"]))
 
 
 def shares(run_dir: Path) -> dict[str, float]:
@@ -64,10 +60,7 @@ def recorded(run_dir: Path) -> dict[str, Any]:
     census: dict[str, dict[str, int]] = {}
     for snap in sorted((stage / "snapshots").glob("epoch-*.json")):
         d = json.loads(snap.read_text())
-        by: dict[str, int] = {}
-        for t in d["tensors"]:
-            by[t["category"]] = by.get(t["category"], 0) + int(t["bytes"])
-        census[snap.stem] = by
+        census[snap.stem] = {k: v for k, v in d["tensor_bytes"].items() if v}
     events = [json.loads(line) for line in (stage / "events.jsonl").read_text().splitlines() if line.strip()]
     windows = [e["capture"] for e in events if e["kind"] == "memray_start"]
     sections = [e["section"] for e in events if e["kind"] == "section_start"]

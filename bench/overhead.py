@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import harness_cmd, machine, run_dir_from, table, timed, write_result
+from _common import harness_cmd, machine, run_dir_from, stage_seconds, table, timed, write_result
 
 
 def capture_bytes(run_dir: Path) -> dict[str, int]:
@@ -31,10 +31,6 @@ def capture_bytes(run_dir: Path) -> dict[str, int]:
         out[group] = out.get(group, 0) + f.stat().st_size
     return out
 
-
-def stage_seconds(run_dir: Path) -> float:
-    m = json.loads((run_dir / "manifest.json").read_text())
-    return float(sum(s["wall_s"] for s in m["stages"]))
 
 
 def main() -> int:

@@ -11,19 +11,12 @@ run (the setting must not change what is learned); writes bench/out/threads.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
 import sys
-from pathlib import Path
 
-from _common import harness_cmd, machine, run_dir_from, table, timed, write_result
-
-
-def stage_seconds(run_dir: Path) -> float:
-    m = json.loads((run_dir / "manifest.json").read_text())
-    return float(sum(s["wall_s"] for s in m["stages"]))
+from _common import harness_cmd, machine, run_dir_from, stage_seconds, table, timed, write_result
 
 
 def main() -> int:

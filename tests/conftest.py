@@ -69,3 +69,25 @@ def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
         return code, out.out, out.err
 
     return run
+
+
+def assert_gone(pids: set[int], what: str = "processes left behind", within_s: float = 5.0) -> None:
+    """Every process of ``pids`` ends (a zombie counts as ended) within ``within_s`` seconds."""
+    import time
+
+    import psutil
+
+    deadline = time.time() + within_s
+    alive = pids
+    while time.time() < deadline:
+        alive = set()
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.add(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: {sorted(alive)}")

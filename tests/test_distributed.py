@@ -17,11 +17,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psutil
 import pytest
 import torch
 import yaml
-from conftest import WORKLOADS, latest_run, read_events, write_scenario
+from conftest import WORKLOADS, assert_gone, latest_run, read_events, write_scenario
 
 from harness.analysis.load import read_samples
 from harness.control import distributed, scenario
@@ -252,20 +251,7 @@ def _census(run: Path, stage: str, rank: int, label: str = "epoch-1") -> dict[st
 
 
 def _assert_gone(pids: set[int]) -> None:
-    deadline = time.time() + 5
-    alive = pids
-    while time.time() < deadline:
-        alive = set()
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.add(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"left running: {sorted(alive)}")
+    assert_gone(pids, "left running")
 
 
 @pytest.mark.slow

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
-from conftest import REPO, WORKLOADS, latest_run, read_events, stage_samples
+from conftest import REPO, WORKLOADS, assert_gone, latest_run, read_events, stage_samples
 
 from harness.analysis.load import read_samples
 from harness.layout import SAMPLES_DIR
@@ -50,20 +49,7 @@ def _workers_seen(run: Path) -> bool:
 def _assert_nothing_left(run: Path) -> None:
     pids = set(stage_samples(run / "stages/main").pid)
     assert len(pids) >= 3  # the main process and its two DataLoader workers were seen
-    deadline = time.time() + 5
-    alive = pids
-    while time.time() < deadline:
-        alive = set()
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.add(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not alive:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"processes left behind: {sorted(alive)}")
+    assert_gone(pids)
 
 
 def _one_line(err: str) -> str:

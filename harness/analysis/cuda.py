@@ -43,7 +43,6 @@ PINNED_MIN_BYTES = 1 * MiB
 NO_STACK = "<no stack>"
 
 
-
 class HistoryFormatError(HarnessError):
     """A file is not an allocator history as ``torch.cuda.memory._dump_snapshot`` writes it."""
 
@@ -344,8 +343,6 @@ def summarize_history(
 
 # --------------------------------------------------------------------------------------------
 # Findings: a sentence and the numbers behind it, or None when the data does not support one.
-
-
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,6 @@ COW_PARENT_FLAT_BYTES = 8 * MiB  # while the parent's heap (or RSS) moves less t
 COW_PARENT_FLAT_FRACTION = 0.25  # or this fraction of the worker's growth.
 
 
-
-
 def _steps_per_epoch(run: Run, stage: str) -> int | None:
     for st in run.stages:
         if st.name == stage:
@@ -205,8 +203,7 @@ def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
         if method == "spawn":
             continue
         a, b = first.loc[(stage, pid)], last.loc[(stage, pid)]
-        d_uss = float(b["uss"] - a["uss"])
-        d_anon = float((b["rss"] - b["shared"]) - (a["rss"] - a["shared"]))
+        d_uss, d_anon = float(growth[(stage, pid)]), float(anon[(stage, pid)])
         t0, t1 = float(a["t"]), float(b["t"])
         parent, how = _parent_change(s, captures, stage, t0, t1)
         if parent is None or abs(parent) > max(COW_PARENT_FLAT_BYTES, COW_PARENT_FLAT_FRACTION * d_uss):
@@ -311,8 +308,6 @@ def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | Non
 INSTRUMENT_EVENTS = {Event.MEMRAY_START: "started a memray capture",
                      Event.MEMRAY_STOP: "stopped a memray capture"}
 INSTRUMENT_NEAR_S = 1.0  # a peak this close to one of the harness's own actions may be its doing
-# Phases the harness marks around the workload's own (and "none": no probe calls): a run whose
-# ticks are all in these has no phases of its own for a peak to be in.
 
 
 def _snapshot_action(event: dict[str, Any]) -> str:

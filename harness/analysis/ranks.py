@@ -250,7 +250,6 @@ def skew(phases: pd.DataFrame, captures: list[CaptureData]) -> Finding | None:
     )
 
 
-
 def device_table(run: Run, vs: list[RankView]) -> pd.DataFrame:
     """Each rank's device table (CUDA runs; empty on the CPU), with ``rank`` after ``stage``."""
     nodes = multi_node(run)

@@ -45,8 +45,6 @@ TREND_MIN_EXPLAINED = 0.5  # ... and at least this share of the fitted line's ri
 # of a few epochs has most pairs of points on one step, and its Theil-Sen slope is low.)
 TREND_MIN_HALF = 0.25  # in each half, the later quarter's median above the earlier's by this share
 # of the line's rise between them: growth in both halves, so one step between plateaus is no trend
-# The harness's own phases (a workload without probe calls is in setup throughout); teardown and
-# idle, the harness's end-of-stage work, are left out of the fit.
 TREND_MAX_SITES = 5  # sites named in the finding
 IMPORT_LINE = r"\s*(import|from)\s"  # a workload line that imports: what it keeps is a module
 
@@ -221,8 +219,6 @@ def kept_sites(captures: list[CaptureData], stage: str) -> pd.DataFrame:
 
 SERIES_NAMES = {"main_rss": "the main process's RSS", "workers_rss": "its workers' RSS (summed)",
                 "heap": "memray's heap of the main process"}
-
-
 
 
 def _describe(tr: Trend) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.control import rundir
 from harness.errors import UsageError
 from harness.layout import (
     MANIFEST_FILE,
@@ -146,10 +147,9 @@ def merge(run_dirs: list[Path], out: Path | None = None) -> Path:
                 _link_or_copy(str(src), str(out / rel))
         manifest = {**head.manifest, **_merged_status(nodes),
                     "merged_from": {str(n.node): str(n.dir) for n in nodes}}
-        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        rundir.write_manifest(out, manifest, MANIFEST_FILE)
         for n in nodes[1:]:
-            (out / node_manifest_name(n.node)).write_text(json.dumps(n.manifest, indent=2, default=str),
-                                                          encoding="utf-8")
+            rundir.write_manifest(out, n.manifest, node_manifest_name(n.node))
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

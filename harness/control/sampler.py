@@ -303,6 +303,7 @@ class TreeSampler(threading.Thread):
         rank_states: dict[int, CellState | None] = {}
         rank_rss: dict[int, int] = {}
         stats = self.stats
+        methods = self._roles.methods  # a distributed stage's is built from every rank's: once a tick
         for pid, ppid, role, st in found:
             rollup = None
             if pid in full:
@@ -332,7 +333,7 @@ class TreeSampler(threading.Thread):
             if is_root:
                 main_rss = rss
             stats.roles[pid] = role
-            method = self._roles.methods.get(pid)
+            method = methods.get(pid)
             if method is not None:
                 stats.start_methods.add(method)
         for pid in self._alive - alive:

@@ -72,11 +72,15 @@ def to_table(rows: Sequence[Row], columns: Sequence[str] = SAMPLE_COLUMNS) -> pa
     return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(cols, sch)], schema=sch)
 
 
+# every Parquet file of samples, full-rate part or decimated group, is written with these
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": ZSTD_LEVEL,
+                                   "use_dictionary": sorted(SAMPLE_TEXT_COLUMNS), "write_statistics": False}
+
+
 def _parquet_writer(path: Path, sch: pa.Schema) -> pq.ParquetWriter:
     import pyarrow.parquet as pq
 
-    return pq.ParquetWriter(path, sch, compression="zstd", compression_level=ZSTD_LEVEL,
-                            use_dictionary=sorted(SAMPLE_TEXT_COLUMNS), write_statistics=False)
+    return pq.ParquetWriter(path, sch, **PARQUET_OPTIONS)
 
 
 def keep_mask(table: Mapping[str, Sequence[Any]], running: dict[tuple[int, str], float]) -> list[bool]:
@@ -240,8 +244,7 @@ class SamplesWriter:
             return
         final = self._path(self._index, "parquet")
         tmp = final.with_name(f".{final.name}.tmp")
-        pq.write_table(to_table(self._rows), tmp, compression="zstd", compression_level=ZSTD_LEVEL,
-                       use_dictionary=sorted(SAMPLE_TEXT_COLUMNS), write_statistics=False)
+        pq.write_table(to_table(self._rows), tmp, **PARQUET_OPTIONS)
         os.replace(tmp, final)
         csv_path.unlink(missing_ok=True)
         self._rows = []

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     )
 
 
-
 @dataclass(frozen=True)
 class MetricDef:
     """One metric: its budget key, what it measures, the noise a baseline check forgives."""
