@@ -247,3 +247,18 @@ def test_rank_lines_run_in_time_order_stage_by_stage() -> None:
     assert lines["x"].tolist() == [0.0, 1.0, 2.0, 20.0, 21.0]
     assert lines["stage"].tolist() == ["train"] * 3 + ["test"] * 2
     assert lines["rss"].tolist() == [1, 2, 3, 5 * MiB, 6 * MiB]
+
+
+def test_growth_per_epoch_is_the_largest_rank_s_not_the_ranks_pooled() -> None:
+    # GIVEN a distributed summary's growth rows: rank 0 grows 10 MiB an epoch, rank 1 not at all
+    from types import SimpleNamespace
+
+    from harness.analysis.summary_model import GrowthRow
+
+    def row(rank: int, e0: int, rss: int) -> GrowthRow:
+        return GrowthRow(stage="train", from_epoch=e0, to_epoch=e0 + 1, main_rss=rss, main_uss=0,
+                         tensor_count=0, tensor_bytes=0, rank=rank)
+
+    rows = [row(0, 1, 10 * MiB), row(0, 2, 10 * MiB), row(1, 1, 0), row(1, 2, 0)]
+    # WHEN the gate's growth_per_epoch is taken THEN it is rank 0's, the largest over the ranks
+    assert metrics.growth_per_epoch(SimpleNamespace(growth_per_epoch=rows)) == 10 * MiB  # type: ignore[arg-type]

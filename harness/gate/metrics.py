@@ -128,13 +128,14 @@ def _bytes(peak: Peak | HeapPeak | PhasePeak | TeardownPeak | None) -> int | Non
 def growth_per_epoch(summary: Summary) -> int | None:
     """Mean growth of the main process's RSS from one epoch-end snapshot to the next.
 
-    Per stage: (RSS at the last epoch's end - RSS at the first epoch's end) / epochs between;
-    the largest over the stages. None when no stage has two epoch snapshots. The definition is
-    the leak finding's too: :mod:`harness.analysis.snapshot_metrics`.
+    Per stage (per stage and rank in a distributed run): (RSS at the last epoch's end - RSS at the
+    first epoch's end) / epochs between; the largest over them. None when no stage has two epoch
+    snapshots. The definition is the leak finding's too: :mod:`harness.analysis.snapshot_metrics`.
     """
     from harness.analysis import snapshot_metrics as sm
 
-    rows = ((g.stage, sm.Boundary(from_epoch=g.from_epoch, to_epoch=g.to_epoch, main_rss=g.main_rss,
+    # each rank's boundaries apart: pooled, the ranks' growth would be averaged, not the largest
+    rows = ((g.stage if g.rank is None else f"{g.stage} rank {g.rank}", sm.Boundary(from_epoch=g.from_epoch, to_epoch=g.to_epoch, main_rss=g.main_rss,
                                   main_uss=g.main_uss, tensor_count=g.tensor_count,
                                   tensor_bytes=g.tensor_bytes))
             for g in summary.growth_per_epoch)
