@@ -43,6 +43,22 @@ def timed(cmd: list[str], cwd: Path = REPO, log: Path | None = None) -> tuple[fl
     return wall, out
 
 
+def timed_lines(cmd: list[str], cwd: Path = REPO) -> tuple[float, str, list[tuple[float, str]]]:
+    """Like ``timed``, and when each output line arrived (seconds from the start): the stages'
+    own lines come through ``harness`` live, so their times split a run into segments."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    assert proc.stdout is not None
+    lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in proc.stdout]
+    proc.wait()
+    wall = time.perf_counter() - t0
+    out = "\n".join(line for _, line in lines)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{out[-2000:]}")
+    return wall, out, lines
+
+
 def table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]

@@ -17,11 +17,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
 
-from _common import harness_cmd, machine, run_dir_from, stage_seconds, table, timed, write_result
+from _common import harness_cmd, machine, run_dir_from, stage_seconds, table, timed_lines, write_result
+
+_LOSS = re.compile(r"^\[(\d+),\s*(\d+)\] loss")
+_ACC = re.compile(r"^Accuracy of the network on the \d+ (\w+) images")
+
+
+def stage_cpu(run_dir: Path) -> dict[str, float]:
+    """The stages' CPU seconds (user + system, workers included) and the harness's seconds after
+    each stage process exited, summed over the stages, from the manifest (newer runs only)."""
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    cpu = [s.get("cpu_s") for s in stages]
+    out = {}
+    if all(cpu):
+        out["cpu_s"] = sum(c["user"] + c["system"] for c in cpu)
+    after = [s.get("after_exit_s") for s in stages]
+    if all(a is not None for a in after):
+        out["after_exit_s"] = sum(after)
+    return out
+
+
+def segments(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """The seconds between the workload's own lines, as they reached the console: per epoch the
+    start to its first loss line (start-up, the memray window), first to last loss line (the
+    steady loop, no window), last loss line to the accuracy line (validation); the test stage from
+    the line before it to its accuracy line. Same lines, same clock in a bare run and a run."""
+    marks: list[tuple[str, float]] = [("start", 0.0)]
+    by_epoch: dict[int, list[float]] = {}
+    for t, line in lines:
+        m = _LOSS.match(line)
+        if m:
+            by_epoch.setdefault(int(m.group(1)), []).append(t)
+            continue
+        a = _ACC.match(line)
+        if a:
+            for e, ts in sorted(by_epoch.items()):
+                if not any(name.startswith(f"e{e} ") for name, _ in marks):
+                    marks += [(f"e{e} first loss", ts[0]), (f"e{e} last loss", ts[-1])]
+            marks.append((f"{a.group(1)} {sum(1 for n, _ in marks if a.group(1) in n) + 1}", t))
+    marks.append(("end", lines[-1][0] if lines else 0.0))
+    return {f"{a} -> {b}": tb - ta for (a, ta), (b, tb) in zip(marks, marks[1:])}
 
 
 def capture_bytes(run_dir: Path) -> dict[str, int]:
@@ -51,13 +91,14 @@ def main() -> int:
     order = ["bare", "run", *variants, "run", "bare"] + ["bare", "run", "run", "bare"] * (args.pairs - 1)
     for i, kind in enumerate(order, 1):
         mode, extra = variants.get(kind, ("train" if kind == "bare" else "run", []))
-        cmd = harness_cmd(mode, args.scenario, "--quiet", *sets, *extra)
-        wall, out = timed(cmd)
+        cmd = harness_cmd(mode, args.scenario, *sets, *extra)
+        wall, out, lines = timed_lines(cmd)
         rd = run_dir_from(out)
         walls[kind].append(wall)
         stages[kind].append(stage_seconds(rd))
         info: dict[str, object] = {"kind": kind, "wall_s": wall, "stage_s": stages[kind][-1], "run_dir": str(rd),
-                                   "set": (i - 1 - len(variants)) // 4 + 1 if i > 2 + len(variants) else 1}
+                                   "set": (i - 1 - len(variants)) // 4 + 1 if i > 2 + len(variants) else 1,
+                                 "segments": segments(lines), **stage_cpu(rd)}
         if mode == "run":
             m = json.loads((rd / "manifest.json").read_text())
             info["sampling"] = {s["name"]: s["sampling"] for s in m["stages"]}
@@ -76,8 +117,21 @@ def main() -> int:
         b = [float(r["stage_s"]) for r in of if r["kind"] == "bare"]  # type: ignore[arg-type]
         r_ = [float(r["stage_s"]) for r in of if r["kind"] == "run"]  # type: ignore[arg-type]
         per_set.append(statistics.mean(r_) / statistics.mean(b))
+    cpu = {k: [float(r["cpu_s"]) for r in runs if r["kind"] == k and "cpu_s" in r] for k in ("bare", "run")}  # type: ignore[arg-type]
+    if cpu["bare"] and cpu["run"]:
+        print(f"stages' CPU s: bare {', '.join(f'{x:.1f}' for x in cpu['bare'])}; run "
+              f"{', '.join(f'{x:.1f}' for x in cpu['run'])}; ratio {statistics.mean(cpu['run']) / statistics.mean(cpu['bare']):.3f}")
     print("ratio per set: " + ", ".join(f"{x:.3f}" for x in per_set)
           + (f"  (mean {statistics.mean(per_set):.3f}, spread {max(per_set) - min(per_set):.3f})" if per_set else ""))
+    names = list(runs[0]["segments"])  # type: ignore[arg-type]
+    seg_rows = []
+    for name in names:
+        b = [r["segments"].get(name, 0.0) for r in runs if r["kind"] == "bare"]  # type: ignore[union-attr]
+        r_ = [r["segments"].get(name, 0.0) for r in runs if r["kind"] == "run"]  # type: ignore[union-attr]
+        seg_rows.append([name, f"{statistics.mean(b):.2f}", f"{statistics.mean(r_):.2f}",
+                         f"{statistics.mean(r_) - statistics.mean(b):+.2f}",
+                         ", ".join(f"{x:.1f}" for x in b), ", ".join(f"{x:.1f}" for x in r_)])
+    print(table(seg_rows, ["segment (workload's lines)", "bare s", "run s", "run - bare", "bare each", "run each"]))
     bare1 = statistics.mean(float(r["stage_s"]) for r in runs if r["set"] == 1 and r["kind"] == "bare")  # type: ignore[arg-type]
     for name in variants:
         print(f"variant {name}: stages {stages[name][0]:.1f} s, ratio to set 1's bare {stages[name][0] / bare1:.3f}")

@@ -34,6 +34,10 @@ def test_smoke_run_directory_holds_everything(smoke_run: Path) -> None:
         assert m["versions"][key]
     assert m["cpu_count"] >= 1 and m["host"] and m["command_line"]
     assert m["started"] < m["ended"]
+    for s in m["stages"]:  # the stage's processes' CPU (a torch import alone takes over a second)
+        cpu = s["cpu_s"]["user"] + s["cpu_s"]["system"]
+        assert 0.5 < cpu <= s["wall_s"] * m["cpu_count"] + 0.5, s
+        assert 0 <= s["after_exit_s"] < s["wall_s"]
     assert (smoke_run / "scenario.yaml").exists() and (smoke_run / "checkpoint.pt").exists()
     for stage in ("train", "test"):
         d = smoke_run / "stages" / stage
@@ -99,7 +103,7 @@ def test_memray_windows_capture_main_and_workers(smoke_run: Path) -> None:
     workers = [n for n in names if n.startswith("train-e1-train.bin.")]
     assert len(workers) == 2  # smoke opens its window at step 0: the forked workers are followed
     reader = memray.FileReader(mem / "train-e1-train.bin")
-    assert reader.metadata.has_native_traces
+    assert not reader.metadata.has_native_traces  # memray.native_traces: off by default
     assert any(True for _ in reader.get_high_watermark_allocation_records())
     test_mem = sorted(p.name for p in (smoke_run / "stages/test/memray").iterdir())
     assert "test-test.bin" in test_mem and len(test_mem) == 3
@@ -130,6 +134,7 @@ def test_bare_train_hands_the_checkpoint_to_the_test_stage(tmp_path: Path, cli) 
     assert run.name.endswith("-bare")
     m = json.loads((run / "manifest.json").read_text())
     assert m["kind"] == "bare" and [s["status"] for s in m["stages"]] == ["ok", "ok"]
+    assert all(s["cpu_s"]["user"] > 0.5 for s in m["stages"])  # measured the same way as a run
     assert (run / "checkpoint.pt").exists()
     assert not (run / "stages/train/events.jsonl").exists()  # no instrumentation at all
     assert not (run / "stages/train" / SAMPLES_DIR).exists() and not (run / "stages/train/samples.csv").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -77,6 +78,11 @@ class StageOutcome:
     rank: int | None = None
     node: int | None = None
     ranks: dict[str, Any] | None = None
+    # CPU seconds the stage's processes used (user, system), its DataLoader workers included once
+    # reaped; and how long the harness took after the stage process exited (the sampler's last
+    # look and sealing of its samples, the output pipe), which wall_s includes.
+    cpu_s: dict[str, float] | None = None
+    after_exit_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -228,6 +234,7 @@ def run_stage(
         (sdir / PROBE_CONFIG_FILE).write_text(json.dumps(_probe_config(scenario, stage), indent=1))
         env[STAGE_DIR_ENV] = str(sdir)
     started_iso, t0 = rundir.now_iso(), time.monotonic()
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the stage is this process's one child
     # The stage reads the other end of this pipe and stops its whole group when it closes: when
     # this process ends, however it ends (SIGKILL included), no stage runs on.
     watch_read, watch_write = os.pipe()
@@ -308,6 +315,7 @@ def run_stage(
             stop_tree()
             console.end_status()
         proc.wait()
+        exited = time.monotonic()
     finally:
         # Also when a second interruption lands here: the stage is over, whatever it left runs no
         # longer, and the sampler stops writing.
@@ -326,6 +334,9 @@ def run_stage(
             log.write(note + "\n")
         console.line(note)
     wall = time.monotonic() - t0
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {"user": round(usage1.ru_utime - usage0.ru_utime, 3),
+           "system": round(usage1.ru_stime - usage0.ru_stime, 3)}
     rc = proc.returncode
     last = None
     if sampler is not None and sampler.totals.cell is not None and dist is None:
@@ -374,6 +385,8 @@ def run_stage(
         rank=rank,
         node=dist.node_rank if dist is not None else None,
         ranks=ranks,
+        cpu_s=cpu,
+        after_exit_s=round(t0 + wall - exited, 3),
     )
 
 

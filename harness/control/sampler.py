@@ -5,8 +5,8 @@ the rule epoch snapshots use too) and reads each process's ``/proc/<pid>/status`
 anonymous, file and shared-memory parts, and the figures ``statm`` gives, all kernel counters, no
 page walk. USS, PSS and swap need ``smaps_rollup``, a walk of every page table of the process
 (10-30 ms for an 800 MB one, holding its ``mmap_lock`` meanwhile, which the DataLoader's
-shared-memory batches need every step); each process gets one every ``1/full_hz`` s, one process
-at a tick in rotation rather than all in one tick. Each row carries the wall clock and the
+shared-memory batches need every step); each process gets one at least every ``1/full_hz`` s, one
+process at a tick in rotation rather than all in one tick. Each row carries the wall clock and the
 workload's stage, epoch, step and phase, read from the probe cell. Rows go to a
 :class:`~harness.control.samples.SamplesWriter`.
 """
@@ -248,8 +248,10 @@ class TreeSampler(threading.Thread):
     def _full_reads(self, alive: list[int], now: float, last: bool) -> set[int]:
         """The processes whose smaps_rollup this tick reads.
 
-        Each process is due every full interval, scheduled from its last due time (not from the
-        tick that read it, so the rate cannot drift below ``full_hz``); a new process is due at
+        Each process is due every full interval less one tick, scheduled from its last due time
+        (not from the tick that read it, so the rate cannot drift): a read comes at the first tick
+        at or after its due time, up to a tick late, and a short-lived process (a validation
+        pass's worker) would otherwise come out just under ``full_hz``. A new process is due at
         once. In rotation a tick reads the most overdue, or as many as keep up with a tree too
         large for one a tick.
         """
@@ -264,8 +266,9 @@ class TreeSampler(threading.Thread):
         else:
             per_tick = max(1, math.ceil(len(alive) * self.interval / self.full_interval))
             chosen = [pid for _, pid in ready[:per_tick]]
+        every = max(self.full_interval - self.interval, 0.0)
         for pid in chosen:
-            due[pid] = max(due[pid] + self.full_interval, now)
+            due[pid] = max(due[pid] + every, now)
         return set(chosen)
 
     def _tick(self, cell: CellReader | None, now: float, last: bool) -> list[Row]:

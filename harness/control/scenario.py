@@ -92,7 +92,11 @@ class MemrayConfig(_Section):
     """Allocation-site capture. ``windows`` tracks bounded windows; ``full`` tracks everything."""
 
     mode: Literal["off", "windows", "full"] = "windows"
-    native_traces: bool = True
+    # Native (C/C++) frames in the captures. Off by default: the report's flamegraphs and
+    # allocation sites show Python frames, and unwinding each allocation's native stack was about
+    # half of a window's cost (bench/RESULTS.md); on, the .bin files serve `memray flamegraph
+    # --native` and build_report(native_flamegraphs=True).
+    native_traces: bool = False
     # DataLoader workers forked while a capture is open are tracked until it closes
     follow_fork: bool = True
     train_start: int = Field(100, ge=0)  # first tracked training step of each epoch (0: from the
