@@ -1,0 +1,89 @@
+"""The live probe's hot path against the bare one, in one process, on the tutorial's loop.
+
+The built-in training loop (model/stages.py's shape: ``probe.iterate``, four ``probe.phase``
+calls a step) over an in-memory list of CIFAR-sized batches, once with the bare NullProbe and
+once with the LiveProbe (memray off, tensor tracing and snapshots off, so that only the per-step
+path is left), in blocks ABBA. Prints the mean step time of each and writes
+bench/out/probe_cost.json.
+
+    python bench/probe_cost.py [--steps 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import REPO, machine, table, write_result
+from torch import nn
+
+sys.path.insert(0, str(REPO))
+from harness.control.scenario import Scenario  # noqa: E402
+from harness.layout import CELL_FILE, PROBE_CONFIG_FILE  # noqa: E402
+from harness.probe import NullProbe  # noqa: E402
+from harness.probe import cell as cellmod  # noqa: E402
+from harness.probe.config import ProbeConfig  # noqa: E402
+from harness.probe.live import LiveProbe  # noqa: E402
+from model.net import Net  # noqa: E402
+
+
+def loop(probe: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], net: nn.Module,
+         opt: torch.optim.Optimizer, loss_fn: nn.Module) -> float:
+    t0 = time.perf_counter()
+    for inputs, labels in probe.iterate(batches):
+        opt.zero_grad()
+        probe.phase("forward")
+        outputs = net(inputs)
+        probe.phase("loss")
+        loss = loss_fn(outputs, labels)
+        probe.phase("backward")
+        loss.backward()
+        probe.phase("optimizer")
+        opt.step()
+    return (time.perf_counter() - t0) / len(batches) * 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net, loss_fn = Net(), nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(args.steps)]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        scenario = Scenario(name="probe-cost", memray={"mode": "off"},
+                            tensors={"trace_steps": 0, "trace_every": 0, "snapshots": False})
+        (d / PROBE_CONFIG_FILE).write_text(ProbeConfig.for_stage(scenario, "train").model_dump_json())
+        cellmod.create(d / CELL_FILE)
+        live = LiveProbe(d)
+        live.watch(model=net, optimizer=opt)
+        bare = NullProbe()
+        loop(bare, batches[:300], net, opt, loss_fn)  # warm up
+        times: dict[str, list[float]] = {"bare": [], "live": []}
+        for r in range(args.rounds):
+            for name in ("bare", "live", "live", "bare"):
+                probe = live if name == "live" else bare
+                with probe.epoch(r + 1):
+                    times[name].append(loop(probe, batches, net, opt, loss_fn))
+        live.close()
+    rows = [[k, len(v), f"{statistics.mean(v):.1f}", ", ".join(f"{x:.0f}" for x in v)] for k, v in times.items()]
+    print(table(rows, ["probe", "blocks", "mean us a step", "each"]))
+    diff = statistics.mean(times["live"]) - statistics.mean(times["bare"])
+    print(f"live - bare: {diff:+.1f} us a step ({statistics.mean(times['live']) / statistics.mean(times['bare']):.3f}x)")
+    path = write_result("probe_cost", {"machine": machine(), "args": vars(args), "times_us": times})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
