@@ -2,7 +2,8 @@
 
 One process trains the tutorial net on random batches (no DataLoader, one thread) in blocks of
 ``--steps`` steps: a block before any capture, then, ``--windows`` times, a 150-step memray window
-(as the harness opens it: native traces, follow_fork, the file compressed on exit) followed by an
+(the harness's own tracker, ``harness.probe.steps.memray_tracker``: follow_fork, the file
+compressed on exit; native traces unless ``--no-native``) followed by an
 untracked block. If memray leaves nothing behind, every untracked block runs at the first one's
 speed; each block's mean step time is printed against the first. Writes bench/out/memray_after.json.
 
@@ -18,13 +19,12 @@ import threading
 import time
 from pathlib import Path
 
-import memray
 import torch
 from _common import machine, table, write_result
-from torch import nn
+from _net import train_step, tutorial_net
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.net import Net  # noqa: E402
+from harness.control.scenario import MemrayConfig
+from harness.probe.steps import memray_tracker
 
 
 def main() -> int:
@@ -35,34 +35,26 @@ def main() -> int:
     ap.add_argument("--no-native", action="store_true")
     ap.add_argument("--control", action="store_true", help="the same blocks, the windows untracked")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = Net()
-    opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
+    net, opt, loss_fn = tutorial_net()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
 
     def block(n: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
-            opt.zero_grad()
-            loss_fn(net(x), y).backward()
-            opt.step()
+            train_step(net, opt, loss_fn, x, y)
         return (time.perf_counter() - t0) / n * 1e3
 
     block(300)  # warm up
     rows: list[list[object]] = []
     first = block(args.steps)
     rows.append(["before any window", f"{first:.3f}", "1.000", threading.active_count()])
+    cfg = MemrayConfig(native_traces=not args.no_native)  # the harness's tracker, follow_fork on
     with tempfile.TemporaryDirectory() as tmp:
         for w in range(1, args.windows + 1):
-            tracker = memray.Tracker(
-                destination=memray.FileDestination(Path(tmp) / f"w{w}.bin", overwrite=True, compress_on_exit=True),
-                native_traces=not args.no_native, follow_fork=True, trace_python_allocators=False)
             if args.control:
                 inside = block(args.window_steps)
             else:
-                with tracker:
+                with memray_tracker(Path(tmp) / f"w{w}.bin", cfg):
                     inside = block(args.window_steps)
             rows.append([f"window {w} (tracked)", f"{inside:.3f}", f"{inside / first:.3f}", threading.active_count()])
             after = block(args.steps)

@@ -20,6 +20,7 @@ import json
 import re
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 from _common import harness_cmd, machine, run_dir_from, stage_seconds, table, timed_lines, write_result
@@ -48,18 +49,21 @@ def segments(lines: list[tuple[float, str]]) -> dict[str, float]:
     steady loop, no window), last loss line to the accuracy line (validation); the test stage from
     the line before it to its accuracy line. Same lines, same clock in a bare run and a run."""
     marks: list[tuple[str, float]] = [("start", 0.0)]
-    by_epoch: dict[int, list[float]] = {}
+    losses: list[float] = []  # the current epoch's loss lines
+    passes: Counter[str] = Counter()
     for t, line in lines:
         m = _LOSS.match(line)
         if m:
-            by_epoch.setdefault(int(m.group(1)), []).append(t)
+            epoch = int(m.group(1))
+            losses.append(t)
             continue
         a = _ACC.match(line)
         if a:
-            for e, ts in sorted(by_epoch.items()):
-                if not any(name.startswith(f"e{e} ") for name, _ in marks):
-                    marks += [(f"e{e} first loss", ts[0]), (f"e{e} last loss", ts[-1])]
-            marks.append((f"{a.group(1)} {sum(1 for n, _ in marks if a.group(1) in n) + 1}", t))
+            if losses:
+                marks += [(f"e{epoch} first loss", losses[0]), (f"e{epoch} last loss", losses[-1])]
+                losses = []
+            passes[a.group(1)] += 1
+            marks.append((f"{a.group(1)} {passes[a.group(1)]}", t))
     marks.append(("end", lines[-1][0] if lines else 0.0))
     return {f"{a} -> {b}": tb - ta for (a, ta), (b, tb) in zip(marks, marks[1:])}
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from _common import REPO, machine, table, write_result
+from _net import train_step, tutorial_net
 from torch import nn
 
 sys.path.insert(0, str(REPO))
@@ -31,7 +32,6 @@ from harness.probe import NullProbe  # noqa: E402
 from harness.probe import cell as cellmod  # noqa: E402
 from harness.probe.config import ProbeConfig  # noqa: E402
 from harness.probe.live import LiveProbe  # noqa: E402
-from model.net import Net  # noqa: E402
 
 
 def loop(probe: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], net: nn.Module,
@@ -40,15 +40,7 @@ def loop(probe: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], net: nn.M
     steps = []
     t0 = time.perf_counter()
     for inputs, labels in probe.iterate(batches):
-        opt.zero_grad()
-        probe.phase("forward")
-        outputs = net(inputs)
-        probe.phase("loss")
-        loss = loss_fn(outputs, labels)
-        probe.phase("backward")
-        loss.backward()
-        probe.phase("optimizer")
-        opt.step()
+        train_step(net, opt, loss_fn, inputs, labels, probe)
         t1 = time.perf_counter()
         steps.append(t1 - t0)
         t0 = t1
@@ -62,10 +54,7 @@ def main() -> int:
     ap.add_argument("--trace", action="store_true",
                     help="the live probe traces tensors as by default (steps 0-9 and every 1000th)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net, loss_fn = Net(), nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    net, opt, loss_fn = tutorial_net()
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(args.steps)]
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

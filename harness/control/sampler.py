@@ -163,6 +163,8 @@ class TreeSampler(threading.Thread):
         self.cell_path = cell_path
         self.interval = 1.0 / rss_hz
         self.full_interval = 1.0 / full_hz
+        # a process's reads are due this often: a tick early, since a read may come a tick late
+        self._full_every = max(self.full_interval - self.interval, 0.0)
         self.rotate = rotate
         self.on_tick = on_tick
         self.totals = TreeTotals()
@@ -266,9 +268,8 @@ class TreeSampler(threading.Thread):
         else:
             per_tick = max(1, math.ceil(len(alive) * self.interval / self.full_interval))
             chosen = [pid for _, pid in ready[:per_tick]]
-        every = max(self.full_interval - self.interval, 0.0)
         for pid in chosen:
-            due[pid] = max(due[pid] + every, now)
+            due[pid] = max(due[pid] + self._full_every, now)
         return set(chosen)
 
     def _tick(self, cell: CellReader | None, now: float, last: bool) -> list[Row]:
