@@ -1,16 +1,18 @@
 """`harness run` (default instrumentation) against the bare workload (`harness train`).
 
 ABBA order (bare, run, run, bare) on one scenario, in one invocation. Prints a table and writes
-bench/out/overhead.json: wall times and their ratio (goal <= 1.15), the memray captures' total
-size (goal < 100 MB), and the sampling rates achieved per stage (goal >= 20 Hz RSS, >= 1 Hz USS).
+bench/out/overhead.json: wall times and their ratio (goal <= 1.10), the memray captures' total
+size (goal < 60 MB), and the sampling rates achieved per stage (goal >= 20 Hz RSS, >= 1 Hz USS).
 
     python bench/overhead.py [--pairs 1] [--scenario scenarios/cifar10-jpeg.yaml] [--set K=V ...]
-        [--variant NAME:MODE:K=V,K=V ...]
+        [--variant NAME:MODE:K=V,K=V ...] [--mirror]
 
 A variant (MODE `run` or `train`, with its own `--set`s on top of the common ones) runs once,
 in the middle of the first set (bare, run, variants..., run, bare), and is given as a ratio to
 that set's bare mean: the decomposition of the overhead (e.g. `sampler:run:memray.mode=off`,
 `memray:run:sampling.rss_hz=1,sampling.full_hz=0.05`, `threads2:train:train.threads=2`).
+With ``--mirror`` each variant runs twice, in mirrored order (bare, run, v1, v2, v2, v1, run,
+bare), so that a drift of the machine's speed cancels for the variants as it does for bare/run.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def main() -> int:
     ap.add_argument("--scenario", default="scenarios/cifar10-jpeg.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--variant", action="append", default=[], help="NAME:MODE:K=V,K=V")
+    ap.add_argument("--mirror", action="store_true", help="each variant twice, mirrored")
     args = ap.parse_args()
     sets = [a for o in args.overrides for a in ("--set", o)]
     variants: dict[str, tuple[str, list[str]]] = {}
@@ -92,8 +95,10 @@ def main() -> int:
     walls: dict[str, list[float]] = {"bare": [], "run": [], **{n: [] for n in variants}}
     stages: dict[str, list[float]] = {"bare": [], "run": [], **{n: [] for n in variants}}
     runs: list[dict[str, object]] = []
-    order = ["bare", "run", *variants, "run", "bare"] + ["bare", "run", "run", "bare"] * (args.pairs - 1)
-    for i, kind in enumerate(order, 1):
+    middle = [*variants, *reversed(variants)] if args.mirror else list(variants)
+    order = [(k, 1) for k in ("bare", "run", *middle, "run", "bare")]
+    order += [(k, n) for n in range(2, args.pairs + 1) for k in ("bare", "run", "run", "bare")]
+    for i, (kind, set_no) in enumerate(order, 1):
         mode, extra = variants.get(kind, ("train" if kind == "bare" else "run", []))
         cmd = harness_cmd(mode, args.scenario, *sets, *extra)
         wall, out, lines = timed_lines(cmd)
@@ -101,7 +106,7 @@ def main() -> int:
         walls[kind].append(wall)
         stages[kind].append(stage_seconds(rd))
         info: dict[str, object] = {"kind": kind, "wall_s": wall, "stage_s": stages[kind][-1], "run_dir": str(rd),
-                                   "set": (i - 1 - len(variants)) // 4 + 1 if i > 2 + len(variants) else 1,
+                                   "set": set_no,
                                  "segments": segments(lines), **stage_cpu(rd)}
         if mode == "run":
             m = json.loads((rd / "manifest.json").read_text())
@@ -138,12 +143,23 @@ def main() -> int:
     print(table(seg_rows, ["segment (workload's lines)", "bare s", "run s", "run - bare", "bare each", "run each"]))
     bare1 = statistics.mean(float(r["stage_s"]) for r in runs if r["set"] == 1 and r["kind"] == "bare")  # type: ignore[arg-type]
     for name in variants:
-        print(f"variant {name}: stages {stages[name][0]:.1f} s, ratio to set 1's bare {stages[name][0] / bare1:.3f}")
+        v = stages[name]
+        print(f"variant {name}: stages {', '.join(f'{x:.1f}' for x in v)} s, ratio of the mean to set 1's"
+              f" bare {statistics.mean(v) / bare1:.3f}")
+    if variants:  # each segment's mean in set 1, as the difference to bare
+        def seg(kind: str, name: str) -> float:
+            return statistics.mean(r["segments"].get(name, 0.0) for r in runs  # type: ignore[union-attr]
+                                   if r["set"] == 1 and r["kind"] == kind)
+
+        kinds = ["run", *variants]
+        vrows = [[name, f"{seg('bare', name):.2f}", *(f"{seg(k, name) - seg('bare', name):+.2f}" for k in kinds)]
+                 for name in names]
+        print(table(vrows, ["segment, set 1", "bare s", *(f"{k} - bare" for k in kinds)]))
     last = [r for r in runs if r["kind"] == "run"][-1]
     caps = last["capture_bytes"]
     assert isinstance(caps, dict)
     total = sum(caps.values())
-    print(f"memray captures: {total / 1e6:.1f} MB in all ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in caps.items())})  goal < 100 MB")
+    print(f"memray captures: {total / 1e6:.1f} MB in all ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in caps.items())})  goal < 60 MB")
     srows = []
     for stage, s in last["sampling"].items():  # type: ignore[union-attr]
         srows.append([stage, s["rss_hz"], s["full_hz"], s["max_tick_ms"], s["ticks"]])
