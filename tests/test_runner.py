@@ -111,8 +111,11 @@ def test_memray_windows_capture_main_and_workers(smoke_run: Path) -> None:
 
 @pytest.mark.parametrize("workers", [0, 2, 4])
 def test_sampler_sees_exactly_the_scenario_worker_count(tmp_path: Path, cli, workers: int) -> None:  # type: ignore[no-untyped-def]
+    # 2,400 images: ~480 training steps, so that the workers outlive the sampler's fork-to-exec
+    # grace (processes.FORK_EXEC_GRACE_S) however fast the machine; with 240 a fast one ran the
+    # 48 steps in 0.17 s and the workers were gone before they could be named.
     path = write_scenario(
-        tmp_path / "s.yaml", stages=["train"], data={"num_workers": workers, "size": 240},
+        tmp_path / "s.yaml", stages=["train"], data={"num_workers": workers, "size": 2400},
         memray={"mode": "off"}, sampling={"rss_hz": 100},
     )
     code, _, err = cli("run", str(path), "--reports", str(tmp_path / "r"), "--quiet")
