@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn as nn
@@ -103,3 +106,24 @@ def test_first_step_optimizer_allocates_the_momentum_buffers() -> None:
     stats = tracer.take()
     assert stats["optimizer"]["bytes"] == 27_528
     assert stats["optimizer"]["count"] == 6
+
+
+def test_a_finished_tracer_is_not_kept_alive_by_the_storages_it_followed() -> None:
+    """Parameters and momentum outlive every traced step; their finalizers must not keep each
+    step's tracer alive for the rest of the run (a day-long run traces thousands of steps)."""
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    _step(net, opt, 4)
+    registry = len(weakref.finalize._registry)  # type: ignore[attr-defined]
+    gone = []
+    for _ in range(3):
+        tracer = AllocationTracer()
+        tracer.seed(list(net.parameters()) + [s["momentum_buffer"] for s in opt.state.values()])
+        with tracer:
+            _step(net, opt, 4, tracer)
+        assert tracer.live_bytes >= 2 * 27_528  # parameters and momentum, counted while it ran
+        gone.append(weakref.ref(tracer))
+        del tracer
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
+    assert len(weakref.finalize._registry) == registry  # type: ignore[attr-defined]

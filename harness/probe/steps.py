@@ -535,13 +535,13 @@ class TensorTracer(StepHook):
     def abandon(self, step: int) -> None:
         tracer, self._tracer = self._tracer, None
         if tracer is not None:
-            tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+            tracer.__exit__(None, None, None)
 
     def end(self, step: int) -> None:
         tracer, self._tracer = self._tracer, None
         if tracer is None:
             return
-        tracer.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+        tracer.__exit__(None, None, None)
         self._steps += 1
         per_phase = tracer.take()
         extra = {"cuda": self._device.step} if self._device is not None else {}

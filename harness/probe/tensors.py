@@ -184,6 +184,9 @@ class AllocationTracer(TorchDispatchMode):  # type: ignore[no-untyped-call]  # t
         self.live_bytes = 0
         self.by_phase: dict[str, PhaseAllocations] = {}
         self.order: list[str] = []  # phases in the order they were entered
+        # One per storage followed. Detached on exit: a parameter's storage outlives the tracer,
+        # and its finalizer would keep the tracer (and its bookkeeping) alive as long.
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
 
     # -- live-byte bookkeeping ------------------------------------------------------------
     def _forget(self, key: int) -> None:
@@ -197,8 +200,17 @@ class AllocationTracer(TorchDispatchMode):  # type: ignore[no-untyped-call]  # t
         n = storage.nbytes()
         self.live[key] = n
         self.live_bytes += n
-        weakref.finalize(storage, self._forget, key)
+        self._finalizers.append(weakref.finalize(storage, self._forget, key))
         return n
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        """Leave the mode and stop following the storages (the counts stay as they were)."""
+        try:
+            super().__exit__(exc_type, exc_value, traceback)  # type: ignore[no-untyped-call]
+        finally:
+            for finalizer in self._finalizers:
+                finalizer.detach()
+            self._finalizers = []
 
     def seed(self, tensors: list[torch.Tensor]) -> None:
         """Count tensors that already exist (parameters, gradients, state) as live."""
