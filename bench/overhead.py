@@ -133,10 +133,15 @@ def main() -> int:
     print("ratio per set: " + ", ".join(f"{x:.3f}" for x in per_set)
           + (f"  (mean {statistics.mean(per_set):.3f}, spread {max(per_set) - min(per_set):.3f})" if per_set else ""))
     names = list(runs[0]["segments"])  # type: ignore[arg-type]
+
+    def seg_times(kind: str, name: str, set_no: int | None = None) -> list[float]:
+        """Segment ``name`` of each run of ``kind`` (in set ``set_no`` only, if given)."""
+        return [r["segments"].get(name, 0.0) for r in runs  # type: ignore[union-attr]
+                if r["kind"] == kind and (set_no is None or r["set"] == set_no)]
+
     seg_rows = []
     for name in names:
-        b = [r["segments"].get(name, 0.0) for r in runs if r["kind"] == "bare"]  # type: ignore[union-attr]
-        r_ = [r["segments"].get(name, 0.0) for r in runs if r["kind"] == "run"]  # type: ignore[union-attr]
+        b, r_ = seg_times("bare", name), seg_times("run", name)
         seg_rows.append([name, f"{statistics.mean(b):.2f}", f"{statistics.mean(r_):.2f}",
                          f"{statistics.mean(r_) - statistics.mean(b):+.2f}",
                          ", ".join(f"{x:.1f}" for x in b), ", ".join(f"{x:.1f}" for x in r_)])
@@ -147,13 +152,12 @@ def main() -> int:
         print(f"variant {name}: stages {', '.join(f'{x:.1f}' for x in v)} s, ratio of the mean to set 1's"
               f" bare {statistics.mean(v) / bare1:.3f}")
     if variants:  # each segment's mean in set 1, as the difference to bare
-        def seg(kind: str, name: str) -> float:
-            return statistics.mean(r["segments"].get(name, 0.0) for r in runs  # type: ignore[union-attr]
-                                   if r["set"] == 1 and r["kind"] == kind)
-
         kinds = ["run", *variants]
-        vrows = [[name, f"{seg('bare', name):.2f}", *(f"{seg(k, name) - seg('bare', name):+.2f}" for k in kinds)]
-                 for name in names]
+        vrows = []
+        for name in names:
+            base = statistics.mean(seg_times("bare", name, 1))
+            vrows.append([name, f"{base:.2f}",
+                          *(f"{statistics.mean(seg_times(k, name, 1)) - base:+.2f}" for k in kinds)])
         print(table(vrows, ["segment, set 1", "bare s", *(f"{k} - bare" for k in kinds)]))
     last = [r for r in runs if r["kind"] == "run"][-1]
     caps = last["capture_bytes"]
