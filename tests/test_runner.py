@@ -44,6 +44,7 @@ def test_smoke_run_directory_holds_everything(smoke_run: Path) -> None:
         for name in ("log.txt", "events.jsonl", SAMPLES_DIR, "snapshots/end.json"):
             assert (d / name).exists(), f"{stage}/{name}"
         assert m["stages"][0]["sampling"]["ticks"] > 0 and m["stages"][0]["sampling"]["full_ticks"] > 0
+    assert {s["sampling"]["policy"] for s in m["stages"]} == {"batch"}  # sampling.background
     train = smoke_run / "stages/train"
     assert (train / "snapshots/epoch-1.json").exists() and (train / "snapshots/epoch-2.json").exists()
     log = (smoke_run / "stages/test/log.txt").read_text()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,28 @@ def test_rotation_keeps_up_with_more_processes_than_ticks(tmp_path: Path) -> Non
                for r in reads.values()), reads
     per_tick = pd.Series([t for r in reads.values() for t in r]).value_counts()
     assert per_tick.max() == 4
+
+
+@pytest.mark.parametrize(("background", "policy"), [(True, os.SCHED_BATCH), (False, os.SCHED_OTHER)])
+def test_a_background_sampler_thread_alone_runs_as_sched_batch(
+    tmp_path: Path, background: bool, policy: int
+) -> None:
+    # GIVEN a sampler of this process's tree, in the background or not
+    sampler = TreeSampler(os.getpid(), "s", tmp_path, None, rss_hz=50, full_hz=1, background=background)
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sampler.stats.ticks == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # THEN its thread runs under that policy, and the thread that started it is left as it was
+        assert sampler.stats.ticks > 0 and sampler.native_id is not None
+        assert os.sched_getscheduler(sampler.native_id) == policy
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+    finally:
+        sampler.stop()
+        sampler.join()
+    # AND the rates the manifest records name it
+    assert sampler.rates()["policy"] == ("batch" if background else "normal")
 
 
 def test_full_hz_is_per_process_the_lowest_and_the_longest_gap_is_kept() -> None:

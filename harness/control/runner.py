@@ -291,6 +291,7 @@ def run_stage(
                 proc.pid, stage, sdir / SAMPLES_DIR, sdir / CELL_FILE if dist is None else None,
                 scenario.sampling.rss_hz, scenario.sampling.full_hz, on_tick,
                 ranks=stage_dir(run_dir, stage) if dist is not None else None,
+                background=scenario.sampling.background,
             )
             sampler.start()
         try:

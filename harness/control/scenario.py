@@ -117,11 +117,10 @@ class MemrayConfig(_Section):
     validation_epochs: tuple[int, ...] | None = (1,)
     test: bool = True  # track the test stage
     # batches of a tracked validation or test pass (its workers stop with it); 0 or None: the
-    # whole pass. A pass repeats one small loop: 200 of the baseline's 1,500 batches found the
-    # same top sites and a peak heap within 5 % of the whole pass's (docs/run-directory.md); 100
-    # (and 150 training steps) halve the windows' cost again for the 1.10x overhead goal
-    # (bench/RESULTS.md).
-    eval_batches: int | None = Field(100, ge=0)
+    # whole pass. A pass repeats one small loop: 50 of the baseline's 1,500 batches find the same
+    # top three sites in every process and a peak heap within 3 % of the whole pass's; 25 missed a
+    # third of the test's main peak (bench/eval_window.py). A tracked batch costs ~3.7 ms.
+    eval_batches: int | None = Field(50, ge=0)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -145,6 +144,10 @@ class SamplingConfig(_Section):
     # USS, PSS, swap of each process via smaps_rollup: the kernel walks every page table, 10-30 ms
     # a call for an 800 MB process, so this is the sampler's main cost (one process a tick, in turn)
     full_hz: float = Field(1.0, gt=0, le=50)
+    # the sampler thread runs as SCHED_BATCH: it keeps its fair share of the CPU, but its wake-ups
+    # (rss_hz of them a second) never preempt the training's threads on their core; they wait for
+    # the running thread's slice or an idle core (false: an ordinary thread, as before)
+    background: bool = True
 
 
 class TensorsConfig(_Section):
