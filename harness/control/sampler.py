@@ -140,12 +140,13 @@ def run_in_background() -> str:
     """Make the calling thread SCHED_BATCH; the policy it runs under after ("batch", else "normal").
 
     A batch thread gets the same share of the CPU as an ordinary one, so the sampler cannot
-    starve, even on cores the training keeps busy; but the scheduler never lets it preempt the
-    thread running on a core when it wakes, so a tick waits for that thread's slice to end or for
-    an idle core instead of cutting into a training step. (A nice value would also make it give
-    way, but a starved sampler holds the harness's GIL while it waits, and the thread that drains
-    the stage's output waits with it: on two saturated cores, nice 19 stalled a training stage
-    from 12 s to 48 s. SCHED_BATCH kept 22.9 Hz there, against 23.3 as an ordinary thread.)
+    starve, even on cores the training keeps busy; but a batch thread that wakes never preempts
+    the thread running on its core (the scheduler's tick does, or an idle core takes it), so a
+    tick does not cut into a training step. A nice value would also make it give way, but a
+    starved sampler can be stopped halfway through a ``smaps_rollup`` walk, which holds the
+    stage's ``mmap_lock``, and it holds the harness's GIL meanwhile: with two busy loops on two
+    cores, nice 19 stretched a smoke stage from 12 s to 48 s. SCHED_BATCH there: 12.2 s and
+    22.9 Hz RSS, against 12.0 s and 23.3 Hz as an ordinary thread (bench/RESULTS.md).
     """
     try:
         os.sched_setscheduler(threading.get_native_id(), os.SCHED_BATCH, os.sched_param(0))

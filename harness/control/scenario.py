@@ -145,8 +145,8 @@ class SamplingConfig(_Section):
     # a call for an 800 MB process, so this is the sampler's main cost (one process a tick, in turn)
     full_hz: float = Field(1.0, gt=0, le=50)
     # the sampler thread runs as SCHED_BATCH: it keeps its fair share of the CPU, but its wake-ups
-    # (rss_hz of them a second) never preempt the training's threads on their core; they wait for
-    # the running thread's slice or an idle core (false: an ordinary thread, as before)
+    # (rss_hz of them a second) never preempt a training thread on its core; they wait for the
+    # scheduler's tick or an idle core (false: an ordinary thread, as before)
     background: bool = True
 
 
