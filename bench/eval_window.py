@@ -13,14 +13,14 @@ the top sites at that peak are the whole pass's. Writes bench/out/eval_window.js
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from pathlib import Path
 
 from _common import table, write_result
 
 from harness.analysis.captures import read_stage_captures
 from harness.analysis.load import load_run
+from harness.control import scenario as scenario_mod
+from harness.layout import SCENARIO_FILE
 
 TOP = 5
 
@@ -28,14 +28,13 @@ TOP = 5
 def eval_captures(run_dir: Path) -> tuple[int, dict[tuple[str, str], tuple[int, list[str]]]]:
     """(eval_batches, {(section capture, process): (peak heap bytes, top sites at the peak)})."""
     run = load_run(run_dir)
-    batches = json.loads((run_dir / "manifest.json").read_text())["scenario"]["memray"]["eval_batches"]
+    batches = scenario_mod.load(run_dir / SCENARIO_FILE).memray.eval_batches
     out: dict[tuple[str, str], tuple[int, list[str]]] = {}
     for stage in run.stages:
         for data in read_stage_captures(stage):
             if data.window.section is None or data.peak_memory is None:
                 continue
-            process = re.sub(r" \d+$", "", data.capture.role)  # worker 0, worker 1 -> worker
-            key = (data.capture.name, process)
+            key = (data.capture.name, data.capture.role)  # main, or worker (any of the pass's)
             top = list(dict.fromkeys(data.sites.site))[:TOP]  # a site can head several rows
             # the workers of one pass: the larger peak, and its sites
             if key not in out or data.peak_memory > out[key][0]:
