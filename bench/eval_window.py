@@ -19,8 +19,8 @@ from _common import table, write_result
 
 from harness.analysis.captures import read_stage_captures
 from harness.analysis.load import load_run
-from harness.control import scenario as scenario_mod
 from harness.layout import SCENARIO_FILE
+from harness.records import scenario as scenario_mod
 
 TOP = 5
 

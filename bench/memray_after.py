@@ -23,8 +23,8 @@ import torch
 from _common import machine, table, write_result
 from _net import train_step, tutorial_net
 
-from harness.control.scenario import MemrayConfig
 from harness.probe.steps import memray_tracker
+from harness.records.scenario import MemrayConfig
 
 
 def main() -> int:

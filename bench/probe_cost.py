@@ -26,12 +26,12 @@ from _net import train_step, tutorial_net
 from torch import nn
 
 sys.path.insert(0, str(REPO))
-from harness.control.scenario import Scenario  # noqa: E402
 from harness.layout import CELL_FILE, PROBE_CONFIG_FILE  # noqa: E402
 from harness.probe import NullProbe  # noqa: E402
 from harness.probe import cell as cellmod  # noqa: E402
-from harness.probe.config import ProbeConfig  # noqa: E402
 from harness.probe.live import LiveProbe  # noqa: E402
+from harness.records.probe_config import ProbeConfig  # noqa: E402
+from harness.records.scenario import Scenario  # noqa: E402
 
 
 def loop(probe: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], net: nn.Module,

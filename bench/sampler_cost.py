@@ -44,8 +44,8 @@ import psutil
 from _common import REPO, machine, table, write_result
 
 sys.path.insert(0, str(REPO))
-from harness.control.processes import Roles, tree_of  # noqa: E402
 from harness.control.sampler import TreeSampler  # noqa: E402
+from harness.probe.processes import Roles, tree_of  # noqa: E402
 
 BATCH = 64 * 3 * 32 * 32 * 4  # one CIFAR-10 batch of 64 float32 images: 786 KB
 VARIANTS = ("none", "old", "new-together", "new", "new-fast")

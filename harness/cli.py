@@ -39,8 +39,9 @@ def _add_scenario_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Run the scenario's stages bare: no sampler, no probe, no memray."""
-    from harness.control import runner, scenario
+    from harness.control import runner
     from harness.control.console import Console
+    from harness.records import scenario
 
     sc = scenario.load(args.scenario, args.overrides)
     console = Console(sys.stdout, quiet=args.quiet)
@@ -58,9 +59,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run the scenario's stages under the harness and record memory by process, phase, epoch."""
-    from harness.control import runner, scenario
+    from harness.control import runner
     from harness.control.console import Console
     from harness.errors import Interrupted, RunFailed, StageInputError
+    from harness.records import scenario
 
     sc = scenario.load(args.scenario, args.overrides)
     console = Console(sys.stdout, quiet=args.quiet)
@@ -145,7 +147,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     """Hold a run to its scenario's budgets and to a baseline; exit 1 on a regression."""
     from harness.errors import UsageError
     from harness.gate import check, metrics, runs
-    from harness.render import gate as render
+    from harness.gate import output as render
     from harness.sizes import SizeError, parse_size, parse_tolerance
 
     try:
@@ -210,7 +212,7 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     """Two runs side by side by phase, epoch and process, and the allocation sites that grew."""
     from harness.gate import compare, runs
-    from harness.render import gate as render
+    from harness.gate import output as render
 
     sa, sb = runs.summary(args.run_a), runs.summary(args.run_b)
     result = compare.compare(sa, sb, runs.processes(args.run_a), runs.processes(args.run_b),
@@ -250,8 +252,8 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     """Run a scenario over a grid of settings; tabulate and plot peak memory by process role."""
+    from harness.gate import output as render
     from harness.gate import runs
-    from harness.render import gate as render
 
     result = runs.sweep(args.scenario, args.vary, args.overrides, args.reports, args.quiet)
     print(render.sweep_text(result))

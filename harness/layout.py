@@ -15,6 +15,8 @@ from pathlib import Path
 # `harness run` sets this in a stage's environment: the stage's directory (below). The probe goes
 # live when it is set and stays a no-op otherwise.
 STAGE_DIR_ENV = "HARNESS_STAGE_DIR"
+# Set by torchrun's agent in each rank's environment: the pid each rank watches.
+AGENT_PID_ENV = "HARNESS_AGENT_PID"
 
 # The run directory: reports/<name>/<UTC time>-<id>/
 MANIFEST_FILE = "manifest.json"  # provenance, each stage's outcome

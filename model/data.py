@@ -26,8 +26,8 @@ import torchvision.transforms as transforms
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, random_split
 
-from harness.control.scenario import DataConfig
 from harness.errors import DataError
+from harness.records.scenario import DataConfig
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Dataset, DistributedSampler
 
-from harness.control.scenario import Scenario
+from harness.records.scenario import Scenario
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.control.scenario import DataConfig
 from harness.errors import DataError
+from harness.records.scenario import DataConfig
 from model import data as datamod
 
 

@@ -23,11 +23,12 @@ import yaml
 from conftest import WORKLOADS, assert_gone, latest_run, read_events, write_scenario
 
 from harness.analysis.load import read_samples
-from harness.control import distributed, scenario
-from harness.control.processes import AgentRoles
+from harness.control import distributed
 from harness.errors import ScenarioError
-from harness.layout import SAMPLES_DIR
+from harness.layout import AGENT_PID_ENV, SAMPLES_DIR
 from harness.probe import epoch_snapshot, tensors
+from harness.probe.processes import AgentRoles
+from harness.records import scenario
 
 PARAM_BYTES = 27_528  # the tutorial net: 6,882 float32 parameters
 
@@ -109,7 +110,7 @@ def test_node_zero_on_a_local_endpoint_hosts_the_store() -> None:
 AGENT, R0, R1, W00, W01, W10, TRACKER = 100, 110, 120, 111, 112, 121, 130
 RANK_CMD = ["python", "-u", "-m", "harness.probe.stage", "/run", "train", "--rank"]
 CMDLINES = {
-    AGENT: ["python", "-m", "harness.probe.stage", "/run", "train", "--agent"],
+    AGENT: ["python", "-m", "harness.control.agent", "/run", "train"],
     R0: RANK_CMD, R1: RANK_CMD, W00: RANK_CMD, W01: RANK_CMD, W10: RANK_CMD,
     TRACKER: ["python", "-c", "from multiprocessing.resource_tracker import main; main(3)"],
 }
@@ -366,9 +367,9 @@ def test_a_rank_watches_the_agent(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import os, time; from harness.control import distributed; distributed.watch_agent(); "
+    code = ("import os, time; from harness.probe.stage import watch_agent; watch_agent(); "
             "time.sleep(30)")
-    env = {**os.environ, distributed.AGENT_PID_ENV: "1"}
+    env = {**os.environ, AGENT_PID_ENV: "1"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     assert proc.wait(timeout=30) == -signal.SIGKILL
 

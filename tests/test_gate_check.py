@@ -14,11 +14,11 @@ import pytest
 from _gate import MiB, fake_model, fake_summary, write_run
 
 from harness.analysis.summary_model import SCHEMA_FILE, SCHEMA_VERSION, Summary
-from harness.control.scenario import BudgetsConfig
 from harness.errors import UsageError
 from harness.gate import metrics as m
 from harness.gate.baseline import MetricStats, build, from_dict
 from harness.gate.check import Row, baseline_limit, check
+from harness.records.scenario import BudgetsConfig
 
 
 # GIVEN a baseline's values, a tolerance and a noise floor, THEN the limit is

@@ -9,7 +9,7 @@ from _gate import MiB, fake_model, fake_summary, write_run
 
 from harness.analysis.summary_model import Summary
 from harness.gate.compare import compare, delta, ratio, site_deltas
-from harness.render.gate import compare_html, compare_text
+from harness.gate.output import compare_html, compare_text
 
 SITE_COLS = ["stage", "capture", "process", "phase", "site", "workload_line", "source",
              "bytes_at_peak", "allocations_at_peak", "leaked_bytes", "leaked_allocations", "processes"]

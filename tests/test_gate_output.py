@@ -24,7 +24,7 @@ from conftest import REPO
 from harness.analysis.summary_model import Summary
 from harness.gate.check import CheckResult, Row
 from harness.gate.compare import ABSENT, Change, Column, changes, compare, versions
-from harness.render.gate import WIDTH, check_text, compare_html, compare_text, use_color, wrap_items
+from harness.gate.output import WIDTH, check_text, compare_html, compare_text, use_color, wrap_items
 
 ESC = "\x1b["
 SMOKE_BASELINE = REPO / "bench" / "baselines" / "smoke.json"

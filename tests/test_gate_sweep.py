@@ -10,8 +10,8 @@ from _gate import MiB, fake_model
 
 from harness.analysis.summary_model import Summary
 from harness.errors import UsageError
+from harness.gate import output as render
 from harness.gate.sweep import Knob, SweepResult, grid, parse_knobs, parse_vary, run_grid
-from harness.render import gate as render
 
 
 @pytest.mark.parametrize(("text", "key", "values"), [

@@ -1,8 +1,12 @@
 """The package's layout says where code runs; these tests hold it to that.
 
-* ``harness/control/`` runs in the harness process, ``harness/probe/`` in the training process,
-  ``analysis/``, ``report/``, ``render/`` and ``gate/`` read finished run directories.
-* No import cycle inside ``harness/``: every import, module-level or inside a function, counts.
+Each folder of ``harness/`` (and each top-level module) may import only the ones listed in
+:data:`ALLOWED`, so the data flow reads off the folder names: ``records/`` (the run's typed records
+and the words both processes use) and the top-level helpers at the bottom; ``probe/`` (the
+training process) above them; ``control/`` (the harness process) above the probe it launches;
+``analysis/`` beside it, reading finished runs; ``render/`` and ``report/`` above analysis;
+``gate/`` and ``cli`` on top. Every import counts, module-level or inside a function, except those
+under ``if TYPE_CHECKING:``.
 """
 
 from __future__ import annotations
@@ -17,24 +21,35 @@ import harness
 from harness import layout
 
 PACKAGE = Path(harness.__file__).resolve().parent
-TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "errors", "sizes", "layout"}
-FOLDERS = {"control", "probe", "analysis", "report", "render", "gate"}
+
+_BASE = {"errors", "sizes", "layout"}
+# unit -> the units it may import. A unit is a folder of harness/ or a top-level module.
+ALLOWED: dict[str, set[str]] = {
+    "__init__": set(),
+    "errors": set(),
+    "sizes": set(),
+    "layout": {"sizes"},
+    "records": _BASE,
+    "probe": _BASE | {"records"},
+    "control": _BASE | {"records", "probe"},  # the harness launches the stage and reads its cell
+    "analysis": _BASE | {"records"},
+    "render": _BASE | {"records", "analysis"},
+    "report": _BASE | {"records", "analysis", "render"},
+    "gate": _BASE | {"records", "analysis", "render", "report", "control"},  # sweep and pytest run stages
+    "cli": _BASE | {"__init__", "records", "control", "analysis", "render", "report", "gate"},
+    "__main__": {"cli"},
+}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+def _unit(module: str) -> str:
+    """``harness.analysis.load`` -> ``analysis``; ``harness.cli`` -> ``cli``; ``harness`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-
-
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The harness modules ``path`` imports (``from harness.x import y`` counts ``harness.x.y`` when
-    that is a module, else ``harness.x``); imports under ``if TYPE_CHECKING:`` do not count."""
+def _imports(path: Path) -> set[str]:
+    """The ``harness`` modules ``path`` imports, by name (``from harness import x`` counts
+    ``harness.x``); imports under ``if TYPE_CHECKING:`` do not count."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -47,26 +62,43 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("harness"))
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
-            for a in node.names:
-                sub = f"{node.module}.{a.name}"
-                found.add(sub if sub in modules else node.module)
-    return {m for m in found if m in modules}
+            if node.module == "harness":
+                found.update(f"harness.{a.name}" for a in node.names)
+            else:
+                found.add(node.module)
+    return found
 
 
-def _graph() -> dict[str, set[str]]:
-    modules = _modules()
-    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+def _module(path: Path, package: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 2:
+        parts.pop()
+    return ".".join(parts) if parts != ["harness", "__init__"] else "harness"
 
 
-def test_top_level_holds_at_most_six_modules_besides_the_folders() -> None:
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert modules == TOP_LEVEL_MODULES
-    assert folders == FOLDERS
+def unit_edges(package: Path = PACKAGE) -> dict[tuple[str, str], str]:
+    """(from unit, to unit) -> one module that makes the edge, for every edge between units."""
+    edges: dict[tuple[str, str], str] = {}
+    for path in sorted(package.rglob("*.py")):
+        src = _unit(_module(path, package))
+        for target in _imports(path):
+            dst = _unit(target)
+            if dst == "__version__":
+                dst = "__init__"
+            if dst != src:
+                edges.setdefault((src, dst), str(path.relative_to(package.parent)))
+    return edges
 
 
-def test_no_import_cycle_inside_harness() -> None:
-    graph = _graph()
+def forbidden_edges(edges: dict[tuple[str, str], str]) -> list[str]:
+    return [f"{src} -> {dst} ({where})" for (src, dst), where in sorted(edges.items())
+            if dst not in ALLOWED.get(src, set())]
+
+
+def unit_cycles(edges: dict[tuple[str, str], str]) -> list[list[str]]:
+    graph: dict[str, set[str]] = {}
+    for src, dst in edges:
+        graph.setdefault(src, set()).add(dst)
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles: list[list[str]] = []
@@ -74,7 +106,7 @@ def test_no_import_cycle_inside_harness() -> None:
     def visit(node: str) -> None:
         state[node] = 1
         stack.append(node)
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
                 cycles.append(stack[stack.index(nxt):] + [nxt])
             elif nxt not in state:
@@ -85,43 +117,51 @@ def test_no_import_cycle_inside_harness() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node)
-    # a package's __init__ importing its own submodules is how a package shows its face
-    real = [c for c in cycles if not all(m == c[0] or m.startswith(c[0] + ".") for m in c)]
-    assert real == []
+    return cycles
 
 
-def test_the_training_process_needs_nothing_from_the_reporting_side() -> None:
-    graph = _graph()
-    for name, deps in graph.items():
-        if name.startswith("harness.probe"):
-            bad = {d for d in deps if d.startswith(("harness.report", "harness.render", "harness.gate"))}
-            assert not bad, f"{name} imports {bad}"
+def test_every_folder_and_top_level_module_is_named_in_the_allowed_edges() -> None:
+    units = {p.stem for p in PACKAGE.glob("*.py")} | {
+        p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert units == set(ALLOWED)
 
 
-# What the harness process hands the training process: the shared cell and the probe's settings.
-SHARED_WITH_THE_TRAINING_SIDE = {"harness.probe.cell", "harness.probe.config"}
+def test_the_allowed_edges_form_no_cycle() -> None:
+    assert unit_cycles({(s, d): "" for s, ds in ALLOWED.items() for d in ds}) == []
 
 
-def test_the_harness_process_reaches_into_the_training_side_only_for_what_they_share() -> None:
-    graph = _graph()
-    for name, deps in graph.items():
-        if name.startswith("harness.control"):
-            bad = {d for d in deps if d.startswith("harness.probe")} - SHARED_WITH_THE_TRAINING_SIDE
-            assert not bad, f"{name} imports {bad}"
+def test_no_import_crosses_folders_except_by_an_allowed_edge() -> None:
+    assert forbidden_edges(unit_edges()) == []
 
 
-def test_the_shared_modules_are_light() -> None:
-    # the harness process imports them: no torch, no numpy, no pandas at import time
-    graph = _graph()
-    for name in SHARED_WITH_THE_TRAINING_SIDE:
-        text = (PACKAGE.parent / (name.replace(".", "/") + ".py")).read_text(encoding="utf-8")
-        tree = ast.parse(text)
+def test_the_folders_import_each_other_without_a_cycle() -> None:
+    assert unit_cycles(unit_edges()) == []
+
+
+def test_the_check_fails_on_a_tree_with_a_forbidden_edge(tmp_path: Path) -> None:
+    # GIVEN a copy of the package where the probe reaches into control and analysis into probe
+    # (as the tree did before harness/records/ held what both sides share)
+    import shutil
+
+    copy = tmp_path / "harness"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "probe" / "_bad.py").write_text("from harness.control import runner\n")
+    (copy / "analysis" / "_bad.py").write_text("from harness.probe.steps import Steps\n")
+    # WHEN the edges are read THEN both are named, with the module that makes them, and a cycle
+    edges = unit_edges(copy)
+    assert forbidden_edges(edges) == ["analysis -> probe (harness/analysis/_bad.py)",
+                                      "probe -> control (harness/probe/_bad.py)"]
+    assert ["control", "probe", "control"] in unit_cycles(edges)
+
+
+def test_the_shared_records_are_light() -> None:
+    # both processes import records/: no torch, numpy or pandas at import time
+    for path in (PACKAGE / "records").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
-        assert not {m for m in names if m.split(".")[0] in {"torch", "numpy", "pandas"}}, name
-        assert all(d.startswith(("harness.control", "harness.layout", "harness.errors", "harness.sizes"))
-                   or d in SHARED_WITH_THE_TRAINING_SIDE for d in graph[name]), name
+        assert not {m for m in names if m.split(".")[0] in {"torch", "numpy", "pandas"}}, path.name
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,12 @@ import pytest
 import torch
 from conftest import read_events
 
-from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
 from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
 from harness.probe import cell as cellmod
 from harness.probe import cuda
-from harness.probe.config import ProbeConfig
 from harness.probe.live import LiveProbe
+from harness.records.probe_config import ProbeConfig
+from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
 
 MB = 1_000_000
 # allocated at the end of each phase, and the peak inside it (bytes)
@@ -139,7 +139,7 @@ def test_cuda_scenario_without_a_device_is_one_line_naming_the_file(tmp_path: Pa
 def test_the_cuda_scenario_runs_on_the_cpu_with_set(tmp_path: Path) -> None:
     from conftest import REPO
 
-    from harness.control import scenario
+    from harness.records import scenario
 
     archive = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
     if not archive.is_file():  # scenarios/cuda.yaml trains on the shared JPEG mirror

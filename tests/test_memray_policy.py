@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from conftest import read_events
 
-from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
 from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
 from harness.probe import cell as cellmod
-from harness.probe.config import ProbeConfig
 from harness.probe.live import LiveProbe
 from harness.probe.steps import NEVER, EpochWindows, MemrayWindow
+from harness.records.probe_config import ProbeConfig
+from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
 
 MiB = 1 << 20
 

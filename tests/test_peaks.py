@@ -20,9 +20,9 @@ from harness.analysis.summary import build_summary
 from harness.analysis.summary_model import Summary
 from harness.analysis.tables import phase_table
 from harness.analysis.ticks import ticks
-from harness.control.scenario import BudgetsConfig
 from harness.gate import metrics as m
 from harness.gate.check import check
+from harness.records.scenario import BudgetsConfig
 from harness.render.terminal import summary_text
 
 

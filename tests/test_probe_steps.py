@@ -16,11 +16,9 @@ import torch
 from conftest import read_events
 
 from harness.control.runner import _probe_config
-from harness.control.scenario import CudaConfig, MemrayConfig, Scenario, TensorsConfig
 from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
 from harness.probe import cell as cellmod
 from harness.probe import cuda
-from harness.probe.config import ProbeConfig
 from harness.probe.live import LiveProbe
 from harness.probe.steps import (
     NEVER,
@@ -33,6 +31,8 @@ from harness.probe.steps import (
     TensorTracer,
     fit_window,
 )
+from harness.records.probe_config import ProbeConfig
+from harness.records.scenario import CudaConfig, MemrayConfig, Scenario, TensorsConfig
 
 MB = 1_000_000
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from harness.control import processes
-from harness.control.processes import Roles, children_of, start_method, tree_of
 from harness.control.sampler import TreeSampler
 from harness.layout import SAMPLES_DIR
+from harness.probe import processes
+from harness.probe.processes import Roles, children_of, start_method, tree_of
 
 # The parent forks two workers with multiprocessing (fork: they run its own command line), worker 0
 # starts a `sleep` of its own, and the parent execs a `sleep` helper. It then snapshots its own tree

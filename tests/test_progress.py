@@ -57,10 +57,10 @@ def test_plain_lines_when_not_a_terminal() -> None:
 def test_metric_may_name_its_own_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
     from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
     from harness.probe import cell as cellmod
     from harness.probe.live import LiveProbe
+    from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
 
     cfg = {"stage": "s", "device": "cpu", "memray": MemrayConfig(mode="off").model_dump(mode="json"),
            "tensors": TensorsConfig(snapshots=False).model_dump(mode="json"),

@@ -17,8 +17,8 @@ from _gate import fake_model, fake_summary, write_run
 from harness import cli
 from harness.analysis.load import Run
 from harness.control import rundir
-from harness.control.scenario import Scenario
 from harness.gate.runs import run_provenance
+from harness.records.scenario import Scenario
 from harness.report.build import _provenance, scenario_in_effect, scenario_text
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

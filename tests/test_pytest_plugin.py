@@ -22,8 +22,7 @@ from conftest import WORKLOADS
 # runpytest() runs in this process and afterwards drops the modules the inner run imported;
 # numpy's C extension cannot be imported twice, so the gates (and pandas) are imported here first.
 import harness.gate.check
-import harness.gate.runs
-import harness.render.gate  # noqa: F401
+import harness.gate.output  # noqa: F401
 from harness.analysis.load import load_run
 from harness.gate.pytest_plugin import budget_texts, in_unit, stage_pythonpath, written_unit
 from harness.report.plan import FLAMEGRAPH_ESTIMATE, plan_jobs

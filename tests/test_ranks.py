@@ -16,10 +16,10 @@ from harness.analysis.captures import CaptureData, Window
 from harness.analysis.load import Capture, load_run
 from harness.analysis.summary_model import Summary
 from harness.cli import main
-from harness.control import scenario as sc
 from harness.control.merge import merge
 from harness.errors import UsageError
 from harness.gate import check, metrics
+from harness.records import scenario as sc
 from harness.report import build_report
 
 

@@ -6,7 +6,7 @@ import re
 
 from conftest import REPO
 
-from harness.control.scenario import Scenario
+from harness.records.scenario import Scenario
 
 INSTALL_RUN = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/harness run scenarios/baseline.yaml"
 INSTALL_TEST = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest"

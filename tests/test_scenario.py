@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.control import scenario as sc
 from harness.errors import ScenarioError
+from harness.records import scenario as sc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_error_type_carries_exit_code_2() -> None:
 
 @pytest.mark.parametrize(("text", "epochs"), [("every", "every"), ("[1, 4]", (1, 4)), ("null", None)])
 def test_memray_epochs_round_trip_through_yaml_and_probe_json(tmp_path: Path, text: str, epochs: object) -> None:
-    from harness.probe.config import ProbeConfig
+    from harness.records.probe_config import ProbeConfig
 
     s = sc.load(_write(tmp_path, GOOD), [f"memray.epochs={text}", "train.threads=2", "memray.eval_batches=0"])
     assert (s.memray.epochs, s.train.threads, s.memray.eval_batches) == (epochs, 2, 0)

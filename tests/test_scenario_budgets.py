@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from harness.control import scenario as sc
 from harness.errors import ScenarioError
+from harness.records import scenario as sc
 
 
 def _load(tmp_path: Path, budgets: Any) -> sc.Scenario:

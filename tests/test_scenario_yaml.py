@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.control import scenario as sc
-from harness.control import yaml_safe
 from harness.errors import ScenarioError, UsageError
 from harness.gate import runs
 from harness.gate.sweep import parse_knobs
+from harness.records import scenario as sc
+from harness.records import yaml_safe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -161,9 +161,10 @@ def test_an_interruption_outside_the_wait_loop_is_not_ok(
 ) -> None:
     # GIVEN an interruption that escapes run_stage (as Ctrl-C did while the harness waited 5 s
     # for a detached descendant's output)
-    from harness.control import runner, scenario
+    from harness.control import runner
     from harness.control.console import Console
     from harness.errors import RunFailed
+    from harness.records import scenario
 
     exc, status, code = _interrupt(kind)
     monkeypatch.setattr(runner, "run_stage", _fake_run_stage("after", exc))
@@ -187,8 +188,9 @@ def test_an_interruption_outside_the_wait_loop_is_not_ok(
 
 def test_an_error_of_the_harness_itself_is_not_ok(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN the harness failing while it stops a stage (a terminal gone after SIGHUP: EIO)
-    from harness.control import runner, scenario
+    from harness.control import runner
     from harness.control.console import Console
+    from harness.records import scenario
 
     monkeypatch.setattr(runner, "run_stage", _fake_run_stage("main", OSError(5, "Input/output error")))
     path, _ = _lingering(tmp_path, "quiet")
@@ -271,7 +273,8 @@ def test_bad_input_is_exit_2_before_the_run_directory_exists(
 
 
 def test_a_readable_archive_passes_the_preflight(tmp_path: Path) -> None:
-    from harness.control import preflight, scenario
+    from harness.control import preflight
+    from harness.records import scenario
 
     archive = tmp_path / "images.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -28,10 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from harness.analysis.finding import mib
 from harness.errors import HarnessError
+from harness.records.cuda_stats import CudaStats, parse_memory_stats, stat_int
 from harness.sizes import MiB
 
 if TYPE_CHECKING:
     import pandas as pd
+
+__all__ = ["CudaStats", "parse_memory_stats"]  # re-exported: the analysis reads device stats here
 
 # Findings thresholds (see each finding's docstring).
 RESERVED_MIN_GAP = 256 * MiB
@@ -51,77 +54,6 @@ class HistoryFormatError(HarnessError):
 
 # --------------------------------------------------------------------------------------------
 # memory_stats()
-
-
-@dataclass(frozen=True)
-class CudaStats:
-    """The caching allocator's counters from one ``torch.cuda.memory_stats()`` call (bytes).
-
-    Peaks are since the last ``torch.cuda.reset_peak_memory_stats``: per phase when the probe
-    resets at each phase start, since process start otherwise. The three ``num_device_*`` /
-    ``num_sync_all_streams`` counters are None where this torch version does not report them.
-    """
-
-    allocated: int
-    reserved: int
-    peak_allocated: int
-    peak_reserved: int
-    active: int
-    peak_active: int
-    inactive_split: int
-    peak_inactive_split: int
-    requested: int
-    reserved_large_pool: int
-    reserved_small_pool: int
-    segments: int
-    allocations: int
-    num_alloc_retries: int
-    num_ooms: int
-    num_device_alloc: int | None = None
-    num_device_free: int | None = None
-    num_sync_all_streams: int | None = None
-
-    @property
-    def cached(self) -> int:
-        """Reserved but not allocated: whole free segments plus inactive split blocks."""
-        return self.reserved - self.allocated
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _int(stats: Mapping[str, Any], key: str) -> int:
-    value = stats.get(key)
-    return int(value) if value is not None else 0
-
-
-def _opt_int(stats: Mapping[str, Any], key: str) -> int | None:
-    value = stats.get(key)
-    return int(value) if value is not None else None
-
-
-def parse_memory_stats(stats: Mapping[str, Any]) -> CudaStats:
-    """Read a flat ``torch.cuda.memory_stats()`` dict; a missing key reads as 0 (or None)."""
-    return CudaStats(
-        allocated=_int(stats, "allocated_bytes.all.current"),
-        reserved=_int(stats, "reserved_bytes.all.current"),
-        peak_allocated=_int(stats, "allocated_bytes.all.peak"),
-        peak_reserved=_int(stats, "reserved_bytes.all.peak"),
-        active=_int(stats, "active_bytes.all.current"),
-        peak_active=_int(stats, "active_bytes.all.peak"),
-        inactive_split=_int(stats, "inactive_split_bytes.all.current"),
-        peak_inactive_split=_int(stats, "inactive_split_bytes.all.peak"),
-        requested=_int(stats, "requested_bytes.all.current"),
-        reserved_large_pool=_int(stats, "reserved_bytes.large_pool.current"),
-        reserved_small_pool=_int(stats, "reserved_bytes.small_pool.current"),
-        segments=_int(stats, "segment.all.current"),
-        allocations=_int(stats, "allocation.all.current"),
-        num_alloc_retries=_int(stats, "num_alloc_retries"),
-        num_ooms=_int(stats, "num_ooms"),
-        num_device_alloc=_opt_int(stats, "num_device_alloc"),
-        num_device_free=_opt_int(stats, "num_device_free"),
-        num_sync_all_streams=_opt_int(stats, "num_sync_all_streams"),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,12 +392,12 @@ def pinned_host_memory(
     pages (``pin_memory=True`` loaders, ``.pin_memory()``, non-blocking copies) count in the
     process's RSS, cannot be swapped, and stay cached by the allocator after use.
     """
-    pinned = _int(host_stats, "allocated_bytes.current")
-    peak = max(_int(host_stats, "allocated_bytes.peak"), pinned)
+    pinned = stat_int(host_stats, "allocated_bytes.current")
+    peak = max(stat_int(host_stats, "allocated_bytes.peak"), pinned)
     if peak < min_bytes:
         return None
-    in_use = _int(host_stats, "active_bytes.current")
-    blocks = _int(host_stats, "allocations.current")
+    in_use = stat_int(host_stats, "active_bytes.current")
+    blocks = stat_int(host_stats, "allocations.current")
     share = pinned / rss if rss else None
     of_rss = f" ({share:.0%} of the process's RSS)" if share is not None else ""
     text = (f"{mib(pinned)} of host memory is pinned (page-locked) for transfers to the GPU"

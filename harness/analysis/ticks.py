@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.probe.cell import PHASES
+from harness.records.vocab import PHASES
 
 NO_PHASE = "none"  # ticks of a workload that makes no probe calls
 TICK_COLUMNS = (

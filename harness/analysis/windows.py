@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.analysis.load import Run, Stage
 from harness.layout import TRAIN_WINDOW, Event, capture_name
-from harness.probe.steps import fit_window
+from harness.records.windows import fit_window
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """torchrun for a stage: the checks before a distributed run, the agent, and what the agent records.
 
-A distributed stage (scenario ``distributed:``) starts as any stage does, ``python -m
-harness.probe.stage RUN STAGE --agent``; that process is torchrun's agent: :func:`run_agent`
+A distributed stage (scenario ``distributed:``) starts as ``python -m
+harness.control.agent RUN STAGE``; that process is torchrun's agent: :func:`run_agent`
 calls ``torch.distributed``'s elastic launch in-process (c10d rendezvous, no restarts) with
 ``-m harness.probe.stage RUN STAGE --rank`` as each rank's program. The agent has no probe; each
 rank goes live in ``stages/<stage>/rank<R>/`` (R its global rank, from ``RANK``). When the job
@@ -9,7 +9,7 @@ ends the agent writes ``agent.json`` beside the node's log: which rank failed fi
 
 torchrun starts every rank in a session of its own, so neither the harness's kill of the stage's
 process group nor the stage's watch of the harness reaches a rank; each rank watches the agent
-instead (:func:`watch_agent`) and kills its own group when the agent is gone.
+instead (:func:`harness.probe.stage.watch_agent`) and kills its own group when the agent is gone.
 """
 
 from __future__ import annotations
@@ -19,21 +19,19 @@ import ipaddress
 import json
 import math
 import os
-import select
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness.control.scenario import DistributedConfig, Scenario
 from harness.errors import ScenarioError
 from harness.layout import (
     AGENT_FILE,
+    AGENT_PID_ENV,
     CELL_FILE,
     EVENTS_FILE,
     Event,
@@ -43,9 +41,8 @@ from harness.layout import (
     stage_dir,
 )
 from harness.probe.cell import CellReader, CellState
+from harness.records.scenario import DistributedConfig, Scenario
 
-# Set by the agent in each rank's environment: the pid each rank watches.
-AGENT_PID_ENV = "HARNESS_AGENT_PID"
 # Seconds torchrun waits for the other ranks to end on SIGTERM after one failed, before SIGKILL.
 SHUTDOWN_TIMEOUT_S = 5
 
@@ -134,34 +131,6 @@ def _reachable(host: str, port: int, timeout_s: float) -> bool:
         if time.monotonic() + 0.25 >= deadline:
             return False
         time.sleep(0.25)
-
-
-def watch_agent() -> None:
-    """In a rank: kill this rank's process group (its workers too) once the agent is gone.
-
-    torchrun puts each rank in its own session, out of reach of the kill that ends the agent's
-    group; a pidfd of the agent becomes readable when the agent ends, however it ends.
-    """
-    raw = os.environ.get(AGENT_PID_ENV)
-    if not raw:
-        return
-    agent = int(raw)
-    if os.getppid() != agent:  # the agent ended before this rank got here
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-    try:
-        fd = os.pidfd_open(agent)
-    except (OSError, AttributeError):  # gone already, or a kernel without pidfds: poll the parent
-        fd = None
-
-    def watch() -> None:
-        if fd is not None:
-            select.select([fd], [], [])
-        else:
-            while os.getppid() == agent:
-                time.sleep(0.5)
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="harness-watch-agent", daemon=True).start()
 
 
 def run_agent(run_dir: Path, stage: str, scenario: Scenario, record_dir: Path) -> int:

@@ -15,8 +15,8 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from harness.control.scenario import Scenario
 from harness.errors import ScenarioError
+from harness.records.scenario import Scenario
 
 # torch.Generator().manual_seed takes at most 2**64 - 1; numpy's generators (the synthetic images)
 # take no negative seed.

@@ -24,7 +24,6 @@ import psutil
 from harness.control import distributed, preflight, rundir
 from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeSampler, TreeTotals
-from harness.control.scenario import Scenario, dump
 from harness.errors import (
     Interrupted,
     RunFailed,
@@ -46,7 +45,8 @@ from harness.layout import (
     stage_dir,
 )
 from harness.probe import cell as cellmod
-from harness.probe.config import ProbeConfig
+from harness.records.probe_config import ProbeConfig
+from harness.records.scenario import Scenario, dump
 from harness.sizes import MiB, format_size
 
 # Errors a stage stops on that say its input was bad (exit 2), not that the workload failed.
@@ -240,8 +240,8 @@ def run_stage(
     watch_read, watch_write = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.probe.stage", str(run_dir), stage,
-             "--watch-fd", str(watch_read), *(["--agent"] if dist is not None else [])],
+            [sys.executable, "-m", "harness.probe.stage" if dist is None else "harness.control.agent",
+             str(run_dir), stage, "--watch-fd", str(watch_read)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

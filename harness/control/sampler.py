@@ -1,6 +1,6 @@
 """Process-tree sampling, in the harness process.
 
-Every tick finds the stage's process tree and names each process (:mod:`harness.control.processes`,
+Every tick finds the stage's process tree and names each process (:mod:`harness.probe.processes`,
 the rule epoch snapshots use too) and reads each process's ``/proc/<pid>/status``: RSS and its
 anonymous, file and shared-memory parts, and the figures ``statm`` gives, all kernel counters, no
 page walk. USS, PSS and swap need ``smaps_rollup``, a walk of every page table of the process
@@ -26,10 +26,10 @@ from typing import Any
 import psutil
 
 from harness.control.distributed import RankCells
-from harness.control.processes import AgentRoles, Roles, start_method, tree_of
 from harness.control.samples import Row, SamplesWriter
 from harness.layout import SAMPLE_COLUMNS
 from harness.probe.cell import CellReader, CellState
+from harness.probe.processes import AgentRoles, Roles, start_method, tree_of
 
 _STATUS = re.compile(rb"^(VmSize|VmRSS|RssAnon|RssFile|RssShmem|VmData|VmStk|VmExe):\s+(\d+)", re.M)
 _ROLLUP = re.compile(rb"^(Pss|Private_Clean|Private_Dirty|Private_Hugetlb|Swap):\s+(\d+)", re.M)

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from harness.control.scenario import BudgetsConfig
 from harness.gate import metrics as m
 from harness.gate.baseline import Baseline, MetricStats
+from harness.records.scenario import BudgetsConfig
 from harness.sizes import format_size
 
 K_STDEV = 2.0

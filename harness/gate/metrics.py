@@ -200,7 +200,7 @@ def for_baseline(metrics: Mapping[str, int]) -> dict[str, int]:
 
 def sort_key(name: str) -> tuple[int, int, int, int]:
     """Run-wide metrics first, then phases in the order a step goes through them."""
-    from harness.probe.cell import PHASES
+    from harness.records.vocab import PHASES
 
     phase, key = split_name(name)
     rank, _ = split_rank(name)

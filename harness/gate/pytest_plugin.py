@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from harness.analysis.summary_model import Summary
-    from harness.control.scenario import BudgetsConfig
     from harness.gate.check import CheckResult, Row
+    from harness.records.scenario import BudgetsConfig
 
 FIXTURE = "harness_run"
 MARKER = "harness"
@@ -109,7 +109,7 @@ def _budgets(budgets: Mapping[str, Any] | None, source: str) -> BudgetsConfig | 
     """A ``budgets:`` mapping written in the test, validated like a scenario's."""
     if budgets is None:
         return None
-    from harness.control.scenario import from_dict
+    from harness.records.scenario import from_dict
 
     return from_dict({"name": "test", "budgets": dict(budgets)}, source).budgets
 
@@ -193,8 +193,8 @@ def budget_texts(budgets: Mapping[str, Any] | None) -> dict[str, str]:
 def _scenario_budget_texts(path: Path, overrides: Sequence[str]) -> dict[str, str]:
     """The budgets of a scenario file (with its ``--set`` overrides) as written; the file was
     read and validated by ``scenario.load`` just before."""
-    from harness.control import scenario as scenario_mod
-    from harness.control import yaml_safe
+    from harness.records import scenario as scenario_mod
+    from harness.records import yaml_safe
 
     raw = yaml_safe.load_file(path)
     if not isinstance(raw, dict):
@@ -407,8 +407,8 @@ class HarnessRun:
 
     def _check(self, budgets: Mapping[str, Any] | None, baseline: str | Path | None,
                tolerance: str | float, slack: str | int | None, scenario_budgets: bool) -> CheckResult:
-        from harness.control.scenario import BudgetsConfig
         from harness.gate import check, runs
+        from harness.records.scenario import BudgetsConfig
         from harness.sizes import parse_size, parse_tolerance
 
         merged: dict[str, Any] = {}
@@ -441,8 +441,8 @@ class HarnessRun:
         summary shows it), then each with where it peaked and its top allocation sites, the run's
         report, and the check's table."""
         from harness.errors import HarnessError
+        from harness.gate import output as render
         from harness.gate import runs
-        from harness.render import gate as render
 
         failed = result.failures
         head = [_headline(r, texts.get(r.metric)) for r in failed[:HEADLINE_LIMITS]]
@@ -553,9 +553,9 @@ class Harness:
         was started. The report is written without flamegraphs (a check reads none).
         """
         from harness.control import runner
-        from harness.control import scenario as scenario_mod
         from harness.control.console import Console
         from harness.errors import HarnessError
+        from harness.records import scenario as scenario_mod
         from harness.report import build_report
 
         try:

@@ -12,11 +12,12 @@ from pydantic import ValidationError
 
 from harness.analysis.load import load_run, read_manifest
 from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
-from harness.control import rundir, yaml_safe
-from harness.control.scenario import BudgetsConfig, Scenario, from_dict
+from harness.control import rundir
 from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
 from harness.layout import REPORT_DIR
+from harness.records import yaml_safe
+from harness.records.scenario import BudgetsConfig, Scenario, from_dict
 
 if TYPE_CHECKING:
     from harness.gate.sweep import SweepResult
@@ -240,11 +241,12 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
     import datetime as dt
     import sys
 
-    from harness.control import runner, scenario
+    from harness.control import runner
     from harness.control.console import Console
     from harness.errors import Interrupted, RunFailed
+    from harness.gate import output as render
     from harness.gate import sweep as sweep_mod
-    from harness.render import gate as render
+    from harness.records import scenario
 
     knobs = sweep_mod.parse_knobs(varies, sets)
     points = sweep_mod.grid(knobs)

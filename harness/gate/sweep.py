@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness.control import yaml_safe
 from harness.errors import UsageError
 from harness.gate import metrics as m
+from harness.records import yaml_safe
 
 if TYPE_CHECKING:
     from harness.analysis.summary_model import Summary

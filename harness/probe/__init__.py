@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from harness.layout import STAGE_DIR_ENV
-from harness.probe.cell import PHASE_CODE, PHASES
+from harness.records.vocab import PHASE_CODE, PHASES
 
 T = TypeVar("T")
 

@@ -16,20 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PHASES: tuple[str, ...] = (
-    "idle",
-    "setup",
-    "data",
-    "forward",
-    "loss",
-    "backward",
-    "optimizer",
-    "validate",
-    "test",
-    "teardown",
-)
-PHASE_CODE: dict[str, int] = {name: i for i, name in enumerate(PHASES)}
-TRAINING_STEP_PHASES: tuple[str, ...] = ("data", "forward", "loss", "backward", "optimizer")
+from harness.records.vocab import PHASES
 
 MAGIC = 0x48524E53  # "HRNS"
 

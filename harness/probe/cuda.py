@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.analysis.cuda import CudaStats, parse_memory_stats
 from harness.errors import HarnessError
+from harness.records.cuda_stats import CudaStats, parse_memory_stats
 from harness.sizes import MiB
 
 if TYPE_CHECKING:

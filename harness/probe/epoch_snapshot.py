@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from harness.control import processes
+from harness.probe import processes
 from harness.probe import tensors as tensor_census
 
 

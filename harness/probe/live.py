@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 import psutil
 
 from harness.layout import CELL_FILE, EVENTS_FILE, SNAPSHOTS_DIR, Event
-from harness.probe.cell import PHASE_CODE, PHASES
-from harness.probe.config import ProbeConfig
 from harness.probe.steps import (
     NEVER,
     CellWriter,
@@ -31,6 +29,8 @@ from harness.probe.steps import (
     Steps,
     TensorTracer,
 )
+from harness.records.probe_config import ProbeConfig
+from harness.records.vocab import PHASE_CODE, PHASES
 
 T = TypeVar("T")
 

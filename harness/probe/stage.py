@@ -8,9 +8,9 @@ A stage never outlives the harness that started it: when the harness process end
 ends, a thread here sees the pipe it holds close and kills the stage's whole process group (its
 DataLoader workers, its own children).
 
-A distributed stage (scenario ``distributed:``) starts with ``--agent``: this process becomes
-torchrun's agent (:mod:`harness.control.distributed`), with no probe of its own, and starts each
-rank as ``python -m harness.probe.stage RUN_DIR STAGE --rank``. A rank makes its own directory,
+A distributed stage (scenario ``distributed:``) starts as ``python -m harness.control.agent``
+instead: torchrun's agent, with no probe of its own, which starts each rank as ``python -m
+harness.probe.stage RUN_DIR STAGE --rank``. A rank makes its own directory,
 ``stages/<stage>/rank<R>/`` (R the global rank torchrun gave it), and goes live there.
 """
 
@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
 from harness import probe
-from harness.errors import HarnessError, ScenarioError
+from harness.errors import HarnessError
 from harness.layout import (
+    AGENT_PID_ENV,
     CELL_FILE,
     PROBE_CONFIG_FILE,
     SCENARIO_FILE,
@@ -60,22 +63,45 @@ def watch_harness(fd: int) -> None:
     threading.Thread(target=watch, name="harness-watch", daemon=True).start()
 
 
+def watch_agent() -> None:
+    """In a rank: kill this rank's process group (its workers too) once the agent is gone.
+
+    torchrun puts each rank in its own session, out of reach of the kill that ends the agent's
+    group; a pidfd of the agent becomes readable when the agent ends, however it ends.
+    """
+    raw = os.environ.get(AGENT_PID_ENV)
+    if not raw:
+        return
+    agent = int(raw)
+    if os.getppid() != agent:  # the agent ended before this rank got here
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    try:
+        fd = os.pidfd_open(agent)
+    except (OSError, AttributeError):  # gone already, or a kernel without pidfds: poll the parent
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while os.getppid() == agent:
+                time.sleep(0.5)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="harness-watch-agent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness.probe.stage")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("stage")
     parser.add_argument("--watch-fd", type=int, default=None,
                         help="a pipe the harness holds open: the stage stops when it closes")
-    role = parser.add_mutually_exclusive_group()
-    role.add_argument("--agent", action="store_true",
-                      help="run the stage's ranks under torchrun (the scenario's distributed section)")
-    role.add_argument("--rank", action="store_true",
+    parser.add_argument("--rank", action="store_true",
                       help="one rank of a distributed stage (started by the agent; RANK names it)")
     args = parser.parse_args(argv)
     if args.watch_fd is not None:
         watch_harness(args.watch_fd)
-    if args.agent:
-        return _agent(args.run_dir, args.stage)
     if args.rank:
         _become_rank(args.run_dir, args.stage)
 
@@ -83,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     error: BaseException | None = None
     code = 0
     try:
-        from harness.control import scenario as scenario_mod
         from harness.probe.workload import StageContext, run_stage
+        from harness.records import scenario as scenario_mod
 
         scenario = scenario_mod.load(args.run_dir / SCENARIO_FILE)
         os.environ.setdefault("HARNESS_STAGE", args.stage)
         run_stage(StageContext(stage=args.stage, scenario=scenario, run_dir=args.run_dir))
     except HarnessError as exc:
         error, code = exc, exc.exit_code
-        _log_error(args.run_dir, args.stage, exc)
+        log_error(args.run_dir, args.stage, exc)
     except SystemExit as exc:  # a script calling sys.exit()
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code:
@@ -106,25 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _agent(run_dir: Path, stage: str) -> int:
-    """Run the stage as torchrun's agent; no probe here (each rank has its own)."""
-    from harness.control import distributed
-    from harness.control import scenario as scenario_mod
-
-    try:
-        scenario = scenario_mod.load(run_dir / SCENARIO_FILE)
-        if scenario.distributed is None:
-            raise ScenarioError(f"{run_dir / SCENARIO_FILE}: --agent: the scenario has no distributed section")
-        record_dir = distributed.node_dir(run_dir, stage, scenario.distributed)
-        record_dir.mkdir(parents=True, exist_ok=True)
-        code = distributed.run_agent(run_dir, stage, scenario, record_dir)
-    except HarnessError as exc:
-        _log_error(run_dir, stage, exc)
-        return exc.exit_code
-    sys.stdout.flush()
-    return code
-
-
 def _become_rank(run_dir: Path, stage: str) -> None:
     """Watch the agent and, under ``harness run``, make this rank's directory and point the probe at it.
 
@@ -132,9 +139,7 @@ def _become_rank(run_dir: Path, stage: str) -> None:
     join); its probe.json is the one the harness wrote for the node, its cell a fresh one, put in
     place whole so that a sampler looking for it never maps a short file.
     """
-    from harness.control import distributed
-
-    distributed.watch_agent()
+    watch_agent()
     node_dir = os.environ.get(STAGE_DIR_ENV)
     if not node_dir:  # harness train: no probe
         return
@@ -148,7 +153,7 @@ def _become_rank(run_dir: Path, stage: str) -> None:
     os.environ[STAGE_DIR_ENV] = str(rdir)
 
 
-def _log_error(run_dir: Path, stage: str, error: HarnessError) -> None:
+def log_error(run_dir: Path, stage: str, error: HarnessError) -> None:
     """Write the harness error to the stage's log, not to the output the harness echoes: the
     harness says it once, in its own error line (it reads the type from here in a bare run)."""
     sys.stdout.flush()

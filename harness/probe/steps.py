@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from harness.control.scenario import CudaConfig, MemrayConfig, TensorsConfig
 from harness.layout import (
     CUDA_HISTORY_DIR,
     MEMRAY_DIR,
@@ -39,7 +38,9 @@ from harness.layout import (
     cuda_history_name,
 )
 from harness.probe import cell as cellmod
-from harness.probe.cell import PHASE_CODE
+from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
+from harness.records.vocab import PHASE_CODE
+from harness.records.windows import fit_window
 from harness.sizes import MiB
 
 if TYPE_CHECKING:
@@ -401,22 +402,6 @@ class MemrayWindow(StepHook):
             self.close(epoch=self._epoch, step=steps)
         self._train = None
         self._last_steps = steps
-
-
-def fit_window(start: int, steps: int, total: int | None) -> tuple[int, int] | None:
-    """The window ``[start, start + steps)`` moved so that it fits a loop of ``total`` steps.
-
-    A loop too short for the whole window gets one that ends with it, as many steps long as the
-    window (or the loop) and starting no later than ``start``: the window opens in every loop
-    that runs a step, and skips as many of its first steps as it can. ``total`` None (unknown):
-    as configured. A loop of no steps gets none.
-    """
-    if total is None or total >= start + steps:
-        return start, start + steps
-    if total <= 0:
-        return None
-    first = max(0, min(start, total - steps))
-    return first, first + steps
 
 
 class DeviceReader(StepHook):

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import probe
-from harness.control.scenario import Scenario
 from harness.errors import ScenarioError
 from harness.layout import Event
 from harness.probe import auto
+from harness.records.scenario import Scenario
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

@@ -26,8 +26,8 @@ from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
 from harness.analysis.ticks import ticks
 from harness.analysis.windows import unopened_windows
-from harness.control.scenario import BUILTIN_WORKLOAD
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
+from harness.records.scenario import BUILTIN_WORKLOAD
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
 from harness.report.plan import plan_jobs

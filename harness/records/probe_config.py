@@ -1,7 +1,7 @@
 """The live probe's settings (``probe.json``): the scenario's sections the training process needs.
 
 The runner writes the file from the scenario's typed sections, the probe reads it back into the
-same types, so every default is stated once, in :mod:`harness.control.scenario`.
+same types, so every default is stated once, in :mod:`harness.records.scenario`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from harness.control.scenario import CudaConfig, MemrayConfig, Scenario, TensorsConfig
 from harness.layout import PROBE_CONFIG_FILE
+from harness.records.scenario import CudaConfig, MemrayConfig, Scenario, TensorsConfig
 
 
 class ProbeConfig(BaseModel):

@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from harness.control import yaml_safe
 from harness.errors import ScenarioError
-from harness.probe.cell import PHASES
+from harness.records import yaml_safe
+from harness.records.vocab import PHASES
 from harness.sizes import parse_size
 
 BUILTIN_WORKLOAD = "model.stages:run"
@@ -443,7 +443,7 @@ def check_data(scenario: Scenario, source: str) -> None:
 def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file; check that its data is reachable.
 
-    The file is read by :mod:`harness.control.yaml_safe` (UTF-8, no repeated keys, aliases and
+    The file is read by :mod:`harness.records.yaml_safe` (UTF-8, no repeated keys, aliases and
     size capped), so a hostile file is one line and a bounded load like any other mistake.
     """
     path = Path(path)
