@@ -43,11 +43,12 @@ def test_a_rank_without_stage_end_is_named(tmp_path: Path) -> None:
     assert "stage 'train' rank 1 has no stage_end event" in load_run(path).incomplete_reasons()
 
 
-def test_single_process_run_is_not_distributed(tmp_path: Path) -> None:
+def test_single_process_run_is_one_view_without_a_rank(tmp_path: Path) -> None:
     import _synthetic
 
     run = load_run(_synthetic.write_run(tmp_path))
-    assert not run.distributed and ranks.views(run) == []
+    (view,) = ranks.views(run)
+    assert not run.distributed and (view.rank, view.node, view.run) == (None, None, run)
 
 
 @pytest.fixture

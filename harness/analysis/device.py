@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import cuda
-from harness.analysis.finding import Finding
+from harness.analysis.finding import Finding, detectors, finding
 from harness.analysis.load import Run
 from harness.analysis.ticks import phase_order
 from harness.layout import HARNESS_PHASES, Event
@@ -166,7 +166,10 @@ def _finding(kind: str, title: str, f: Any, **extra: Any) -> Finding:
     return Finding(kind=kind, title=title, text=f.text, numbers={**numbers, **extra})
 
 
-def _peak_phase(table: pd.DataFrame, device_total: int | None) -> Finding | None:
+@finding("cuda_peak_phase", severity="info", doc="reports.md#cuda_peak_phase",
+         title="the phase holding the device's peak", scope="device", order=10)
+def _peak_phase(device_table: pd.DataFrame, device_total: int | None) -> Finding | None:
+    table = device_table
     if table.empty or table["phase"].isin(HARNESS_PHASES).all():
         return None  # no phases of the workload's own to name
     peak = cuda.device_peak_phase(table, device_total=device_total)
@@ -182,6 +185,8 @@ def _peak_phase(table: pd.DataFrame, device_total: int | None) -> Finding | None
                  "share_of_device": peak.share_of_device})
 
 
+@finding("cuda_pinned_host", severity="warning", doc="reports.md#cuda_pinned_host",
+         title="host memory pinned for transfers", scope="device", order=40)
 def _pinned_host(run: Run) -> Finding | None:
     """The snapshot with the most host memory pinned, if any held enough to be a finding."""
     best = None
@@ -198,24 +203,46 @@ def _pinned_host(run: Run) -> Finding | None:
                     stage=best[1], snapshot=best[2])
 
 
+def _parsed_snapshots(run: Run) -> list[tuple[str, str, cuda.CudaStats]]:
+    return [(stage, label, stats) for stage, label, c in _device_snapshots(run)
+            if (stats := _stats(c)) is not None]
+
+
+@finding("cuda_reserved", severity="warning", doc="reports.md#cuda_reserved",
+         title="reserved far above allocated", scope="device", order=20)
+def _reserved(run: Run) -> Finding | None:
+    """Reserved far above allocated, at the snapshot where the gap was widest."""
+    parsed = _parsed_snapshots(run)
+    if not parsed:
+        return None
+    stage, label, stats = max(parsed, key=lambda r: r[2].reserved - r[2].allocated)
+    gap = cuda.reserved_far_above_allocated(stats)
+    if gap is None:
+        return None
+    return _finding("cuda_reserved", f"Reserved far above allocated ({gap.cause})", gap,
+                    stage=stage, snapshot=label)
+
+
+@finding("cuda_retries", severity="warning", doc="reports.md#cuda_retries",
+         title="allocator retries and out-of-memory errors", scope="device", order=30)
+def _retries(run: Run) -> Finding | None:
+    """Allocator retries or OOMs, at the last snapshot."""
+    parsed = _parsed_snapshots(run)
+    if not parsed:
+        return None
+    stage, label, stats = parsed[-1]
+    retries = cuda.allocator_retries(stats)
+    if retries is None:
+        return None
+    title = ("The CUDA device ran out of memory" if retries.ooms
+             else "The CUDA allocator had to free its cache and retry")
+    return _finding("cuda_retries", title, retries, stage=stage, snapshot=label)
+
+
 def findings(run: Run, table: pd.DataFrame, device_total: int | None = None) -> list[Finding]:
-    """The GPU findings: the phase holding the device peak, reserved far above allocated (at
-    the snapshot where the gap was widest), allocator retries or OOMs (at the last snapshot),
-    pinned host memory."""
-    out = [f for f in (_peak_phase(table, device_total),) if f is not None]
-    parsed = [(stage, label, stats) for stage, label, c in _device_snapshots(run)
-              if (stats := _stats(c)) is not None]
-    if parsed:
-        stage, label, stats = max(parsed, key=lambda r: r[2].reserved - r[2].allocated)
-        gap = cuda.reserved_far_above_allocated(stats)
-        if gap is not None:
-            out.append(_finding("cuda_reserved", f"Reserved far above allocated ({gap.cause})",
-                                gap, stage=stage, snapshot=label))
-        stage, label, stats = parsed[-1]
-        retries = cuda.allocator_retries(stats)
-        if retries is not None:
-            title = ("The CUDA device ran out of memory" if retries.ooms
-                     else "The CUDA allocator had to free its cache and retry")
-            out.append(_finding("cuda_retries", title, retries, stage=stage, snapshot=label))
-    pinned = _pinned_host(run)
-    return out + ([pinned] if pinned is not None else [])
+    """The GPU findings of one process: every registered ``device`` detector, in order (the
+    phase holding the device peak, reserved far above allocated, allocator retries or OOMs,
+    pinned host memory)."""
+    arguments = {"run": run, "device_table": table, "device_total": device_total}
+    found = [d(arguments) for d in detectors("device")]
+    return [f for f in found if f is not None]

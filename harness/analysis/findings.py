@@ -1,7 +1,8 @@
 """Plain-language diagnoses, each computed from the recorded data with the numbers behind it.
 
-Every detector returns ``None`` when the data does not support its finding. Thresholds are module
-constants so tests and the README can name them.
+Every detector returns ``None`` when the data does not support its finding, and registers itself
+with :func:`harness.analysis.finding.finding` (its kind, severity, doc anchor). Thresholds are
+module constants so tests and the README can name them.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis import device
+from harness.analysis import trend as _trend  # noqa: F401 - registers the trend detector
 from harness.analysis.captures import CaptureData
-from harness.analysis.finding import Finding, mib
+from harness.analysis.finding import Finding, detectors, finding, mib
 from harness.analysis.load import Run
 from harness.analysis.peaks import (
     WHOSE,
@@ -23,7 +26,6 @@ from harness.analysis.peaks import (
     tick_peak,
 )
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
-from harness.analysis.trend import trend
 from harness.layout import HARNESS_PHASES, Event
 from harness.sizes import MiB
 
@@ -79,6 +81,8 @@ def growing_sites(captures: list[CaptureData]) -> pd.DataFrame:
     return df
 
 
+@finding("leak", severity="warning", doc="reports.md#leak", title="memory grows from epoch to epoch",
+         order=10)
 def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
     """Memory that grows from epoch to epoch after the first: how much, where, which sites.
 
@@ -177,6 +181,8 @@ def _start_methods(run: Run) -> dict[str, str]:
     return out
 
 
+@finding("copy_on_read", severity="warning", doc="reports.md#copy_on_read",
+         title="workers copy the parent's pages", order=30)
 def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
     """Workers' private memory growing from pages they shared while the parent's heap stays flat.
 
@@ -255,6 +261,8 @@ def _parent_change(s: pd.DataFrame, captures: list[CaptureData], stage: str,
     return float(main["rss"].max() - main["rss"].min()), "RSS"
 
 
+@finding("rss_heap_gap", severity="info", doc="reports.md#rss_heap_gap",
+         title="why RSS is larger than the heap", order=40)
 def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | None:
     """Explain RSS minus the memray heap at the main process's largest RSS under a capture."""
     best: tuple[int, int, float, CaptureData] | None = None
@@ -340,6 +348,8 @@ def _where(p: dict[str, Any]) -> str:
     return f"phase {p['phase']} (stage {p['stage']}{epoch}, step {p['step']})"
 
 
+@finding("peak_phase", severity="info", doc="reports.md#peak_phase",
+         title="the phase holding the peak", order=50)
 def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
     """The phase (and stage, epoch, step) that holds the peak RSS of the main process and tree
     while the workload ran (until its teardown phase or ``stage_end``): the summary's headline
@@ -394,6 +404,9 @@ def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
 
 
 def all_findings(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Finding]:
-    found = [leak(run, captures), trend(run, tk, captures), copy_on_read(run, captures),
-             rss_heap_gap(tk, captures), peak_phase(tk, run)]
+    """The host-memory findings of one process: every registered ``process`` detector, in order
+    (the report runs them per rank, with the others: :func:`harness.analysis.ranks.all_findings`)."""
+    arguments = {"run": run, "tk": tk, "captures": captures,
+                 "device_table": device.device_table(run), "device_total": None}
+    found = [d(arguments) for d in detectors("process")]
     return [f for f in found if f is not None]

@@ -1,11 +1,12 @@
-"""Distributed runs (torchrun): the analysis of one process, once per rank, and what sets ranks apart.
+"""The analysis of one process, once per rank, and what sets ranks apart: the report's one path.
 
 A distributed stage's records are per rank (``stages/<stage>/rank<R>/``, loaded as
 ``Stage.ranks``); its samples carry each row's rank. :func:`views` turns the run into one
 :class:`~harness.analysis.load.Run` per rank in which the rank's process is the ``main`` process
 and its DataLoader workers the ``worker N`` ones, so that every table and finding of a single
-process applies unchanged; the functions here join their results with a ``rank`` column (and
-``node`` for several nodes). :func:`skew` compares the ranks with each other.
+process applies unchanged; a plain run is one view, of rank None. The functions here join the
+views' results, with a ``rank`` column (and ``node`` for several nodes) where the views have
+ranks. :func:`skew` compares the ranks with each other.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import device, tables
-from harness.analysis import findings as findings_mod
+from harness.analysis import findings as _findings  # noqa: F401 - registers the host detectors
 from harness.analysis.captures import CaptureData
-from harness.analysis.finding import Finding, mib
+from harness.analysis.finding import SCOPES, Finding, detectors, finding, mib
 from harness.analysis.load import Run, sample_ranks
 from harness.analysis.ticks import ticks
 from harness.layout import HARNESS_PHASES, SECTIONS
@@ -36,9 +37,10 @@ SKEW_MAX_SITES = 5
 
 @dataclass
 class RankView:
-    """One rank's part of a distributed run, as a run of one process."""
+    """One rank's part of a distributed run, as a run of one process; a plain run is one view
+    of rank None (its tables and summary rows then have no rank)."""
 
-    rank: int
+    rank: int | None
     node: int | None
     run: Run
     ticks: pd.DataFrame
@@ -53,8 +55,11 @@ def multi_node(run: Run) -> bool:
 
 
 def views(run: Run) -> list[RankView]:
-    """One view a rank; a stage that did not run distributed is counted with the lowest rank."""
+    """One view a rank; a stage that did not run distributed is counted with the lowest rank.
+    A plain run is one view: the run itself, of rank None."""
     ids = rank_ids(run)
+    if not ids:
+        return [RankView(None, None, run, ticks(run.samples))]
     out = []
     for rank in ids:
         stages = []
@@ -70,7 +75,10 @@ def views(run: Run) -> list[RankView]:
 
 
 def _tag(df: pd.DataFrame, v: RankView, nodes: bool, after: str = "stage") -> pd.DataFrame:
-    """``df`` with the view's ``rank`` (and ``node``) as columns right after ``after``."""
+    """``df`` with the view's ``rank`` (and ``node``) as columns right after ``after``; as it is
+    for a view without a rank (a plain run)."""
+    if v.rank is None:
+        return df
     df = df.copy()
     at = list(df.columns).index(after) + 1 if after in df.columns else 0
     df.insert(at, "rank", v.rank)
@@ -79,16 +87,20 @@ def _tag(df: pd.DataFrame, v: RankView, nodes: bool, after: str = "stage") -> pd
     return df
 
 
-def _join(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+def _join(frames: list[pd.DataFrame], columns: list[str] | None = None) -> pd.DataFrame:
+    """The frames one after the other; all empty: the first (its columns), or ``columns``."""
+    full = [f for f in frames if not f.empty]
+    if len(full) == 1 and len(frames) == 1:
+        return full[0]
+    if full:
+        return pd.concat(full, ignore_index=True)
+    return frames[0] if frames else pd.DataFrame(columns=columns or [])
 
 
 def phase_table(run: Run, vs: list[RankView]) -> pd.DataFrame:
     """The phase table of every rank, one after the other, with ``rank`` after ``stage``."""
     nodes = multi_node(run)
-    cols = ["stage", "rank", *(["node"] if nodes else []), *tables.PHASE_COLUMNS[1:]]
-    return _join([_tag(tables.phase_table(v.run, v.ticks), v, nodes) for v in vs], cols)
+    return _join([_tag(tables.phase_table(v.run, v.ticks), v, nodes) for v in vs])
 
 
 def epoch_table(vs: list[RankView]) -> pd.DataFrame:
@@ -96,8 +108,11 @@ def epoch_table(vs: list[RankView]) -> pd.DataFrame:
     frames = []
     for v in vs:
         df = tables.epoch_table(v.run)
-        df.columns = [_rank_column(str(c), v.rank) for c in df.columns]
+        if v.rank is not None:
+            df.columns = [_rank_column(str(c), v.rank) for c in df.columns]
         frames.append(df)
+    if len(frames) == 1:
+        return frames[0]
     frames = [f for f in frames if not f.empty]
     if not frames:
         out = pd.DataFrame()
@@ -115,10 +130,13 @@ def _rank_column(name: str, rank: int) -> str:
     return f"{'Δ ' if delta else ''}{stage} rank {rank}:{label}"
 
 
-def process_table(run: Run) -> pd.DataFrame:
-    """Every process of the job (the agent, each rank and its workers), with its rank and node."""
+def process_table(run: Run, vs: list[RankView]) -> pd.DataFrame:
+    """Every process of the job (the agent, each rank and its workers), with its rank and node
+    where the views have ranks."""
     df = tables.process_table(run)
     s = run.samples
+    if all(v.rank is None for v in vs):
+        return df
     if df.empty:
         return df.assign(rank=pd.Series(dtype="Int64"))
     key = ["stage", "pid"]
@@ -134,25 +152,14 @@ def process_table(run: Run) -> pd.DataFrame:
     return df[cols[:at] + extra + cols[at:]]
 
 
-def rank_captures(captures: list[CaptureData], rank: int) -> list[CaptureData]:
+def rank_captures(captures: list[CaptureData], rank: int | None) -> list[CaptureData]:
     return [c for c in captures if c.capture.rank == rank]
 
 
 def sites_table(run: Run, vs: list[RankView], captures: list[CaptureData]) -> pd.DataFrame:
     """The top sites of each rank's captures, with ``rank`` after ``stage``."""
     nodes = multi_node(run)
-    empty = _tag(tables.sites_table([]), vs[0], nodes) if vs else tables.sites_table([])
-    return _join([_tag(tables.sites_table(rank_captures(captures, v.rank)), v, nodes) for v in vs],
-                 list(empty.columns))
-
-
-def per_rank_findings(vs: list[RankView], captures: list[CaptureData]) -> list[Finding]:
-    """Each rank's own findings (leak, trend, copy-on-read, ...), named by rank."""
-    out = []
-    for v in vs:
-        out += [_named(f, v.rank)
-                for f in findings_mod.all_findings(v.run, v.ticks, rank_captures(captures, v.rank))]
-    return out
+    return _join([_tag(tables.sites_table(rank_captures(captures, v.rank)), v, nodes) for v in vs])
 
 
 # ---- rank skew ----------------------------------------------------------------------------------
@@ -215,6 +222,8 @@ def differing_sites(captures: list[CaptureData], rank: int, stage: str, epoch: i
              "excess": int(d)} for w, d in diff.items()]
 
 
+@finding("rank_skew", severity="warning", doc="reports.md#rank_skew",
+         title="one rank holds more than the others", scope="ranks", order=10)
 def skew(phases: pd.DataFrame, captures: list[CaptureData]) -> Finding | None:
     """A rank holding more than the others in some phase: which rank, phase, how much, and the
     sites that differ in its memray capture of that window."""
@@ -253,16 +262,28 @@ def skew(phases: pd.DataFrame, captures: list[CaptureData]) -> Finding | None:
 def device_table(run: Run, vs: list[RankView]) -> pd.DataFrame:
     """Each rank's device table (CUDA runs; empty on the CPU), with ``rank`` after ``stage``."""
     nodes = multi_node(run)
-    return _join([_tag(device.device_table(v.run), v, nodes) for v in vs], [])
+    return _join([_tag(device.device_table(v.run), v, nodes) for v in vs])
 
 
 def all_findings(run: Run, vs: list[RankView], phases: pd.DataFrame, captures: list[CaptureData],
                  device_total: int | None = None) -> list[Finding]:
-    """Rank skew first, then every rank's own findings, device ones included."""
-    out = [f for f in (skew(phases, captures),) if f is not None]
-    out += per_rank_findings(vs, captures)
-    for v in vs:
-        out += [_named(f, v.rank) for f in device.findings(v.run, device.device_table(v.run), device_total)]
+    """Every registered detector (harness.analysis.finding), scope by scope: what sets the ranks
+    apart (``phases``: every view's phase table), then each view's host findings, then each
+    view's device findings; a rank's own are named by its rank."""
+    out: list[Finding] = []
+    for scope in SCOPES:
+        given: list[tuple[int | None, dict[str, Any]]]
+        if scope == "ranks":
+            given = [(None, {"run": run, "phases": phases, "captures": captures,
+                             "device_total": device_total})]
+        else:
+            given = [(v.rank, {"run": v.run, "tk": v.ticks,
+                               "captures": rank_captures(captures, v.rank),
+                               "device_table": device.device_table(v.run),
+                               "device_total": device_total}) for v in vs]
+        for rank, arguments in given:
+            found = [d(arguments) for d in detectors(scope)]
+            out += [f if rank is None else _named(f, rank) for f in found if f is not None]
     return out
 
 
@@ -276,6 +297,6 @@ def rank_lines(vs: list[RankView], t0: float) -> pd.DataFrame:
     in time order within each rank (a rank's ticks come stage by stage, not in time order)."""
     frames = [pd.DataFrame({"x": v.ticks["t"] - t0, "rank": v.rank, "stage": v.ticks["stage"],
                             "rss": v.ticks["main_rss"]})
-              for v in vs if not v.ticks.empty]
+              for v in vs if v.rank is not None and not v.ticks.empty]
     lines = _join(frames, ["x", "rank", "stage", "rss"]).dropna(subset=["rss"])
     return lines.sort_values(["rank", "x"], kind="stable").reset_index(drop=True)

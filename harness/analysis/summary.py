@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,11 +17,9 @@ from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding
 from harness.analysis.load import Run
 from harness.analysis.peaks import running_peak, teardown_peak
+from harness.analysis.ranks import RankView
 from harness.analysis.snapshot_metrics import epoch_growth
 from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
-
-if TYPE_CHECKING:
-    from harness.analysis.ranks import RankView
 
 
 def _plain(obj: Any) -> Any:
@@ -142,7 +140,8 @@ def _rank_sections(views: list[RankView], phases: pd.DataFrame,
         where = {"rank": v.rank, "node": v.node}
         sampled = {k: None if p is None else {**p, **where}
                    for k, p in _sampled_peaks(v.run, v.ticks).items()}
-        own = phases[phases["rank"] == v.rank] if "rank" in phases.columns else phases.iloc[0:0]
+        own = phases if v.rank is None else (
+            phases[phases["rank"] == v.rank] if "rank" in phases.columns else phases.iloc[0:0])
         rows.append({"rank": v.rank, "node": v.node, "peaks": {
             **sampled,
             "heap": _peak_heap([c for c in captures if c.capture.rank == v.rank]),
@@ -159,25 +158,17 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
                   cuda: dict[str, Any] | None = None,
                   views: list[RankView] | None = None) -> Summary:
     """The summary (``.to_dict()`` is what summary.json holds). ``cuda``: the device section (CUDA
-    runs only), as :func:`harness.analysis.device.summary_section` gives it. ``views``: a
-    distributed run's ranks (:func:`harness.analysis.ranks.views`); then ``phases`` has a rank
-    column, the peaks are the largest over the ranks and ``ranks`` holds each rank's own."""
+    runs only), as :func:`harness.analysis.device.summary_section` gives it. ``views``: the run's
+    ranks (:func:`harness.analysis.ranks.views`; None: the run as one view of rank None, ``tk``
+    its ticks). With ranks, ``phases`` has a rank column, the peaks are the largest over the ranks,
+    each naming its rank, and ``ranks`` holds each rank's own; a view of rank None adds no rank
+    key anywhere (Summary.to_dict leaves unknown ranks out)."""
     m = run.manifest
-    ranks: list[dict[str, Any]] | None = None
-    if views:
-        peaks, ranks = _rank_sections(views, phases, captures)
-        first = views[0].run  # the lowest rank: rank 0 logs the metrics and times the epochs
-        growth = [{**g, "rank": v.rank, "node": v.node} for v in views for g in _growth(v.run)]
-    else:
-        peaks = {
-            **_sampled_peaks(run, tk),
-            "heap": _peak_heap(captures),
-            "live_tensor_bytes": _peak_in_phases(phases, "peak_live_tensor_bytes"),
-            "cuda_allocated": _peak_in_phases(phases, "cuda_peak_allocated"),
-            "cuda_reserved": _peak_in_phases(phases, "cuda_peak_reserved", "cuda_peak_allocated"),
-        }
-        first = run
-        growth = _growth(run)
+    views = views or [RankView(None, None, run, tk)]
+    peaks, rank_rows = _rank_sections(views, phases, captures)
+    ranks = rank_rows if any(v.rank is not None for v in views) else None
+    first = views[0].run  # the lowest rank: rank 0 logs the metrics and times the epochs
+    growth = [{**g, "rank": v.rank, "node": v.node} for v in views for g in _growth(v.run)]
     order = ("main_rss", "tree_rss", "workers_uss", "heap", "live_tensor_bytes", "cuda_allocated",
              "cuda_reserved", "main_rss_teardown", "tree_rss_teardown")
     peaks = {k: peaks[k] for k in order}

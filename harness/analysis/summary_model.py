@@ -55,9 +55,10 @@ Count = Annotated[int, Field(ge=0)]
 Epoch = Annotated[int, Field(ge=0)]
 Share = Annotated[float, Field(ge=0, le=1)]
 Process = Literal["main", "worker"]
-FindingKind = Literal["leak", "trend", "copy_on_read", "rss_heap_gap", "peak_phase",
-                      "cuda_peak_phase", "cuda_reserved", "cuda_pinned_host", "cuda_retries",
-                      "rank_skew"]
+# A finding's kind: any kind a detector registered (harness.analysis.finding.DETECTORS, each
+# explained at docs/reports.md#<kind>), so that a new kind needs no change here;
+# tests/test_analysis_findings.py holds every registered kind to this pattern.
+FindingKind = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 # Distributed runs (torchrun) only: the global rank and the node a row is of. Absent, never
 # null, elsewhere, so that a single process's summary.json is what it was (Summary.to_dict).
 RANK_KEYS = ("rank", "node")
@@ -254,9 +255,9 @@ class Metrics(_Section):
 
 
 class FindingRow(_Section):
-    """One diagnosis (harness.analysis.findings and .device)."""
+    """One diagnosis, by a registered detector (harness.analysis.finding)."""
 
-    kind: FindingKind
+    kind: FindingKind = Field(description="what was found; explained at docs/reports.md#<kind>")
     title: str
     text: str
     numbers: dict[str, Any] = Field(

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.captures import CaptureData
-from harness.analysis.finding import Finding, mib
+from harness.analysis.finding import Finding, finding, mib
 from harness.analysis.load import Run
 from harness.analysis.peaks import after_stage_end
 from harness.layout import HARNESS_PHASES, Event, capture_name
@@ -230,6 +230,8 @@ def _describe(tr: Trend) -> str:
                    "quarter of that time to the last")
 
 
+@finding("trend", severity="warning", doc="reports.md#trend",
+         title="memory climbs through the run", order=20)
 def trend(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | None:
     """Memory that grows steadily while the workload runs, epochs or not: how fast, and which
     sites still held what they allocated when their capture closed."""

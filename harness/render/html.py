@@ -17,6 +17,7 @@ from urllib.parse import quote
 import jinja2
 import pandas as pd
 
+from harness.analysis.finding import Finding
 from harness.sizes import KiB, MiB, format_size
 
 TEMPLATE = "report.html.j2"
@@ -49,7 +50,7 @@ class ReportPage:
 
     title: str
     summary: dict[str, Any]
-    findings: list[dict[str, Any]]
+    findings: list[Finding]  # each with its severity and doc anchor (harness.analysis.finding)
     timeline_png: bytes | None
     timeline_svg: str | None  # relative link
     tables: list[HtmlTable]

@@ -19,17 +19,16 @@ from typing import Any
 
 import yaml
 
-from harness.analysis import device, ranks, tables
-from harness.analysis import findings as findings_mod
+from harness.analysis import device, ranks
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
-from harness.analysis.ticks import ticks
 from harness.analysis.windows import unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
 from harness.records.scenario import BUILTIN_WORKLOAD
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
+from harness.report import tables as report_tables
 from harness.report.plan import plan_jobs
 from harness.report.pool import CaptureReading
 
@@ -68,30 +67,6 @@ def _order_captures(run: Run, datas: list[CaptureData]) -> list[CaptureData]:
     order = {(c.stage, c.path): i for i, c in enumerate(c for st in run.recording_stages()
                                                         for c in st.captures)}
     return sorted(datas, key=lambda d: order.get((d.capture.stage, d.capture.path), 0))
-
-
-TABLE_TITLES = {
-    "phases": ("By stage, epoch and phase",
-               "Time as the sampler saw it (each tick counts until the next). RSS of the main "
-               "process and of the whole tree; workers' USS summed on full ticks; tensor figures "
-               "from the traced steps. Epoch 0: before the first epoch, or a stage without epochs."),
-    "epochs": ("Epoch-boundary snapshots side by side",
-               "Each snapshot as a column; a Δ column is the change from the previous snapshot of "
-               "the same stage."),
-    "processes": ("By process",
-                  "Every process the sampler saw; USS is the process's private memory, PSS its "
-                  "share of the pages it shares (so workers' copies show apart from the parent)."),
-    "cuda": ("Device memory by stage, epoch and phase (CUDA)",
-             "From the probe's device steps (every cuda.sample_every-th training step and every "
-             "traced one): each phase's own peak (the allocator's peak counter reset when the "
-             "phase began), allocated/reserved/inactive-split at the phase's end on the last "
-             "device step, and the allocator's running counts of retries and OOMs. A validation "
-             "or test section is one reading."),
-    "sites": ("Top allocation sites (memray)",
-              "Per capture and process group (workers merged): bytes live at the capture's peak, "
-              "and bytes allocated in the window and still live when it closed (leaked). Phase "
-              "from the stack; workload_line is the innermost line in the workload's own code."),
-}
 
 
 def _workload_line(prov: object) -> str:
@@ -283,17 +258,15 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
                                draw=draw_flamegraphs)
     procs = processes if processes is not None else min(os.cpu_count() or 1, 2)
 
-    # torchrun: every table per rank (harness.analysis.ranks); the timeline's bands and stacked
-    # areas are the lowest rank's, with a line for each rank's RSS
-    vs = ranks.views(run) if run.distributed else []
-    one = vs[0].run if vs else run
+    # One path: every table and finding per view (harness.analysis.ranks: one per rank of a
+    # torchrun run, a plain run one view without a rank); the timeline's bands and stacked areas
+    # are the first view's, with a line for each rank's RSS.
+    vs = ranks.views(run)
+    one = vs[0]
+    inputs = report_tables.Inputs(run, vs)
     with CaptureReading(jobs, procs) as reading:
-        tk = vs[0].ticks if vs else ticks(run.samples)
-        phase_df = ranks.phase_table(run, vs) if vs else tables.phase_table(run, tk)
-        epoch_df = ranks.epoch_table(vs) if vs else tables.epoch_table(run)
-        process_df = ranks.process_table(run) if vs else tables.process_table(run)
-        device_df = ranks.device_table(run, vs) if vs else device.device_table(run)
-        history = [w for v in vs for w in device.history_windows(v.run)] if vs else device.history_windows(run)
+        built = report_tables.build(inputs, reads_captures=False)
+        history = [w for v in vs for w in device.history_windows(v.run)]
         lap("tables")
         datas, flames = reading.collect()
     datas = _order_captures(run, datas)
@@ -301,15 +274,12 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     run.problems.extend(f"{d.capture.path.relative_to(run.dir)}: {d.error}" for d in datas
                         if d.error and d.capture.path.is_relative_to(run.dir))
     lap("captures")
-    sites_df = ranks.sites_table(run, vs, datas) if vs else tables.sites_table(datas)
-    info = device.device_info(one)
-    if vs:
-        found = ranks.all_findings(run, vs, phase_df, datas, (info or {}).get("total"))
-    else:
-        found = findings_mod.all_findings(run, tk, datas) + device.findings(
-            run, device_df, (info or {}).get("total"))
-    summary = build_summary(run, tk, phase_df, datas, found,
-                            device.summary_section(info, history), views=vs or None).to_dict()
+    built |= report_tables.build(replace(inputs, captures=datas), reads_captures=True)
+    phase_df = built["phases"]
+    info = device.device_info(one.run)
+    found = ranks.all_findings(run, vs, phase_df, datas, (info or {}).get("total"))
+    summary = build_summary(run, one.ticks, phase_df, datas, found,
+                            device.summary_section(info, history), views=vs).to_dict()
     notes = unopened_windows(run) + unfollowed_workers(run)
     html_path = out / "report.html"
     text = _with_notes(terminal.summary_text(summary, final / html_path.relative_to(out)), notes)
@@ -317,21 +287,18 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     if on_summary is not None:
         on_summary(text)
 
-    named = {"phases": phase_df, "epochs": epoch_df, "processes": process_df, "sites": sites_df}
-    if not device_df.empty:
-        named = {"phases": phase_df, "cuda": device_df, **{k: v for k, v in named.items()
-                                                          if k != "phases"}}
-    table_paths = csvs.write_tables(named, out / TABLES_DIR)
+    shown = report_tables.shown(built)
+    table_paths = csvs.write_tables({t.name: df for t, df in shown}, out / TABLES_DIR,
+                                    {t.name: t.csv for t, _ in shown})
     summary_path = out / SUMMARY_FILE
     summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     png = svg = None
-    if not tk.empty:
+    if not one.ticks.empty:
         png, svg = out / "timeline.png", out / "timeline.svg"
         title = f"{run.manifest.get('scenario_name', '')}: memory over time ({run.status})"
-        lowest = vs[0].rank if vs else None
-        data = timeline.timeline_data(one, tk, [d for d in datas if d.capture.rank == lowest])
-        if vs:
-            data.ranks = ranks.rank_lines(vs, data.t0)
+        data = timeline.timeline_data(one.run, one.ticks,
+                                      [d for d in datas if d.capture.rank == one.rank])
+        data.ranks = ranks.rank_lines(vs, data.t0)
         timeline.render(data, png, svg, title)
     lap("timeline")
 
@@ -344,12 +311,12 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     page = html.ReportPage(
         title=f"Memory report: {run.manifest.get('scenario_name', run_dir.name)}",
         summary=summary,
-        findings=summary["findings"],
+        findings=found,
         timeline_png=png.read_bytes() if png else None,
         timeline_svg=html.href(svg.name) if svg else None,
-        tables=[html.html_table(name, *TABLE_TITLES[name], df, html.href(f"tables/{name}.csv"),
-                                index=name == "epochs")
-                for name, df in named.items()],
+        tables=[html.html_table(t.name, t.title, t.note, df, html.href(f"{TABLES_DIR}/{t.csv}"),
+                                index=t.index)
+                for t, df in shown],
         cuda=summary.get("cuda"),
         cuda_history=[html.Link(f"{w.stage}, epoch {w.epoch}, steps {w.start}–{w.stop}",
                                 html.href(str(Path("..") / w.file)),
