@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from _synthetic import EVENTS, MiB, snapshot, write_run
 
+from harness.analysis import finding as finding_mod
 from harness.analysis import findings
 from harness.analysis.captures import CaptureData, Window, aggregate_sites
-from harness.analysis.load import Capture, load_run
+from harness.analysis.load import Capture, Run, load_run
 from harness.analysis.summary import build_summary
-from harness.analysis.summary_model import Summary
+from harness.analysis.summary_model import FindingRow, Summary
 from harness.analysis.tables import phase_table
 from harness.analysis.ticks import ticks
 from harness.gate import metrics
@@ -266,3 +270,88 @@ def test_the_device_peak_phase_needs_phases_of_the_workload_s_own(tmp_path: Path
     (f,) = [f for f in device.findings(run, table(["setup", "forward", "teardown"]))
             if f.kind == "cuda_peak_phase"]
     assert f.title == "Device memory peaks in phase teardown"  # the workload's phases exist: any may hold it
+
+
+# ---- the registry (harness/analysis/finding.py) -------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _registered() -> dict[str, finding_mod.Detector]:
+    import harness.analysis.ranks  # noqa: F401 - imports every detector module, as the report does
+
+    return dict(finding_mod.DETECTORS)
+
+
+def _anchors(text: str) -> set[str]:
+    """The anchors a Markdown page has: ``<a id="...">`` and GitHub's heading slugs."""
+    ids = set(re.findall(r'<a id="([^"]+)"', text))
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
+        ids.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
+    return ids
+
+
+def test_every_registered_kind_is_explained_at_its_doc_anchor() -> None:
+    registered = _registered()
+    assert {"leak", "trend", "copy_on_read", "rss_heap_gap", "peak_phase", "cuda_peak_phase",
+            "cuda_reserved", "cuda_pinned_host", "cuda_retries", "rank_skew"} <= set(registered)
+    missing = []
+    for kind, d in registered.items():
+        page, _, anchor = d.doc.partition("#")
+        if not (DOCS / page).is_file() or anchor not in _anchors((DOCS / page).read_text(encoding="utf-8")):
+            missing.append(f"{kind}: docs/{d.doc}")
+    assert missing == []
+
+
+def test_every_registered_kind_validates_in_summary_json() -> None:
+    for kind in _registered():
+        row = FindingRow.model_validate({"kind": kind, "title": "t", "text": "x", "numbers": {}})
+        assert row.kind == kind
+
+
+def test_a_kind_registered_twice_or_a_detector_asking_for_what_its_scope_lacks_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finding_mod, "DETECTORS", _registered())
+    with pytest.raises(ValueError, match="'leak' is registered twice"):
+        finding_mod.finding("leak", severity="info", doc="reports.md#leak", title="again")(
+            lambda run: None)
+    with pytest.raises(TypeError, match="takes tk, which a ranks detector is not given"):
+        finding_mod.finding("new_kind", severity="info", doc="reports.md#leak", title="x",
+                            scope="ranks")(lambda tk: None)
+    with pytest.raises(ValueError, match="not FILE.md#ANCHOR"):
+        finding_mod.finding("new_kind", severity="info", doc="leak", title="x")(lambda run: None)
+
+
+@pytest.mark.parametrize("distributed", [False, True], ids=["plain", "torchrun"])
+def test_a_new_detector_registered_in_a_test_reaches_the_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, distributed: bool) -> None:
+    import _synthetic_ranks
+
+    from harness.analysis.finding import Finding, finding
+    from harness.report import build_report
+
+    # GIVEN a detector of a new kind, registered here and nowhere else
+    monkeypatch.setattr(finding_mod, "DETECTORS", _registered())
+
+    @finding("planted_test", severity="warning", doc="reports.md#findings-harnessanalysisfindingspy",
+             title="a planted finding", order=1)
+    def planted(run: Run, tk: pd.DataFrame) -> Finding | None:
+        return Finding("planted_test", "Planted <b>here</b>", f"{len(tk)} ticks.", {"ticks": len(tk)})
+
+    # WHEN a plain run's report, and a torchrun run's, are built
+    run_dir = (_synthetic_ranks.write_run(tmp_path) if distributed else write_run(tmp_path))
+    result = build_report(run_dir, processes=1, flamegraphs=False)
+
+    # THEN summary.json has it (once a rank, named by its rank, where there are ranks), and
+    # report.html shows its severity and doc link, its title escaped
+    summary = json.loads(result.summary.read_text())
+    Summary.model_validate(summary)
+    mine = [f for f in summary["findings"] if f["kind"] == "planted_test"]
+    titles = ["rank 0: Planted <b>here</b>", "rank 1: Planted <b>here</b>"] if distributed \
+        else ["Planted <b>here</b>"]
+    assert [f["title"] for f in mine] == titles
+    assert all(f["numbers"]["ticks"] > 0 for f in mine)
+    page = result.html.read_text()
+    assert page.count('<div class="finding warning">\n  <h3>' + ("rank 0: " if distributed else "")
+                      + "Planted &lt;b&gt;here&lt;/b&gt;</h3>") == 1
+    assert "docs/reports.md#findings-harnessanalysisfindingspy" in page
