@@ -260,11 +260,12 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
 
     # One path: every table and finding per view (harness.analysis.ranks: one per rank of a
     # torchrun run, a plain run one view without a rank); the timeline's bands and stacked areas
-    # are the first view's, with a line for each rank's RSS.
-    vs = ranks.views(run)
-    one = vs[0]
-    inputs = report_tables.Inputs(run, vs)
+    # are the first view's, with a line for each rank's RSS. The views' ticks and the tables are
+    # computed while the pool reads the captures.
     with CaptureReading(jobs, procs) as reading:
+        vs = ranks.views(run)
+        one = vs[0]
+        inputs = report_tables.Inputs(run, vs)
         built = report_tables.build(inputs, reads_captures=False)
         history = [w for v in vs for w in device.history_windows(v.run)]
         lap("tables")
