@@ -263,3 +263,28 @@ def test_growth_per_epoch_is_the_largest_rank_s_not_the_ranks_pooled() -> None:
     rows = [row(0, 1, 10 * MiB), row(0, 2, 10 * MiB), row(1, 1, 0), row(1, 2, 0)]
     # WHEN the gate's growth_per_epoch is taken THEN it is rank 0's, the largest over the ranks
     assert metrics.growth_per_epoch(SimpleNamespace(growth_per_epoch=rows)) == 10 * MiB  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("distributed", [False, True], ids=["plain", "torchrun"])
+def test_one_report_path_writes_the_declared_tables_with_a_rank_column_only_with_ranks(
+        tmp_path: Path, distributed: bool) -> None:
+    import _synthetic
+
+    from harness.report.tables import TABLES
+
+    # GIVEN a plain run and a torchrun run, WHEN their reports are built
+    run = sr.write_run(tmp_path) if distributed else _synthetic.write_run(tmp_path)
+    result = build_report(run, processes=1, flamegraphs=False)
+
+    # THEN each writes the declared tables in order (cuda only on CUDA runs), each with its
+    # section on the page, and the per-rank tables carry a rank column exactly when there are ranks
+    declared = [t for t in TABLES if t.when_empty]
+    assert list(result.tables) == [t.name for t in declared]
+    assert [p.name for p in result.tables.values()] == [t.csv for t in declared]
+    page = result.html.read_text()
+    assert all(f'<h3 id="table-{t.name}">{t.title}' in page for t in declared)
+    for name in ("phases", "processes", "sites"):
+        assert ("rank" in pd.read_csv(result.tables[name]).columns) == distributed, name
+    summary = json.loads(result.summary.read_text())
+    assert ("ranks" in summary) == distributed
+    assert ("rank" in summary["peaks"]["main_rss"]) == distributed
