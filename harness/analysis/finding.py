@@ -2,10 +2,14 @@
 detectors that make them.
 
 A detector registers itself where it is written, with :func:`finding`: its kind, severity, the
-anchor in docs/ that explains it, and what it looks at (its scope). The report runs every
-registered detector (:func:`harness.analysis.ranks.all_findings`), the page takes each finding's
-severity and doc link from here, and summary.json's schema accepts any registered kind, so a new
-kind touches its detector, its test and its doc.
+anchor in docs/ that explains it, and what it looks at (its scope)::
+
+    @finding("leak", severity="warning", doc="reports.md#leak", title="...", order=10)
+    def leak(run: Run, captures: list[CaptureData]) -> Finding | None: ...
+
+The report runs every registered detector (:func:`harness.analysis.ranks.all_findings`), the
+page takes each finding's severity and doc link from here, and summary.json's schema has no list
+of kinds to extend, so a new kind touches its detector, its test and its doc.
 """
 
 from __future__ import annotations
