@@ -52,7 +52,7 @@ from harness.layout import (  # noqa: E402
     Event,
     capture_name,
 )
-from harness.records.manifest import Manifest, Where  # noqa: E402
+from harness.records.manifest import Manifest, ScenarioEcho, Where  # noqa: E402
 
 RSS_HZ = 25.0  # the sampler's default tick rate
 FULL_EVERY = 25  # USS/PSS on every 25th tick: 1 Hz
@@ -312,14 +312,15 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
     outcome = outcome.model_copy(update={
         "started": iso(BASE_T), "ended": iso(t_end), "wall_s": round(t_end - BASE_T, 3),
         "last": Where(epoch=epochs, step=1500, total=1500, phase="idle")})
-    sc = copy.deepcopy(tpl.manifest.scenario)
+    sc = tpl.manifest.scenario.as_dict() if tpl.manifest.scenario else None
     if sc is not None:
         sc["stages"] = [STAGE]
         if isinstance(sc.get("train"), dict):
             sc["train"]["epochs"] = epochs
     manifest = tpl.manifest.model_copy(update={
         "started": iso(BASE_T), "ended": iso(t_end), "wall_s": round(t_end - BASE_T, 3),
-        "stages": [outcome], "scenario_name": f"longrun-{_label(minutes)}", "scenario": sc})
+        "stages": [outcome], "scenario_name": f"longrun-{_label(minutes)}",
+        "scenario": ScenarioEcho.model_validate(sc) if sc is not None else None})
     rundir.write_manifest(out, manifest, MANIFEST_FILE)
     return {"epochs": epochs, "windows": windows, "rows": rows_written,
             "generate_s": round(time.perf_counter() - t_gen, 1)}

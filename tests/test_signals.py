@@ -235,6 +235,31 @@ def test_descendants_left_behind_are_killed_and_named(tmp_path: Path, cli, reap:
     assert f"killed {grandchild}" in (run / "stages/main/log.txt").read_text()
 
 
+@pytest.mark.slow
+def test_a_double_forked_daemon_is_found_killed_and_named(tmp_path: Path, cli, reap: list[int]) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a workload that forks, calls setsid(), forks again and leaves the grandchild sleeping,
+    # its parent gone (issue 23): an orphan, re-parented at once
+    pidfile = tmp_path / "daemon.pid"
+    scenario = tmp_path / "daemon.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "daemon", "stages": ["main"], "memray": {"mode": "off"},
+        "workload": {"entry": str(WORKLOADS / "daemon.py"), "args": [str(pidfile)]}}), encoding="utf-8")
+    # WHEN it runs
+    try:
+        code, _, err = cli("run", str(scenario), "--reports", str(tmp_path / "r"), "--quiet", "--no-report")
+    finally:
+        if pidfile.exists():
+            reap.append(int(pidfile.read_text()))
+    # THEN the stage adopted it (a child subreaper), so it was seen, killed and named
+    assert code == 0, err
+    daemon = int(pidfile.read_text())
+    assert _wait_gone([daemon], 5) == [], "the daemon outlived the run"
+    run = latest_run(tmp_path / "r")
+    stage = json.loads((run / "manifest.json").read_text())["stages"][0]
+    assert stage["killed_descendants"] == [daemon]
+    assert f"killed {daemon}" in (run / "stages/main/log.txt").read_text()
+
+
 # --- item 8: bad input is exit 2, before the run directory exists, said once -------------------------
 
 def _bad_archive(tmp_path: Path, kind: str) -> Path:

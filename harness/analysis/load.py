@@ -637,7 +637,7 @@ def read_scenario(run_dir: Path, manifest: Manifest, problems: list[str]) -> Sce
     try:
         if path.is_file() or manifest.scenario is None:
             return scenario_mod.read_resolved(path)
-        return scenario_mod.from_dict(manifest.scenario, f"{run_dir / MANIFEST_FILE}: scenario")
+        return scenario_mod.from_dict(manifest.scenario.as_dict(), f"{run_dir / MANIFEST_FILE}: scenario")
     except ScenarioError as exc:
         problems.append(f"{exc} (its settings unknown to the report)")
         return None

@@ -59,7 +59,7 @@ def _read_node(run_dir: Path) -> NodeRun:
         raise UsageError(f"{path}: unreadable ({type(exc).__name__})") from None
     except ValidationError as exc:
         raise UsageError(f"{path}: {error_line(exc)}") from None
-    dist = (manifest.scenario or {}).get("distributed")
+    dist = manifest.scenario.as_dict().get("distributed") if manifest.scenario else None
     if not isinstance(dist, dict):
         raise UsageError(f"{run_dir}: not a distributed run (its scenario has no distributed section)")
     node = dist.get("node_rank", 0)
@@ -70,7 +70,7 @@ def _read_node(run_dir: Path) -> NodeRun:
 
 
 def _scenario_without_node(manifest: Manifest) -> dict[str, Any]:
-    scenario = json.loads(json.dumps(manifest.scenario or {}))
+    scenario = manifest.scenario.as_dict() if manifest.scenario else {}
     scenario.get("distributed", {}).pop("node_rank", None)
     return scenario
 

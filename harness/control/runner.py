@@ -54,6 +54,7 @@ from harness.records.manifest import (
     Manifest,
     Provenance,
     SamplingRates,
+    ScenarioEcho,
     StageOutcome,
     Where,
     WorkloadProvenance,
@@ -607,7 +608,7 @@ def run_scenario(
         manifest_version=MANIFEST_VERSION,
         kind="run" if instrumented else "bare",
         scenario_name=scenario.name,
-        scenario=scenario.to_dict(),
+        scenario=ScenarioEcho.model_validate(scenario.to_dict()),
         # git_revision: the harness's; the workload's own is beside it
         **Provenance.model_validate(rundir.provenance()).model_dump(),
         workload=WorkloadProvenance.model_validate(rundir.workload_provenance(scenario.workload.entry)),

@@ -327,8 +327,8 @@ def compare(sa: Summary, sb: Summary, procs_a: pd.DataFrame,
     result = Comparison(sa.run.model_dump(), sb.run.model_dump(), sections, sites, notes)
     if manifests is not None:
         ma, mb = manifests
-        sc_a, sc_b = ma.scenario, mb.scenario
-        if sc_a is not None and sc_b is not None:
+        if ma.scenario is not None and mb.scenario is not None:
+            sc_a, sc_b = ma.scenario.as_dict(), mb.scenario.as_dict()
             result.scenario_changes = changes(sc_a, sc_b)
         va = versions(ma)
         result.version_changes = changes(va, versions(mb))

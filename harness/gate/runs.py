@@ -17,7 +17,7 @@ from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
 from harness.layout import REPORT_DIR
 from harness.records import yaml_safe
-from harness.records.manifest import Manifest
+from harness.records.manifest import Manifest, ScenarioEcho
 from harness.records.scenario import BudgetsConfig, Scenario, from_dict, read_resolved
 from harness.records.vocab import Status
 
@@ -157,7 +157,7 @@ def run_provenance(run_dir: Path, summary_doc: Summary) -> dict[str, Any]:
         "cpu_count": manifest.cpu_count,
         "versions": manifest.versions,
         "command_line": manifest.command_line,
-        "scenario": manifest.scenario,
+        "scenario": manifest.scenario.as_dict() if manifest.scenario else None,
     }
 
 
@@ -197,7 +197,7 @@ def manifest(run_dir: Path) -> Manifest:
     if doc.scenario is None and path.is_file():
         raw = _read_yaml(path, UsageError, "no such file")
         if isinstance(raw, dict):
-            doc = doc.model_copy(update={"scenario": raw})
+            doc = doc.model_copy(update={"scenario": ScenarioEcho.model_construct(**raw)})
     return doc
 
 

@@ -126,6 +126,19 @@ class Provenance(_Record):
     command_line: list[str] | None = None
 
 
+class ScenarioEcho(_Record):
+    """The manifest's echo of the resolved scenario, as the harness that wrote it had it: any
+    keys, of which the name and the stages are held to their types. Values a reader needs come
+    from the run's ``scenario.yaml`` through :class:`harness.records.scenario.Scenario`."""
+
+    name: str | None = None
+    stages: list[str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every key it holds, as written."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
 class Manifest(Provenance):
     """``manifest.json`` (and node K's ``manifest-node<K>.json``): provenance, each stage's outcome.
 
@@ -137,7 +150,7 @@ class Manifest(Provenance):
     manifest_version: int | None = None
     kind: Literal["run", "bare"] = "run"
     scenario_name: str = ""
-    scenario: dict[str, Any] | None = None
+    scenario: ScenarioEcho | None = None
     workload: WorkloadProvenance | None = None
     started: str | None = None
     ended: str | None = None
