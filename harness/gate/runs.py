@@ -18,7 +18,7 @@ from harness.gate import baseline as baseline_mod
 from harness.layout import REPORT_DIR
 from harness.records import yaml_safe
 from harness.records.manifest import Manifest, ScenarioEcho
-from harness.records.scenario import BudgetsConfig, Scenario, from_dict, read_resolved
+from harness.records.scenario import BudgetsConfig, Scenario, from_dict
 from harness.records.vocab import Status
 
 if TYPE_CHECKING:
@@ -112,9 +112,8 @@ def _read_yaml(path: Path, error: type[HarnessError], missing: str) -> Any:
 def run_scenario(run_dir: Path) -> Scenario:
     """The resolved scenario a run was made with (its ``scenario.yaml``)."""
     path = Path(run_dir) / rundir.SCENARIO
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file (not a run directory?)")
-    return read_resolved(path)
+    raw = _read_yaml(path, UsageError, "no such file (not a run directory?)")
+    return from_dict(raw, str(path))
 
 
 def budgets_from(path: Path) -> BudgetsConfig:
