@@ -483,9 +483,11 @@ def run_stage(
     sp = StageProcess(scenario, run_dir, stage, console, instrumented)
     sp.run()
     rc, dist, sampler = sp.returncode, scenario.distributed, sp.sampler
+    # The files that describe a failure are read only for one (classify_outcome reads none).
     failed = rc != 0 and sp.stopped_by is None and sp.limit is None
-    stage_error = _stage_error(sp.dir, instrumented) if failed else None
-    last_output = _last_output(sp.dir) if failed and not instrumented else None
+    exited_non_zero = failed and rc is not None and rc > 0  # not killed by a signal
+    stage_error = _stage_error(sp.dir, instrumented) if exited_non_zero else None
+    last_output = _last_output(sp.dir) if exited_non_zero and not instrumented else None
     last = sp.last()
     rank: int | None = None
     ranks: dict[str, Where | None] | None = None
