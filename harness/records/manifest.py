@@ -26,10 +26,6 @@ StatusField = Annotated[Status, Field(strict=False)]
 class _Record(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    def to_json(self) -> str:
-        """The record as the file holds it: indented, every field written (None as null)."""
-        return self.model_dump_json(indent=2)
-
 
 class Where(_Record):
     """The stage's last cell state (``last``, ``failure.where``, each of ``ranks``)."""
