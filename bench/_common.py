@@ -10,7 +10,10 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.records.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -78,10 +81,16 @@ def harness_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "harness", *args]
 
 
+def read_manifest(run_dir: Path) -> Manifest:
+    """A run's manifest, typed (harness.analysis.load reads it as the report does)."""
+    from harness.analysis.load import read_manifest as read
+
+    return read(run_dir)
+
+
 def stage_seconds(run_dir: Path) -> float:
     """The stages' wall time of a run, from its manifest (the report written after is not in it)."""
-    m = json.loads((run_dir / "manifest.json").read_text())
-    return float(sum(s["wall_s"] for s in m["stages"]))
+    return float(sum(s.wall_s or 0.0 for s in read_manifest(run_dir).stages))
 
 
 def run_dir_from(output: str) -> Path:

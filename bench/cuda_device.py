@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, harness_cmd, machine, run_dir_from, table, timed
+from _common import REPO, harness_cmd, machine, run_dir_from, stage_seconds, table, timed
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer", "validate", "test")
 
@@ -62,10 +62,9 @@ def main() -> int:
     for label, verb, rest in plan:
         wall, text = timed(harness_cmd(verb, *rest, *common))
         run_dir = run_dir_from(text)
-        manifest = json.loads((run_dir / "manifest.json").read_text())
         entry: dict[str, Any] = {
             "run_dir": str(run_dir), "wall_s": round(wall, 2),
-            "stages_s": round(sum(s["wall_s"] for s in manifest["stages"]), 2)}
+            "stages_s": round(stage_seconds(run_dir), 2)}
         summary_path = run_dir / "report" / "summary.json"
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text())

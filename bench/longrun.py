@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine, table, write_result  # noqa: E402
+from _common import REPO, machine, read_manifest, table, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO))
+from harness.control import rundir  # noqa: E402
 from harness.layout import (  # noqa: E402
     EVENTS_FILE,
     MANIFEST_FILE,
@@ -51,6 +52,7 @@ from harness.layout import (  # noqa: E402
     Event,
     capture_name,
 )
+from harness.records.manifest import Manifest, ScenarioEcho, Where  # noqa: E402
 
 RSS_HZ = 25.0  # the sampler's default tick rate
 FULL_EVERY = 25  # USS/PSS on every 25th tick: 1 Hz
@@ -86,7 +88,7 @@ class Template:
     validate_events: list[dict[str, Any]]  # epoch 1's validation capture, start and stop
     snapshot: dict[str, Any]
     end_snapshot: dict[str, Any] | None
-    manifest: dict[str, Any]
+    manifest: Manifest
     scenario_text: str
     probe_json: str
     train_capture: Path
@@ -151,7 +153,7 @@ def load_template(run_dir: Path) -> Template:
         length_s=end - start, ticks=ticks, full=full, events=in_epoch, window_events=window,
         validate_events=validate, snapshot=snapshot,
         end_snapshot=json.loads(end_path.read_text()) if end_path.is_file() else None,
-        manifest=json.loads((run_dir / MANIFEST_FILE).read_text()),
+        manifest=read_manifest(run_dir),
         scenario_text=(run_dir / SCENARIO_FILE).read_text(),
         probe_json=(st.dir / "probe.json").read_text() if (st.dir / "probe.json").is_file() else "{}",
         train_capture=train_cap,
@@ -302,22 +304,24 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
     log.close()
     (sdir / "probe.json").write_text(tpl.probe_json)
     (out / SCENARIO_FILE).write_text(tpl.scenario_text)
-    manifest = copy.deepcopy(tpl.manifest)
-    outcome = copy.deepcopy(next(s for s in manifest["stages"] if s["name"] == STAGE))
+    outcome = next(s for s in tpl.manifest.stages if s.name == STAGE)
 
     def iso(t: float) -> str:
         return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
-    outcome.update(started=iso(BASE_T), ended=iso(t_end), wall_s=round(t_end - BASE_T, 3),
-                   last={"epoch": epochs, "step": 1500, "total": 1500, "phase": "idle"})
-    manifest.update(started=iso(BASE_T), ended=iso(t_end), wall_s=round(t_end - BASE_T, 3),
-                    stages=[outcome], scenario_name=f"longrun-{_label(minutes)}")
-    sc = manifest.get("scenario")
-    if isinstance(sc, dict):
+    outcome = outcome.model_copy(update={
+        "started": iso(BASE_T), "ended": iso(t_end), "wall_s": round(t_end - BASE_T, 3),
+        "last": Where(epoch=epochs, step=1500, total=1500, phase="idle")})
+    sc = tpl.manifest.scenario.as_dict() if tpl.manifest.scenario else None
+    if sc is not None:
         sc["stages"] = [STAGE]
         if isinstance(sc.get("train"), dict):
             sc["train"]["epochs"] = epochs
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    manifest = tpl.manifest.model_copy(update={
+        "started": iso(BASE_T), "ended": iso(t_end), "wall_s": round(t_end - BASE_T, 3),
+        "stages": [outcome], "scenario_name": f"longrun-{_label(minutes)}",
+        "scenario": ScenarioEcho.model_validate(sc) if sc is not None else None})
+    rundir.write_manifest(out, manifest, MANIFEST_FILE)
     return {"epochs": epochs, "windows": windows, "rows": rows_written,
             "generate_s": round(time.perf_counter() - t_gen, 1)}
 

@@ -18,14 +18,22 @@ bare), so that a drift of the machine's speed cancels for the variants as it doe
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
 from collections import Counter
 from pathlib import Path
 
-from _common import harness_cmd, machine, run_dir_from, stage_seconds, table, timed_lines, write_result
+from _common import (
+    harness_cmd,
+    machine,
+    read_manifest,
+    run_dir_from,
+    stage_seconds,
+    table,
+    timed_lines,
+    write_result,
+)
 
 _LOSS = re.compile(r"^\[(\d+),\s*(\d+)\] loss")
 _ACC = re.compile(r"^Accuracy of the network on the \d+ (\w+) images")
@@ -34,14 +42,14 @@ _ACC = re.compile(r"^Accuracy of the network on the \d+ (\w+) images")
 def stage_cpu(run_dir: Path) -> dict[str, float]:
     """The stages' CPU seconds (user + system, workers included) and the harness's seconds after
     each stage process exited, summed over the stages, from the manifest (newer runs only)."""
-    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    cpu = [s.get("cpu_s") for s in stages]
+    stages = read_manifest(run_dir).stages
     out = {}
-    if all(cpu):
-        out["cpu_s"] = sum(c["user"] + c["system"] for c in cpu)
-    after = [s.get("after_exit_s") for s in stages]
+    cpu = [s.cpu_s for s in stages]
+    if all(c is not None for c in cpu):
+        out["cpu_s"] = sum(c.user + c.system for c in cpu if c is not None)
+    after = [s.after_exit_s for s in stages]
     if all(a is not None for a in after):
-        out["after_exit_s"] = sum(after)
+        out["after_exit_s"] = sum(a for a in after if a is not None)
     return out
 
 
@@ -109,8 +117,8 @@ def main() -> int:
                                    "set": set_no,
                                  "segments": segments(lines), **stage_cpu(rd)}
         if mode == "run":
-            m = json.loads((rd / "manifest.json").read_text())
-            info["sampling"] = {s["name"]: s["sampling"] for s in m["stages"]}
+            info["sampling"] = {s.name: s.sampling.model_dump(mode="json") if s.sampling else None
+                                for s in read_manifest(rd).stages}
             info["capture_bytes"] = capture_bytes(rd)
         runs.append(info)
         print(f"run {i}: {kind:<4} {wall:7.1f} s (stages {stages[kind][-1]:.1f} s)  {rd}", flush=True)

@@ -10,9 +10,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from harness import __version__
 from harness.errors import HarnessError, SignalReceived
+
+if TYPE_CHECKING:
+    from harness.errors import RunFailed
+    from harness.records.scenario import Scenario
 
 # Treated like Ctrl-C: whatever runs is stopped and recorded, then exit 128 + the signal's number.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -47,7 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     console = Console(sys.stdout, quiet=args.quiet)
     run_dir = runner.run_scenario(sc, args.reports, instrumented=False, console=console,
                                    source=str(args.scenario))
-    print(f"harness: bare run finished: {run_dir}")
+    with _late_stop_recorded(run_dir, sc):
+        print(f"harness: bare run finished: {run_dir}")
     return 0
 
 
@@ -61,7 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """Run the scenario's stages under the harness and record memory by process, phase, epoch."""
     from harness.control import runner
     from harness.control.console import Console
-    from harness.errors import Interrupted, RunFailed, StageInputError
+    from harness.errors import RunFailed
     from harness.records import scenario
 
     sc = scenario.load(args.scenario, args.overrides)
@@ -74,6 +80,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RunFailed as exc:
         failure = exc
         run_dir = exc.run_dir
+    with _late_stop_recorded(run_dir, sc):
+        return _after_run(args, sc, run_dir, failure)
+
+
+@contextlib.contextmanager
+def _late_stop_recorded(run_dir: Path | None, sc: Scenario) -> Iterator[None]:
+    """Ctrl-C, SIGTERM or SIGHUP after every stage ended ok (while the report is written, or
+    after): the run's manifest says so, as the exit code will (docs/guarantees.md)."""
+    from harness.control import runner
+
+    try:
+        yield
+    except (KeyboardInterrupt, SignalReceived) as exc:
+        if run_dir is not None:
+            runner.record_late_stop(run_dir, sc, signal.SIGINT if isinstance(exc, KeyboardInterrupt)
+                                    else exc.signum)
+        raise
+
+
+def _after_run(args: argparse.Namespace, sc: Scenario, run_dir: Path | None,
+               failure: RunFailed | None) -> int:
+    """What ``harness run`` does once its stages ended: the report, and its last line."""
+    from harness.errors import Interrupted, StageInputError
+
     # A stopped run is left as it is; a run that stopped on bad input has nothing to report, and
     # its error is said once, by main.
     if isinstance(failure, (Interrupted, StageInputError)) or args.no_report or run_dir is None:

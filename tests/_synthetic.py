@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,10 @@ def write_run(root: Path, *, name: str = "synthetic", status: str = "ok",
     sdir = run / "stages" / "train"
     (sdir / "snapshots").mkdir(parents=True)
     (run / "manifest.json").write_text(json.dumps(manifest(name, status)), encoding="utf-8")
-    (run / "scenario.yaml").write_text(f"name: {name}\nstages: [train]\n", encoding="utf-8")
+    # scenario.yaml holds a name the harness could have written (a scenario name is a file name);
+    # the manifest's scenario_name is the one under test (escaping)
+    safe = name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) else "synthetic"
+    (run / "scenario.yaml").write_text(f"name: {safe}\nstages: [train]\n", encoding="utf-8")
     with open(sdir / "samples.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(COLUMNS)

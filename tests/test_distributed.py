@@ -29,6 +29,7 @@ from harness.layout import AGENT_PID_ENV, SAMPLES_DIR
 from harness.probe import epoch_snapshot, tensors
 from harness.probe.processes import AgentRoles
 from harness.records import scenario
+from harness.records.manifest import RankFailure
 
 PARAM_BYTES = 27_528  # the tutorial net: 6,882 float32 parameters
 
@@ -167,14 +168,16 @@ def _failure(exitcode: int, timestamp: int = 100, pid: int = 1) -> SimpleNamespa
 ])
 def test_first_failure(failures: dict[int, Any], times: dict[int, float], first: int) -> None:
     got = distributed.first_failure(failures, times.get)
-    assert got["rank"] == first
-    assert got["ranks_failed"] == sorted(failures)
+    assert got.rank == first
+    assert got.ranks_failed == sorted(failures)
 
 
 def test_describe() -> None:
-    killed = {"rank": 1, "local_rank": 1, "pid": 7, "exit_code": -9, "signal": "SIGKILL"}
+    killed = RankFailure(rank=1, local_rank=1, pid=7, exit_code=-9, signal="SIGKILL")
     assert distributed.describe(killed) == "rank 1 (local rank 1, pid 7) was killed by SIGKILL"
-    assert distributed.describe({**killed, "exit_code": 1, "signal": None}).endswith("exited with 1")
+    exited = killed.model_copy(update={"exit_code": 1, "signal": None})
+    assert distributed.describe(exited).endswith("exited with 1")
+    assert distributed.describe(None) == "no rank failed"
 
 
 # -- the census of a wrapped model, in a one-rank process group -----------------------------------

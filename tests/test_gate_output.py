@@ -25,6 +25,7 @@ from harness.analysis.summary_model import Summary
 from harness.gate.check import CheckResult, Row
 from harness.gate.compare import ABSENT, Change, Column, changes, compare, versions
 from harness.gate.output import WIDTH, check_text, compare_html, compare_text, use_color, wrap_items
+from harness.records.manifest import Manifest
 
 ESC = "\x1b["
 SMOKE_BASELINE = REPO / "bench" / "baselines" / "smoke.json"
@@ -43,6 +44,11 @@ def _manifest(**over: Any) -> dict[str, Any]:
         "git_revision": "f726d353dc9e033b4231e526b408bb0ea4a29601"}
     doc.update(over)
     return doc
+
+
+def _typed(doc: dict[str, Any]) -> Manifest:
+    """The manifest as a run directory's reader hands it out."""
+    return Manifest.model_validate({"status": "ok", **doc})
 
 
 def _procs(rss: int) -> pd.DataFrame:
@@ -196,8 +202,8 @@ def test_scenario_changes_are_flat_keys_with_both_values() -> None:
 
 
 def test_versions_of_a_manifest() -> None:
-    got = versions(_manifest(workload={"entry": "train.py", "sha256": "ab" * 32, "git_revision": None,
-                                       "dirty": None, "file": "/x/train.py"}))
+    got = versions(_typed(_manifest(workload={"entry": "train.py", "sha256": "ab" * 32,
+                                              "git_revision": None, "dirty": None, "file": "/x/train.py"})))
     assert got == {"python": "3.11.7", "torch": "2.14.1", "memray": "1.20.0", "harness": "0.1.0",
                    "git_revision": "f726d353dc9e033b4231e526b408bb0ea4a29601",
                    "workload.sha256": "ab" * 32, "workload.git_revision": None, "workload.dirty": None}
@@ -206,7 +212,7 @@ def test_versions_of_a_manifest() -> None:
 def _comparison(ma: dict[str, Any] | None = None, mb: dict[str, Any] | None = None, **kw_b: Any) -> Any:
     sa = fake_model(main=400 * MiB)
     sb = fake_model(**{"main": 401 * MiB + 600 * 1024, "tensors": 3_600_000, **kw_b})
-    manifests = None if ma is None else (ma, mb if mb is not None else ma)
+    manifests = None if ma is None else (_typed(ma), _typed(mb if mb is not None else ma))
     return compare(sa, sb, _procs(400 * MiB), _procs(402 * MiB),
                    _sites([("f (a.py:1)", 1 * MiB)]), _sites([("f (a.py:1)", 9 * MiB)]), manifests=manifests)
 
@@ -249,7 +255,7 @@ def test_compare_text_fits_100_columns_and_names_what_only_wide_shows() -> None:
     long_site = "rebuild_storage_fd (torch/multiprocessing/reductions.py:543)"
     c = compare(Summary.model_validate(sa), Summary.model_validate(sb), _procs(400 * MiB), _procs(900 * MiB),
                 _sites([(long_site, 1 * MiB)]), _sites([(long_site, 9 * MiB)]),
-                manifests=(_manifest(), _manifest()))
+                manifests=(_typed(_manifest()), _typed(_manifest())))
     # WHEN it is printed narrow and wide
     narrow, wide = compare_text(c), compare_text(c, wide=True)
     # THEN narrow fits, every section says which metrics only --wide shows, and wide shows them
@@ -335,7 +341,7 @@ def test_a_cuda_shaped_compare_page_has_no_horizontal_overflow_at_1280px(tmp_pat
             p["cuda_peak_allocated"], p["cuda_peak_reserved"] = k * 1000 * MiB, k * 1200 * MiB
     site = "a_function_with_a_long_name (" + "some/deep/package/" * 8 + "module.py:1234)"
     c = compare(Summary.model_validate(sa), Summary.model_validate(sb), _procs(400 * MiB), _procs(900 * MiB),
-                _sites([(site, 1 * MiB)]), _sites([(site, 9 * MiB)]), manifests=(_manifest(), _manifest()))
+                _sites([(site, 1 * MiB)]), _sites([(site, 9 * MiB)]), manifests=(_typed(_manifest()), _typed(_manifest())))
     page = tmp_path / "c.html"
     page.write_text(compare_html(c), encoding="utf-8")
     scroll, client = page_widths(page)

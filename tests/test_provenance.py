@@ -15,9 +15,10 @@ import yaml
 from _gate import fake_model, fake_summary, write_run
 
 from harness import cli
-from harness.analysis.load import Run
+from harness.analysis.load import Run, load_run
 from harness.control import rundir
 from harness.gate.runs import run_provenance
+from harness.records.manifest import Manifest
 from harness.records.scenario import Scenario
 from harness.report.build import _provenance, scenario_in_effect, scenario_text
 
@@ -140,8 +141,9 @@ def test_the_manifest_names_the_scripts_revision_and_the_harnesss_apart(tmp_path
 
 # -- the resolved scenario in the report ---------------------------------------------------------
 def _text(tmp_path: Path, **scenario: Any) -> str:
-    resolved = Scenario(name="s", **scenario).to_dict()
-    return scenario_text(Run(tmp_path, {"scenario": resolved}, []))
+    resolved = Scenario(name="s", **scenario)
+    return scenario_text(Run(tmp_path, Manifest(status="ok", scenario=resolved.to_dict()), [],
+                             scenario=resolved))
 
 
 def test_a_script_workloads_scenario_text_has_no_builtin_sections(tmp_path: Path) -> None:
@@ -174,20 +176,34 @@ def test_a_function_entry_and_a_cuda_device(tmp_path: Path) -> None:
     ("windows", list(Scenario(name="s").memray.model_dump())),
 ])
 def test_memray_keys_by_mode(mode: str, keys: list[str]) -> None:
-    kept, left = scenario_in_effect(Scenario(name="s", memray={"mode": mode}).to_dict())
+    kept, left = scenario_in_effect(Scenario(name="s", memray={"mode": mode}))
     assert list(kept["memray"]) == keys
     assert any("memray.train_start" in line for line in left) == (mode != "windows")
 
 
-def test_a_manifest_without_a_scenario_shows_the_file(tmp_path: Path) -> None:
-    (tmp_path / "scenario.yaml").write_text("name: s\n", encoding="utf-8")
-    assert scenario_text(Run(tmp_path, {}, [])) == "name: s\n"
+def test_a_scenario_the_model_cannot_read_is_shown_as_written(tmp_path: Path) -> None:
+    # GIVEN a run whose scenario.yaml has a key this harness does not know (a later version's)
+    (tmp_path / "scenario.yaml").write_text("name: s\nfuture: 1\n", encoding="utf-8")
+    (tmp_path / "manifest.json").write_text('{"status": "ok"}', encoding="utf-8")
+    # WHEN it is loaded THEN a problem names the file and the key, and the text is the file's
+    run = load_run(tmp_path)
+    assert run.scenario is None
+    assert any("scenario.yaml: future: unknown key" in p for p in run.problems), run.problems
+    assert scenario_text(run) == "name: s\nfuture: 1\n"
+
+
+def test_a_run_without_scenario_yaml_reads_the_manifests_echo(tmp_path: Path) -> None:
+    echo = Scenario(name="s", device="cuda").to_dict()
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "ok", "scenario": echo}))
+    run = load_run(tmp_path)
+    assert run.scenario is not None and run.scenario.device == "cuda" and run.problems == []
 
 
 def test_the_reports_provenance_names_the_workloads_revision_beside_the_harnesss(tmp_path: Path) -> None:
     workload = {"entry": "/x/train.py", "file": "/x/train.py", "sha256": "ab" * 32, "git_root": "/x",
                 "git_revision": "f" * 40, "dirty": True}
-    rows = dict(_provenance(Run(tmp_path, {"git_revision": "abc", "workload": workload}, [])))
+    manifest = Manifest.model_validate({"status": "ok", "git_revision": "abc", "workload": workload})
+    rows = dict(_provenance(Run(tmp_path, manifest, [])))
     assert rows["git revision"] == "abc (the harness)"
     assert rows["workload"] == f"/x/train.py, sha256 {'ab' * 6}, git {'f' * 40} (the file differs from it)"
-    assert dict(_provenance(Run(tmp_path, {}, [])))["workload"] == "not recorded"
+    assert dict(_provenance(Run(tmp_path, Manifest(status="ok"), [])))["workload"] == "not recorded"

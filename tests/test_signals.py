@@ -202,6 +202,54 @@ def test_an_error_of_the_harness_itself_is_not_ok(tmp_path: Path, monkeypatch: p
     assert m["status"] == "failed" and m["failure"]["stage"] == "main"
 
 
+class _SignalOnLine(io.StringIO):
+    """Standard output that raises ``sig`` in this process when a line holding ``text`` is written."""
+
+    def __init__(self, text: str, sig: signal.Signals) -> None:
+        super().__init__()
+        self.text, self.sig = text, sig
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if self.text in s:
+            signal.raise_signal(self.sig)
+        return n
+
+
+@pytest.mark.parametrize("when", ["while the report is written", "after the report is written"])
+@pytest.mark.parametrize(("sig", "status", "code"), [(signal.SIGTERM, "terminated", 143),
+                                                     (signal.SIGINT, "interrupted", 130)])
+def test_a_stop_after_every_stage_ended_is_recorded_as_the_exit_code_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, sig: signal.Signals, status: str,
+    code: int,
+) -> None:
+    # GIVEN a run whose stages all end ok (issue 23: a SIGTERM that landed after the report was
+    # written exited 143 while the manifest said ok)
+    from harness import cli, report
+    from harness.control import runner
+
+    monkeypatch.setattr(runner, "run_stage", _fake_run_stage("none", RuntimeError()))
+    written: list[Path] = []
+
+    def build_report(run_dir: Path, **kw: Any) -> None:
+        written.append(run_dir)
+        if when.startswith("while"):
+            signal.raise_signal(sig)
+
+    monkeypatch.setattr(report, "build_report", build_report)
+    monkeypatch.setattr(sys, "stdout", _SignalOnLine("harness: run finished", sig))
+    path, _ = _lingering(tmp_path, "quiet")
+    # WHEN the signal lands while or after the report is written
+    code_got = cli.main(["run", str(path), "--reports", str(tmp_path / "r"), "--quiet"])
+    # THEN the exit code and the manifest agree: the run says how it was stopped, its stages ok
+    assert written and code_got == code
+    m = json.loads((latest_run(tmp_path / "r") / "manifest.json").read_text())
+    assert m["status"] == status, m
+    assert [(s["name"], s["status"]) for s in m["stages"]] == [("main", "ok")]
+    assert m["failure"]["status"] == status and m["failure"]["stage"] is None
+    assert "after every stage had ended ok" in m["failure"]["message"]
+
+
 def test_baseline_refuses_a_run_whose_manifest_is_not_ok(tmp_path: Path) -> None:
     # GIVEN a run whose summary.json says ok but whose manifest says it was interrupted
     from harness.errors import UsageError
@@ -233,6 +281,31 @@ def test_descendants_left_behind_are_killed_and_named(tmp_path: Path, cli, reap:
     stage = json.loads((run / "manifest.json").read_text())["stages"][0]
     assert stage["killed_descendants"] == [grandchild]
     assert f"killed {grandchild}" in (run / "stages/main/log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_double_forked_daemon_is_found_killed_and_named(tmp_path: Path, cli, reap: list[int]) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a workload that forks, calls setsid(), forks again and leaves the grandchild sleeping,
+    # its parent gone (issue 23): an orphan, re-parented at once
+    pidfile = tmp_path / "daemon.pid"
+    scenario = tmp_path / "daemon.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "daemon", "stages": ["main"], "memray": {"mode": "off"},
+        "workload": {"entry": str(WORKLOADS / "daemon.py"), "args": [str(pidfile)]}}), encoding="utf-8")
+    # WHEN it runs
+    try:
+        code, _, err = cli("run", str(scenario), "--reports", str(tmp_path / "r"), "--quiet", "--no-report")
+    finally:
+        if pidfile.exists():
+            reap.append(int(pidfile.read_text()))
+    # THEN the stage adopted it (a child subreaper), so it was seen, killed and named
+    assert code == 0, err
+    daemon = int(pidfile.read_text())
+    assert _wait_gone([daemon], 5) == [], "the daemon outlived the run"
+    run = latest_run(tmp_path / "r")
+    stage = json.loads((run / "manifest.json").read_text())["stages"][0]
+    assert stage["killed_descendants"] == [daemon]
+    assert f"killed {daemon}" in (run / "stages/main/log.txt").read_text()
 
 
 # --- item 8: bad input is exit 2, before the run directory exists, said once -------------------------

@@ -13,6 +13,8 @@ from conftest import WORKLOADS
 from harness import cli
 from harness.analysis.load import Run, Stage, empty_samples
 from harness.analysis.windows import unopened_windows
+from harness.records.manifest import Manifest, StageOutcome
+from harness.records.scenario import Scenario
 from harness.report import build_report
 
 
@@ -29,12 +31,11 @@ def _opened(epoch: int, stage: str = "main") -> dict[str, Any]:
 
 def _run(tmp_path: Path, events: list[dict[str, Any]], status: str = "ok", kind: str = "run",
          **memray: Any) -> Run:
-    stage = Stage("main", tmp_path, {"name": "main", "status": status}, empty_samples(),
+    stage = Stage("main", tmp_path, StageOutcome(name="main", status=status), empty_samples(),
                   [{"t": 0.0, "kind": "stage_start"}, *events], {}, [])
-    manifest = {"kind": kind, "status": status,
-                "scenario": {"name": "s", "memray": {"mode": "windows", "train_start": 100,
-                                                     "train_steps": 300, "epochs": None, **memray}}}
-    return Run(tmp_path, manifest, [stage])
+    scenario = Scenario.model_validate({"name": "s", "memray": {
+        "mode": "windows", "train_start": 100, "train_steps": 300, "epochs": None, **memray}})
+    return Run(tmp_path, Manifest(kind=kind, status=status), [stage], scenario=scenario)
 
 
 def test_windows_that_opened_need_no_note(tmp_path: Path) -> None:

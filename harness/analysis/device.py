@@ -28,8 +28,7 @@ MEMORY_VIZ = "https://pytorch.org/memory_viz"
 
 def is_cuda(run: Run) -> bool:
     """Whether the run asked for a CUDA device (its scenario's ``device``)."""
-    scenario = run.manifest.get("scenario") or {}
-    return str(scenario.get("device", "cpu")).startswith("cuda")
+    return run.scenario is not None and run.scenario.device.startswith("cuda")
 
 
 def device_table(run: Run) -> pd.DataFrame:
@@ -140,14 +139,13 @@ def device_info(run: Run) -> dict[str, Any] | None:
     snaps = _device_snapshots(run)
     if not snaps and not is_cuda(run):
         return None
-    scenario = run.manifest.get("scenario") or {}
     free = [int(c["device_free"]) for _, _, c in snaps if c.get("device_free") is not None]
     total = next((int(c["device_total"]) for _, _, c in snaps if c.get("device_total")), None)
     name = next((str(c["name"]) for _, _, c in snaps if c.get("name")), None)
     last = _stats(snaps[-1][2]) if snaps else None
     pinned = [int((c.get("host") or {}).get("allocated_bytes.peak") or 0) for _, _, c in snaps]
     return {
-        "device": str(scenario.get("device", "cuda")), "name": name, "total": total,
+        "device": run.scenario.device if run.scenario is not None else "cuda", "name": name, "total": total,
         "free_min": min(free) if free else None,
         "retries": last.num_alloc_retries if last else None,
         "ooms": last.num_ooms if last else None,

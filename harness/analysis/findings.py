@@ -176,8 +176,8 @@ def _start_methods(run: Run) -> dict[str, str]:
     runs from before the field, when only forked workers were recognised)."""
     out = {}
     for st in run.stages:
-        method = (st.outcome or {}).get("worker_start_method")
-        out[st.name] = method if isinstance(method, str) else "fork"
+        method = st.outcome.worker_start_method if st.outcome is not None else None
+        out[st.name] = method if method is not None else "fork"
     return out
 
 

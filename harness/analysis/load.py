@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import UsageError
+from harness.errors import ScenarioError, UsageError
 from harness.layout import (
     EVENTS_FILE,
     MANIFEST_FILE,
@@ -31,6 +31,7 @@ from harness.layout import (
     SAMPLE_TEXT_COLUMNS,
     SAMPLES_DIR,
     SAMPLES_FILE,
+    SCENARIO_FILE,
     SNAPSHOTS_DIR,
     STAGES_DIR,
     Event,
@@ -41,6 +42,11 @@ from harness.layout import (
     parse_samples_part,
     stage_dir,
 )
+from harness.records import scenario as scenario_mod
+from harness.records.manifest import Manifest, StageOutcome, parse_manifest
+from harness.records.problems import error_line
+from harness.records.scenario import Scenario
+from harness.records.vocab import Status
 
 _NUMERIC = tuple(c for c in SAMPLE_COLUMNS if c not in SAMPLE_TEXT_COLUMNS)
 
@@ -68,7 +74,7 @@ class Stage:
 
     name: str
     dir: Path
-    outcome: dict[str, Any] | None  # the manifest's entry; None if the harness died first
+    outcome: StageOutcome | None  # the manifest's entry; None if the harness died first
     samples: pd.DataFrame
     events: list[dict[str, Any]]
     snapshots: dict[str, dict[str, Any]]  # label -> snapshot, in the order they were taken
@@ -88,14 +94,17 @@ class Run:
     """A run directory, loaded."""
 
     dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     stages: list[Stage]
     problems: list[str] = field(default_factory=list)
-    node_manifests: dict[int, dict[str, Any]] = field(default_factory=dict)  # manifest-node<K>.json
+    node_manifests: dict[int, Manifest] = field(default_factory=dict)  # manifest-node<K>.json
+    # The resolved scenario the run was made with (scenario.yaml, read through Scenario); None
+    # when neither it nor the manifest's echo of it can be read (a problem says why).
+    scenario: Scenario | None = None
 
     @property
-    def status(self) -> str:
-        return str(self.manifest.get("status", "unknown"))
+    def status(self) -> Status:
+        return self.manifest.status
 
     @property
     def distributed(self) -> bool:
@@ -128,15 +137,15 @@ class Run:
     def incomplete_reasons(self) -> list[str]:
         """Why this run's record is partial; empty for a run that finished well."""
         out: list[str] = []
-        if self.status == "running":
+        if self.status == Status.RUNNING:
             out.append("the manifest still says 'running': the harness itself was stopped")
-        elif self.status != "ok":
-            failure = self.manifest.get("failure") or {}
-            msg = f"run status {self.status!r}"
-            if failure.get("stage"):
-                msg += f" in stage {failure['stage']!r}"
-            if failure.get("message"):
-                msg += f": {failure['message']}"
+        elif self.status != Status.OK:
+            failure = self.manifest.failure
+            msg = f"run status {str(self.status)!r}"
+            if failure is not None and failure.stage:
+                msg += f" in stage {failure.stage!r}"
+            if failure is not None and failure.message:
+                msg += f": {failure.message}"
             out.append(msg)
         for s in self.recording_stages():
             if s.events and not s.events_of(Event.STAGE_END):
@@ -151,7 +160,7 @@ class Run:
         ``ok`` is not, so there the missing event means the file lost its end.
         """
         out = list(self.problems)
-        if self.status == "ok":
+        if self.status == Status.OK:
             out += [f"{_rel(s.dir / EVENTS_FILE, self.dir)} has no stage_end event"
                     for s in self.recording_stages() if s.events and not s.events_of(Event.STAGE_END)]
         return out
@@ -178,25 +187,6 @@ def _where(path: Path) -> str:
     return str(path)
 
 
-def error_line(exc: ValidationError) -> str:
-    """The first field at fault, ``a.b.0.c: what was expected (got ...)``, and how many more."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(the whole record)"
-    kind = str(first["type"])
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        what = "expected a JSON object"
-    elif kind == "list_type":
-        what = "expected a list"
-    elif kind == "missing":
-        what = "missing"
-    else:
-        what = first["msg"][0].lower() + first["msg"][1:]
-    if kind != "missing":
-        what += f" (got {json.dumps(first.get('input'), default=str)[:40]})"
-    more = exc.error_count() - 1
-    return f"{where}: {what}" + (f" (and {more} more)" if more else "")
-
-
 class _Record(BaseModel):
     """The fields analysis reads, with their types; any others pass unread.
 
@@ -204,54 +194,6 @@ class _Record(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
-
-
-# ---- manifest.json -----------------------------------------------------------------------------
-
-
-class StageOutcome(_Record):
-    name: str
-    status: str | None = None
-    exit_code: int | None = None
-    signal: str | None = None
-    started: str | None = None
-    ended: str | None = None
-    wall_s: float | None = None
-    message: str | None = None
-    last: dict[str, Any] | None = None
-    peak_tree_rss: int | None = None
-    peak_main_rss: int | None = None
-
-
-class Failure(_Record):
-    stage: str | None = None
-    status: str | None = None
-    message: str | None = None
-
-
-class ScenarioEcho(_Record):
-    name: str | None = None
-    stages: list[str] | None = None
-
-
-class Manifest(_Record):
-    manifest_version: int | None = None
-    kind: str = "run"
-    scenario_name: str = ""
-    scenario: ScenarioEcho | None = None
-    status: str = "unknown"
-    stages: list[StageOutcome] = []
-    failure: Failure | None = None
-    started: str | None = None
-    ended: str | None = None
-    wall_s: float | None = None
-    python: str | None = None
-    versions: dict[str, str | None] | None = None
-    host: str | None = None
-    platform: str | None = None
-    cpu_count: int | None = None
-    git_revision: str | None = None
-    command_line: list[str] | None = None
 
 
 # ---- events.jsonl --------------------------------------------------------------------------------
@@ -668,9 +610,9 @@ def list_captures(stage: str, sdir: Path, problems: list[str] | None = None,
     return out
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest.json as a dict; UsageError when it is missing, not a JSON object, or a
-    field analysis reads has the wrong type (naming the first such field)."""
+def read_manifest(run_dir: Path) -> Manifest:
+    """The run's manifest.json; UsageError when it is missing, not a JSON object, or a field has
+    the wrong type (naming the first such field)."""
     path = run_dir / MANIFEST_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {MANIFEST_FILE})")
@@ -683,18 +625,30 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     try:
-        Manifest.model_validate(data)
+        return parse_manifest(data)
     except ValidationError as exc:
         raise UsageError(f"{path}: {error_line(exc)}") from None
-    return data
 
 
-def _stage_names(run_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def read_scenario(run_dir: Path, manifest: Manifest, problems: list[str]) -> Scenario | None:
+    """The run's resolved scenario: its scenario.yaml, else (a run directory without one) the
+    manifest's echo, each read through :class:`Scenario`; None and a problem when neither reads."""
+    path = run_dir / SCENARIO_FILE
+    try:
+        if path.is_file() or manifest.scenario is None:
+            return scenario_mod.read_resolved(path)
+        return scenario_mod.from_dict(manifest.scenario.as_dict(), f"{run_dir / MANIFEST_FILE}: scenario")
+    except ScenarioError as exc:
+        problems.append(f"{exc} (its settings unknown to the report)")
+        return None
+
+
+def _stage_names(run_dir: Path, manifest: Manifest, scenario: Scenario | None) -> list[str]:
     """Stages in the order they ran: the manifest's, then any directory it does not name."""
-    names = [str(s.get("name")) for s in manifest.get("stages", []) if isinstance(s, dict)]
+    names = [s.name for s in manifest.stages]
     sdir = run_dir / STAGES_DIR
     if sdir.is_dir():
-        planned = list((manifest.get("scenario") or {}).get("stages") or [])
+        planned = list(scenario.stages) if scenario is not None else []
         extra = sorted((p.name for p in sdir.iterdir() if p.is_dir() and p.name not in names),
                        key=lambda n: (planned.index(n) if n in planned else len(planned), n))
         names += extra
@@ -708,10 +662,11 @@ def load_run(run_dir: Path) -> Run:
         raise UsageError(f"{run_dir}: not a run directory (no such directory)")
     manifest = read_manifest(run_dir)
     problems: list[str] = []
-    outcomes = {str(s.get("name")): s for s in manifest.get("stages", []) if isinstance(s, dict)}
-    bare = manifest.get("kind") == "bare"  # `harness train`: no sampler, no probe
+    scenario = read_scenario(run_dir, manifest, problems)
+    outcomes = {s.name: s for s in manifest.stages}
+    bare = manifest.kind == "bare"  # `harness train`: no sampler, no probe
     stages: list[Stage] = []
-    for name in _stage_names(run_dir, manifest):
+    for name in _stage_names(run_dir, manifest, scenario):
         sdir = stage_dir(run_dir, name)
         if not sdir.is_dir():
             problems.append(f"{STAGES_DIR}/{name}/: missing (the manifest names the stage)")
@@ -735,7 +690,7 @@ def load_run(run_dir: Path) -> Run:
             captures=list_captures(name, sdir, problems),
             ranks=ranks,
         ))
-    return Run(run_dir, manifest, stages, problems, _node_manifests(run_dir, problems))
+    return Run(run_dir, manifest, stages, problems, _node_manifests(run_dir, problems), scenario)
 
 
 # ---- distributed stages (torchrun): rank<R>/ and node<K>/ folders ---------------------------------
@@ -780,7 +735,7 @@ def rank_samples(samples: pd.DataFrame, rank: int) -> pd.DataFrame:
     return rows.assign(role=role.where(role != "", "main")).reset_index(drop=True)
 
 
-def _rank_stage(name: str, rdir: Path, rank: int, outcome: dict[str, Any] | None,
+def _rank_stage(name: str, rdir: Path, rank: int, outcome: StageOutcome | None,
                 samples: pd.DataFrame, problems: list[str]) -> Stage:
     own = rank_samples(samples, rank)
     node = None
@@ -792,9 +747,9 @@ def _rank_stage(name: str, rdir: Path, rank: int, outcome: dict[str, Any] | None
                  captures=list_captures(name, rdir, problems, rank), rank=rank, node=node)
 
 
-def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, dict[str, Any]]:
+def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, Manifest]:
     """manifest-node<K>.json of nodes K > 0 (several nodes); one unreadable is a problem."""
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, Manifest] = {}
     for path in sorted(run_dir.glob("manifest-node*.json")):
         k = parse_node_manifest(path.name)
         if k is None:
@@ -804,8 +759,11 @@ def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, dict[str, A
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
             problems.append(f"{path.name}: unreadable ({type(exc).__name__})")
             continue
-        if isinstance(data, dict):
-            out[k] = data
-        else:
+        if not isinstance(data, dict):
             problems.append(f"{path.name}: expected a JSON object")
+            continue
+        try:
+            out[k] = parse_manifest(data)
+        except ValidationError as exc:
+            problems.append(f"{path.name}: {error_line(exc)}")
     return out

@@ -69,7 +69,7 @@ def views(run: Run) -> list[RankView]:
             elif rank == ids[0]:
                 stages.append(s)
         nodes = [r.node for r in stages if r.rank == rank and r.node is not None]
-        view = Run(run.dir, run.manifest, stages, run.problems, run.node_manifests)
+        view = Run(run.dir, run.manifest, stages, run.problems, run.node_manifests, run.scenario)
         out.append(RankView(rank, nodes[0] if nodes else None, view, ticks(view.samples)))
     return out
 

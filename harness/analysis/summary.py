@@ -172,16 +172,18 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
     order = ("main_rss", "tree_rss", "workers_uss", "heap", "live_tensor_bytes", "cuda_allocated",
              "cuda_reserved", "main_rss_teardown", "tree_rss_teardown")
     peaks = {k: peaks[k] for k in order}
-    stages = []
+    stages: list[dict[str, Any]] = []
     for st in run.stages:
-        o = st.outcome or {}
-        stages.append({"name": st.name, "status": o.get("status", "unknown"),
-                       "exit_code": _int(o.get("exit_code")), "signal": o.get("signal"),
-                       "wall_s": _num(o.get("wall_s")), "message": o.get("message") or "",
-                       "peak_main_rss": _int(o.get("peak_main_rss")),
-                       "peak_tree_rss": _int(o.get("peak_tree_rss")),
-                       "worker_start_method": (o["worker_start_method"] if isinstance(
-                           o.get("worker_start_method"), str) else None)})
+        o = st.outcome
+        if o is None:  # the manifest never recorded the stage's end
+            stages.append({"name": st.name, "status": "unknown", "exit_code": None, "signal": None,
+                           "wall_s": None, "message": "", "peak_main_rss": None,
+                           "peak_tree_rss": None, "worker_start_method": None})
+            continue
+        stages.append({"name": st.name, "status": str(o.status), "exit_code": o.exit_code,
+                       "signal": o.signal, "wall_s": _num(o.wall_s), "message": o.message,
+                       "peak_main_rss": o.peak_main_rss, "peak_tree_rss": o.peak_tree_rss,
+                       "worker_start_method": o.worker_start_method})
     phase_rows = [{
         "stage": str(r.stage), "epoch": int(r.epoch), "phase": str(r.phase),
         "seconds": round(float(r.seconds), 4), "time_share": round(float(r.time_share), 4),
@@ -197,23 +199,23 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         "schema_version": SCHEMA_VERSION,
         "run": {
             "dir": str(run.dir),
-            "scenario": str(m.get("scenario_name", "")),
-            "kind": str(m.get("kind", "run")),
-            "status": run.status,
+            "scenario": m.scenario_name,
+            "kind": m.kind,
+            "status": str(run.status),
             "complete": run.complete,
             "incomplete_reasons": run.incomplete_reasons(),
-            "started": m.get("started"),
-            "ended": m.get("ended"),
-            "git_revision": m.get("git_revision"),
-            "harness_version": (m.get("versions") or {}).get("harness"),
-            "host": m.get("host"),
+            "started": m.started,
+            "ended": m.ended,
+            "git_revision": m.git_revision,
+            "harness_version": (m.versions or {}).get("harness"),
+            "host": m.host,
         },
         "stages": stages,
         "peaks": peaks,
         "phases": phase_rows,
         "growth_per_epoch": growth,
         "durations": {
-            "wall_s": _num(m.get("wall_s")),
+            "wall_s": _num(m.wall_s),
             "stages": {s["name"]: s["wall_s"] for s in stages},
             "epochs": _epoch_durations(first),
         },

@@ -11,12 +11,13 @@ early, the epoch never ran, or the workload has no ``probe.iterate`` training lo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from harness.analysis.load import Run, Stage
 from harness.layout import TRAIN_WINDOW, Event, capture_name
+from harness.records.scenario import Scenario
+from harness.records.vocab import Status
 from harness.records.windows import fit_window
 
 
@@ -40,18 +41,17 @@ class _Asked:
         return f"memray.train_start {self.start}, train_steps {self.steps}"
 
 
-def _asked(scenario: Any) -> _Asked | None:
-    """The training windows the resolved scenario asks for; None when it asks for none."""
-    memray = scenario.get("memray") if isinstance(scenario, Mapping) else None
-    if not isinstance(memray, Mapping):
+def _asked(scenario: Scenario | None) -> _Asked | None:
+    """The training windows the resolved scenario asks for; None when it asks for none (or the
+    run's scenario could not be read)."""
+    if scenario is None:
         return None
-    steps = _int(memray.get("train_steps"), 300)
-    if memray.get("mode", "windows") != "windows" or steps <= 0:
+    memray = scenario.memray
+    if memray.mode != "windows" or memray.train_steps <= 0:
         return None
-    epochs = memray.get("epochs")
-    if not isinstance(epochs, list | tuple) or not all(isinstance(e, int) for e in epochs):
-        epochs = None  # none given, "every" or unreadable: judged as every epoch, which only adds notes
-    return _Asked(_int(memray.get("train_start"), 100), steps, None if epochs is None else tuple(epochs))
+    # none given or "every": judged as every epoch, which only adds notes
+    epochs = memray.epochs if isinstance(memray.epochs, tuple) else None
+    return _Asked(memray.train_start, memray.train_steps, epochs)
 
 
 def _int(v: Any, default: int) -> int:
@@ -79,9 +79,9 @@ def _why(loops: list[dict[str, Any]], asked: _Asked) -> str:
 
 def unopened_windows(run: Run) -> list[str]:
     """One line for each stage and epoch where a training window asked for did not open."""
-    if run.manifest.get("kind", "run") != "run":
+    if run.manifest.kind != "run":
         return []  # a bare run records nothing: no window was to open
-    asked = _asked(run.manifest.get("scenario"))
+    asked = _asked(run.scenario)
     if asked is None:
         return []
     notes: list[str] = []
@@ -112,7 +112,7 @@ def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:
     if epochs_run and not loops:
         out.append(f"memray: stage {stage.name} ran epochs but no training loop through "
                    "probe.iterate, where the training windows open: no training capture")
-    finished = (stage.outcome or {}).get("status") == "ok"
+    finished = stage.outcome is not None and stage.outcome.status == Status.OK
     if loops and finished and asked.epochs is not None:
         # an epoch the stage never reached because it failed first is said by its failure
         missing = [e for e in asked.epochs if e not in loops]

@@ -16,7 +16,7 @@ from pathlib import Path
 from harness.control import distributed
 from harness.errors import HarnessError, ScenarioError
 from harness.layout import SCENARIO_FILE
-from harness.probe.stage import log_error, watch_harness
+from harness.probe.stage import become_subreaper, log_error, watch_harness
 from harness.records import scenario as scenario_mod
 
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.watch_fd is not None:
         watch_harness(args.watch_fd)
+    become_subreaper()  # a rank's orphans stay in the tree the harness samples
     run_dir, stage = args.run_dir, args.stage
     try:
         scenario = scenario_mod.load(run_dir / SCENARIO_FILE)

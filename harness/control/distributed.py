@@ -28,6 +28,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from harness.control import rundir
 from harness.errors import ScenarioError
 from harness.layout import (
     AGENT_FILE,
@@ -41,6 +44,7 @@ from harness.layout import (
     stage_dir,
 )
 from harness.probe.cell import CellReader, CellState
+from harness.records.manifest import AgentRecord, RankFailure, parse_agent_record
 from harness.records.scenario import DistributedConfig, Scenario
 
 # Seconds torchrun waits for the other ranks to end on SIGTERM after one failed, before SIGKILL.
@@ -167,43 +171,36 @@ def run_agent(run_dir: Path, stage: str, scenario: Scenario, record_dir: Path) -
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     os.environ[AGENT_PID_ENV] = str(os.getpid())
-    record: dict[str, Any] = {
-        "node_rank": dist.node_rank,
-        "nnodes": dist.nnodes,
-        "nproc_per_node": dist.nproc_per_node,
-        "backend": dist.backend,
-        "rdzv_endpoint": endpoint,
-        "pid": os.getpid(),
-        "exit_code": None,
-        "failure": None,
-    }
+    record = AgentRecord(node_rank=dist.node_rank, nnodes=dist.nnodes,
+                         nproc_per_node=dist.nproc_per_node, backend=dist.backend,
+                         rdzv_endpoint=endpoint, pid=os.getpid())
     args = ("-u", "-m", "harness.probe.stage", str(run_dir), stage, "--rank")
     try:
         elastic_launch(config, sys.executable)(*args)
-        record["exit_code"] = 0
+        record.exit_code = 0
     except RendezvousError as exc:  # the nodes never met: say so in one line, no traceback
-        record["exit_code"] = 1
+        record.exit_code = 1
         first = str(exc).splitlines()[0] if str(exc).strip() else "not every node joined"
-        record["rendezvous"] = (
+        record.rendezvous = (
             f"rendezvous at {endpoint} failed ({type(exc).__name__}: {first}): {dist.nnodes} nodes "
             f"expected within distributed.rdzv_timeout_s ({dist.rdzv_timeout_s:g} s)"
         )
-        print(f"harness: {record['rendezvous']}", flush=True)
+        print(f"harness: {record.rendezvous}", flush=True)
     except ChildFailedError as exc:
-        record["exit_code"] = 1
-        record["failure"] = first_failure(exc.failures, partial(_error_time, stage_dir(run_dir, stage)))
+        record.exit_code = 1
+        record.failure = first_failure(exc.failures, partial(_error_time, stage_dir(run_dir, stage)))
         for failure in exc.failures.values():  # a killed rank's workers are not torchrun's to stop
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(failure.pid, signal.SIGKILL)
-        print(f"harness: {describe(record['failure'])}", flush=True)
+        print(f"harness: {record.failure.describe()}", flush=True)
     finally:
         write_record(record_dir, record)
-    return int(record["exit_code"] or 0)
+    return record.exit_code or 0
 
 
 def first_failure(failures: dict[int, Any], error_time: Callable[[int], float | None] = lambda r: None
-                  ) -> dict[str, Any]:
-    """The failure that most likely caused the others, as a JSON-ready dict.
+                  ) -> RankFailure:
+    """The failure that most likely caused the others.
 
     torchrun stamps failures to the second, and those it finds at one look alike. At a tie a rank
     killed by a signal other than SIGTERM (from outside, or by the kernel) comes first, since the
@@ -219,8 +216,8 @@ def first_failure(failures: dict[int, Any], error_time: Callable[[int], float | 
 
     rank, f = min(failures.items(), key=key)
     sig = signal.Signals(-f.exitcode).name if f.exitcode < 0 else None
-    return {"rank": rank, "local_rank": f.local_rank, "pid": f.pid, "exit_code": f.exitcode,
-            "signal": sig, "ranks_failed": sorted(failures)}
+    return RankFailure(rank=rank, local_rank=f.local_rank, pid=f.pid, exit_code=f.exitcode,
+                       signal=sig, ranks_failed=sorted(failures))
 
 
 def _error_time(stage_path: Path, rank: int) -> float | None:
@@ -239,28 +236,22 @@ def _error_time(stage_path: Path, rank: int) -> float | None:
     return None
 
 
-def describe(failure: dict[str, Any] | None) -> str:
+def describe(failure: RankFailure | None) -> str:
     """One line for a rank's failure: ``rank 1 (local rank 1, pid 123) was killed by SIGKILL``."""
-    if failure is None:
-        return "no rank failed"
-    how = f"was killed by {failure['signal']}" if failure.get("signal") else f"exited with {failure['exit_code']}"
-    return f"rank {failure['rank']} (local rank {failure['local_rank']}, pid {failure['pid']}) {how}"
+    return "no rank failed" if failure is None else failure.describe()
 
 
-def write_record(directory: Path, record: dict[str, Any]) -> None:
-    path = directory / AGENT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    tmp.replace(path)
+def write_record(directory: Path, record: AgentRecord) -> None:
+    rundir.write_record(directory / AGENT_FILE, record)
 
 
-def read_record(directory: Path) -> dict[str, Any] | None:
-    """The agent's record in ``directory``; None when it wrote none (killed before the end)."""
+def read_record(directory: Path) -> AgentRecord | None:
+    """The agent's record in ``directory``; None when it wrote none (killed before the end) or
+    what it wrote is not one."""
     try:
-        data = json.loads((directory / AGENT_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return parse_agent_record(json.loads((directory / AGENT_FILE).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def node_dir(run_dir: Path, stage: str, dist: DistributedConfig) -> Path:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from harness.control import rundir
 from harness.errors import UsageError
 from harness.layout import (
@@ -26,6 +28,9 @@ from harness.layout import (
     node_manifest_name,
     parse_node_manifest,
 )
+from harness.records.manifest import Failure, Manifest, parse_manifest
+from harness.records.problems import error_line
+from harness.records.vocab import Status
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class NodeRun:
 
     dir: Path
     node: int
-    manifest: dict[str, Any]
+    manifest: Manifest
     manifest_file: str
 
 
@@ -49,10 +54,12 @@ def _read_node(run_dir: Path) -> NodeRun:
         raise UsageError(f"{run_dir}: holds several nodes' manifests already ({', '.join(p.name for p in files)})")
     path = files[0]
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_manifest(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path}: unreadable ({type(exc).__name__})") from None
-    dist = (manifest.get("scenario") or {}).get("distributed") if isinstance(manifest, dict) else None
+    except ValidationError as exc:
+        raise UsageError(f"{path}: {error_line(exc)}") from None
+    dist = manifest.scenario.as_dict().get("distributed") if manifest.scenario else None
     if not isinstance(dist, dict):
         raise UsageError(f"{run_dir}: not a distributed run (its scenario has no distributed section)")
     node = dist.get("node_rank", 0)
@@ -62,8 +69,8 @@ def _read_node(run_dir: Path) -> NodeRun:
     return NodeRun(run_dir, node, manifest, path.name)
 
 
-def _scenario_without_node(manifest: dict[str, Any]) -> dict[str, Any]:
-    scenario = json.loads(json.dumps(manifest.get("scenario") or {}))
+def _scenario_without_node(manifest: Manifest) -> dict[str, Any]:
+    scenario = manifest.scenario.as_dict() if manifest.scenario else {}
     scenario.get("distributed", {}).pop("node_rank", None)
     return scenario
 
@@ -108,15 +115,16 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _merged_status(nodes: list[NodeRun]) -> dict[str, Any]:
+def _merged_status(nodes: list[NodeRun]) -> tuple[Status, Failure | None]:
     """Node 0's status, unless another node's run did not end well: then the first such node's,
     its failure naming the node."""
     for n in sorted(nodes, key=lambda n: n.node):
-        if n.manifest.get("status") != "ok":
-            failure = dict(n.manifest.get("failure") or {})
-            failure.setdefault("node", n.node)
-            return {"status": n.manifest.get("status", "unknown"), "failure": failure}
-    return {"status": "ok"}
+        if n.manifest.status != Status.OK:
+            failure = n.manifest.failure.model_copy() if n.manifest.failure else Failure()
+            if failure.node is None:
+                failure.node = n.node
+            return n.manifest.status, failure
+    return Status.OK, None
 
 
 def merge(run_dirs: list[Path], out: Path | None = None) -> Path:
@@ -145,8 +153,10 @@ def merge(run_dirs: list[Path], out: Path | None = None) -> Path:
                 placed[rel] = n.dir
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(str(src), str(out / rel))
-        manifest = {**head.manifest, **_merged_status(nodes),
-                    "merged_from": {str(n.node): str(n.dir) for n in nodes}}
+        status, failure = _merged_status(nodes)
+        manifest = head.manifest.model_copy(update={
+            "status": status, "failure": failure if status != Status.OK else head.manifest.failure,
+            "merged_from": {str(n.node): str(n.dir) for n in nodes}})
         rundir.write_manifest(out, manifest, MANIFEST_FILE)
         for n in nodes[1:]:
             rundir.write_manifest(out, n.manifest, node_manifest_name(n.node))

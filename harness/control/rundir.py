@@ -17,27 +17,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.machinery
 import importlib.util
-import json
 import os
 import platform
 import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from harness.errors import UsageError
 from harness.layout import MANIFEST_FILE, SCENARIO_FILE
+from harness.records.manifest import Manifest
 
 MANIFEST = MANIFEST_FILE
 SCENARIO = SCENARIO_FILE
-MANIFEST_VERSION = 1
 
 
 def new_run_dir(reports: Path, scenario_name: str, suffix: str = "") -> Path:
@@ -161,10 +164,44 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def write_manifest(run_dir: Path, manifest: dict[str, Any], name: str = MANIFEST) -> None:
-    """Write atomically, so a crash mid-write never leaves a torn manifest (``name``: node K > 0
-    of a distributed job writes manifest-node<K>.json)."""
-    tmp = run_dir / (name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    tmp.replace(run_dir / name)
+def write_record(path: Path, record: BaseModel) -> None:
+    """Write ``record`` as JSON to ``path`` atomically: a crash mid-write never leaves a torn file.
 
+    The one writer of the run directory's records (manifest.json, manifest-node<K>.json,
+    agent.json): a temporary file of its own in the same folder, made exclusively (so no link
+    planted there is written through), flushed to disk, then renamed over ``path``. A symbolic
+    link at ``path`` is refused, not followed or replaced: UsageError naming it.
+    """
+    if path.is_symlink():
+        raise UsageError(f"{path}: a symbolic link; the harness does not write its records through one")
+    text = record.model_dump_json(indent=2)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a manifest is as readable as the rest
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask would, for every thread at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def write_manifest(run_dir: Path, manifest: Manifest, name: str = MANIFEST) -> None:
+    """Write the run's manifest (``name``: node K > 0 of a distributed job writes
+    manifest-node<K>.json) through :func:`write_record`."""
+    write_record(run_dir / name, manifest)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from pydantic import ValidationError
 
 from harness.control import distributed, preflight, rundir
 from harness.control.console import Console, progress_text
@@ -45,47 +46,27 @@ from harness.layout import (
     stage_dir,
 )
 from harness.probe import cell as cellmod
+from harness.records.manifest import (
+    MANIFEST_VERSION,
+    AgentRecord,
+    CpuSeconds,
+    Failure,
+    Manifest,
+    Provenance,
+    SamplingRates,
+    ScenarioEcho,
+    StageOutcome,
+    Where,
+    WorkloadProvenance,
+    parse_manifest,
+)
 from harness.records.probe_config import ProbeConfig
 from harness.records.scenario import Scenario, dump
+from harness.records.vocab import Status
 from harness.sizes import MiB, format_size
 
 # Errors a stage stops on that say its input was bad (exit 2), not that the workload failed.
 INPUT_ERRORS = ("DataError", "ScenarioError")
-
-
-@dataclass
-class StageOutcome:
-    name: str
-    status: str  # ok | failed | killed | limit | timeout | interrupted | terminated
-    exit_code: int | None
-    signal: str | None
-    started: str
-    ended: str
-    wall_s: float
-    last: dict[str, Any] | None
-    message: str
-    sampling: dict[str, Any] | None
-    peak_tree_rss: int | None
-    peak_main_rss: int | None
-    error: str | None = None  # the type of the stage's own error (stage_error), when it recorded one
-    stopped_by: str | None = None  # the signal that stopped the harness: SIGINT, SIGTERM, SIGHUP
-    killed_descendants: list[int] | None = None  # left running by the stage, killed by the harness
-    # How the sampler saw its DataLoader workers started: fork | spawn | forkserver | none; None
-    # when nothing sampled the stage.
-    worker_start_method: str | None = None
-    # A distributed stage: the global rank it failed in (the first to fail, or the largest when the
-    # tree passed a limit), this node's rank, and each rank's last cell state (epoch, step, ...)
-    rank: int | None = None
-    node: int | None = None
-    ranks: dict[str, Any] | None = None
-    # CPU seconds the stage's processes used (user, system), its DataLoader workers included once
-    # reaped; and how long the harness took after the stage process exited (the sampler's last
-    # look and sealing of its samples, the output pipe), which wall_s includes.
-    cpu_s: dict[str, float] | None = None
-    after_exit_s: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
 
 
 def check_device(scenario: Scenario, source: str = "scenario") -> None:
@@ -168,7 +149,7 @@ def _probe_config(scenario: Scenario, stage: str) -> dict[str, Any]:
 _HARNESS_ERROR_LINE = re.compile(r"^harness: ([A-Za-z]+Error): (.*)$")
 
 
-def _stage_error(stage_path: Path, instrumented: bool) -> tuple[str, str] | None:
+def _stage_error(stage_path: Path, instrumented: bool) -> StageError | None:
     """(error type, message) of the stage's own error: its stage_error event, or in a bare run,
     where there are no events, the harness error line the stage wrote to its log."""
     if instrumented:
@@ -180,12 +161,12 @@ def _stage_error(stage_path: Path, instrumented: bool) -> tuple[str, str] | None
                 except json.JSONDecodeError:
                     continue
                 if isinstance(ev, dict) and ev.get("kind") == Event.STAGE_ERROR:
-                    return str(ev.get("error")), str(ev.get("message") or "")
+                    return StageError(str(ev.get("error")), str(ev.get("message") or ""))
         return None
     for line in reversed(_log_lines(stage_path)):
         match = _HARNESS_ERROR_LINE.match(line)
         if match:
-            return match.group(1), match.group(2)
+            return StageError(match.group(1), match.group(2))
     return None
 
 
@@ -196,22 +177,299 @@ def _log_lines(stage_path: Path) -> list[str]:
     return [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
 
 
-def _failure_message(stage_path: Path, rc: int | None, instrumented: bool) -> tuple[str, str | None]:
-    """What a stage that exited non-zero said, and its error type when it recorded one.
+def _last_output(stage_path: Path) -> str | None:
+    """The last line a stage printed (a hint for a failure it recorded no error for)."""
+    lines = _log_lines(stage_path)
+    return lines[-1] if lines else None
 
-    Without a recorded error (``os._exit``, a crash in C) the exit code is the fact; the last
-    line printed is only a hint, and only a bare run, which has no events, shows it.
+
+# ---- what the harness found, as typed facts ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RssLimitPassed:
+    """The stage's tree passed limits.max_rss_mb; ``rank``: the rank holding the most, if ranks."""
+
+    tree_rss: int
+    limit_mb: float
+    rank: int | None = None
+    rank_rss: int | None = None
+
+    status = Status.LIMIT
+
+    def message(self) -> str:
+        largest = ""
+        if self.rank is not None and self.rank_rss is not None:
+            largest = f"; rank {self.rank} held the most ({format_size(self.rank_rss, unit='MiB', digits=0)})"
+        return (f"tree RSS {format_size(self.tree_rss, unit='MiB', digits=0)} exceeded "
+                f"limits.max_rss_mb ({self.limit_mb:g} MiB){largest}")
+
+
+@dataclass(frozen=True)
+class TimeoutPassed:
+    """The stage ran past limits.timeout_s."""
+
+    timeout_s: float
+
+    status = Status.TIMEOUT
+
+    def message(self) -> str:
+        return f"stage ran past limits.timeout_s ({self.timeout_s:g} s)"
+
+
+LimitPassed = RssLimitPassed | TimeoutPassed
+
+
+@dataclass(frozen=True)
+class StageError:
+    """The error a stage (or a rank) recorded of its own: its type and message."""
+
+    kind: str
+    message: str
+
+    def text(self) -> str:
+        return f"{self.kind}: {self.message}".rstrip(": ")
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A stage's status, its one-line message, and the type of its own error when it recorded one."""
+
+    status: Status
+    message: str
+    error: str | None = None
+
+
+def stopped(signum: signal.Signals) -> Classified:
+    """A stage stopped because the harness was told to stop."""
+    if signum == signal.SIGINT:
+        return Classified(Status.INTERRUPTED, "interrupted by Ctrl-C")
+    return Classified(Status.TERMINATED, f"terminated by {signum.name}")
+
+
+def classify_outcome(
+    rc: int | None,
+    *,
+    stopped_by: signal.Signals | None = None,
+    limit: LimitPassed | None = None,
+    stage_error: StageError | None = None,
+    last_output: str | None = None,
+    agent: AgentRecord | None = None,
+    rank_error: StageError | None = None,
+) -> Classified:
+    """How a stage ended, from the facts alone (no file read, nothing parsed back).
+
+    First cause wins: the harness told to stop (``stopped_by``), then a limit the harness stopped
+    the stage for, then the exit code. A non-zero exit is described by the error the stage
+    recorded (``stage_error``), else by its exit code, with its ``last_output`` as a hint (a bare
+    run, which has no events). A distributed stage's non-zero exit is described by its agent's
+    record instead: the nodes never met, or which rank failed first and how (``rank_error``: that
+    rank's own error).
     """
-    error = _stage_error(stage_path, instrumented)
-    if error is not None:
-        kind, message = error
-        return f"{kind}: {message}".rstrip(": "), kind
+    if stopped_by is not None:
+        return stopped(stopped_by)
+    if limit is not None:
+        return Classified(limit.status, limit.message())
+    if rc == 0:
+        return Classified(Status.OK, "")
+    if agent is not None:
+        if agent.rendezvous:
+            return Classified(Status.FAILED, agent.rendezvous, "RendezvousError")
+        if agent.failure is not None:
+            failure = agent.failure
+            if failure.signal:
+                return Classified(Status.KILLED, failure.describe())
+            if rank_error is not None:
+                return Classified(Status.FAILED, f"rank {failure.rank}: {rank_error.text()}",
+                                  rank_error.kind)
+            return Classified(Status.FAILED, failure.describe())
+    if rc is not None and rc < 0:
+        return Classified(Status.KILLED, f"killed by {signal.Signals(-rc).name}")
+    if stage_error is not None:
+        return Classified(Status.FAILED, stage_error.text(), stage_error.kind)
     text = f"exit code {rc}"
-    if not instrumented:
-        lines = _log_lines(stage_path)
-        if lines:
-            text += f" (last output: {lines[-1][:300]})"
-    return text, None
+    if last_output:
+        text += f" (last output: {last_output[:300]})"
+    return Classified(Status.FAILED, text)
+
+
+# ---- the stage's process -------------------------------------------------------------------------
+
+
+class StageProcess:
+    """One stage's process and its tree, from spawn to teardown.
+
+    :meth:`run` starts it (its own session and process group, with a pipe it watches for the
+    harness's end), samples it, stops its whole tree when it passes a limit or the harness is
+    told to stop, and once it has exited kills what it left running. What happened stays on the
+    object as facts (``returncode``, ``stopped_by``, ``limit``, ``killed``) for
+    :func:`classify_outcome`.
+    """
+
+    def __init__(self, scenario: Scenario, run_dir: Path, stage: str, console: Console,
+                 instrumented: bool) -> None:
+        self.scenario = scenario
+        self.run_dir = run_dir
+        self.stage = stage
+        self.console = console
+        self.instrumented = instrumented
+        self.dist = scenario.distributed
+        # The stage's log and samples; a distributed stage's ranks each have a directory beside them.
+        self.dir = (stage_dir(run_dir, stage) if self.dist is None
+                    else distributed.node_dir(run_dir, stage, self.dist))
+        self.sampler: TreeSampler | None = None
+        self.returncode: int | None = None
+        self.stopped_by: signal.Signals | None = None
+        self.limit: LimitPassed | None = None
+        self.killed: list[int] = []
+        self.started_iso = ""
+        self.wall_s = 0.0
+        self.after_exit_s = 0.0
+        self.cpu_s: CpuSeconds | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._t0 = 0.0
+
+    def run(self) -> None:
+        """Start the stage and wait for it; teardown whatever ends the wait."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        env = self._environment()
+        self.started_iso, self._t0 = rundir.now_iso(), time.monotonic()
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the stage is this process's one child
+        # The stage reads the other end of this pipe and stops its whole group when it closes: when
+        # this process ends, however it ends (SIGKILL included), no stage runs on.
+        watch_read, watch_write = os.pipe()
+        try:
+            proc = self._spawn(env, watch_read)
+        except BaseException:
+            os.close(watch_write)
+            raise
+        finally:
+            os.close(watch_read)
+        self._proc = proc
+        pump = threading.Thread(target=_pump, args=(proc.stdout, self.dir / STAGE_LOG_FILE, self.console),
+                                daemon=True)
+        try:
+            pump.start()
+            self._start_sampler(proc.pid)
+            self._wait(proc)
+            proc.wait()
+            exited = time.monotonic()
+        finally:
+            # Also when a second interruption lands here: the stage is over, whatever it left runs no
+            # longer, and the sampler stops writing.
+            self._teardown(proc.pid)
+            os.close(watch_write)
+        # Whatever held the stage's output pipe open is gone now, so this does not wait for long.
+        pump.join(timeout=5)
+        self._name_killed()
+        self.wall_s = time.monotonic() - self._t0
+        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu_s = CpuSeconds(user=round(usage1.ru_utime - usage0.ru_utime, 3),
+                                system=round(usage1.ru_stime - usage0.ru_stime, 3))
+        self.returncode = proc.returncode
+        self.after_exit_s = round(self._t0 + self.wall_s - exited, 3)
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop(STAGE_DIR_ENV, None)
+        if self.instrumented:
+            if self.dist is None:  # a rank makes its own cell, once it knows its rank
+                cellmod.create(self.dir / CELL_FILE)
+            (self.dir / PROBE_CONFIG_FILE).write_text(
+                json.dumps(_probe_config(self.scenario, self.stage), indent=1))
+            env[STAGE_DIR_ENV] = str(self.dir)
+        return env
+
+    def _spawn(self, env: dict[str, str], watch_read: int) -> subprocess.Popen[bytes]:
+        module = "harness.probe.stage" if self.dist is None else "harness.control.agent"
+        return subprocess.Popen(
+            [sys.executable, "-m", module, str(self.run_dir), self.stage, "--watch-fd", str(watch_read)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # its own process group: we can stop the whole tree at once
+            pass_fds=(watch_read,),
+        )
+
+    def _start_sampler(self, pid: int) -> None:
+        if not self.instrumented:
+            return
+        sc = self.scenario
+        self.sampler = TreeSampler(
+            pid, self.stage, self.dir / SAMPLES_DIR, self.dir / CELL_FILE if self.dist is None else None,
+            sc.sampling.rss_hz, sc.sampling.full_hz, self._on_tick,
+            ranks=stage_dir(self.run_dir, self.stage) if self.dist is not None else None,
+            background=sc.sampling.background,
+        )
+        self.sampler.start()
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> None:
+        """Poll until the stage exits: progress, the timeout, and the harness told to stop."""
+        timeout = self.scenario.limits.timeout_s
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.25)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                elapsed = time.monotonic() - self._t0
+                if self.sampler is not None:
+                    self.console.status(progress_text(self.stage, self.sampler.totals, elapsed))
+                if timeout is not None and elapsed > timeout and self.limit is None:
+                    self.limit = TimeoutPassed(timeout)
+                    self._stop_tree()
+        except KeyboardInterrupt:
+            self.stopped_by = signal.SIGINT
+        except SignalReceived as exc:
+            self.stopped_by = signal.Signals(exc.signum)
+        finally:
+            # Workers outlive a killed main process only briefly; never leave one behind.
+            self._stop_tree()
+            self.console.end_status()
+
+    def _on_tick(self, totals: TreeTotals) -> None:
+        """The sampler's every tick: stop the tree once it passes limits.max_rss_mb."""
+        limit_mb = self.scenario.limits.max_rss_mb
+        if not limit_mb or totals.tree_rss <= limit_mb * MiB or self.limit is not None:
+            return
+        rank = rank_rss = None
+        if totals.rank_rss:
+            rank, rank_rss = max(totals.rank_rss.items(), key=lambda kv: (kv[1], -kv[0]))
+        self.limit = RssLimitPassed(totals.tree_rss, limit_mb, rank, rank_rss)
+        self._stop_tree()
+
+    def _stop_tree(self) -> None:
+        if self._proc is None:
+            return
+        _kill_group(self._proc.pid)
+        if self.dist is not None and self.sampler is not None:  # torchrun put each rank in a session of its own
+            _kill_rank_groups(self.sampler)
+
+    def _teardown(self, pid: int) -> None:
+        self._stop_tree()  # a no-op unless the clean-up in _wait was cut short
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sampler.join(timeout=10)
+            self.killed = _kill_descendants(self.sampler.seen(), pid, pid)
+
+    def _name_killed(self) -> None:
+        if not self.killed:
+            return
+        note = (f"harness: stage {self.stage!r} left {len(self.killed)} process(es) running; killed "
+                + ", ".join(str(pid) for pid in self.killed))
+        with open(self.dir / STAGE_LOG_FILE, "a", encoding="utf-8") as log:
+            log.write(note + "\n")
+        self.console.line(note)
+
+    def last(self) -> Where | None:
+        """The stage's last cell state (one process; a distributed stage's is its ranks')."""
+        cell = self.sampler.totals.cell if self.sampler is not None else None
+        if cell is None or self.dist is not None:
+            return None
+        return Where(epoch=cell.epoch, step=cell.step, total=cell.total, phase=cell.phase)
 
 
 def run_stage(
@@ -221,173 +479,52 @@ def run_stage(
     console: Console,
     instrumented: bool,
 ) -> StageOutcome:
-    dist = scenario.distributed
-    # The stage's log and samples; a distributed stage's ranks each have a directory beside them.
-    sdir = stage_dir(run_dir, stage) if dist is None else distributed.node_dir(run_dir, stage, dist)
-    sdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop(STAGE_DIR_ENV, None)
-    if instrumented:
-        if dist is None:  # a rank makes its own cell, once it knows its rank
-            cellmod.create(sdir / CELL_FILE)
-        (sdir / PROBE_CONFIG_FILE).write_text(json.dumps(_probe_config(scenario, stage), indent=1))
-        env[STAGE_DIR_ENV] = str(sdir)
-    started_iso, t0 = rundir.now_iso(), time.monotonic()
-    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the stage is this process's one child
-    # The stage reads the other end of this pipe and stops its whole group when it closes: when
-    # this process ends, however it ends (SIGKILL included), no stage runs on.
-    watch_read, watch_write = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.probe.stage" if dist is None else "harness.control.agent",
-             str(run_dir), stage, "--watch-fd", str(watch_read)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # its own process group: we can stop the whole tree at once
-            pass_fds=(watch_read,),
-        )
-    except BaseException:
-        os.close(watch_write)
-        raise
-    finally:
-        os.close(watch_read)
-    pgid = proc.pid
-    pump = threading.Thread(target=_pump, args=(proc.stdout, sdir / STAGE_LOG_FILE, console), daemon=True)
-
-    stop_reason: list[str] = []
-    limit_rank: list[int] = []  # distributed: the rank holding most when the tree passed the limit
-    limit_bytes = scenario.limits.max_rss_mb * MiB if scenario.limits.max_rss_mb else None
-    sampler: TreeSampler | None = None
-
-    def stop_tree() -> None:
-        _kill_group(pgid)
-        if dist is not None and sampler is not None:  # torchrun put each rank in a session of its own
-            _kill_rank_groups(sampler)
-
-    def on_tick(totals: TreeTotals) -> None:
-        if limit_bytes is not None and totals.tree_rss > limit_bytes and not stop_reason:
-            largest = ""
-            if totals.rank_rss:
-                rank, rss = max(totals.rank_rss.items(), key=lambda kv: (kv[1], -kv[0]))
-                limit_rank.append(rank)
-                largest = f"; rank {rank} held the most ({format_size(rss, unit='MiB', digits=0)})"
-            stop_reason.append(
-                f"limit: tree RSS {format_size(totals.tree_rss, unit='MiB', digits=0)} exceeded "
-                "limits.max_rss_mb "
-                f"({scenario.limits.max_rss_mb:g} MiB){largest}"
-            )
-            stop_tree()
-
-    stopped_by: signal.Signals | None = None
-    killed: list[int] = []
-    timeout = scenario.limits.timeout_s
-    try:
-        pump.start()
-        if instrumented:
-            sampler = TreeSampler(
-                proc.pid, stage, sdir / SAMPLES_DIR, sdir / CELL_FILE if dist is None else None,
-                scenario.sampling.rss_hz, scenario.sampling.full_hz, on_tick,
-                ranks=stage_dir(run_dir, stage) if dist is not None else None,
-                background=scenario.sampling.background,
-            )
-            sampler.start()
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=0.25)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                elapsed = time.monotonic() - t0
-                if sampler is not None:
-                    console.status(progress_text(stage, sampler.totals, elapsed))
-                if timeout is not None and elapsed > timeout and not stop_reason:
-                    stop_reason.append(f"timeout: stage ran past limits.timeout_s ({timeout:g} s)")
-                    stop_tree()
-        except KeyboardInterrupt:
-            stopped_by = signal.SIGINT
-        except SignalReceived as exc:
-            stopped_by = signal.Signals(exc.signum)
-        finally:
-            # Workers outlive a killed main process only briefly; never leave one behind.
-            stop_tree()
-            console.end_status()
-        proc.wait()
-        exited = time.monotonic()
-    finally:
-        # Also when a second interruption lands here: the stage is over, whatever it left runs no
-        # longer, and the sampler stops writing.
-        stop_tree()  # a no-op unless the clean-up above was cut short
-        if sampler is not None:
-            sampler.stop()
-            sampler.join(timeout=10)
-            killed = _kill_descendants(sampler.seen(), proc.pid, pgid)
-        os.close(watch_write)
-    # Whatever held the stage's output pipe open is gone now, so this does not wait for long.
-    pump.join(timeout=5)
-    if killed:
-        note = (f"harness: stage {stage!r} left {len(killed)} process(es) running; killed "
-                + ", ".join(str(pid) for pid in killed))
-        with open(sdir / STAGE_LOG_FILE, "a", encoding="utf-8") as log:
-            log.write(note + "\n")
-        console.line(note)
-    wall = time.monotonic() - t0
-    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = {"user": round(usage1.ru_utime - usage0.ru_utime, 3),
-           "system": round(usage1.ru_stime - usage0.ru_stime, 3)}
-    rc = proc.returncode
-    last = None
-    if sampler is not None and sampler.totals.cell is not None and dist is None:
-        c = sampler.totals.cell
-        last = {"epoch": c.epoch, "step": c.step, "total": c.total, "phase": c.phase}
-    sig = signal.Signals(-rc).name if rc is not None and rc < 0 else None
-    error: str | None = None
-    if stopped_by is not None:
-        status, message = _stopped(stopped_by)
-    elif stop_reason:
-        status = stop_reason[0].split(":")[0]
-        message = stop_reason[0].partition(": ")[2]
-    elif rc == 0:
-        status, message = "ok", ""
-    elif sig is not None:
-        status, message = "killed", f"killed by {sig}"
-    else:
-        status = "failed"
-        message, error = _failure_message(sdir, rc, instrumented)
+    """Run one stage and say how it ended."""
+    sp = StageProcess(scenario, run_dir, stage, console, instrumented)
+    sp.run()
+    rc, dist, sampler = sp.returncode, scenario.distributed, sp.sampler
+    # The files that describe a failure are read only for one (classify_outcome reads none).
+    failed = rc != 0 and sp.stopped_by is None and sp.limit is None
+    exited_non_zero = failed and rc is not None and rc > 0  # not killed by a signal
+    stage_error = _stage_error(sp.dir, instrumented) if exited_non_zero else None
+    last_output = _last_output(sp.dir) if exited_non_zero and not instrumented else None
+    last = sp.last()
     rank: int | None = None
-    ranks: dict[str, Any] | None = None
+    ranks: dict[str, Where | None] | None = None
+    agent: AgentRecord | None = None
+    rank_error: StageError | None = None
     if dist is not None:
-        rank, ranks, rank_last, rank_status = _rank_outcome(run_dir, stage, sdir, instrumented,
-                                                       limit_rank[0] if limit_rank else None)
-        if rank_status is not None and stopped_by is None and not stop_reason and rc != 0:
-            status, message, error = rank_status
+        limit_rank = sp.limit.rank if isinstance(sp.limit, RssLimitPassed) else None
+        rank, ranks, rank_last, agent = _rank_facts(run_dir, stage, sp.dir, limit_rank)
+        if failed and agent is not None and agent.failure is not None and not agent.failure.signal:
+            rdir = stage_dir(run_dir, stage) / rank_dir_name(agent.failure.rank)
+            rank_error = _stage_error(rdir if instrumented else sp.dir, instrumented)
         if instrumented:
             last = rank_last
+    verdict = classify_outcome(rc, stopped_by=sp.stopped_by, limit=sp.limit, stage_error=stage_error,
+                               last_output=last_output, agent=agent, rank_error=rank_error)
     return StageOutcome(
         name=stage,
-        status=status,
+        status=verdict.status,
         exit_code=rc,
-        signal=sig,
-        started=started_iso,
+        signal=signal.Signals(-rc).name if rc is not None and rc < 0 else None,
+        started=sp.started_iso,
         ended=rundir.now_iso(),
-        wall_s=round(wall, 3),
+        wall_s=round(sp.wall_s, 3),
         last=last,
-        message=message,
-        sampling=sampler.stats.rates() if sampler is not None else None,
+        message=verdict.message,
+        sampling=SamplingRates.model_validate(sampler.stats.rates()) if sampler is not None else None,
         peak_tree_rss=sampler.totals.peak_tree_rss if sampler is not None else None,
         peak_main_rss=sampler.totals.peak_main_rss if sampler is not None else None,
-        error=error,
-        stopped_by=stopped_by.name if stopped_by is not None else None,
-        killed_descendants=killed,
+        error=verdict.error,
+        stopped_by=sp.stopped_by.name if sp.stopped_by is not None else None,
+        killed_descendants=sp.killed,
         worker_start_method=sampler.stats.worker_start_method() if sampler is not None else None,
         rank=rank,
         node=dist.node_rank if dist is not None else None,
         ranks=ranks,
-        cpu_s=cpu,
-        after_exit_s=round(t0 + wall - exited, 3),
+        cpu_s=sp.cpu_s,
+        after_exit_s=sp.after_exit_s,
     )
 
 
@@ -406,7 +543,7 @@ def _kill_rank_groups(sampler: TreeSampler) -> None:
         _kill_group(pid)
 
 
-def _cell_state(path: Path) -> dict[str, Any] | None:
+def _cell_state(path: Path) -> Where | None:
     """epoch, step, total and phase of a rank's cell file, as ``last`` holds them."""
     try:
         reader = cellmod.CellReader(path)
@@ -416,43 +553,26 @@ def _cell_state(path: Path) -> dict[str, Any] | None:
         c = reader.read()
     finally:
         reader.close()
-    return None if c is None else {"epoch": c.epoch, "step": c.step, "total": c.total, "phase": c.phase}
+    return None if c is None else Where(epoch=c.epoch, step=c.step, total=c.total, phase=c.phase)
 
 
-def _rank_outcome(
-    run_dir: Path, stage: str, node_path: Path, instrumented: bool, limit_rank: int | None
-) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None, tuple[str, str, str | None] | None]:
-    """(rank, each rank's last cell state, the rank's last state, (status, message, error)) of a
-    distributed stage: the rank that failed first (the agent's record), else the rank that held the
-    most when the tree passed a limit. The status is None when the agent recorded no failure."""
+def _rank_facts(
+    run_dir: Path, stage: str, node_path: Path, limit_rank: int | None
+) -> tuple[int | None, dict[str, Where | None] | None, Where | None, AgentRecord | None]:
+    """(rank, each rank's last cell state, the rank's last state, the agent's record) of a
+    distributed stage: the rank that failed first (the agent's record), else the rank that held
+    the most when the tree passed a limit."""
     spath = stage_dir(run_dir, stage)
     ranks = {str(r): _cell_state(d / CELL_FILE) for r, d in distributed.rank_dirs(spath).items()} or None
-    record = distributed.read_record(node_path)
-    failure = record.get("failure") if record else None
-    if record and record.get("rendezvous"):  # the nodes never met: no rank ran
-        return None, ranks, None, ("failed", str(record["rendezvous"]), "RendezvousError")
-    rank: int | None = int(failure["rank"]) if failure else limit_rank
+    agent = distributed.read_record(node_path)
+    if agent is not None and agent.rendezvous:  # the nodes never met: no rank ran
+        return None, ranks, None, agent
+    rank = agent.failure.rank if agent is not None and agent.failure is not None else limit_rank
     if rank is None and ranks:
         rank_last = ranks[min(ranks, key=int)]  # the lowest rank's, for progress and the record
     else:
         rank_last = (ranks or {}).get(str(rank))
-    if not failure or rank is None:
-        return rank, ranks, rank_last, None
-    rdir = spath / rank_dir_name(rank)
-    if failure.get("signal"):
-        return rank, ranks, rank_last, ("killed", distributed.describe(failure), None)
-    error = _stage_error(rdir if instrumented else node_path, instrumented)
-    if error is not None:
-        kind, text = error
-        return rank, ranks, rank_last, ("failed", f"rank {rank}: {kind}: {text}".rstrip(": "), kind)
-    return rank, ranks, rank_last, ("failed", distributed.describe(failure), None)
-
-
-def _stopped(signum: signal.Signals) -> tuple[str, str]:
-    """The status and message of a stage stopped because the harness was told to stop."""
-    if signum == signal.SIGINT:
-        return "interrupted", "interrupted by Ctrl-C"
-    return "terminated", f"terminated by {signum.name}"
+    return rank, ranks, rank_last, agent
 
 
 def _where(outcome: StageOutcome) -> str:
@@ -460,10 +580,10 @@ def _where(outcome: StageOutcome) -> str:
         return f" in rank {outcome.rank}" if outcome.rank is not None else ""
     last = outcome.last
     bits = [f"rank {outcome.rank}"] if outcome.rank is not None else []
-    if last.get("epoch"):
-        bits.append(f"epoch {last['epoch']}")
-    bits.append(f"step {last['step']}")
-    bits.append(f"phase {last['phase']}")
+    if last.epoch:
+        bits.append(f"epoch {last.epoch}")
+    bits.append(f"step {last.step}")
+    bits.append(f"phase {last.phase}")
     return " at " + ", ".join(bits)
 
 
@@ -484,22 +604,22 @@ def run_scenario(
     distributed.check(scenario, source)
     run_dir = rundir.new_run_dir(reports, scenario.name, "" if instrumented else "-bare")
     dist = scenario.distributed
-    # Node K > 0 of a job keeps its own manifest beside node 0's (harness merge joins them).
-    manifest_name = node_manifest_name(dist.node_rank) if dist and dist.node_rank > 0 else rundir.MANIFEST
+    name = manifest_name(scenario)
     (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
-    manifest: dict[str, Any] = {
-        "manifest_version": rundir.MANIFEST_VERSION,
-        "kind": "run" if instrumented else "bare",
-        "scenario_name": scenario.name,
-        "scenario": scenario.to_dict(),
-        **rundir.provenance(),  # git_revision: the harness's; the workload's own is beside it
-        "workload": rundir.workload_provenance(scenario.workload.entry),
-        "started": rundir.now_iso(),
-        "ended": None,
-        "status": "running",
-        "stages": [],
-    }
-    rundir.write_manifest(run_dir, manifest, manifest_name)
+    manifest = Manifest(
+        manifest_version=MANIFEST_VERSION,
+        kind="run" if instrumented else "bare",
+        scenario_name=scenario.name,
+        scenario=ScenarioEcho.model_validate(scenario.to_dict()),
+        # git_revision: the harness's; the workload's own is beside it
+        **Provenance.model_validate(rundir.provenance()).model_dump(),
+        workload=WorkloadProvenance.model_validate(rundir.workload_provenance(scenario.workload.entry)),
+        started=rundir.now_iso(),
+        ended=None,
+        status=Status.RUNNING,
+        stages=[],
+    )
+    rundir.write_manifest(run_dir, manifest, name)
     console.line(f"harness: run directory {run_dir}")
     t0 = time.monotonic()
     failure: StageOutcome | None = None
@@ -508,62 +628,88 @@ def run_scenario(
     try:
         for stage in scenario.stages:
             outcome = run_stage(scenario, run_dir, stage, console, instrumented)
-            manifest["stages"].append(outcome.to_dict())
-            rundir.write_manifest(run_dir, manifest, manifest_name)
-            if outcome.status != "ok":
+            manifest.stages.append(outcome)
+            rundir.write_manifest(run_dir, manifest, name)
+            if outcome.status != Status.OK:
                 failure = outcome
                 break
         completed = True
     except (KeyboardInterrupt, SignalReceived) as exc:
         # Stopped outside run_stage's wait (its clean-up, between stages): never recorded as ok.
         signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum)
-        status, message = _stopped(signum)
+        verdict = stopped(signum)
         now = rundir.now_iso()
         failure = StageOutcome(
-            name=stage, status=status, exit_code=None, signal=None, started=now, ended=now,
-            wall_s=0.0, last=None, message=message, sampling=None, peak_tree_rss=None,
+            name=stage, status=verdict.status, exit_code=None, signal=None, started=now, ended=now,
+            wall_s=0.0, last=None, message=verdict.message, sampling=None, peak_tree_rss=None,
             peak_main_rss=None, stopped_by=signum.name,
         )
-        if all(s["name"] != stage for s in manifest["stages"]):
-            manifest["stages"].append(failure.to_dict())
+        if manifest.stage(stage) is None:
+            manifest.stages.append(failure)
     finally:
-        manifest["ended"] = rundir.now_iso()
-        manifest["wall_s"] = round(time.monotonic() - t0, 3)
+        manifest.ended = rundir.now_iso()
+        manifest.wall_s = round(time.monotonic() - t0, 3)
         if failure is not None:
-            manifest["status"] = failure.status
-        elif completed:
-            manifest["status"] = "ok"
-        else:  # the harness itself failed (an exception of its own): the record is not whole
-            manifest["status"] = "failed"
-            manifest["failure"] = {"stage": stage, "status": "failed", "where": None,
-                                   "message": "the harness stopped on an error of its own"}
-        if failure is not None:
-            manifest["failure"] = {
-                "stage": failure.name, "status": failure.status, "message": failure.message,
-                "where": failure.last,
-            }
+            manifest.status = failure.status
+            manifest.failure = Failure(stage=failure.name, status=failure.status,
+                                       message=failure.message, where=failure.last)
             if failure.node is not None:
-                manifest["failure"].update(rank=failure.rank, node=failure.node)
-        rundir.write_manifest(run_dir, manifest, manifest_name)
+                manifest.failure.rank, manifest.failure.node = failure.rank, failure.node
+        elif completed:
+            manifest.status = Status.OK
+        else:  # the harness itself failed (an exception of its own): the record is not whole
+            manifest.status = Status.FAILED
+            manifest.failure = Failure(stage=stage, status=Status.FAILED, where=None,
+                                       message="the harness stopped on an error of its own")
+        rundir.write_manifest(run_dir, manifest, name)
     if failure is not None:
         log = (stage_dir(run_dir, failure.name) if dist is None
                else distributed.node_dir(run_dir, failure.name, dist)) / STAGE_LOG_FILE
-        what = {
-            "failed": "failed",
-            "killed": "was killed",
-            "limit": "was stopped by the harness",
-            "timeout": "was stopped by the harness",
-            "interrupted": "was interrupted",
-            "terminated": "was terminated",
-        }[failure.status]
+        what = _WHAT[failure.status]
         if failure.error in INPUT_ERRORS:
             what = "stopped on bad input"
         text = f"stage {failure.name!r} {what}{_where(failure)}: {failure.message} (log: {log})"
-        if failure.status == "terminated" and failure.stopped_by is not None:
+        if failure.status == Status.TERMINATED and failure.stopped_by is not None:
             raise Terminated(text, run_dir, signal.Signals[failure.stopped_by])
-        if failure.status == "interrupted":
+        if failure.status == Status.INTERRUPTED:
             raise Interrupted(text, run_dir)
         if failure.error in INPUT_ERRORS:
             raise StageInputError(text, run_dir)
         raise RunFailed(text, run_dir)
     return run_dir
+
+
+# How the one-line error says a stage ended.
+_WHAT = {
+    Status.FAILED: "failed",
+    Status.KILLED: "was killed",
+    Status.LIMIT: "was stopped by the harness",
+    Status.TIMEOUT: "was stopped by the harness",
+    Status.INTERRUPTED: "was interrupted",
+    Status.TERMINATED: "was terminated",
+}
+
+
+def manifest_name(scenario: Scenario) -> str:
+    """The file the run's manifest goes in: node K > 0 of a job keeps its own beside node 0's
+    (harness merge joins them)."""
+    dist = scenario.distributed
+    return node_manifest_name(dist.node_rank) if dist and dist.node_rank > 0 else rundir.MANIFEST
+
+
+def record_late_stop(run_dir: Path, scenario: Scenario, signum: int) -> None:
+    """Record in an ``ok`` manifest that the harness was stopped after its stages ended (while it
+    wrote the report, or after): the run says ``interrupted`` or ``terminated``, as the exit code
+    does, and its stages keep their own ``ok``. A manifest that says anything else is left as it is."""
+    path = run_dir / manifest_name(scenario)
+    try:
+        manifest = parse_manifest(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError):
+        return  # not ours to repair here: the reader names what is wrong with it
+    if manifest.status != Status.OK:
+        return
+    verdict = stopped(signal.Signals(signum))
+    manifest.status = verdict.status
+    manifest.failure = Failure(status=verdict.status,
+                               message=f"{verdict.message} after every stage had ended ok")
+    rundir.write_manifest(run_dir, manifest, path.name)

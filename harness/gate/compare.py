@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from harness.gate import metrics as m
+from harness.records.manifest import Manifest
 
 if TYPE_CHECKING:
     from harness.analysis.summary_model import PhaseRow, Summary
@@ -281,20 +282,21 @@ def changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Change]:
     return out
 
 
-def versions(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def versions(manifest: Manifest) -> dict[str, Any]:
     """What a run was made with, by flat key: ``python``, each package's version (``torch``,
     ``memray``, ``harness``), the harness's git revision and the workload's code (its file's
     ``workload.sha256``, ``workload.git_revision``, ``workload.dirty``) where recorded."""
+    doc = manifest.model_dump(mode="json", exclude_unset=True)  # what the file holds
     out: dict[str, Any] = {}
-    if "python" in manifest:
-        out["python"] = manifest["python"]
-    pkgs = manifest.get("versions")
+    if "python" in doc:
+        out["python"] = doc["python"]
+    pkgs = doc.get("versions")
     if isinstance(pkgs, Mapping):
         out.update(flatten(pkgs))
-    for key, value in manifest.items():
+    for key, value in doc.items():
         if "git" in key:
             out.update(flatten({key: value}) if isinstance(value, Mapping) else {key: value})
-    code = manifest.get("workload")
+    code = doc.get("workload")
     if isinstance(code, Mapping):
         out.update({f"workload.{k}": code[k] for k in ("sha256", "git_revision", "dirty") if k in code})
     return out
@@ -302,7 +304,7 @@ def versions(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 def compare(sa: Summary, sb: Summary, procs_a: pd.DataFrame,
             procs_b: pd.DataFrame, sites_a: pd.DataFrame | None, sites_b: pd.DataFrame | None,
-            top: int = 10, manifests: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+            top: int = 10, manifests: tuple[Manifest, Manifest] | None = None,
             ) -> Comparison:
     """Run A against run B: run-wide, by phase, by epoch, by process; the sites that grew; and,
     given the runs' ``manifests``, what differs between their scenarios and versions."""
@@ -325,8 +327,8 @@ def compare(sa: Summary, sb: Summary, procs_a: pd.DataFrame,
     result = Comparison(sa.run.model_dump(), sb.run.model_dump(), sections, sites, notes)
     if manifests is not None:
         ma, mb = manifests
-        sc_a, sc_b = ma.get("scenario"), mb.get("scenario")
-        if isinstance(sc_a, Mapping) and isinstance(sc_b, Mapping):
+        if ma.scenario is not None and mb.scenario is not None:
+            sc_a, sc_b = ma.scenario.as_dict(), mb.scenario.as_dict()
             result.scenario_changes = changes(sc_a, sc_b)
         va = versions(ma)
         result.version_changes = changes(va, versions(mb))

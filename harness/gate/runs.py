@@ -17,7 +17,9 @@ from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
 from harness.layout import REPORT_DIR
 from harness.records import yaml_safe
+from harness.records.manifest import Manifest, ScenarioEcho
 from harness.records.scenario import BudgetsConfig, Scenario, from_dict
+from harness.records.vocab import Status
 
 if TYPE_CHECKING:
     from harness.gate.sweep import SweepResult
@@ -145,15 +147,16 @@ def run_provenance(run_dir: Path, summary_doc: Summary) -> dict[str, Any]:
         "dir": _shown_path(run_dir),
         "status": run.status,
         "started": run.started,
-        "wall_s": manifest.get("wall_s"),
+        "wall_s": manifest.wall_s,
         "git_revision": run.git_revision,  # the harness checkout's
-        "workload": manifest.get("workload"),  # the workload's file, sha256 and git revision
+        # the workload's file, sha256 and git revision
+        "workload": manifest.workload.model_dump(mode="json") if manifest.workload else None,
         "harness_version": run.harness_version,
         "host": run.host,
-        "cpu_count": manifest.get("cpu_count"),
-        "versions": manifest.get("versions"),
-        "command_line": manifest.get("command_line"),
-        "scenario": manifest.get("scenario"),
+        "cpu_count": manifest.cpu_count,
+        "versions": manifest.versions,
+        "command_line": manifest.command_line,
+        "scenario": manifest.scenario.as_dict() if manifest.scenario else None,
     }
 
 
@@ -161,10 +164,10 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     """Record a baseline from ``run_dirs`` into ``out`` (written whole, atomically)."""
     for d in run_dirs:
         # The manifest is the record of how the run ended; a summary.json can be older than it.
-        status = read_manifest(Path(d)).get("status")
-        if status != "ok":
-            raise UsageError(f"{d}: run status {status!r}: a baseline is recorded from runs that "
-                             "finished ok")
+        status = read_manifest(Path(d)).status
+        if status != Status.OK:
+            raise UsageError(f"{d}: run status {str(status)!r}: a baseline is recorded from runs "
+                             "that finished ok")
     summaries = [summary(d) for d in run_dirs]
     prov = [run_provenance(d, s) for d, s in zip(run_dirs, summaries)]
     created = {**{k: v for k, v in rundir.provenance().items()
@@ -185,15 +188,15 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
 
 
 
-def manifest(run_dir: Path) -> dict[str, Any]:
+def manifest(run_dir: Path) -> Manifest:
     """A run's manifest, as ``harness compare`` reads its scenario and versions; the resolved
     scenario from ``scenario.yaml`` where the manifest holds none."""
-    doc = dict(read_manifest(Path(run_dir)))
+    doc = read_manifest(Path(run_dir))
     path = Path(run_dir) / rundir.SCENARIO
-    if not isinstance(doc.get("scenario"), dict) and path.is_file():
+    if doc.scenario is None and path.is_file():
         raw = _read_yaml(path, UsageError, "no such file")
         if isinstance(raw, dict):
-            doc["scenario"] = raw
+            doc = doc.model_copy(update={"scenario": ScenarioEcho.model_construct(**raw)})
     return doc
 
 
@@ -271,7 +274,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
             if not new:
                 return "", "failed", None, None
             run_dir = new[-1].parent
-            status = str(read_manifest(run_dir).get("status", "failed"))
+            status = str(read_manifest(run_dir).status)
         try:
             doc = summary(run_dir, refresh=True)
         except UsageError as exc:

@@ -17,6 +17,7 @@ harness.probe.stage RUN_DIR STAGE --rank``. A rank makes its own directory,
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import select
 import signal
@@ -63,6 +64,24 @@ def watch_harness(fd: int) -> None:
     threading.Thread(target=watch, name="harness-watch", daemon=True).start()
 
 
+# prctl(2): a process that sets this adopts its orphaned descendants instead of init (Linux 3.4+)
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its tree; whether it is now.
+
+    A daemon the workload starts (fork, setsid, fork again, the middle process gone) is then
+    re-parented to this process instead of to init, so it stays in the tree the harness samples
+    and is found, killed and named when the stage ends. Elsewhere than Linux, nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def watch_agent() -> None:
     """In a rank: kill this rank's process group (its workers too) once the agent is gone.
 
@@ -102,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.watch_fd is not None:
         watch_harness(args.watch_fd)
+    become_subreaper()  # before the workload starts anything
     if args.rank:
         _become_rank(args.run_dir, args.stage)
 

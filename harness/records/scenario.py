@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -32,6 +33,22 @@ BUILTIN_WORKLOAD = "model.stages:run"
 BUILTIN_STAGES = ("train", "test")
 
 
+@dataclass(frozen=True)
+class ReadWhen:
+    """A field's metadata: the field is read only while its section's ``key`` is one of
+    ``values`` (``data.size`` only by the synthetic source); elsewhere it has no effect."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+def unread_keys(section: BaseModel) -> list[str]:
+    """The keys of ``section`` that have no effect with its other values (:class:`ReadWhen`)."""
+    return [name for name, info in type(section).model_fields.items()
+            for m in info.metadata
+            if isinstance(m, ReadWhen) and getattr(section, m.key) not in m.values]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -41,12 +58,12 @@ class DataConfig(_Section):
 
     source: Literal["cifar10", "folder", "synthetic"] = "cifar10"
     # cifar10: torchvision's download/cache directory; folder: where an archive is unpacked.
-    root: str = "data"
+    root: Annotated[str, ReadWhen("source", ("cifar10", "folder"))] = "data"
     # folder: a directory or a .tar.gz laid out train/<class>/*, test/<class>/*.
-    path: str | None = None
-    download: bool = False
+    path: Annotated[str | None, ReadWhen("source", ("folder",))] = None
+    download: Annotated[bool, ReadWhen("source", ("cifar10",))] = False
     # synthetic: how many images in all (5/6 "train", 1/6 "test", as CIFAR-10's 50k/10k).
-    size: int = Field(600, ge=12)
+    size: Annotated[int, Field(ge=12), ReadWhen("source", ("synthetic",))] = 600
     # fractions of the merged train+test set: train, validation, test.
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     num_workers: int = Field(2, ge=0, le=64)
@@ -88,6 +105,11 @@ class WorkloadConfig(_Section):
         return self.entry == BUILTIN_WORKLOAD
 
 
+# memray keys each mode reads (harness/probe/steps.py): "off" only the mode itself
+_CAPTURING = ReadWhen("mode", ("windows", "full"))
+_WINDOWS = ReadWhen("mode", ("windows",))
+
+
 class MemrayConfig(_Section):
     """Allocation-site capture. ``windows`` tracks bounded windows; ``full`` tracks everything."""
 
@@ -96,31 +118,32 @@ class MemrayConfig(_Section):
     # allocation sites show Python frames, and unwinding each allocation's native stack was about
     # half of a window's cost (bench/RESULTS.md); on, the .bin files serve `memray flamegraph
     # --native` and build_report(native_flamegraphs=True).
-    native_traces: bool = False
+    native_traces: Annotated[bool, _CAPTURING] = False
     # DataLoader workers forked while a capture is open are tracked until it closes
-    follow_fork: bool = True
-    train_start: int = Field(100, ge=0)  # first tracked training step of each epoch (0: from the
-    # loader's start, so its forked workers are tracked too, for the window's steps)
-    train_steps: int = Field(150, ge=0)  # tracked training steps per epoch (0: none)
+    follow_fork: Annotated[bool, _CAPTURING] = True
+    # first tracked training step of each epoch (0: from the loader's start, so its forked
+    # workers are tracked too, for the window's steps)
+    train_start: Annotated[int, Field(ge=0), _WINDOWS] = 100
+    train_steps: Annotated[int, Field(ge=0), _WINDOWS] = 150  # tracked training steps per epoch (0: none)
     # 1-based epochs with a training window. None: where one answers a question — epochs 1 and
     # 2, each power of two (4, 8, 16, ...), and the epoch after one whose end found the main
     # process's RSS more than regrow_mb above its RSS at the end of the last epoch with a
     # window; "every": each epoch. A 300-step window cost ~7 MB and ~2 s, so one every epoch of a
     # long run would write ~440 MB an hour.
-    epochs: tuple[int, ...] | Literal["every"] | None = None
+    epochs: Annotated[tuple[int, ...] | Literal["every"] | None, _WINDOWS] = None
     # MiB of epoch-end RSS growth that asks for a window in the next epoch (0: never). Measured:
     # epoch-end RSS of the JPEG baseline moves <= 1.4 MiB an epoch, 2.1 MiB over 7 epochs.
-    regrow_mb: float = Field(32.0, ge=0)
-    validation: bool = True  # track validation passes (their workers included)
+    regrow_mb: Annotated[float, Field(ge=0), _WINDOWS] = 32.0
+    validation: Annotated[bool, _WINDOWS] = True  # track validation passes (their workers included)
     # epochs whose validation pass is tracked (None: all); the passes run the same code, and
     # each costs about as much as it tracks, so one is the default
-    validation_epochs: tuple[int, ...] | None = (1,)
-    test: bool = True  # track the test stage
+    validation_epochs: Annotated[tuple[int, ...] | None, _WINDOWS] = (1,)
+    test: Annotated[bool, _WINDOWS] = True  # track the test stage
     # batches of a tracked validation or test pass (its workers stop with it); 0 or None: the
     # whole pass. A pass repeats one small loop: 50 of the baseline's 1,500 batches find the same
     # top three sites in every process and a peak heap within 3 % of the whole pass's; 25 missed a
     # third of the test's main peak (bench/eval_window.py). A tracked batch costs ~3.7 ms.
-    eval_batches: int | None = Field(50, ge=0)
+    eval_batches: Annotated[int | None, Field(ge=0), _WINDOWS] = 50
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -469,6 +492,22 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
         scenario = file_scenario
     check_data(scenario, source)
     return scenario
+
+
+def read_resolved(path: str | Path) -> Scenario:
+    """A run's ``scenario.yaml`` (as :func:`dump` wrote it) read back: the same YAML reader and the
+    same model, every default from the model, paths as they were resolved; its data is not
+    checked (a finished run's may be gone). ScenarioError naming the file, the key and why."""
+    source = str(path)
+    try:
+        raw = yaml_safe.load_file(Path(path))
+    except FileNotFoundError:
+        raise _fail(source, "", "no such file") from None
+    except OSError as exc:
+        raise _fail(source, "", f"cannot read: {exc.strerror}") from None
+    except yaml_safe.YamlInputError as exc:
+        raise ScenarioError(exc.format(source)) from None
+    return from_dict(raw, source)
 
 
 def dump(scenario: Scenario) -> str:

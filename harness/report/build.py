@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
 from harness.analysis.windows import unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
-from harness.records.scenario import BUILTIN_WORKLOAD
+from harness.records.manifest import WorkloadProvenance
+from harness.records.scenario import Scenario, unread_keys
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
 from harness.report import tables as report_tables
@@ -69,15 +70,15 @@ def _order_captures(run: Run, datas: list[CaptureData]) -> list[CaptureData]:
     return sorted(datas, key=lambda d: order.get((d.capture.stage, d.capture.path), 0))
 
 
-def _workload_line(prov: object) -> str:
+def _workload_line(prov: WorkloadProvenance | None) -> str:
     """The manifest's ``workload`` provenance in one line (older manifests have none)."""
-    if not isinstance(prov, Mapping):
+    if prov is None:
         return "not recorded"
-    line = str(prov.get("file") or f"{prov.get('entry')} (file not found)")
-    if prov.get("sha256"):
-        line += f", sha256 {str(prov['sha256'])[:12]}"
-    if prov.get("git_revision"):
-        line += f", git {prov['git_revision']}{' (the file differs from it)' if prov.get('dirty') else ''}"
+    line = prov.file or f"{prov.entry} (file not found)"
+    if prov.sha256:
+        line += f", sha256 {prov.sha256[:12]}"
+    if prov.git_revision:
+        line += f", git {prov.git_revision}{' (the file differs from it)' if prov.dirty else ''}"
     return line
 
 
@@ -88,15 +89,12 @@ def unfollowed_workers(run: Run) -> list[str]:
     server's workers are forks of a process memray never tracked. Said instead of leaving the
     workers' flamegraphs missing unexplained.
     """
-    scenario = run.manifest.get("scenario")
-    memray = scenario.get("memray") if isinstance(scenario, Mapping) else None
-    memray = memray if isinstance(memray, Mapping) else {}
-    if (run.manifest.get("kind", "run") != "run" or memray.get("mode", "windows") == "off"
-            or not memray.get("follow_fork", True)):
+    memray = run.scenario.memray if run.scenario is not None else None
+    if run.manifest.kind != "run" or memray is None or memray.mode == "off" or not memray.follow_fork:
         return []
     notes = []
     for st in run.stages:
-        method = (st.outcome or {}).get("worker_start_method")
+        method = st.outcome.worker_start_method if st.outcome is not None else None
         started = [m for m in str(method).split("+") if m in ("spawn", "forkserver")] if method else []
         if not started or any(c.pid is not None for r in (st.ranks or [st]) for c in r.captures):
             continue
@@ -109,87 +107,79 @@ def unfollowed_workers(run: Run) -> list[str]:
 
 def _provenance(run: Run) -> list[tuple[str, str]]:
     m = run.manifest
-    versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v)
+    versions = ", ".join(f"{k} {v}" for k, v in (m.versions or {}).items() if v)
     rows = [
-        ("scenario", str(m.get("scenario_name", ""))),
-        ("kind", str(m.get("kind", ""))),
-        ("command line", " ".join(str(a) for a in m.get("command_line") or [])),
-        ("git revision", f"{m.get('git_revision')} (the harness)"),
-        ("workload", _workload_line(m.get("workload"))),
-        ("started", str(m.get("started"))),
-        ("ended", str(m.get("ended"))),
-        ("python", str(m.get("python"))),
+        ("scenario", m.scenario_name),
+        ("kind", m.kind),
+        ("command line", " ".join(m.command_line or [])),
+        ("git revision", f"{m.git_revision} (the harness)"),
+        ("workload", _workload_line(m.workload)),
+        ("started", str(m.started)),
+        ("ended", str(m.ended)),
+        ("python", str(m.python)),
         ("versions", versions),
-        ("host", str(m.get("host"))),
-        ("platform", str(m.get("platform"))),
-        ("cpu count", str(m.get("cpu_count"))),
+        ("host", str(m.host)),
+        ("platform", str(m.platform)),
+        ("cpu count", str(m.cpu_count)),
     ]
     for st in run.stages:
-        o = st.outcome or {}
+        o = st.outcome
+        if o is None:
+            rows.append((f"stage {st.name}", "unknown, exit code None, None s"))
+            continue
         rows.append((f"stage {st.name}",
-                     f"{o.get('status', 'unknown')}, exit code {o.get('exit_code')}, "
-                     f"{o.get('wall_s')} s" + (f", {o['message']}" if o.get("message") else "")
-                     + (f", workers started by {o['worker_start_method']}"
-                        if o.get("worker_start_method") not in (None, "none") else "")))
+                     f"{o.status}, exit code {o.exit_code}, {o.wall_s} s"
+                     + (f", {o.message}" if o.message else "")
+                     + (f", workers started by {o.worker_start_method}"
+                        if o.worker_start_method not in (None, "none") else "")))
     return rows
 
 
 # The sections only the built-in workload reads (model/stages.py): a script is handed no
 # scenario; a function entry is handed it whole (StageContext), but these are the tutorial's.
 BUILTIN_ONLY = ("seed", "data", "train")
-# data keys each source reads (model/data.py); split and num_workers apply to every source
-DATA_KEYS = {"cifar10": ("root", "download"), "folder": ("root", "path"), "synthetic": ("size",)}
-# memray keys each mode reads (harness/probe/steps.py); "windows" reads them all
-MEMRAY_KEYS = {"off": ("mode",), "full": ("mode", "native_traces", "follow_fork")}
 
 
-def scenario_in_effect(scenario: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def scenario_in_effect(scenario: Scenario) -> tuple[dict[str, Any], list[str]]:
     """The resolved ``scenario`` with only the keys in effect for its workload and device, and
-    what was left out, one line each with why."""
-    raw = scenario.get("workload")
-    workload: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    entry = str(workload.get("entry", BUILTIN_WORKLOAD))
-    builtin, script = entry == BUILTIN_WORKLOAD, entry.endswith(".py")
-    kept: dict[str, Any] = dict(scenario)
+    what was left out, one line each with why (which data and memray keys are read where is
+    the model's to say: :func:`harness.records.scenario.unread_keys`)."""
+    workload = scenario.workload
+    script = workload.entry.endswith(".py")
+    kept = scenario.to_dict()
     left: list[str] = []
-    if not builtin:
+    if not workload.builtin:
         gone = [k for k in BUILTIN_ONLY if kept.pop(k, None) is not None]
         if gone:
             what = "a script" if script else "a function entry"
             left.append(f"{', '.join(gone)}: read by the built-in workload only, not by {what}")
-    if not script and "args" in workload:
-        kept["workload"] = {k: v for k, v in workload.items() if k != "args"}
+    if not script:
+        kept["workload"] = {k: v for k, v in kept["workload"].items() if k != "args"}
         left.append("workload.args: passed to a script only")
-    if not str(scenario.get("device", "cpu")).startswith("cuda") and kept.pop("cuda", None) is not None:
-        left.append(f"cuda: the device is {scenario.get('device', 'cpu')}")
-    data = kept.get("data")
-    if isinstance(data, Mapping) and data.get("source") in DATA_KEYS:
-        reads = DATA_KEYS[str(data["source"])]
-        unread = [k for k in ("root", "path", "download", "size") if k in data and k not in reads]
-        kept["data"] = {k: v for k, v in data.items() if k not in unread}
+    if not scenario.device.startswith("cuda"):
+        kept.pop("cuda")
+        left.append(f"cuda: the device is {scenario.device}")
+    if "data" in kept:
+        unread = unread_keys(scenario.data)
+        kept["data"] = {k: v for k, v in kept["data"].items() if k not in unread}
         if unread:
-            left.append(f"data.{', data.'.join(unread)}: not read from source {data['source']}")
-    memray = kept.get("memray")
-    if isinstance(memray, Mapping) and memray.get("mode") in MEMRAY_KEYS:
-        reads = MEMRAY_KEYS[str(memray["mode"])]
-        unread = [k for k in memray if k not in reads]
-        kept["memray"] = {k: v for k, v in memray.items() if k in reads}
-        if unread:
-            left.append(f"memray.{', memray.'.join(unread)}: not read in mode {memray['mode']}")
+            left.append(f"data.{', data.'.join(unread)}: not read from source {scenario.data.source}")
+    unread = unread_keys(scenario.memray)
+    kept["memray"] = {k: v for k, v in kept["memray"].items() if k not in unread}
+    if unread:
+        left.append(f"memray.{', memray.'.join(unread)}: not read in mode {scenario.memray.mode}")
     return kept, left
 
 
 def scenario_text(run: Run) -> str:
     """The run's resolved scenario as YAML, only the keys in effect, with a comment on the rest.
 
-    From the manifest's resolved scenario; the run's scenario.yaml as written when the manifest
-    has none.
+    The run's scenario.yaml as written when it cannot be read back through the scenario model.
     """
-    scenario = run.manifest.get("scenario")
-    if not isinstance(scenario, Mapping):
+    if run.scenario is None:
         path = run.dir / SCENARIO_FILE
         return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-    kept, left = scenario_in_effect(scenario)
+    kept, left = scenario_in_effect(run.scenario)
     head = "".join(["# the keys in effect; left out:\n", *(f"#   {line}\n" for line in left)] if left else [])
     return head + yaml.safe_dump(kept, sort_keys=False)
 
@@ -296,7 +286,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     png = svg = None
     if not one.ticks.empty:
         png, svg = out / "timeline.png", out / "timeline.svg"
-        title = f"{run.manifest.get('scenario_name', '')}: memory over time ({run.status})"
+        title = f"{run.manifest.scenario_name}: memory over time ({run.status})"
         data = timeline.timeline_data(one.run, one.ticks,
                                       [d for d in datas if d.capture.rank == one.rank])
         data.ranks = ranks.rank_lines(vs, data.t0)
@@ -310,7 +300,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         (f"({f.bytes / 1e6:.1f} MB" + (f"; {f.note})" if f.note else ")")) if f.path else f.note)
         for f in all_flames]
     page = html.ReportPage(
-        title=f"Memory report: {run.manifest.get('scenario_name', run_dir.name)}",
+        title=f"Memory report: {run.manifest.scenario_name or run_dir.name}",
         summary=summary,
         findings=found,
         timeline_png=png.read_bytes() if png else None,
