@@ -10,6 +10,7 @@ escapes every string that came from a run.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from harness.gate import metrics as m
 from harness.gate.compare import SECONDS_RELATIVE, delta, ratio
 from harness.gate.sweep import ALLOCATION_COLUMNS, ROLE_COLUMNS
+from harness.records.atomic import write_atomic
 from harness.render.html import environment
 from harness.sizes import MiB, format_percent, format_size
 
@@ -567,10 +569,11 @@ def sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
                 ax.legend(handles=shown, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(out, buf.getvalue())
 
 
 def pd_float(series: Any) -> Any:

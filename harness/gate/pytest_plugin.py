@@ -584,13 +584,15 @@ class Harness:
         scenario sections (``memray={"mode": "off"}``)."""
         import yaml
 
+        from harness.records.atomic import write_atomic
+
         if str(entry).endswith(".py"):
             entry = str(Path(entry).resolve())  # the scenario file lives elsewhere
         workload = {"entry": str(entry), "args": [str(a) for a in args]}
         scenario = {"name": name, "stages": ["main"], "workload": workload, **sections}
         path = self.reports / f"{name}.scenario.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
+        write_atomic(path, yaml.safe_dump(scenario, sort_keys=False))
         return self.run(path, *overrides, quiet=quiet)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
 from harness.layout import REPORT_DIR
 from harness.records import yaml_safe
+from harness.records.atomic import write_atomic
 from harness.records.scenario import BudgetsConfig, Scenario, from_dict
 
 if TYPE_CHECKING:
@@ -172,15 +172,8 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
                "at": rundir.now_iso()}
     doc = baseline_mod.build(summaries, prov, created)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as exc:
-        if tmp.is_file():  # ours, half-written or not moved into place: never left behind
-            tmp.unlink()
-        raise UsageError(f"{out}: cannot write: {exc.strerror}") from None
+    make_dir(out.parent, "the baseline")
+    write_atomic(out, json.dumps(doc, indent=1) + "\n")
     return doc
 
 
@@ -226,12 +219,9 @@ def sites(run_dir: Path) -> pd.DataFrame | None:
 
 
 def write_text(path: Path, text: str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
-    return path
+    """Write an output file whole, never through a link at its path (harness.records.atomic)."""
+    make_dir(path.parent, path.name)
+    return write_atomic(path, text)
 
 
 def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path,
@@ -281,9 +271,13 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
 
     make_dir(out_dir, "the sweep's table")
     csv = out_dir / "sweep.csv"
+
+    def save_table(t: pd.DataFrame) -> None:
+        write_atomic(csv, t.to_csv(index=False))
+
     # rewritten after every point: a sweep stopped half-way keeps what it measured
     df = sweep_mod.run_grid(knobs, run_point, lambda text: print(text, flush=True),
-                            on_table=lambda t: t.to_csv(csv, index=False))
+                            on_table=save_table)
     result = sweep_mod.SweepResult(name, knobs, df, out_dir)
     png = render.sweep_plot(result, out_dir / "sweep.png", f"{name}: peak memory against "
                             + ", ".join(k.key for k in knobs))

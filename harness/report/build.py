@@ -25,6 +25,7 @@ from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
 from harness.analysis.windows import unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
+from harness.records.atomic import write_atomic
 from harness.records.scenario import BUILTIN_WORKLOAD
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
@@ -292,7 +293,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     table_paths = csvs.write_tables({t.name: df for t, df in shown}, out / TABLES_DIR,
                                     {t.name: t.csv for t, _ in shown})
     summary_path = out / SUMMARY_FILE
-    summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_atomic(summary_path, json.dumps(summary, indent=1))
     png = svg = None
     if not one.ticks.empty:
         png, svg = out / "timeline.png", out / "timeline.svg"
@@ -330,7 +331,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         scenario_text=scenario_text(run),
         problems=run.problems + notes,  # the notes are not damage: the run stays complete
     )
-    html_path.write_text(html.render(page), encoding="utf-8")
+    write_atomic(html_path, html.render(page))
     lap("html")
     clock["total"] = round(time.perf_counter() - t_start, 3)
 
