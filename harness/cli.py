@@ -47,7 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     console = Console(sys.stdout, quiet=args.quiet)
     run_dir = runner.run_scenario(sc, args.reports, instrumented=False, console=console,
                                    source=str(args.scenario))
-    print(f"harness: bare run finished: {run_dir}")
+    _out(f"harness: bare run finished: {run_dir}")
     return 0
 
 
@@ -79,14 +79,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if isinstance(failure, (Interrupted, StageInputError)) or args.no_report or run_dir is None:
         if failure is not None:
             raise failure
-        print(f"harness: run finished: {run_dir}")
+        _out(f"harness: run finished: {run_dir}")
         return 0
     dist = sc.distributed
     if dist is not None and dist.node_rank > 0:  # one node's part: the report covers every node
         if failure is not None:
             raise failure
-        print(f"harness: node {dist.node_rank}'s run finished: {run_dir}; its report comes from "
-              f"`harness merge` of every node's run directory")
+        _out(f"harness: node {dist.node_rank}'s run finished: {run_dir}; its report comes from "
+             f"`harness merge` of every node's run directory")
         return 0
     # A failed run still gets a report of what was recorded, marked incomplete.
     from harness.report import build_report
@@ -94,15 +94,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         build_report(run_dir, on_summary=_print_now)  # the summary first, the files after
     except HarnessError as exc:
-        print(f"harness: warning: no report: {exc}", file=sys.stderr)
+        _say(f"harness: warning: no report: {exc}")
     if failure is not None:
         raise failure
-    print(f"harness: run finished: {run_dir}")
+    _out(f"harness: run finished: {run_dir}")
     return 0
 
 
 def _print_now(text: str) -> None:
-    print(text, flush=True)
+    _out(text)
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
@@ -164,7 +164,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.run_dir}: incomplete record: {damaged[0]}{more}; "
                          "--allow-incomplete checks it on what could be read")
     for reason in damaged:
-        print(f"harness: warning: incomplete record: {reason}")
+        _out(f"harness: warning: incomplete record: {reason}")
     budgets = (runs.budgets_from(args.budgets) if args.budgets
                else runs.run_scenario(args.run_dir).budgets)
     base = runs.read_baseline(args.baseline) if args.baseline else None
@@ -193,8 +193,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from harness.gate import runs
 
     doc = runs.write_baseline(args.run_dirs, args.output)
-    print(f"harness: baseline of {doc['scenario']!r}: {len(doc['metrics'])} metrics over "
-          f"{len(doc['runs'])} run(s) written to {args.output}")
+    _out(f"harness: baseline of {doc['scenario']!r}: {len(doc['metrics'])} metrics over "
+         f"{len(doc['runs'])} run(s) written to {args.output}")
     return 0
 
 
@@ -221,7 +221,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = args.html or args.reports / "compare" / f"{args.run_a.name}-vs-{args.run_b.name}.html"
     runs.write_text(out, render.compare_html(result))
     print(render.compare_text(result, wide=args.wide, color=render.use_color(sys.stdout)))
-    print(f"\nharness: comparison page {out}")
+    _out(f"\nharness: comparison page {out}")
     return 0
 
 
@@ -238,8 +238,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
     out = merge(args.run_dirs, args.output)
-    print(f"harness: merged {len(args.run_dirs)} nodes into {out}")
-    print(build_report(out).text)
+    _out(f"harness: merged {len(args.run_dirs)} nodes into {out}")
+    _out(build_report(out).text)
     return 0
 
 
@@ -257,7 +257,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     result = runs.sweep(args.scenario, args.vary, args.overrides, args.reports, args.quiet)
     print(render.sweep_text(result))
-    print(f"harness: sweep table {result.files['csv']}, plot {result.files['png']}")
+    _out(f"harness: sweep table {result.files['csv']}, plot {result.files['png']}")
     failed = (result.table["status"] != "ok").sum()
     return 1 if failed else 0
 
@@ -315,9 +315,18 @@ def _stop_signals_raise() -> Iterator[None]:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+def _out(text: str) -> None:
+    """A line (or lines) of the harness's own on stdout; names and paths shown escaped."""
+    from harness.records.text import printable_lines
+
+    print(printable_lines(text), flush=True)
+
+
 def _say(text: str) -> None:
+    from harness.records.text import printable  # one line, whatever the message holds
+
     try:
-        print(text, file=sys.stderr)
+        print(printable(text), file=sys.stderr)
     except OSError:  # after SIGHUP the terminal may be gone; the exit code still tells
         pass
 

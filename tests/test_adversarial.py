@@ -100,3 +100,73 @@ def test_merge_refuses_an_output_that_is_a_dangling_link(tmp_path: Path, cli) ->
     code, _, err = cli("merge", str(n0), str(n1), "-o", str(out))
     assert code == 2 and err.count("\n") == 1 and "already exists" in err
     assert not (tmp_path / "elsewhere").exists()
+
+
+# -- untrusted text is printed escaped -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("bad\x1b[31mRED\x1b]0;TITLE\x07", "bad\\x1b[31mRED\\x1b]0;TITLE\\x07"),
+    ("a\nb\rc\td\x00e\x7f\x9b", "a\\x0ab\\x0dc\\x09d\\x00e\\x7f\\x9b"),
+    ("evil\u202etxt.py", "evil\\u202etxt.py"),
+    (b"caf\xff".decode("utf-8", "surrogateescape"), "caf\\xff"),
+    ("plain ünïcode → ok", "plain ünïcode → ok"),
+])
+def test_printable_escapes_control_characters_bidi_overrides_and_undecodable_bytes(raw: str, shown: str) -> None:
+    assert printable(raw) == shown
+    assert printable(printable(raw)) == shown  # escaping twice changes nothing
+    assert printable_lines(f"x\n{raw}") == "x\n" + "\n".join(printable(p) for p in raw.split("\n"))
+    shown.encode("utf-8")  # printable on any terminal
+
+
+def _harness(*args: str, cwd: Path) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, errors="surrogateescape", timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.slow
+def test_escape_sequences_from_a_workload_are_escaped_in_run_and_report(tmp_path: Path) -> None:
+    # GIVEN a workload whose metric name and exception message carry CSI, OSC and BEL
+    from conftest import WORKLOADS
+
+    scenario = tmp_path / "esc.yaml"
+    scenario.write_text(f"name: esc\nstages: [main]\nworkload: {{entry: {WORKLOADS / 'escapes.py'}}}\n"
+                        "memray: {mode: 'off'}\n", encoding="utf-8")
+    # WHEN it runs under the harness, the workload's own output echoed
+    code, out, err = _harness("run", str(scenario), "--reports", str(tmp_path / "r"), cwd=tmp_path)
+    # THEN it fails, and the harness's own lines show the sequences escaped, never raw
+    assert code == 1, err
+    own = [line for line in (out + err).splitlines() if line.startswith(("harness", "  "))]
+    assert any(line.startswith("harness: error:") and "bad\\x1b[31mRED" in line for line in own)
+    assert any("incomplete:" in line for line in own) and any("metrics" in line for line in own)
+    assert all(_plain(line) for line in own), [line for line in own if not _plain(line)]
+    # AND `harness report` prints them escaped again from the run directory
+    run_dir = next((tmp_path / "r" / "esc").iterdir())
+    code, out, err = _harness("report", str(run_dir), cwd=tmp_path)
+    assert code == 0 and _plain(out + err) and "loss\\x1b[31mRED\\x1b]0;TITLE\\x07 1" in out, out
+
+
+def test_check_and_compare_print_names_from_damaged_run_files_escaped(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN runs whose summaries were edited to hold escape sequences in names and paths
+    evil = "x\x1b]0;TITLE\x07\x1b[2J"
+    a = write_run(tmp_path / f"a{evil}", fake_summary(scenario=evil, status=f"failed{evil}"))
+    b = write_run(tmp_path / "b", fake_summary(main=600 * MiB, scenario=evil))
+    # WHEN they are checked and compared
+    code, out, err = cli("check", str(a), "--budgets", str(_budgets(tmp_path)))
+    assert code == 1 and _plain(out + err) and "\\x1b]0;TITLE\\x07" in out, out + err
+    code, out, err = cli("compare", str(a), str(b), "--html", str(tmp_path / "c.html"))
+    # THEN no control character reaches the terminal
+    assert code == 0 and _plain(out + err) and "\\x1b[2J" in out, out + err
+
+
+def _budgets(tmp_path: Path) -> Path:
+    path = tmp_path / "budgets.yaml"
+    path.write_text("name: b\nbudgets: {peak_main_rss: 1 GiB}\n", encoding="utf-8")
+    return path

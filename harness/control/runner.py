@@ -112,7 +112,7 @@ def _pump(pipe: Any, log_path: Path, console: Console) -> None:
     with open(log_path, "ab", buffering=0) as log:
         for raw in iter(pipe.readline, b""):
             log.write(raw)
-            console.line(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            console.output(raw.decode("utf-8", errors="replace").rstrip("\n"))
     pipe.close()
 
 

@@ -403,7 +403,7 @@ class HarnessRun:
             return self._check(budgets, baseline, tolerance, slack, scenario_budgets)
         except (HarnessError, SizeError) as exc:  # bad input: one line, no stack
             message = f"harness: {exc}"
-        pytest.fail(message, pytrace=False)
+        pytest.fail(_printable(message), pytrace=False)
 
     def _check(self, budgets: Mapping[str, Any] | None, baseline: str | Path | None,
                tolerance: str | float, slack: str | int | None, scenario_budgets: bool) -> CheckResult:
@@ -432,7 +432,7 @@ class HarnessRun:
                              slack=None if slack is None else parse_size(slack),
                              run_status=self.summary.run.status)
         if not result.ok:
-            pytest.fail(self.failure_text(result, texts, baseline, tolerance), pytrace=False)
+            pytest.fail(_printable(self.failure_text(result, texts, baseline, tolerance)), pytrace=False)
         return result
 
     def failure_text(self, result: CheckResult, texts: Mapping[str, str], baseline: str | Path | None = None,
@@ -512,6 +512,13 @@ class HarnessRun:
         return out
 
 
+def _printable(text: str) -> str:
+    """A failure's text with the runs' names and messages shown escaped (harness.records.text)."""
+    from harness.records.text import printable_lines
+
+    return printable_lines(text)
+
+
 def _headline(row: Row, written: str | None) -> str:
     """One passed limit in a line: ``peak_live_tensor_bytes 50.7 MB > budget 24 MB``."""
     from harness.gate import metrics as m
@@ -575,7 +582,7 @@ class Harness:
         else:
             run.budget_texts = texts
             return run
-        pytest.fail(message, pytrace=False)
+        pytest.fail(_printable(message), pytrace=False)
 
     def run_workload(self, entry: str | Path, *overrides: str, args: Sequence[str] = (),
                      name: str = "test", quiet: bool = True, **sections: Any) -> HarnessRun:

@@ -18,6 +18,7 @@ from harness.layout import REPORT_DIR
 from harness.records import yaml_safe
 from harness.records.atomic import write_atomic
 from harness.records.scenario import BudgetsConfig, Scenario, from_dict
+from harness.records.text import printable, printable_lines
 
 if TYPE_CHECKING:
     from harness.gate.sweep import SweepResult
@@ -256,7 +257,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
             raise  # Ctrl-C, SIGTERM, SIGHUP stop the sweep, not just this point
         except RunFailed as exc:
             # The failed point stays in the table: where the cost curve ends is worth seeing.
-            print(f"harness: sweep: {exc}", flush=True)
+            print(printable(f"harness: sweep: {exc}"), flush=True)
             new = sorted(set((Path(reports) / name).glob("*/" + rundir.MANIFEST)) - before)
             if not new:
                 return "", "failed", None, None
@@ -265,7 +266,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
         try:
             doc = summary(run_dir, refresh=True)
         except UsageError as exc:
-            print(f"harness: sweep: no report for {run_dir}: {exc}", flush=True)
+            print(printable(f"harness: sweep: no report for {run_dir}: {exc}"), flush=True)
             return str(run_dir), status, None, None
         return str(run_dir), status, doc, processes(run_dir)
 
@@ -276,7 +277,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
         write_atomic(csv, t.to_csv(index=False))
 
     # rewritten after every point: a sweep stopped half-way keeps what it measured
-    df = sweep_mod.run_grid(knobs, run_point, lambda text: print(text, flush=True),
+    df = sweep_mod.run_grid(knobs, run_point, lambda text: print(printable_lines(text), flush=True),
                             on_table=save_table)
     result = sweep_mod.SweepResult(name, knobs, df, out_dir)
     png = render.sweep_plot(result, out_dir / "sweep.png", f"{name}: peak memory against "

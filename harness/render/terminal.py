@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.records.text import printable_lines
 from harness.sizes import format_size
 
 
@@ -81,4 +82,4 @@ def summary_text(summary: dict[str, Any], report_html: Path) -> str:
     else:
         lines.append("  findings   none")
     lines.append(f"  report     {report_html}")
-    return "\n".join(lines)
+    return printable_lines("\n".join(lines))  # names, messages and paths come from the run

@@ -27,6 +27,7 @@ from harness.analysis.windows import unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
 from harness.records.atomic import write_atomic
 from harness.records.scenario import BUILTIN_WORKLOAD
+from harness.records.text import printable
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
 from harness.report import tables as report_tables
@@ -200,7 +201,7 @@ def _with_notes(text: str, notes: list[str]) -> str:
     if not notes:
         return text
     body, _, last = text.rpartition("\n")
-    return "\n".join([body, *(f"  note       {n}" for n in notes), last])
+    return "\n".join([body, *(f"  note       {printable(n)}" for n in notes), last])
 
 
 def build_report(run_dir: Path, *, processes: int | None = None,
