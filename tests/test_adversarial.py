@@ -170,3 +170,22 @@ def _budgets(tmp_path: Path) -> Path:
     path = tmp_path / "budgets.yaml"
     path.write_text("name: b\nbudgets: {peak_main_rss: 1 GiB}\n", encoding="utf-8")
     return path
+
+
+def test_compare_folds_a_long_scenario_difference_into_100_columns(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN two runs of a script whose argument lists differ, one long path among them
+    a, b = _compare_runs(tmp_path)
+    args_a = [f"--option-{i}=value-{i}" for i in range(8)]
+    args_b = [*args_a, "--data=/" + "very-long-folder-name/" * 6 + "file.bin"]
+    for run, args in ((a, args_a), (b, args_b)):
+        manifest = json.loads((run / "manifest.json").read_text())
+        manifest["scenario"]["workload"] = {"entry": "train.py", "args": args}
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    # WHEN they are compared
+    code, out, err = cli("compare", str(a), str(b), "--html", str(tmp_path / "c.html"))
+    # THEN the scenario's difference is there, folded, and no line passes 100 columns
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[2].startswith("scenario: workload.args [") and "file.bin" in out
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    assert "".join(line.strip() for line in lines).count("--option-7=value-7") == 2
