@@ -189,3 +189,31 @@ def test_compare_folds_a_long_scenario_difference_into_100_columns(tmp_path: Pat
     assert lines[2].startswith("scenario: workload.args [") and "file.bin" in out
     assert max(len(line) for line in lines) <= 100, max(lines, key=len)
     assert "".join(line.strip() for line in lines).count("--option-7=value-7") == 2
+
+
+# -- control characters in scenarios, --set and --vary ---------------------------------------
+
+_SMOKE = str(Path(__file__).resolve().parents[1] / "scenarios" / "smoke.yaml")
+_NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")  # as Python holds a byte of argv
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("run", _SMOKE, "--set", "name=\x1b[31mred"), "--set: name: a character \\x1b that YAML"),
+    (("run", _SMOKE, "--set", f"name={_NOT_UTF8}"), "--set: name: a byte 0xff that is not UTF-8"),
+    (("train", _SMOKE, "--set", "seed=\x00"), "--set: seed: a character \\x00"),
+    (("sweep", _SMOKE, "--vary", "seed=1,\x1b"), "--vary: seed: a character \\x1b"),
+    (("sweep", _SMOKE, "--vary", "seed=1,2", "--set", "name=\x07"), "--set: name: a character \\x07"),
+])
+def test_control_characters_in_set_and_vary_values_are_one_line_exit_2(
+        tmp_path: Path, cli, args: tuple[str, ...], said: str) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli(*args, "--reports", str(tmp_path / "r"))
+    assert code == 2 and err.count("\n") == 1 and said in err and _plain(out + err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_control_character_in_a_scenario_file_is_named_with_its_key_and_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: a\ntrain:\n  epochs: 1\x1b\n")
+    code, _, err = cli("train", str(path))
+    assert code == 2 and err == (f"harness: error: {path}: train.epochs: a character \\x1b that YAML "
+                                 "does not allow (line 3, column 12)\n")
