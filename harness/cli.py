@@ -134,6 +134,9 @@ def _add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="check a run whose records are damaged (a file cut short, a field of the "
                         "wrong type) on what could be read, instead of refusing it (exit 2)")
+    p.add_argument("--any-baseline", action="store_true",
+                   help="check against a baseline recorded from another scenario (default: "
+                        "refused, exit 2)")
     _add_wide_arg(p)
 
 
@@ -168,6 +171,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     budgets = (runs.budgets_from(args.budgets) if args.budgets
                else runs.run_scenario(args.run_dir).budgets)
     base = runs.read_baseline(args.baseline) if args.baseline else None
+    if base is not None and not args.any_baseline:
+        check.same_scenario(base, summary.run.scenario, str(args.run_dir))
     if not check.budget_limits(budgets) and base is None:
         raise UsageError(f"{args.run_dir}: nothing to check: the scenario has no budgets and no "
                          "--baseline was given")

@@ -217,3 +217,21 @@ def test_a_control_character_in_a_scenario_file_is_named_with_its_key_and_line(t
     code, _, err = cli("train", str(path))
     assert code == 2 and err == (f"harness: error: {path}: train.epochs: a character \\x1b that YAML "
                                  "does not allow (line 3, column 12)\n")
+
+
+# -- baselines: of the run's scenario, and failures that say what the limit was made of ---
+
+
+def test_check_refuses_a_baseline_of_another_scenario_unless_told(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a baseline recorded from scenario "other" and a run of scenario "fake"
+    other = write_run(tmp_path / "other", fake_summary(scenario="other"), name="other")
+    base = tmp_path / "other.json"
+    assert cli("baseline", str(other), "-o", str(base))[0] == 0
+    run = write_run(tmp_path / "run", fake_summary())
+    # WHEN the run is checked against it THEN it is refused, naming both scenarios
+    code, out, err = cli("check", str(run), "--baseline", str(base))
+    assert code == 2 and err.count("\n") == 1 and "'other'" in err and "'fake'" in err, err
+    assert "--any-baseline" in err and "limit(s) hold" not in out
+    # AND --any-baseline checks it anyway
+    code, out, err = cli("check", str(run), "--baseline", str(base), "--any-baseline")
+    assert code == 0 and "limit(s) hold" in out, out + err

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from harness.errors import UsageError
 from harness.gate import metrics as m
 from harness.gate.baseline import Baseline, MetricStats
 from harness.records.scenario import BudgetsConfig
@@ -89,6 +90,14 @@ def baseline_limit(stats: MetricStats, tolerance: float, noise_floor: int) -> in
     mean = stats.mean
     limit = max(mean + abs(mean) * tolerance, stats.max + K_STDEV * stats.stdev, mean + noise_floor)
     return math.ceil(limit)
+
+
+def same_scenario(baseline: Baseline, scenario: str, run: str) -> None:
+    """UsageError when ``baseline`` was recorded from another scenario than the run's: its limits
+    would hold the run to figures of a different job (``--any-baseline`` allows it)."""
+    if baseline.scenario != scenario:
+        raise UsageError(f"{baseline.source}: a baseline of scenario {baseline.scenario!r}, but "
+                         f"{run} is a run of {scenario!r}; --any-baseline checks it anyway")
 
 
 def budget_limits(budgets: BudgetsConfig) -> dict[str, int]:

@@ -391,22 +391,24 @@ class HarnessRun:
 
     def check(self, budgets: Mapping[str, Any] | None = None, *, baseline: str | Path | None = None,
               tolerance: str | float = "10%", slack: str | int | None = None,
-              scenario_budgets: bool = True) -> CheckResult:
+              scenario_budgets: bool = True, any_baseline: bool = False) -> CheckResult:
         """Hold the run to ``budgets`` (plus its scenario's own, unless ``scenario_budgets`` is
-        false) and to ``baseline``; fail the test when any limit is passed, saying which, in the
-        units they were written in, where each peaked, its top allocation sites and the table.
+        false) and to ``baseline`` (one of the run's scenario, unless ``any_baseline``); fail the
+        test when any limit is passed, saying which, in the units they were written in, where each
+        peaked, its top allocation sites and the table.
         """
         from harness.errors import HarnessError
         from harness.sizes import SizeError
 
         try:
-            return self._check(budgets, baseline, tolerance, slack, scenario_budgets)
+            return self._check(budgets, baseline, tolerance, slack, scenario_budgets, any_baseline)
         except (HarnessError, SizeError) as exc:  # bad input: one line, no stack
             message = f"harness: {exc}"
         pytest.fail(_printable(message), pytrace=False)
 
     def _check(self, budgets: Mapping[str, Any] | None, baseline: str | Path | None,
-               tolerance: str | float, slack: str | int | None, scenario_budgets: bool) -> CheckResult:
+               tolerance: str | float, slack: str | int | None, scenario_budgets: bool,
+               any_baseline: bool = False) -> CheckResult:
         from harness.gate import check, runs
         from harness.records.scenario import BudgetsConfig
         from harness.sizes import parse_size, parse_tolerance
@@ -427,6 +429,8 @@ class HarnessRun:
         texts.update(budget_texts(budgets))
         config = _budgets(merged, "check(budgets=...)") or BudgetsConfig()
         base = runs.read_baseline(Path(baseline)) if baseline is not None else None
+        if base is not None and not any_baseline:
+            check.same_scenario(base, self.summary.run.scenario, str(self.run_dir))
         result = check.check(self.metrics, budgets=config, baseline=base,
                              tolerance=parse_tolerance(tolerance),
                              slack=None if slack is None else parse_size(slack),
