@@ -235,3 +235,26 @@ def test_check_refuses_a_baseline_of_another_scenario_unless_told(tmp_path: Path
     # AND --any-baseline checks it anyway
     code, out, err = cli("check", str(run), "--baseline", str(base), "--any-baseline")
     assert code == 0 and "limit(s) hold" in out, out + err
+
+
+def test_a_one_run_baseline_forgives_noise_and_a_failure_says_what_its_limit_was_made_of(
+        tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a baseline of one run, workers' USS 38 MiB
+    first = write_run(tmp_path / "first", fake_summary(workers_uss=38 * MiB))
+    base = tmp_path / "base.json"
+    assert cli("baseline", str(first), "-o", str(base))[0] == 0
+    # WHEN a run 384 KiB (1 %) above it is checked, with no tolerance at all
+    noisy = write_run(tmp_path / "noisy", fake_summary(workers_uss=38 * MiB + 384 * 1024))
+    code, out, err = cli("check", str(noisy), "--baseline", str(base), "--tolerance", "0%")
+    # THEN the metric's noise floor (8 MiB for workers' USS) holds it, per phase too
+    assert code == 0, out + err
+    # AND a real regression fails with a line under it saying what the limit was made of
+    worse = write_run(tmp_path / "worse", fake_summary(workers_uss=60 * MiB))
+    code, out, err = cli("check", str(worse), "--baseline", str(base))
+    assert code == 1, out + err
+    lines = out.splitlines()
+    fail = next(i for i, line in enumerate(lines) if line.startswith("FAIL") and "workers_uss" in line)
+    explained = " ".join(line.strip() for line in lines[fail + 1:fail + 3])
+    assert explained.startswith("limit = mean 38.0 MiB + noise floor 8.00 MiB (baseline of 1 run, "
+                                "spread 0 B; mean + tolerance 10.0%: 41.8 MiB;"), explained
+    assert max(len(line) for line in lines[2:]) <= 100  # below the title's paths

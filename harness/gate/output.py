@@ -185,7 +185,15 @@ def check_text(result: CheckResult, title: str, *, wide: bool = False, color: bo
     if rows:
         # the margin's share is the first thing to go where the table would not fit
         percent = wide or _width(_table_lines(header, [cells(r, True) for r in rows], right)) <= width
-        lines += _table_lines(header, [cells(r, percent) for r in rows], right, codes=codes, color=color)
+        table = _table_lines(header, [cells(r, percent) for r in rows], right, codes=codes, color=color)
+        lines += table[:2]
+        said = ""
+        for r, line in zip(rows, table[2:]):
+            lines.append(line)
+            # what the limit was made of, under the failure (once for a run of the same limit)
+            if r.status == "FAIL" and r.basis and r.basis != said:
+                lines += wrap_pieces(" " * 5, printable(r.basis).split(" "), width, 6)
+                said = r.basis
     lines += _verdict(result, color, width)
     return "\n".join(lines)
 
