@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from _gate import MiB, fake_summary, write_run
 
-from harness.errors import DiskFull, UsageError
+from harness.errors import UsageError
 from harness.records.atomic import write_atomic
 from harness.records.text import printable, printable_lines
-from _gate import MiB, fake_summary, write_run
 
 ESC_BEL = ("\x1b", "\x07", "\x9b", "\x00")
 
@@ -258,3 +258,60 @@ def test_a_one_run_baseline_forgives_noise_and_a_failure_says_what_its_limit_was
     assert explained.startswith("limit = mean 38.0 MiB + noise floor 8.00 MiB (baseline of 1 run, "
                                 "spread 0 B; mean + tolerance 10.0%: 41.8 MiB;"), explained
     assert max(len(line) for line in lines[2:]) <= 100  # below the title's paths
+
+
+# -- a stopped run's notes and heap ------------------------------------------------------------
+
+
+def _stopped_run(tmp_path: Path, events: list[dict[str, object]], status: str,
+                 last: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
+    from harness.analysis.load import Run, Stage, empty_samples
+
+    outcome = {"name": "main", "status": status, "last": last or {}}
+    stage = Stage("main", tmp_path, outcome, empty_samples(),
+                  [{"t": 0.0, "kind": "stage_start"}, {"t": 1.0, "kind": "epoch_start", "epoch": 1},
+                   *events], {}, [])
+    manifest = {"kind": "run", "status": status,
+                "scenario": {"name": "s", "memray": {"mode": "windows", "train_start": 10,
+                                                     "train_steps": 100, "epochs": None}}}
+    return Run(tmp_path, manifest, [stage])
+
+
+_TRACED = {"t": 1.2, "kind": "traced_step", "epoch": 1, "step": 0, "phases": [], "tensors": {}}
+_OPEN = {"t": 1.5, "kind": "memray_start", "capture": "main-e1-train", "epoch": 1, "step": 10,
+         "section": None}
+
+
+@pytest.mark.parametrize("status", ["interrupted", "terminated", "killed"])
+def test_a_run_stopped_inside_its_window_is_not_said_to_lack_a_training_loop(tmp_path: Path, status: str) -> None:
+    from harness.analysis.windows import cut_short, cut_short_notes, unopened_windows
+
+    # GIVEN a stage stopped at step 60 of its loop, its training window open, no loop_end written
+    run = _stopped_run(tmp_path, [_TRACED, _OPEN], status, {"epoch": 1, "step": 60})
+    # THEN no note says it has no probe.iterate loop; the capture is said to be cut short
+    assert unopened_windows(run) == []
+    assert cut_short(run) == {"main-e1-train": status}
+    (note,) = cut_short_notes(run)
+    assert f"main-e1-train was still open when its stage was {status}" in note
+
+
+def test_a_run_stopped_in_its_loop_before_the_window_says_so(tmp_path: Path) -> None:
+    from harness.analysis.windows import unopened_windows
+
+    run = _stopped_run(tmp_path, [_TRACED], "interrupted", {"epoch": 1, "step": 5})
+    (note,) = unopened_windows(run)
+    assert "was interrupted in its training loop (epoch 1, step 5) before the window opened" in note
+    assert "no training loop through probe.iterate" not in note
+
+
+def test_the_heap_of_a_capture_cut_short_is_a_lower_bound_not_0_mib() -> None:
+    from _gate import fake_summary
+
+    from harness.render.terminal import summary_text
+
+    summary = fake_summary(heap=34_556)
+    summary["peaks"]["heap"]["capture"] = "main-e1-train"
+    summary["metrics"] = {"final": {}, "series": []}
+    text = summary_text(summary, Path("r.html"), {"main-e1-train": "killed"})
+    assert "memray heap ≥ 33.7 KiB (main-e1-train, cut short: killed)" in text
+    assert "0 MiB (main-e1-train" not in summary_text(summary, Path("r.html"))

@@ -98,6 +98,29 @@ def unopened_windows(run: Run) -> list[str]:
     return notes
 
 
+def cut_short(run: Run) -> dict[str, str]:
+    """Captures still open when their stage stopped (failed, killed, interrupted): capture name ->
+    how the stage ended. They hold the allocations up to the stop only."""
+    out: dict[str, str] = {}
+    for stage in run.stages:
+        status = (stage.outcome or {}).get("status")
+        if status in (None, "ok"):
+            continue
+        stopped = {ev.get("capture") for ev in stage.events_of(Event.MEMRAY_STOP)}
+        for ev in stage.events_of(Event.MEMRAY_START):
+            name = ev.get("capture")
+            if isinstance(name, str) and name not in stopped:
+                out[name] = str(status)
+    return out
+
+
+def cut_short_notes(run: Run) -> list[str]:
+    """One line for each capture :func:`cut_short` finds."""
+    return [f"memray: capture {name} was still open when its stage was {status}: it holds the "
+            "allocations until then only, so its heap is a lower bound"
+            for name, status in cut_short(run).items()]
+
+
 def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:
     loops: dict[int, list[dict[str, Any]]] = {}
     for ev in stage.events_of(Event.LOOP_END):
@@ -109,10 +132,21 @@ def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:
            f"no training capture: {_why(evs, asked)}"
            for epoch, evs in sorted(loops.items()) if asked.wants(epoch, evs) and epoch not in opened]
     epochs_run = {_int(ev.get("epoch"), 0) for ev in stage.events_of(Event.EPOCH_START)}
+    status = (stage.outcome or {}).get("status")
+    finished = status == "ok"
     if epochs_run and not loops:
-        out.append(f"memray: stage {stage.name} ran epochs but no training loop through "
-                   "probe.iterate, where the training windows open: no training capture")
-    finished = (stage.outcome or {}).get("status") == "ok"
+        # A stage stopped inside its loop never wrote the loop's end: a traced step, an opened
+        # window or the step it stopped at says that it ran one all the same.
+        last = (stage.outcome or {}).get("last") or {}
+        in_loop = bool(opened or stage.events_of(Event.TRACED_STEP)) or _int(last.get("step"), 0) > 0
+        if finished or not in_loop:
+            out.append(f"memray: stage {stage.name} ran epochs but no training loop through "
+                       "probe.iterate, where the training windows open: no training capture"
+                       + ("" if finished else f" before it was {status}"))
+        elif not opened:
+            at = f"epoch {_int(last.get('epoch'), 0)}, step {_int(last.get('step'), 0)}"
+            out.append(f"memray: stage {stage.name}: no training capture: the stage was {status} "
+                       f"in its training loop ({at}) before the window opened ({asked.keys})")
     if loops and finished and asked.epochs is not None:
         # an epoch the stage never reached because it failed first is said by its failure
         missing = [e for e in asked.epochs if e not in loops]

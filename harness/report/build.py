@@ -23,7 +23,7 @@ from harness.analysis import device, ranks
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
-from harness.analysis.windows import unopened_windows
+from harness.analysis.windows import cut_short, cut_short_notes, unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
 from harness.records.atomic import write_atomic
 from harness.records.scenario import BUILTIN_WORKLOAD
@@ -283,9 +283,10 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     found = ranks.all_findings(run, vs, phase_df, datas, (info or {}).get("total"))
     summary = build_summary(run, one.ticks, phase_df, datas, found,
                             device.summary_section(info, history), views=vs).to_dict()
-    notes = unopened_windows(run) + unfollowed_workers(run)
+    notes = unopened_windows(run) + cut_short_notes(run) + unfollowed_workers(run)
     html_path = out / "report.html"
-    text = _with_notes(terminal.summary_text(summary, final / html_path.relative_to(out)), notes)
+    text = _with_notes(terminal.summary_text(summary, final / html_path.relative_to(out),
+                                             cut_short(run)), notes)
     lap("findings")
     if on_summary is not None:
         on_summary(text)
