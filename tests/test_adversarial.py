@@ -315,3 +315,113 @@ def test_the_heap_of_a_capture_cut_short_is_a_lower_bound_not_0_mib() -> None:
     text = summary_text(summary, Path("r.html"), {"main-e1-train": "killed"})
     assert "memray heap ≥ 33.7 KiB (main-e1-train, cut short: killed)" in text
     assert "0 MiB (main-e1-train" not in summary_text(summary, Path("r.html"))
+
+
+# -- a disk that fills ---------------------------------------------------------------------------
+
+
+def _outcome(status: str = "ok", message: str = ""):  # type: ignore[no-untyped-def]
+    from harness.control.runner import StageOutcome
+
+    return StageOutcome(name="main", status=status, exit_code=0, signal=None,
+                        started="2026-01-01T00:00:00.000+00:00", ended="2026-01-01T00:00:09.000+00:00",
+                        wall_s=9.0, last=None, message=message, sampling=None, peak_tree_rss=None,
+                        peak_main_rss=None)
+
+
+def test_memray_deactivating_on_a_full_disk_fails_the_stage_with_the_time(tmp_path: Path) -> None:
+    from harness.control import diskfull
+
+    # GIVEN a stage whose output said memray could not grow its capture, and stopped
+    stage = tmp_path / "stages" / "main"
+    watch = diskfull.watch(stage / "log.txt")
+    watch.line(b"Memray ERROR: Failed to grow output file /r/stages/main/memray/main.bin by 401408 "
+               b"bytes: No space left on device\n")
+    watch.line(b"Failed to write output, deactivating tracking\n")
+    # WHEN the stage ends with exit code 0 THEN it is failed, naming the file and when memray stopped
+    judged = diskfull.judge(_outcome(), stage)
+    assert judged.status == "failed" and judged.message == "disk full writing /r/stages/main/memray/main.bin"
+    assert judged.disk_full is not None and judged.disk_full["memray_stopped"].endswith("+00:00")
+    # AND the watch is gone with the stage: the next stage starts clean
+    assert diskfull.judge(_outcome(), stage).status == "ok"
+
+
+def test_a_stage_that_failed_on_enospc_says_disk_full_writing_its_file(tmp_path: Path) -> None:
+    from harness.control import diskfull
+
+    message = "OSError: [Errno 28] No space left on device: '/r/stages/main/events.jsonl'"
+    judged = diskfull.judge(_outcome("failed", message), tmp_path)
+    assert judged.status == "failed" and judged.message == "disk full writing /r/stages/main/events.jsonl"
+
+
+def test_the_report_marks_a_capture_whose_tracking_stopped_with_the_time(tmp_path: Path) -> None:
+    from harness.analysis.load import Run, Stage, empty_samples
+    from harness.analysis.windows import tracking_stopped
+
+    outcome = {"name": "main", "status": "failed", "started": "2026-01-01T00:00:00.000+00:00",
+               "disk_full": {"path": str(tmp_path / "stages/main/memray/main.bin"),
+                             "memray_stopped": "2026-01-01T00:00:02.500+00:00"}}
+    stage = Stage("main", tmp_path / "stages/main", outcome, empty_samples(), [], {}, [])
+    (note,) = tracking_stopped(Run(tmp_path, {"status": "failed"}, [stage]))
+    assert note.startswith("memray stopped tracking stage main at 00:00:02 UTC, 2.5 s into the stage: "
+                           "it could not write stages/main/memray/main.bin (disk full)")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 4 MiB tmpfs (root only); skipped where mounting is not permitted."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_disk_full_at_start_is_one_line_and_leaves_no_run_directory(small_disk: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a disk with no room left
+    (small_disk / "reports" / "smoke").mkdir(parents=True)
+    with open(small_disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    # WHEN a run starts there THEN one line, exit 1, and no run directory report would not read
+    code, _, err = cli("run", _SMOKE, "--reports", str(small_disk / "reports"))
+    assert code == 1 and err.startswith("harness: error: disk full writing ") and err.count("\n") == 1
+    assert list((small_disk / "reports" / "smoke").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_under_memray_fails_the_run_and_the_report_says_when(
+        small_disk: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import WORKLOADS
+
+    # GIVEN a whole-stage memray capture of a workload that allocates, on a 4 MiB disk
+    scenario = tmp_path / "alloc.yaml"
+    scenario.write_text(f"name: alloc\nstages: [main]\nworkload: {{entry: {WORKLOADS / 'allocates.py'}}}\n"
+                        "memray: {mode: full}\n", encoding="utf-8")
+    # WHEN it runs THEN no traceback: the run is failed, 'disk full writing' its capture
+    code, out, err = _harness("run", str(scenario), "--reports", str(small_disk / "r"), cwd=tmp_path)
+    assert code == 1 and "Traceback" not in out + err, out + err
+    assert "harness: error: stage 'main' failed" in err and "disk full writing" in err
+    run_dir = next((small_disk / "r" / "alloc").iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["stages"][0]["disk_full"]["memray_stopped"]
+    # AND `harness report` on the full disk is one line
+    code, out, err = _harness("report", str(run_dir), cwd=tmp_path)
+    assert code == 1 and err.startswith("harness: error: disk full writing") and err.count("\n") == 1
+    # AND with room again, the report marks the capture with the time tracking stopped
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    code, out, err = _harness("report", str(copy), cwd=tmp_path)
+    assert code == 0 and "memray stopped tracking stage main at " in out and "s into the stage" in out

@@ -11,12 +11,14 @@ early, the epoch never ran, or the workload has no ``probe.iterate`` training lo
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.analysis.load import Run, Stage
-from harness.layout import TRAIN_WINDOW, Event, capture_name
+from harness.layout import STAGE_LOG_FILE, TRAIN_WINDOW, Event, capture_name
 from harness.records.windows import fit_window
 
 
@@ -119,6 +121,60 @@ def cut_short_notes(run: Run) -> list[str]:
     return [f"memray: capture {name} was still open when its stage was {status}: it holds the "
             "allocations until then only, so its heap is a lower bound"
             for name, status in cut_short(run).items()]
+
+
+def tracking_stopped(run: Run) -> list[str]:
+    """One line for each stage whose memray tracker deactivated itself (it could not write its
+    capture: a full disk) while the stage ran on: the capture ends early, so the record is not
+    whole. When it stopped comes from the harness, which saw memray say so
+    (``disk_full.memray_stopped`` in the stage's manifest entry); an older run's log still shows
+    memray's line, without the time."""
+    out: list[str] = []
+    for stage in run.stages:
+        record = (stage.outcome or {}).get("disk_full") or {}
+        said = _log_says_deactivated(stage.dir / STAGE_LOG_FILE)
+        stopped = record.get("memray_stopped") if isinstance(record, Mapping) else None
+        if not stopped and not said:
+            continue
+        path = record.get("path") if isinstance(record, Mapping) else None
+        what = f"memray stopped tracking stage {stage.name}"
+        when = _when(stopped, (stage.outcome or {}).get("started"))
+        where = _rel(path, run.dir) if isinstance(path, str) and path else "its capture"
+        out.append(f"{what}{when}: it could not write {where} (disk full), which holds the "
+                   "allocations until then only")
+    return out
+
+
+def _log_says_deactivated(log: Path) -> bool:
+    try:
+        with open(log, "rb") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return False
+    return b"deactivating tracking" in text  # memray's words when its writer fails
+
+
+def _when(stopped: Any, started: Any) -> str:
+    """`` at 23:47:15 UTC, 2.3 s into the stage`` from two ISO times; ``""`` where unknown."""
+    if not isinstance(stopped, str):
+        return " partway (this run did not record when)"
+    try:
+        t = dt.datetime.fromisoformat(stopped)
+    except ValueError:
+        return ""
+    text = f" at {t:%H:%M:%S} UTC"
+    try:
+        into = (t - dt.datetime.fromisoformat(str(started))).total_seconds()
+    except ValueError:
+        return text
+    return text + f", {into:.1f} s into the stage"
+
+
+def _rel(path: str, run_dir: Path) -> str:
+    try:
+        return str(Path(path).relative_to(run_dir))
+    except ValueError:
+        return path
 
 
 def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from harness.control import distributed, preflight, rundir
+from harness.control import diskfull, distributed, preflight, rundir
 from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeSampler, TreeTotals
 from harness.errors import (
@@ -83,6 +83,7 @@ class StageOutcome:
     # look and sealing of its samples, the output pipe), which wall_s includes.
     cpu_s: dict[str, float] | None = None
     after_exit_s: float | None = None
+    disk_full: dict[str, Any] | None = None  # the disk filled: where, when memray stopped (diskfull)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -108,10 +109,18 @@ def check_device(scenario: Scenario, source: str = "scenario") -> None:
 
 
 def _pump(pipe: Any, log_path: Path, console: Console) -> None:
-    """Copy the child's output to its log (flushed per line) and to the console."""
+    """Copy the child's output to its log (flushed per line) and to the console; the pipe is
+    drained to its end even when the log cannot be written (a full disk), so the stage never
+    blocks on it."""
+    disk = diskfull.watch(log_path)
     with open(log_path, "ab", buffering=0) as log:
         for raw in iter(pipe.readline, b""):
-            log.write(raw)
+            disk.line(raw)
+            if not disk.log_unwritten:
+                try:
+                    log.write(raw)
+                except OSError:
+                    disk.log_unwritten = str(log_path)
             console.output(raw.decode("utf-8", errors="replace").rstrip("\n"))
     pipe.close()
 
@@ -486,7 +495,8 @@ def run_scenario(
     dist = scenario.distributed
     # Node K > 0 of a job keeps its own manifest beside node 0's (harness merge joins them).
     manifest_name = node_manifest_name(dist.node_rank) if dist and dist.node_rank > 0 else rundir.MANIFEST
-    (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
+    with diskfull.at_start(run_dir):  # a full disk here leaves no run directory behind
+        (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
     manifest: dict[str, Any] = {
         "manifest_version": rundir.MANIFEST_VERSION,
         "kind": "run" if instrumented else "bare",
@@ -499,7 +509,8 @@ def run_scenario(
         "status": "running",
         "stages": [],
     }
-    rundir.write_manifest(run_dir, manifest, manifest_name)
+    with diskfull.at_start(run_dir):
+        rundir.write_manifest(run_dir, manifest, manifest_name)
     console.line(f"harness: run directory {run_dir}")
     t0 = time.monotonic()
     failure: StageOutcome | None = None
@@ -508,12 +519,19 @@ def run_scenario(
     try:
         for stage in scenario.stages:
             outcome = run_stage(scenario, run_dir, stage, console, instrumented)
+            outcome = diskfull.judge(outcome, stage_dir(run_dir, stage))
             manifest["stages"].append(outcome.to_dict())
             rundir.write_manifest(run_dir, manifest, manifest_name)
             if outcome.status != "ok":
                 failure = outcome
                 break
         completed = True
+    except OSError as exc:
+        if not diskfull.is_disk_full(exc):
+            raise
+        failure = diskfull.harness_outcome(StageOutcome, stage, exc)  # a write of the harness's own
+        if all(s["name"] != stage for s in manifest["stages"]):
+            manifest["stages"].append(failure.to_dict())
     except (KeyboardInterrupt, SignalReceived) as exc:
         # Stopped outside run_stage's wait (its clean-up, between stages): never recorded as ok.
         signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum)
@@ -544,7 +562,8 @@ def run_scenario(
             }
             if failure.node is not None:
                 manifest["failure"].update(rank=failure.rank, node=failure.node)
-        rundir.write_manifest(run_dir, manifest, manifest_name)
+        with diskfull.as_error():
+            rundir.write_manifest(run_dir, manifest, manifest_name)
     if failure is not None:
         log = (stage_dir(run_dir, failure.name) if dist is None
                else distributed.node_dir(run_dir, failure.name, dist)) / STAGE_LOG_FILE

@@ -9,9 +9,11 @@ than following it. A reader sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.errors import DiskFull, UsageError
@@ -68,3 +70,14 @@ def write_error(exc: OSError, path: Path) -> UsageError | DiskFull:
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in FULL
+
+
+@contextlib.contextmanager
+def disk_full_as_error(where: Path | str) -> Iterator[None]:
+    """An OSError for a full disk inside becomes :class:`DiskFull` naming the file (or ``where``)."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFull(exc.filename or where) from None

@@ -23,9 +23,9 @@ from harness.analysis import device, ranks
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
-from harness.analysis.windows import cut_short, cut_short_notes, unopened_windows
+from harness.analysis.windows import cut_short, cut_short_notes, tracking_stopped, unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
-from harness.records.atomic import write_atomic
+from harness.records.atomic import disk_full_as_error, write_atomic
 from harness.records.scenario import BUILTIN_WORKLOAD
 from harness.records.text import printable
 from harness.render import csvs, flamegraphs, html, terminal, timeline
@@ -224,7 +224,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     with signals.stop_signals_cleanly():
         run = load_run(run_dir)
         staging.check_replaceable(final)
-        with staging.locked(run_dir):
+        with disk_full_as_error(final), staging.locked(run_dir):  # a full disk: one line
             staging.remove_leftovers(run_dir)
             out = staging.new_folder(run_dir)
             try:
@@ -276,6 +276,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     # a capture memray could not read whole is a damaged record: the run is incomplete
     run.problems.extend(f"{d.capture.path.relative_to(run.dir)}: {d.error}" for d in datas
                         if d.error and d.capture.path.is_relative_to(run.dir))
+    run.problems.extend(tracking_stopped(run))  # a capture that ends early: not a whole record
     lap("captures")
     built |= report_tables.build(replace(inputs, captures=datas), reads_captures=True)
     phase_df = built["phases"]
