@@ -425,3 +425,17 @@ def test_a_disk_that_fills_under_memray_fails_the_run_and_the_report_says_when(
     shutil.copytree(run_dir, copy)
     code, out, err = _harness("report", str(copy), cwd=tmp_path)
     assert code == 0 and "memray stopped tracking stage main at " in out and "s into the stage" in out
+
+
+def test_an_older_run_s_log_line_marks_the_capture_without_a_time(tmp_path: Path) -> None:
+    from harness.analysis.load import Run, Stage, empty_samples
+    from harness.analysis.windows import tracking_stopped
+
+    # GIVEN a run from before the harness recorded it: memray's line after 3 MiB of training output
+    sdir = tmp_path / "stages/main"
+    sdir.mkdir(parents=True)
+    (sdir / "log.txt").write_bytes(b"[1, 2000] loss: 1.0\n" * 160_000
+                                   + b"Failed to write output, deactivating tracking\n")
+    stage = Stage("main", sdir, {"name": "main", "status": "ok"}, empty_samples(), [], {}, [])
+    (note,) = tracking_stopped(Run(tmp_path, {"status": "ok"}, [stage]))
+    assert note.startswith("memray stopped tracking stage main partway (this run did not record when)")

@@ -146,12 +146,18 @@ def tracking_stopped(run: Run) -> list[str]:
 
 
 def _log_says_deactivated(log: Path) -> bool:
+    """Whether memray's "deactivating tracking" is anywhere in the log, read in bounded chunks."""
+    needle = b"deactivating tracking"  # memray's words when its writer fails
+    tail = b""
     try:
         with open(log, "rb") as f:
-            text = f.read(1 << 20)
+            while chunk := f.read(1 << 20):
+                if needle in tail + chunk:
+                    return True
+                tail = chunk[-len(needle):]
     except OSError:
         return False
-    return b"deactivating tracking" in text  # memray's words when its writer fails
+    return False
 
 
 def _when(stopped: Any, started: Any) -> str:
