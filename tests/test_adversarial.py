@@ -439,3 +439,27 @@ def test_an_older_run_s_log_line_marks_the_capture_without_a_time(tmp_path: Path
     stage = Stage("main", sdir, {"name": "main", "status": "ok"}, empty_samples(), [], {}, [])
     (note,) = tracking_stopped(Run(tmp_path, {"status": "ok"}, [stage]))
     assert note.startswith("memray stopped tracking stage main partway (this run did not record when)")
+
+
+def test_a_full_disk_under_the_sampler_stops_its_writing_not_its_sampling(tmp_path: Path) -> None:
+    import errno
+
+    from harness.control import diskfull
+    from harness.control.sampler import _Guarded
+
+    # GIVEN the samples writer failing on a full disk
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "samples/000003.csv"))
+
+    guarded = _Guarded(tmp_path / "samples")
+    # WHEN it writes THEN no exception ends the sampler's thread, and no further write is tried
+    assert guarded.call(full) is None and not guarded.ok
+    assert guarded.call(lambda: pytest.fail("written after the disk filled")) is None
+    # AND the stage is judged failed, naming the file
+    judged = diskfull.judge(_outcome(), tmp_path)
+    assert judged.status == "failed" and judged.message == f"disk full writing {tmp_path}/samples/000003.csv"
+    # AND another error is not called a full disk, but still fails the stage
+    guarded = _Guarded(tmp_path / "samples")
+    guarded.call(lambda: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied", "x")))
+    judged = diskfull.judge(_outcome(), tmp_path)
+    assert judged.status == "failed" and judged.message == "cannot write x: Permission denied"

@@ -16,6 +16,7 @@ import datetime as dt
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,34 +38,42 @@ _ERRNO_28 = re.compile(r"\[Errno 28\] No space left on device(?:: '(?P<path>[^']
 
 @dataclass
 class Watch:
-    """What one stage's output said about the disk."""
+    """What a stage's output, and the harness's own writes for it, said about the disk."""
 
     memray_path: str | None = None  # the capture memray could not grow
     memray_stopped: float | None = None  # wall clock of memray's "deactivating tracking"
-    log_unwritten: str | None = None  # the stage log, when writing it failed: the disk was full
+    unwritten: str | None = None  # a file of the harness's own (the log, samples) the full disk refused
+    failed_write: str | None = None  # another error writing such a file: said, never silent
+
+    def lost(self, exc: OSError, path: Path | str) -> None:
+        """A write of the harness's own failed: noted when the disk was full (the first such)."""
+        if is_disk_full(exc):
+            self.unwritten = self.unwritten or str(exc.filename or path)
+        elif self.failed_write is None:
+            self.failed_write = f"cannot write {exc.filename or path}: {exc.strerror or exc}"
 
     def line(self, raw: bytes) -> None:
+        """One line of the stage's output: memray's words about its capture, and when."""
         m = _GROW.search(raw)
         if m:
             self.memray_path = self.memray_path or m.group("path").decode("utf-8", "replace")
         if self.memray_stopped is None and _DEACTIVATED.search(raw):
-            import time
-
             self.memray_stopped = time.time()
 
     @property
     def full(self) -> bool:
-        return self.memray_stopped is not None or self.memray_path is not None or bool(self.log_unwritten)
+        return self.memray_stopped is not None or self.memray_path is not None or bool(self.unwritten)
 
 
 _lock = threading.Lock()
 _watches: dict[Path, Watch] = {}
 
 
-def watch(log_path: Path) -> Watch:
-    """The watch of the stage whose log is ``log_path`` (made on first use)."""
+def watch(path: Path) -> Watch:
+    """The watch of a file of a stage (its log, its samples folder), made on first use; a stage's
+    watches are :func:`judge`\'d together."""
     with _lock:
-        return _watches.setdefault(Path(log_path), Watch())
+        return _watches.setdefault(Path(path), Watch())
 
 
 def _take(stage_path: Path) -> list[Watch]:
@@ -84,8 +93,11 @@ def judge(outcome: StageOutcome, stage_path: Path) -> StageOutcome:
     seen = next((w for w in watches if w.full), None)
     errno28 = _ERRNO_28.search(outcome.message or "")
     if seen is None and errno28 is None:
+        other = next((w.failed_write for w in watches if w.failed_write), None)
+        if other is not None and outcome.status == "ok":  # the record is not whole: not ok
+            return replace(outcome, status="failed", message=other)
         return outcome
-    path = (seen.memray_path or seen.log_unwritten) if seen is not None else None
+    path = (seen.memray_path or seen.unwritten) if seen is not None else None
     if path is None and errno28 is not None:
         path = errno28.group("path")
     if path is None:  # memray said it stopped, not which file: the stage's captures
@@ -93,8 +105,8 @@ def judge(outcome: StageOutcome, stage_path: Path) -> StageOutcome:
     record: dict[str, Any] = {"path": path}
     if seen is not None and seen.memray_stopped is not None:
         record["memray_stopped"] = _iso(seen.memray_stopped)
-    if seen is not None and seen.log_unwritten:
-        record["log_unwritten"] = seen.log_unwritten
+    if seen is not None and seen.unwritten:
+        record["unwritten"] = seen.unwritten
     message = f"disk full writing {path}"
     if outcome.status == "ok":
         return replace(outcome, status="failed", message=message, disk_full=record)

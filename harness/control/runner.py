@@ -112,15 +112,16 @@ def _pump(pipe: Any, log_path: Path, console: Console) -> None:
     """Copy the child's output to its log (flushed per line) and to the console; the pipe is
     drained to its end even when the log cannot be written (a full disk), so the stage never
     blocks on it."""
-    disk = diskfull.watch(log_path)
+    disk, writing = diskfull.watch(log_path), True
     with open(log_path, "ab", buffering=0) as log:
         for raw in iter(pipe.readline, b""):
             disk.line(raw)
-            if not disk.log_unwritten:
+            if writing:
                 try:
                     log.write(raw)
-                except OSError:
-                    disk.log_unwritten = str(log_path)
+                except OSError as exc:  # the output still reaches the console, and the pipe drains
+                    writing = False
+                    disk.lost(exc, log_path)
             console.output(raw.decode("utf-8", errors="replace").rstrip("\n"))
     pipe.close()
 
