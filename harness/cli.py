@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from harness import __version__
 from harness.errors import HarnessError, SignalReceived
@@ -279,8 +280,18 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its one-line errors showing the arguments they quote escaped (an argument may
+    hold anything a shell can pass)."""
+
+    def error(self, message: str) -> NoReturn:
+        from harness.records.text import printable
+
+        super().error(printable(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harness",
         description="Where does a PyTorch training run's memory go: by process, phase and epoch.",
     )

@@ -463,3 +463,13 @@ def test_a_full_disk_under_the_sampler_stops_its_writing_not_its_sampling(tmp_pa
     guarded.call(lambda: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied", "x")))
     judged = diskfull.judge(_outcome(), tmp_path)
     assert judged.status == "failed" and judged.message == "cannot write x: Permission denied"
+
+
+def test_argparse_errors_quote_arguments_escaped_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "x.yaml", "--bo\x1b[2Jgus"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --bo\\x1b[2Jgus" in err and _plain(err)
