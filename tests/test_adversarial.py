@@ -473,3 +473,20 @@ def test_argparse_errors_quote_arguments_escaped_on_stderr(capsys: pytest.Captur
     err = capsys.readouterr().err
     assert stop.value.code == 2
     assert "unrecognized arguments: --bo\\x1b[2Jgus" in err and _plain(err)
+
+
+def test_a_sweep_folder_is_made_new_never_one_planted_at_its_name(tmp_path: Path) -> None:
+    from harness.gate.runs import new_dir
+
+    # GIVEN a link planted where the next sweep's folder will be, to a folder holding a sweep.csv
+    victim = tmp_path / "project"
+    victim.mkdir()
+    (victim / "sweep.csv").write_text("mine")
+    planned = tmp_path / "reports" / "smoke" / "sweep-20270101T000000Z"
+    planned.parent.mkdir(parents=True)
+    planned.symlink_to(victim)
+    # WHEN the sweep makes its folder THEN it is a new one beside it
+    made = new_dir(planned, "the sweep's table")
+    assert made != planned and made.is_dir() and not made.is_symlink()
+    assert made.name.startswith("sweep-20270101T000000Z-") and list(made.iterdir()) == []
+    assert (victim / "sweep.csv").read_text() == "mine"

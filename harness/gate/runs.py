@@ -96,6 +96,23 @@ def make_dir(path: Path, what: str) -> Path:
     return path
 
 
+def new_dir(path: Path, what: str) -> Path:
+    """A new folder at ``path`` (or beside it, ``path-<6 hex>``, where something is there already:
+    a folder or a link planted at a name that is easy to guess is never written into)."""
+    import secrets
+
+    make_dir(path.parent, what)
+    candidate = path
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate = path.with_name(f"{path.name}-{secrets.token_hex(3)}")
+        except OSError as exc:
+            raise UsageError(f"{candidate}: cannot create {what}: {exc.strerror}") from None
+
+
 def _read_yaml(path: Path, error: type[HarnessError], missing: str) -> Any:
     """Safe-load a YAML file; a missing or unreadable one raises ``error`` in one line."""
     try:
@@ -245,7 +262,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
     name = next(iter(loaded.values())).name
     console = Console(sys.stdout, quiet=quiet)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = Path(reports) / name / f"sweep-{stamp}"
+    out_dir = Path(reports) / name / f"sweep-{stamp}"  # made new before the first point, below
 
     def run_point(point: list[str]) -> tuple[str, str, Summary | None, pd.DataFrame | None]:
         sc = loaded[tuple(point)]
@@ -270,7 +287,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
             return str(run_dir), status, None, None
         return str(run_dir), status, doc, processes(run_dir)
 
-    make_dir(out_dir, "the sweep's table")
+    out_dir = new_dir(out_dir, "the sweep's table")
     csv = out_dir / "sweep.csv"
 
     def save_table(t: pd.DataFrame) -> None:
