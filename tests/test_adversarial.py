@@ -490,3 +490,18 @@ def test_a_sweep_folder_is_made_new_never_one_planted_at_its_name(tmp_path: Path
     assert made != planned and made.is_dir() and not made.is_symlink()
     assert made.name.startswith("sweep-20270101T000000Z-") and list(made.iterdir()) == []
     assert (victim / "sweep.csv").read_text() == "mine"
+
+
+def test_a_dollar_sign_in_a_run_s_names_is_drawn_as_text(tmp_path: Path) -> None:
+    import _synthetic
+
+    from harness.report import build_report
+
+    # GIVEN a run whose manifest names the scenario with an unbalanced mathtext expression
+    run = _synthetic.write_run(tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["scenario_name"] = "a$\\frac{$"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    # WHEN it is reported THEN the timeline is drawn, its title as written
+    result = build_report(run, processes=1, flamegraphs=False)
+    assert result.timeline_svg is not None and "a$\\frac{$" in result.timeline_svg.read_text()

@@ -569,6 +569,12 @@ def sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    # knob values and names are the user's text: a `$` in them is not mathtext
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _sweep_plot(result, out, title)
+
+
+def _sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 

@@ -167,6 +167,13 @@ def render(data: TimelineData, png: Path, svg: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Names and titles come from the run: a `$` in them is text, not mathtext to parse (an odd
+    # `$\frac{$` in a scenario name would stop the report).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        _render(plt, data, png, svg, title)
+
+
+def _render(plt: Any, data: TimelineData, png: Path, svg: Path, title: str) -> None:
     if has_device(data):
         fig, (ax, dax) = plt.subplots(2, 1, figsize=(14, 8), dpi=100, sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1.4]})
