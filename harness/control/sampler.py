@@ -264,22 +264,24 @@ class TreeSampler(threading.Thread):
         # and the stage is judged by harness.control.diskfull when it ends.
         writes = _Guarded(self.samples_dir)
         writer = writes.call(SamplesWriter, self.samples_dir)
-        while True:
-            tick_start = time.monotonic()
-            rows = self._tick(cell, tick_start, last=False)
-            if writer is not None and writes.ok:
-                writes.call(writer.write, rows)
-            now = time.monotonic()
-            self.stats.max_tick_s = max(self.stats.max_tick_s, now - tick_start)
-            if self._halt.wait(max(0.0, self.interval - (now - tick_start))):
-                # a last full look before the tree is gone
-                rows = self._tick(cell, time.monotonic(), last=True)
-                if writer is not None and writes.ok:
+        try:
+            while True:
+                tick_start = time.monotonic()
+                rows = self._tick(cell, tick_start, last=False)
+                if writer is not None:
                     writes.call(writer.write, rows)
-                break
-        self.stats.cpu_s = time.thread_time() - cpu0  # the ticks', not the last part's sealing
-        if writer is not None:
-            writes.call(writer.close)
+                now = time.monotonic()
+                self.stats.max_tick_s = max(self.stats.max_tick_s, now - tick_start)
+                if self._halt.wait(max(0.0, self.interval - (now - tick_start))):
+                    # a last full look before the tree is gone
+                    rows = self._tick(cell, time.monotonic(), last=True)
+                    if writer is not None:
+                        writes.call(writer.write, rows)
+                    break
+            self.stats.cpu_s = time.thread_time() - cpu0  # the ticks', not the last part's sealing
+        finally:
+            if writer is not None:
+                writes.call(writer.close)
         self.stats.stopped = time.time()
         if cell is not None:
             self.totals.cell = cell.read()
