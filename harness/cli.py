@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from harness import __version__
 from harness.errors import HarnessError, SignalReceived
@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run_dir = runner.run_scenario(sc, args.reports, instrumented=False, console=console,
                                    source=str(args.scenario))
     with _late_stop_recorded(run_dir, sc):
-        print(f"harness: bare run finished: {run_dir}")
+        _out(f"harness: bare run finished: {run_dir}")
     return 0
 
 
@@ -109,14 +109,14 @@ def _after_run(args: argparse.Namespace, sc: Scenario, run_dir: Path | None,
     if isinstance(failure, (Interrupted, StageInputError)) or args.no_report or run_dir is None:
         if failure is not None:
             raise failure
-        print(f"harness: run finished: {run_dir}")
+        _out(f"harness: run finished: {run_dir}")
         return 0
     dist = sc.distributed
     if dist is not None and dist.node_rank > 0:  # one node's part: the report covers every node
         if failure is not None:
             raise failure
-        print(f"harness: node {dist.node_rank}'s run finished: {run_dir}; its report comes from "
-              f"`harness merge` of every node's run directory")
+        _out(f"harness: node {dist.node_rank}'s run finished: {run_dir}; its report comes from "
+             f"`harness merge` of every node's run directory")
         return 0
     # A failed run still gets a report of what was recorded, marked incomplete.
     from harness.report import build_report
@@ -124,15 +124,15 @@ def _after_run(args: argparse.Namespace, sc: Scenario, run_dir: Path | None,
     try:
         build_report(run_dir, on_summary=_print_now)  # the summary first, the files after
     except HarnessError as exc:
-        print(f"harness: warning: no report: {exc}", file=sys.stderr)
+        _say(f"harness: warning: no report: {exc}")
     if failure is not None:
         raise failure
-    print(f"harness: run finished: {run_dir}")
+    _out(f"harness: run finished: {run_dir}")
     return 0
 
 
 def _print_now(text: str) -> None:
-    print(text, flush=True)
+    _out(text)
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
@@ -164,6 +164,9 @@ def _add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="check a run whose records are damaged (a file cut short, a field of the "
                         "wrong type) on what could be read, instead of refusing it (exit 2)")
+    p.add_argument("--any-baseline", action="store_true",
+                   help="check against a baseline recorded from another scenario (default: "
+                        "refused, exit 2)")
     _add_wide_arg(p)
 
 
@@ -194,10 +197,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.run_dir}: incomplete record: {damaged[0]}{more}; "
                          "--allow-incomplete checks it on what could be read")
     for reason in damaged:
-        print(f"harness: warning: incomplete record: {reason}")
+        _out(f"harness: warning: incomplete record: {reason}")
     budgets = (runs.budgets_from(args.budgets) if args.budgets
                else runs.run_scenario(args.run_dir).budgets)
     base = runs.read_baseline(args.baseline) if args.baseline else None
+    if base is not None and not args.any_baseline:
+        check.same_scenario(base, summary.run.scenario, str(args.run_dir))
     if not check.budget_limits(budgets) and base is None:
         raise UsageError(f"{args.run_dir}: nothing to check: the scenario has no budgets and no "
                          "--baseline was given")
@@ -223,8 +228,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from harness.gate import runs
 
     doc = runs.write_baseline(args.run_dirs, args.output)
-    print(f"harness: baseline of {doc['scenario']!r}: {len(doc['metrics'])} metrics over "
-          f"{len(doc['runs'])} run(s) written to {args.output}")
+    _out(f"harness: baseline of {doc['scenario']!r}: {len(doc['metrics'])} metrics over "
+         f"{len(doc['runs'])} run(s) written to {args.output}")
     return 0
 
 
@@ -251,7 +256,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = args.html or args.reports / "compare" / f"{args.run_a.name}-vs-{args.run_b.name}.html"
     runs.write_text(out, render.compare_html(result))
     print(render.compare_text(result, wide=args.wide, color=render.use_color(sys.stdout)))
-    print(f"\nharness: comparison page {out}")
+    _out(f"\nharness: comparison page {out}")
     return 0
 
 
@@ -268,8 +273,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
     out = merge(args.run_dirs, args.output)
-    print(f"harness: merged {len(args.run_dirs)} nodes into {out}")
-    print(build_report(out).text)
+    _out(f"harness: merged {len(args.run_dirs)} nodes into {out}")
+    _out(build_report(out).text)
     return 0
 
 
@@ -287,7 +292,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     result = runs.sweep(args.scenario, args.vary, args.overrides, args.reports, args.quiet)
     print(render.sweep_text(result))
-    print(f"harness: sweep table {result.files['csv']}, plot {result.files['png']}")
+    _out(f"harness: sweep table {result.files['csv']}, plot {result.files['png']}")
     failed = (result.table["status"] != "ok").sum()
     return 1 if failed else 0
 
@@ -304,8 +309,18 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its one-line errors showing the arguments they quote escaped (an argument may
+    hold anything a shell can pass)."""
+
+    def error(self, message: str) -> NoReturn:
+        from harness.records.text import printable
+
+        super().error(printable(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harness",
         description="Where does a PyTorch training run's memory go: by process, phase and epoch.",
     )
@@ -345,9 +360,18 @@ def _stop_signals_raise() -> Iterator[None]:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+def _out(text: str) -> None:
+    """A line (or lines) of the harness's own on stdout; names and paths shown escaped."""
+    from harness.records.text import printable_lines
+
+    print(printable_lines(text), flush=True)
+
+
 def _say(text: str) -> None:
+    from harness.records.text import printable  # one line, whatever the message holds
+
     try:
-        print(text, file=sys.stderr)
+        print(printable(text), file=sys.stderr)
     except OSError:  # after SIGHUP the terminal may be gone; the exit code still tells
         pass
 

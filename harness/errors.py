@@ -74,3 +74,13 @@ class SignalReceived(BaseException):  # noqa: N818 - named like KeyboardInterrup
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name
+
+
+class DiskFull(HarnessError):
+    """The disk (or the user's quota) filled while the harness wrote ``path``."""
+
+    exit_code = 1
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(f"disk full writing {path}")
+        self.path = Path(path)

@@ -29,6 +29,7 @@ from harness.analysis.attribution import (
 )
 from harness.analysis.load import Capture, Stage
 from harness.layout import MEMRAY_DIR, STAGES_DIR, Event, parse_capture_name
+from harness.records.text import printable_lines
 
 # memray drops, on the main thread, the frames that were on the stack when tracking started: for
 # a window opened inside the probe that is the workload's own loop. Ask for the whole stack.
@@ -199,7 +200,8 @@ def _memray_complaints() -> Iterator[list[str]]:
                      if line.startswith("Memray ERROR")]
             others = [line for line in lines if not line.startswith("Memray ERROR")]
             if others:
-                print("\n".join(others), file=sys.stderr, flush=True)
+                # memray's words about a capture file that may be crafted: shown, not obeyed
+                print(printable_lines("\n".join(others)), file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -11,11 +11,13 @@ early, the epoch never ran, or the workload has no ``probe.iterate`` training lo
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.analysis.load import Run, Stage
-from harness.layout import TRAIN_WINDOW, Event, capture_name
+from harness.layout import STAGE_LOG_FILE, TRAIN_WINDOW, Event, capture_name
 from harness.records.scenario import Scenario
 from harness.records.vocab import Status
 from harness.records.windows import fit_window
@@ -98,6 +100,89 @@ def unopened_windows(run: Run) -> list[str]:
     return notes
 
 
+def cut_short(run: Run) -> dict[str, str]:
+    """Captures still open when their stage stopped (failed, killed, interrupted): capture name ->
+    how the stage ended. They hold the allocations up to the stop only."""
+    out: dict[str, str] = {}
+    for stage in run.stages:
+        status = stage.outcome.status if stage.outcome is not None else None
+        if status in (None, Status.OK):
+            continue
+        stopped = {ev.get("capture") for ev in stage.events_of(Event.MEMRAY_STOP)}
+        for ev in stage.events_of(Event.MEMRAY_START):
+            name = ev.get("capture")
+            if isinstance(name, str) and name not in stopped:
+                out[name] = str(status)
+    return out
+
+
+def cut_short_notes(run: Run) -> list[str]:
+    """One line for each capture :func:`cut_short` finds."""
+    return [f"memray: capture {name} was still open when its stage was {status}: it holds the "
+            "allocations until then only, so its heap is a lower bound"
+            for name, status in cut_short(run).items()]
+
+
+def tracking_stopped(run: Run) -> list[str]:
+    """One line for each stage whose memray tracker deactivated itself (it could not write its
+    capture: a full disk) while the stage ran on: the capture ends early, so the record is not
+    whole. When it stopped comes from the harness, which saw memray say so
+    (``disk_full.memray_stopped`` in the stage's manifest entry); an older run's log still shows
+    memray's line, without the time."""
+    out: list[str] = []
+    for stage in run.stages:
+        record = stage.outcome.disk_full if stage.outcome is not None else None
+        said = _log_says_deactivated(stage.dir / STAGE_LOG_FILE)
+        stopped = record.memray_stopped if record is not None else None
+        if not stopped and not said:
+            continue
+        path = record.path if record is not None else None
+        what = f"memray stopped tracking stage {stage.name}"
+        when = _when(stopped, stage.outcome.started if stage.outcome is not None else None)
+        where = _rel(path, run.dir) if isinstance(path, str) and path else "its capture"
+        out.append(f"{what}{when}: it could not write {where} (disk full), which holds the "
+                   "allocations until then only")
+    return out
+
+
+def _log_says_deactivated(log: Path) -> bool:
+    """Whether memray's "deactivating tracking" is anywhere in the log, read in bounded chunks."""
+    needle = b"deactivating tracking"  # memray's words when its writer fails
+    tail = b""
+    try:
+        with open(log, "rb") as f:
+            while chunk := f.read(1 << 20):
+                if needle in tail + chunk:
+                    return True
+                tail = chunk[-len(needle):]
+    except OSError:
+        return False
+    return False
+
+
+def _when(stopped: Any, started: Any) -> str:
+    """`` at 23:47:15 UTC, 2.3 s into the stage`` from two ISO times; ``""`` where unknown."""
+    if not isinstance(stopped, str):
+        return " partway (this run did not record when)"
+    try:
+        t = dt.datetime.fromisoformat(stopped)
+    except ValueError:
+        return ""
+    text = f" at {t:%H:%M:%S} UTC"
+    try:
+        into = (t - dt.datetime.fromisoformat(str(started))).total_seconds()
+    except ValueError:
+        return text
+    return text + f", {into:.1f} s into the stage"
+
+
+def _rel(path: str, run_dir: Path) -> str:
+    try:
+        return str(Path(path).relative_to(run_dir))
+    except ValueError:
+        return path
+
+
 def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:
     loops: dict[int, list[dict[str, Any]]] = {}
     for ev in stage.events_of(Event.LOOP_END):
@@ -109,10 +194,21 @@ def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:
            f"no training capture: {_why(evs, asked)}"
            for epoch, evs in sorted(loops.items()) if asked.wants(epoch, evs) and epoch not in opened]
     epochs_run = {_int(ev.get("epoch"), 0) for ev in stage.events_of(Event.EPOCH_START)}
+    status = stage.outcome.status if stage.outcome is not None else None
+    finished = status == Status.OK
     if epochs_run and not loops:
-        out.append(f"memray: stage {stage.name} ran epochs but no training loop through "
-                   "probe.iterate, where the training windows open: no training capture")
-    finished = stage.outcome is not None and stage.outcome.status == Status.OK
+        # A stage stopped inside its loop never wrote the loop's end: a traced step, an opened
+        # window or the step it stopped at says that it ran one all the same.
+        last = stage.outcome.last if stage.outcome is not None else None
+        in_loop = bool(opened or stage.events_of(Event.TRACED_STEP)) or (last is not None and last.step > 0)
+        if finished or not in_loop:
+            out.append(f"memray: stage {stage.name} ran epochs but no training loop through "
+                       "probe.iterate, where the training windows open: no training capture"
+                       + ("" if finished else f" before it was {status}"))
+        elif not opened:
+            at = f"epoch {last.epoch if last else 0}, step {last.step if last else 0}"
+            out.append(f"memray: stage {stage.name}: no training capture: the stage was {status} "
+                       f"in its training loop ({at}) before the window opened ({asked.keys})")
     if loops and finished and asked.epochs is not None:
         # an epoch the stage never reached because it failed first is said by its failure
         missing = [e for e in asked.epochs if e not in loops]

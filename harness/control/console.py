@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from harness.control.sampler import TreeTotals
+from harness.records.text import printable
 from harness.sizes import format_size
 
 
@@ -22,6 +23,11 @@ class Console:
         self._last_plain = float("-inf")  # the first status line always prints
 
     def line(self, text: str) -> None:
+        """One line of the harness's own: untrusted parts (names, paths) are shown escaped."""
+        self.output(printable(text))
+
+    def output(self, text: str) -> None:
+        """One line of the workload's own output, echoed as it is."""
         if self.quiet:
             return
         with self._lock:
@@ -36,6 +42,7 @@ class Console:
         if self.quiet:
             return
         if self.tty:
+            text = printable(text)  # the phase is the workload's word
             with self._lock:
                 self._status = text
                 self.stream.write("\r\x1b[2K" + text)

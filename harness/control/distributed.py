@@ -46,6 +46,7 @@ from harness.layout import (
 from harness.probe.cell import CellReader, CellState
 from harness.records.manifest import AgentRecord, RankFailure, parse_agent_record
 from harness.records.scenario import DistributedConfig, Scenario
+from harness.records.text import printable
 
 # Seconds torchrun waits for the other ranks to end on SIGTERM after one failed, before SIGKILL.
 SHUTDOWN_TIMEOUT_S = 5
@@ -185,14 +186,14 @@ def run_agent(run_dir: Path, stage: str, scenario: Scenario, record_dir: Path) -
             f"rendezvous at {endpoint} failed ({type(exc).__name__}: {first}): {dist.nnodes} nodes "
             f"expected within distributed.rdzv_timeout_s ({dist.rdzv_timeout_s:g} s)"
         )
-        print(f"harness: {record.rendezvous}", flush=True)
+        print(printable(f"harness: {record.rendezvous}"), flush=True)
     except ChildFailedError as exc:
         record.exit_code = 1
         record.failure = first_failure(exc.failures, partial(_error_time, stage_dir(run_dir, stage)))
         for failure in exc.failures.values():  # a killed rank's workers are not torchrun's to stop
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(failure.pid, signal.SIGKILL)
-        print(f"harness: {record.failure.describe()}", flush=True)
+        print(printable(f"harness: {record.failure.describe()}"), flush=True)
     finally:
         write_record(record_dir, record)
     return record.exit_code or 0

@@ -136,8 +136,12 @@ def merge(run_dirs: list[Path], out: Path | None = None) -> Path:
     check_nodes(nodes)
     head = nodes[0]
     out = Path(out) if out is not None else head.dir.with_name(head.dir.name + "-merged")
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise UsageError(f"{out}: already exists")
+    for n in nodes:  # a link would make the merged run read (or copy) a file outside the run
+        link = next((p for p in n.dir.rglob("*") if p.is_symlink()), None)
+        if link is not None:
+            raise UsageError(f"{link}: is a link; a run directory to merge holds only its own files")
     placed: dict[Path, Path] = {}  # relative path -> the node directory it came from
     out.mkdir(parents=True)
     try:

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 from pydantic import ValidationError
 
-from harness.control import distributed, preflight, rundir
+from harness.control import diskfull, distributed, preflight, rundir
 from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeSampler, TreeTotals
 from harness.errors import (
@@ -89,11 +89,20 @@ def check_device(scenario: Scenario, source: str = "scenario") -> None:
 
 
 def _pump(pipe: Any, log_path: Path, console: Console) -> None:
-    """Copy the child's output to its log (flushed per line) and to the console."""
+    """Copy the child's output to its log (flushed per line) and to the console; the pipe is
+    drained to its end even when the log cannot be written (a full disk), so the stage never
+    blocks on it."""
+    disk, writing = diskfull.watch(log_path), True
     with open(log_path, "ab", buffering=0) as log:
         for raw in iter(pipe.readline, b""):
-            log.write(raw)
-            console.line(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            disk.line(raw)
+            if writing:
+                try:
+                    log.write(raw)
+                except OSError as exc:  # the output still reaches the console, and the pipe drains
+                    writing = False
+                    disk.lost(exc, log_path)
+            console.output(raw.decode("utf-8", errors="replace").rstrip("\n"))
     pipe.close()
 
 
@@ -605,7 +614,8 @@ def run_scenario(
     run_dir = rundir.new_run_dir(reports, scenario.name, "" if instrumented else "-bare")
     dist = scenario.distributed
     name = manifest_name(scenario)
-    (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
+    with diskfull.at_start(run_dir):  # a full disk here leaves no run directory behind
+        (run_dir / rundir.SCENARIO).write_text(dump(scenario), encoding="utf-8")
     manifest = Manifest(
         manifest_version=MANIFEST_VERSION,
         kind="run" if instrumented else "bare",
@@ -619,7 +629,8 @@ def run_scenario(
         status=Status.RUNNING,
         stages=[],
     )
-    rundir.write_manifest(run_dir, manifest, name)
+    with diskfull.at_start(run_dir):
+        rundir.write_manifest(run_dir, manifest, name)
     console.line(f"harness: run directory {run_dir}")
     t0 = time.monotonic()
     failure: StageOutcome | None = None
@@ -628,12 +639,19 @@ def run_scenario(
     try:
         for stage in scenario.stages:
             outcome = run_stage(scenario, run_dir, stage, console, instrumented)
+            outcome = diskfull.judge(outcome, stage_dir(run_dir, stage))
             manifest.stages.append(outcome)
             rundir.write_manifest(run_dir, manifest, name)
             if outcome.status != Status.OK:
                 failure = outcome
                 break
         completed = True
+    except OSError as exc:
+        if not diskfull.is_disk_full(exc):
+            raise
+        failure = diskfull.harness_outcome(StageOutcome, stage, exc)  # a write of the harness's own
+        if manifest.stage(stage) is None:
+            manifest.stages.append(failure)
     except (KeyboardInterrupt, SignalReceived) as exc:
         # Stopped outside run_stage's wait (its clean-up, between stages): never recorded as ok.
         signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum)
@@ -661,7 +679,8 @@ def run_scenario(
             manifest.status = Status.FAILED
             manifest.failure = Failure(stage=stage, status=Status.FAILED, where=None,
                                        message="the harness stopped on an error of its own")
-        rundir.write_manifest(run_dir, manifest, name)
+        with diskfull.as_error():
+            rundir.write_manifest(run_dir, manifest, name)
     if failure is not None:
         log = (stage_dir(run_dir, failure.name) if dist is None
                else distributed.node_dir(run_dir, failure.name, dist)) / STAGE_LOG_FILE

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
+from harness.control import diskfull
 from harness.control.distributed import RankCells
 from harness.control.samples import Row, SamplesWriter
 from harness.layout import SAMPLE_COLUMNS
@@ -155,6 +156,28 @@ def run_in_background() -> str:
     return "batch"
 
 
+_T = TypeVar("_T")
+
+
+class _Guarded:
+    """Calls into the samples writer; the first OSError is noted (a full disk: for the stage's
+    judgement, harness.control.diskfull) and ends the writing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ok = True
+
+    def call(self, func: Callable[..., _T], *args: Any) -> _T | None:
+        if not self.ok:
+            return None
+        try:
+            return func(*args)
+        except OSError as exc:
+            self.ok = False
+            diskfull.watch(self.path).lost(exc, self.path)
+            return None
+
+
 class TreeSampler(threading.Thread):
     """Samples the tree rooted at ``root`` until :meth:`stop`; rows go into the folder ``samples_dir``.
 
@@ -237,17 +260,28 @@ class TreeSampler(threading.Thread):
                 cell = None
         self.stats.started = time.time()
         cpu0 = time.thread_time()
-        with SamplesWriter(self.samples_dir) as writer:
+        # A full disk stops the writing, never the sampling: the limits and the live line go on,
+        # and the stage is judged by harness.control.diskfull when it ends.
+        writes = _Guarded(self.samples_dir)
+        writer = writes.call(SamplesWriter, self.samples_dir)
+        try:
             while True:
                 tick_start = time.monotonic()
-                writer.write(self._tick(cell, tick_start, last=False))
+                rows = self._tick(cell, tick_start, last=False)
+                if writer is not None:
+                    writes.call(writer.write, rows)
                 now = time.monotonic()
                 self.stats.max_tick_s = max(self.stats.max_tick_s, now - tick_start)
                 if self._halt.wait(max(0.0, self.interval - (now - tick_start))):
                     # a last full look before the tree is gone
-                    writer.write(self._tick(cell, time.monotonic(), last=True))
+                    rows = self._tick(cell, time.monotonic(), last=True)
+                    if writer is not None:
+                        writes.call(writer.write, rows)
                     break
             self.stats.cpu_s = time.thread_time() - cpu0  # the ticks', not the last part's sealing
+        finally:
+            if writer is not None:
+                writes.call(writer.close)
         self.stats.stopped = time.time()
         if cell is not None:
             self.totals.cell = cell.read()

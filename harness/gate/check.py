@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from harness.errors import UsageError
 from harness.gate import metrics as m
 from harness.gate.baseline import Baseline, MetricStats
 from harness.records.scenario import BudgetsConfig
-from harness.sizes import format_size
+from harness.sizes import format_percent, format_size
 
 K_STDEV = 2.0
 Status = Literal["pass", "FAIL", "missing", "skipped"]
@@ -34,6 +35,7 @@ class Row:
     limit: int
     measured: int | None
     reference: str  # "budget", or the baseline's mean, spread and run count
+    basis: str = ""  # a baseline limit: which term made it, from what (shown under a failure)
 
     @property
     def status(self) -> Status:
@@ -86,9 +88,42 @@ class CheckResult:
 
 def baseline_limit(stats: MetricStats, tolerance: float, noise_floor: int) -> int:
     """The largest value a run may show for this metric (see the module docstring)."""
+    return math.ceil(max(value for _, value in _terms(stats, tolerance, noise_floor)))
+
+
+def _terms(stats: MetricStats, tolerance: float, noise_floor: int) -> list[tuple[str, float]]:
     mean = stats.mean
-    limit = max(mean + abs(mean) * tolerance, stats.max + K_STDEV * stats.stdev, mean + noise_floor)
-    return math.ceil(limit)
+    return [("tolerance", mean + abs(mean) * tolerance), ("spread", stats.max + K_STDEV * stats.stdev),
+            ("floor", mean + noise_floor)]
+
+
+def limit_basis(stats: MetricStats, tolerance: float, noise_floor: int, slack: bool = False) -> str:
+    """What a baseline limit was made of, for a reader of a failure: the term that gave it, then
+    the baseline (mean, spread, runs) and the other two terms, e.g. ``limit = mean 38.0 MiB +
+    noise floor 8.00 MiB (baseline of 1 run, spread 0 B; mean + tolerance 10.0%: 41.8 MiB; ...)``."""
+    floor_name = "--slack" if slack else "noise floor"
+    said = {
+        "tolerance": (f"mean {format_size(stats.mean)} + tolerance {format_percent(tolerance)}",
+                      f"mean + tolerance {format_percent(tolerance)}"),
+        "spread": (f"largest run {format_size(stats.max)} + {K_STDEV:g} × spread "
+                   f"{format_size(stats.stdev)}", f"largest + {K_STDEV:g} × spread"),
+        "floor": (f"mean {format_size(stats.mean)} + {floor_name} {format_size(noise_floor)}",
+                  f"mean + {floor_name} {format_size(noise_floor)}"),
+    }
+    terms = _terms(stats, tolerance, noise_floor)
+    name, _ = max(terms, key=lambda t: t[1])
+    others = "; ".join(f"{said[n][1]}: {format_size(v)}" for n, v in terms if n != name)
+    runs = f"{stats.n} run{'s' if stats.n != 1 else ''}"
+    return (f"limit = {said[name][0]} (baseline of {runs}, spread {format_size(stats.stdev)}; "
+            f"{others})")
+
+
+def same_scenario(baseline: Baseline, scenario: str, run: str) -> None:
+    """UsageError when ``baseline`` was recorded from another scenario than the run's: its limits
+    would hold the run to figures of a different job (``--any-baseline`` allows it)."""
+    if baseline.scenario != scenario:
+        raise UsageError(f"{baseline.source}: a baseline of scenario {baseline.scenario!r}, but "
+                         f"{run} is a run of {scenario!r}; --any-baseline checks it anyway")
 
 
 def budget_limits(budgets: BudgetsConfig) -> dict[str, int]:
@@ -121,7 +156,7 @@ def check_baseline(baseline: Baseline, measured: Mapping[str, int], tolerance: f
         spread = f" ± {format_size(stats.stdev)}" if stats.n > 1 else ""
         ref = f"mean {format_size(stats.mean)}{spread}, n={stats.n}"
         rows.append(Row("baseline", name, baseline_limit(stats, tolerance, floor),
-                        measured.get(name), ref))
+                        measured.get(name), ref, limit_basis(stats, tolerance, floor, slack is not None)))
     return rows
 
 

@@ -10,6 +10,7 @@ escapes every string that came from a run.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from harness.gate import metrics as m
 from harness.gate.compare import SECONDS_RELATIVE, delta, ratio
 from harness.gate.sweep import ALLOCATION_COLUMNS, ROLE_COLUMNS
+from harness.records.atomic import write_atomic
+from harness.records.text import printable
 from harness.render.html import environment
 from harness.sizes import MiB, format_percent, format_size
 
@@ -57,7 +60,12 @@ def _paint(text: str, code: str | None, color: bool) -> str:
 def _table_lines(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None,
                  *, codes: Sequence[Sequence[str | None]] | None = None, color: bool = False,
                  groups: Sequence[tuple[str, int, int]] = ()) -> list[str]:
-    """:func:`text_table` as lines: the group line (if any), header, rule, then one line per row."""
+    """:func:`text_table` as lines: the group line (if any), header, rule, then one line per row.
+
+    Every cell is shown :func:`printable` (names and paths come from the runs), then coloured."""
+    header = [printable(h) for h in header]
+    rows = [[printable(c) for c in r] for r in rows]
+    groups = [(printable(label), first, n) for label, first, n in groups]
     right = list(right) if right is not None else [False] * len(header)
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     for label, first, n in groups:  # a label wider than its columns widens the last of them
@@ -137,10 +145,12 @@ def _verdict(result: CheckResult, color: bool, width: int) -> list[str]:
         return [f"harness: check {_paint('passed', GREEN, color)}: {len(result.rows) - skipped} limit(s) hold"
                 + (f", {skipped} baseline figure(s) not in this run" if skipped else "")]
     failed = result.failures
-    names = [f"{key} [{phase}]" if phase else key for phase, key in (m.split_name(r.metric) for r in failed)]
+    names = [printable(f"{key} [{phase}]" if phase else key)
+             for phase, key in (m.split_name(r.metric) for r in failed)]
     head = f"harness: check {_paint('FAILED', BOLD_RED, color)}: {len(failed)} of {len(result.rows)} limit(s)"
     items = [n + "," for n in names[:-1]] + [n + (";" if result.problems else "") for n in names[-1:]]
-    items += [p + ";" for p in result.problems[:-1]] + result.problems[-1:]
+    problems = [printable(p) for p in result.problems]
+    items += [p + ";" for p in problems[:-1]] + problems[-1:]
     return wrap_pieces(head + (":" if items else ""), items, width)
 
 
@@ -153,8 +163,8 @@ def check_text(result: CheckResult, title: str, *, wide: bool = False, color: bo
     limit and margin; ``wide`` adds the baseline's mean, spread and run count.
     """
     rows = result.rows_failures_first
-    lines = title.splitlines()
-    lines += [_paint(f"FAIL: {p}", BOLD_RED, color) for p in result.problems]
+    lines = [printable(line) for line in title.splitlines()]
+    lines += [_paint(f"FAIL: {printable(p)}", BOLD_RED, color) for p in result.problems]
 
     def cells(r: Row, percent: bool) -> list[str]:
         phase, key = m.split_name(r.metric)
@@ -175,7 +185,15 @@ def check_text(result: CheckResult, title: str, *, wide: bool = False, color: bo
     if rows:
         # the margin's share is the first thing to go where the table would not fit
         percent = wide or _width(_table_lines(header, [cells(r, True) for r in rows], right)) <= width
-        lines += _table_lines(header, [cells(r, percent) for r in rows], right, codes=codes, color=color)
+        table = _table_lines(header, [cells(r, percent) for r in rows], right, codes=codes, color=color)
+        lines += table[:2]
+        said = ""
+        for r, line in zip(rows, table[2:]):
+            lines.append(line)
+            # what the limit was made of, under the failure (once for a run of the same limit)
+            if r.status == "FAIL" and r.basis and r.basis != said:
+                lines += wrap_pieces(" " * 5, printable(r.basis).split(" "), width, 6)
+                said = r.basis
     lines += _verdict(result, color, width)
     return "\n".join(lines)
 
@@ -195,7 +213,8 @@ def _fmt(v: float | None, unit: Unit, signed: bool = False) -> str:
 
 
 def _run_title(run: dict[str, Any]) -> str:
-    return f"{run.get('scenario', '')} {Path(str(run.get('dir', ''))).name} ({run.get('status', '?')})"
+    return printable(f"{run.get('scenario', '')} {Path(str(run.get('dir', ''))).name} "
+                     f"({run.get('status', '?')})")
 
 
 def _direction(beyond: bool, d: float | None) -> str:
@@ -232,12 +251,38 @@ def _short(value: str) -> str:
 
 
 def _change_text(ch: Change) -> str:
-    return f"{ch.key} {_short(ch.a)} → {_short(ch.b)}"
+    return printable(f"{ch.key} {_short(ch.a)} → {_short(ch.b)}")
 
 
 def _same_versions(c: Comparison) -> list[str]:
-    return [f"{k} {_short(v)}" for k, v in c.versions.items()
+    return [printable(f"{k} {_short(v)}") for k, v in c.versions.items()
             if (k in _KEY_VERSIONS or "git" in k) and v != "null"]
+
+
+def _fold(text: str, room: int) -> list[str]:
+    """``text`` in pieces of at most ``room`` columns, broken between words where it can be and
+    inside a word (a path, a digest) only where one word is longer than ``room``."""
+    pieces: list[str] = []
+    for word in text.split(" "):
+        while len(word) > room:
+            pieces.append(word[:room])
+            word = word[room:]
+        if pieces and len(pieces[-1]) + 1 + len(word) <= room:
+            pieces[-1] += " " + word
+        else:
+            pieces.append(word)
+    return pieces
+
+
+def _folded_items(prefix: str, items: Sequence[str], width: int, sep: str, indent: int) -> list[str]:
+    """:func:`wrap_items`, with an item wider than a line (a script's argument list) folded onto
+    lines of its own, so that no line passes ``width``."""
+    room = width - indent
+    pieces: list[str] = []
+    for i, item in enumerate(items):
+        text = item + (sep if i < len(items) - 1 else "")
+        pieces += [text] if len(text) <= room else _fold(text, room)
+    return wrap_pieces(prefix, pieces, width, indent)
 
 
 def provenance_lines(c: Comparison, width: int = WIDTH) -> list[str]:
@@ -249,11 +294,11 @@ def provenance_lines(c: Comparison, width: int = WIDTH) -> list[str]:
     elif not c.scenario_changes:
         lines = ["scenario: the same"]
     else:
-        lines = wrap_items("scenario:", [_change_text(ch) for ch in c.scenario_changes], width, ";", 10)
+        lines = _folded_items("scenario:", [_change_text(ch) for ch in c.scenario_changes], width, ";", 10)
     if c.version_changes:
-        lines += wrap_items("versions:", [_change_text(ch) for ch in c.version_changes], width, ";", 10)
+        lines += _folded_items("versions:", [_change_text(ch) for ch in c.version_changes], width, ";", 10)
     elif c.versions:
-        lines += wrap_items("versions: the same:", _same_versions(c), width, ",", 10)
+        lines += _folded_items("versions: the same:", _same_versions(c), width, ",", 10)
     return lines
 
 
@@ -342,13 +387,13 @@ def _sites_narrow(sites: Sequence[SiteDelta], color: bool, width: int) -> list[s
     lines = table[:2]
     for s, row in zip(sites, table[2:]):
         lines.append(row)
-        where = f"    {s.site}"
-        if s.workload_line and len(where) + 3 + len(s.workload_line) <= width:
-            lines.append(f"{where} ← {s.workload_line}")
+        where, line = f"    {printable(s.site)}", printable(s.workload_line)
+        if line and len(where) + 3 + len(line) <= width:
+            lines.append(f"{where} ← {line}")
         else:
             lines.append(where)
-            if s.workload_line:
-                lines.append(f"      ← {s.workload_line}")
+            if line:
+                lines.append(f"      ← {line}")
     return lines
 
 
@@ -364,7 +409,7 @@ def compare_text(c: Comparison, *, wide: bool = False, color: bool = False, widt
     lines = [f"A: {_run_title(c.a)}", f"B: {_run_title(c.b)}"]
     lines += provenance_lines(c, width)
     for note in c.notes:
-        lines += wrap_pieces("note:", note.split(" "), width, 6)
+        lines += wrap_pieces("note:", printable(note).split(" "), width, 6)
     for sec in c.sections:
         lines += ["", f"{sec.title}:"]
         lines += _wide_section(sec, color) if wide else _narrow_section(sec, color, width)
@@ -524,6 +569,12 @@ def sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    # knob values and names are the user's text: a `$` in them is not mathtext
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _sweep_plot(result, out, title)
+
+
+def _sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -567,10 +618,11 @@ def sweep_plot(result: SweepResult, out: Path, title: str) -> Path:
                 ax.legend(handles=shown, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(out, buf.getvalue())
 
 
 def pd_float(series: Any) -> Any:

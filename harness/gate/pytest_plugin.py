@@ -391,22 +391,24 @@ class HarnessRun:
 
     def check(self, budgets: Mapping[str, Any] | None = None, *, baseline: str | Path | None = None,
               tolerance: str | float = "10%", slack: str | int | None = None,
-              scenario_budgets: bool = True) -> CheckResult:
+              scenario_budgets: bool = True, any_baseline: bool = False) -> CheckResult:
         """Hold the run to ``budgets`` (plus its scenario's own, unless ``scenario_budgets`` is
-        false) and to ``baseline``; fail the test when any limit is passed, saying which, in the
-        units they were written in, where each peaked, its top allocation sites and the table.
+        false) and to ``baseline`` (one of the run's scenario, unless ``any_baseline``); fail the
+        test when any limit is passed, saying which, in the units they were written in, where each
+        peaked, its top allocation sites and the table.
         """
         from harness.errors import HarnessError
         from harness.sizes import SizeError
 
         try:
-            return self._check(budgets, baseline, tolerance, slack, scenario_budgets)
+            return self._check(budgets, baseline, tolerance, slack, scenario_budgets, any_baseline)
         except (HarnessError, SizeError) as exc:  # bad input: one line, no stack
             message = f"harness: {exc}"
-        pytest.fail(message, pytrace=False)
+        pytest.fail(_printable(message), pytrace=False)
 
     def _check(self, budgets: Mapping[str, Any] | None, baseline: str | Path | None,
-               tolerance: str | float, slack: str | int | None, scenario_budgets: bool) -> CheckResult:
+               tolerance: str | float, slack: str | int | None, scenario_budgets: bool,
+               any_baseline: bool = False) -> CheckResult:
         from harness.gate import check, runs
         from harness.records.scenario import BudgetsConfig
         from harness.sizes import parse_size, parse_tolerance
@@ -427,12 +429,14 @@ class HarnessRun:
         texts.update(budget_texts(budgets))
         config = _budgets(merged, "check(budgets=...)") or BudgetsConfig()
         base = runs.read_baseline(Path(baseline)) if baseline is not None else None
+        if base is not None and not any_baseline:
+            check.same_scenario(base, self.summary.run.scenario, str(self.run_dir))
         result = check.check(self.metrics, budgets=config, baseline=base,
                              tolerance=parse_tolerance(tolerance),
                              slack=None if slack is None else parse_size(slack),
                              run_status=self.summary.run.status)
         if not result.ok:
-            pytest.fail(self.failure_text(result, texts, baseline, tolerance), pytrace=False)
+            pytest.fail(_printable(self.failure_text(result, texts, baseline, tolerance)), pytrace=False)
         return result
 
     def failure_text(self, result: CheckResult, texts: Mapping[str, str], baseline: str | Path | None = None,
@@ -512,6 +516,13 @@ class HarnessRun:
         return out
 
 
+def _printable(text: str) -> str:
+    """A failure's text with the runs' names and messages shown escaped (harness.records.text)."""
+    from harness.records.text import printable_lines
+
+    return printable_lines(text)
+
+
 def _headline(row: Row, written: str | None) -> str:
     """One passed limit in a line: ``peak_live_tensor_bytes 50.7 MB > budget 24 MB``."""
     from harness.gate import metrics as m
@@ -575,7 +586,7 @@ class Harness:
         else:
             run.budget_texts = texts
             return run
-        pytest.fail(message, pytrace=False)
+        pytest.fail(_printable(message), pytrace=False)
 
     def run_workload(self, entry: str | Path, *overrides: str, args: Sequence[str] = (),
                      name: str = "test", quiet: bool = True, **sections: Any) -> HarnessRun:
@@ -584,13 +595,15 @@ class Harness:
         scenario sections (``memray={"mode": "off"}``)."""
         import yaml
 
+        from harness.records.atomic import write_atomic
+
         if str(entry).endswith(".py"):
             entry = str(Path(entry).resolve())  # the scenario file lives elsewhere
         workload = {"entry": str(entry), "args": [str(a) for a in args]}
         scenario = {"name": name, "stages": ["main"], "workload": workload, **sections}
         path = self.reports / f"{name}.scenario.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
+        write_atomic(path, yaml.safe_dump(scenario, sort_keys=False))
         return self.run(path, *overrides, quiet=quiet)
 
 

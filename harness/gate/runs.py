@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +16,10 @@ from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
 from harness.layout import REPORT_DIR
 from harness.records import yaml_safe
+from harness.records.atomic import write_atomic
 from harness.records.manifest import Manifest, ScenarioEcho
 from harness.records.scenario import BudgetsConfig, Scenario, from_dict
+from harness.records.text import printable, printable_lines
 from harness.records.vocab import Status
 
 if TYPE_CHECKING:
@@ -95,6 +96,23 @@ def make_dir(path: Path, what: str) -> Path:
             raise UsageError(f"{blocker}: a file, not a folder: {what} cannot go there") from None
         raise UsageError(f"{path}: cannot create {what}: {exc.strerror}") from None
     return path
+
+
+def new_dir(path: Path, what: str) -> Path:
+    """A new folder at ``path`` (or beside it, ``path-<6 hex>``, where something is there already:
+    a folder or a link planted at a name that is easy to guess is never written into)."""
+    import secrets
+
+    make_dir(path.parent, what)
+    candidate = path
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate = path.with_name(f"{path.name}-{secrets.token_hex(3)}")
+        except OSError as exc:
+            raise UsageError(f"{candidate}: cannot create {what}: {exc.strerror}") from None
 
 
 def _read_yaml(path: Path, error: type[HarnessError], missing: str) -> Any:
@@ -175,15 +193,8 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
                "at": rundir.now_iso()}
     doc = baseline_mod.build(summaries, prov, created)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as exc:
-        if tmp.is_file():  # ours, half-written or not moved into place: never left behind
-            tmp.unlink()
-        raise UsageError(f"{out}: cannot write: {exc.strerror}") from None
+    make_dir(out.parent, "the baseline")
+    write_atomic(out, json.dumps(doc, indent=1) + "\n")
     return doc
 
 
@@ -229,12 +240,9 @@ def sites(run_dir: Path) -> pd.DataFrame | None:
 
 
 def write_text(path: Path, text: str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
-    return path
+    """Write an output file whole, never through a link at its path (harness.records.atomic)."""
+    make_dir(path.parent, path.name)
+    return write_atomic(path, text)
 
 
 def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path,
@@ -257,7 +265,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
     name = next(iter(loaded.values())).name
     console = Console(sys.stdout, quiet=quiet)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = Path(reports) / name / f"sweep-{stamp}"
+    out_dir = Path(reports) / name / f"sweep-{stamp}"  # made new before the first point, below
 
     def run_point(point: list[str]) -> tuple[str, str, Summary | None, pd.DataFrame | None]:
         sc = loaded[tuple(point)]
@@ -269,7 +277,7 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
             raise  # Ctrl-C, SIGTERM, SIGHUP stop the sweep, not just this point
         except RunFailed as exc:
             # The failed point stays in the table: where the cost curve ends is worth seeing.
-            print(f"harness: sweep: {exc}", flush=True)
+            print(printable(f"harness: sweep: {exc}"), flush=True)
             new = sorted(set((Path(reports) / name).glob("*/" + rundir.MANIFEST)) - before)
             if not new:
                 return "", "failed", None, None
@@ -278,15 +286,19 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
         try:
             doc = summary(run_dir, refresh=True)
         except UsageError as exc:
-            print(f"harness: sweep: no report for {run_dir}: {exc}", flush=True)
+            print(printable(f"harness: sweep: no report for {run_dir}: {exc}"), flush=True)
             return str(run_dir), status, None, None
         return str(run_dir), status, doc, processes(run_dir)
 
-    make_dir(out_dir, "the sweep's table")
+    out_dir = new_dir(out_dir, "the sweep's table")
     csv = out_dir / "sweep.csv"
+
+    def save_table(t: pd.DataFrame) -> None:
+        write_atomic(csv, t.to_csv(index=False))
+
     # rewritten after every point: a sweep stopped half-way keeps what it measured
-    df = sweep_mod.run_grid(knobs, run_point, lambda text: print(text, flush=True),
-                            on_table=lambda t: t.to_csv(csv, index=False))
+    df = sweep_mod.run_grid(knobs, run_point, lambda text: print(printable_lines(text), flush=True),
+                            on_table=save_table)
     result = sweep_mod.SweepResult(name, knobs, df, out_dir)
     png = render.sweep_plot(result, out_dir / "sweep.png", f"{name}: peak memory against "
                             + ", ".join(k.key for k in knobs))

@@ -56,6 +56,14 @@ class CpuSeconds(_Record):
     system: float
 
 
+class DiskFullRecord(_Record):
+    """Where the disk filled during a stage (``harness.control.diskfull``)."""
+
+    path: str | None = None  # the file that could not be written
+    memray_stopped: str | None = None  # ISO time memray said it stopped tracking
+    unwritten: str | None = None  # the harness's own file that could not be written
+
+
 class StageOutcome(_Record):
     """How one stage ended (an entry of ``stages``)."""
 
@@ -86,6 +94,7 @@ class StageOutcome(_Record):
     # how long the harness took after the stage process exited, which wall_s includes.
     cpu_s: CpuSeconds | None = None
     after_exit_s: float | None = None
+    disk_full: DiskFullRecord | None = None  # the disk filled: where, when memray stopped
 
 
 class Failure(_Record):

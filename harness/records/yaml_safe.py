@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from harness.records.text import printable
+
 MAX_BYTES = 1 << 20  # 1 MiB; the scenarios we ship are under 2 KB
 # values, keys included, after aliases; PyYAML composes ~30k values a second in pure Python, so
 # this bounds a load to about 0.4 s (the parse dominates: validating them takes a tenth of that)
@@ -33,6 +35,7 @@ MAX_DEPTH = 20  # nesting levels; a scenario uses 5 (budgets.phases.forward.peak
 MAX_INT_DIGITS = 4300  # int("...") refuses more (Python 3.11), and str() cannot print more
 _INT_LIMIT = 10**MAX_INT_DIGITS
 _MERGE = "tag:yaml.org,2002:merge"
+_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE  # what PyYAML's reader refuses
 
 
 class YamlInputError(yaml.YAMLError):
@@ -199,20 +202,39 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader._construct_int)
 def load_text(text: str, prefix: str = "") -> Any:
     """Load one YAML document with the limits above; ``prefix`` is the key the document sits at.
 
-    A syntax error is a :class:`YamlInputError` too, ``not valid YAML at line N: ...``.
+    A syntax error is a :class:`YamlInputError` too, ``not valid YAML at line N: ...``, and so is
+    a character YAML does not allow (ESC, BEL, NUL; a byte of an argument that was not UTF-8).
     """
-    loader = _Loader(text, prefix)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text, prefix)  # the reader refuses control characters here already
         return loader.get_single_data()
     except YamlInputError:
         raise
+    except yaml.reader.ReaderError as exc:
+        raise _unprintable(text, exc.position, prefix) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise YamlInputError(f"not valid YAML{where}: {problem}", prefix) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _unprintable(text: str, position: int, prefix: str) -> YamlInputError:
+    """The first character YAML refuses, shown escaped, with its line, column and key."""
+    position = min(max(position, 0), len(text) - 1)
+    char = text[position]
+    line = text.count("\n", 0, position)
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    code = ord(char)
+    what = (f"byte 0x{code - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+            else f"character {printable(char)} that YAML does not allow")
+    # the key where it stands, from the text with every such character made harmless
+    key = _key_at(_NON_PRINTABLE.sub("?", text), line, column - 1) or prefix
+    return YamlInputError(f"a {what}", key, where=f" (line {line + 1}, column {column})")
 
 
 def load_file(path: Path) -> Any:
@@ -239,7 +261,10 @@ def _not_utf8(data: bytes, offset: int) -> YamlInputError:
 
 def _key_at(text: str, line: int, column: int) -> str:
     """The key of the value written at (line, column), both 0-based; "" where there is none."""
-    loader = _Loader(text, "")
+    try:
+        loader = _Loader(text, "")
+    except yaml.YAMLError:
+        return ""
     try:
         root = loader.get_single_node()
     except yaml.YAMLError:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.records.atomic import write_atomic
+
 
 def write_tables(tables: dict[str, pd.DataFrame], directory: Path,
                  files: Mapping[str, str] | None = None) -> dict[str, Path]:
@@ -16,6 +18,6 @@ def write_tables(tables: dict[str, pd.DataFrame], directory: Path,
     for name, df in tables.items():
         path = directory / (files or {}).get(name, f"{name}.csv")
         # The epoch table's metric names are its index; the others' index means nothing.
-        df.to_csv(path, index=df.index.name is not None, float_format="%.12g")
+        write_atomic(path, df.to_csv(index=df.index.name is not None, float_format="%.12g"))
         out[name] = path
     return out

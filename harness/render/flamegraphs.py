@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis.captures import MAX_FRAMES
+from harness.records.atomic import write_atomic
 
 MAX_HTML_BYTES = 20 * 1000 * 1000  # every flamegraph must open in a browser
 ASSETS_DIR = "assets"  # next to the flamegraphs: the scripts they share, copied once
@@ -87,7 +87,7 @@ def copy_assets(directory: Path) -> int:
     total = 0
     for src in _vendor_dir().iterdir():
         if src.suffix in (".js", ".css"):
-            shutil.copyfile(src, dest / src.name)
+            write_atomic(dest / src.name, src.read_bytes())
             total += src.stat().st_size
     return total
 
@@ -106,7 +106,7 @@ def _render(reporter: Any, metadata: Any, out: Path) -> None:
                     inverted=False, no_web=False)
     vendor = {p.name for p in _vendor_dir().iterdir()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(localize(buf.getvalue(), vendor), encoding="utf-8")
+    write_atomic(out, localize(buf.getvalue(), vendor))
 
 
 def _check_size(path: Path, capture: str, group: str, temporal: bool) -> Flamegraph:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.records.text import printable_lines
 from harness.sizes import format_size
 
 
@@ -42,8 +44,14 @@ def _teardown(peaks: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
-def summary_text(summary: dict[str, Any], report_html: Path) -> str:
-    """A few lines: status, peaks, metrics, one line per finding, where the report is."""
+def _heap(n: Any) -> str:
+    """MiB as the other peaks, unless that would show a small capture's heap as ``0 MiB``."""
+    return _mib(n) if isinstance(n, int | float) and n >= 1024 * 1024 else format_size(n)
+
+
+def summary_text(summary: dict[str, Any], report_html: Path, cut_short: Mapping[str, str] | None = None) -> str:
+    """A few lines: status, peaks, metrics, one line per finding, where the report is.
+    ``cut_short``: captures still open when their stage stopped (name -> how it ended)."""
     run = summary["run"]
     peaks = summary["peaks"]
     lines = [f"harness: report for {run['scenario']}: status {run['status']}"
@@ -60,7 +68,10 @@ def summary_text(summary: dict[str, Any], report_html: Path) -> str:
     if peaks["workers_uss"]:
         extra.append(f"workers' USS {_mib(peaks['workers_uss']['bytes'])}")
     if peaks["heap"]:
-        extra.append(f"memray heap {_mib(peaks['heap']['bytes'])} ({peaks['heap']['capture']})")
+        capture = peaks["heap"]["capture"]
+        stopped = (cut_short or {}).get(capture)
+        extra.append(f"memray heap {'≥ ' if stopped else ''}{_heap(peaks['heap']['bytes'])} ({capture}"
+                     + (f", cut short: {stopped})" if stopped else ")"))
     if peaks["live_tensor_bytes"]:
         extra.append(f"live tensors {format_size(peaks['live_tensor_bytes']['bytes'])}")
     if extra:
@@ -81,4 +92,4 @@ def summary_text(summary: dict[str, Any], report_html: Path) -> str:
     else:
         lines.append("  findings   none")
     lines.append(f"  report     {report_html}")
-    return "\n".join(lines)
+    return printable_lines("\n".join(lines))  # names, messages and paths come from the run

@@ -5,6 +5,7 @@ The data for it is computed by :func:`timeline_data` (pure, tested); :func:`rend
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pandas as pd
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run
 from harness.layout import Event
+from harness.records.atomic import write_atomic
 from harness.sizes import MiB
 
 MAX_POINTS = 4000  # per series: more adds nothing a reader can see, and bloats the SVG
@@ -165,6 +167,13 @@ def render(data: TimelineData, png: Path, svg: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Names and titles come from the run: a `$` in them is text, not mathtext to parse (an odd
+    # `$\frac{$` in a scenario name would stop the report).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        _render(plt, data, png, svg, title)
+
+
+def _render(plt: Any, data: TimelineData, png: Path, svg: Path, title: str) -> None:
     if has_device(data):
         fig, (ax, dax) = plt.subplots(2, 1, figsize=(14, 8), dpi=100, sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1.4]})
@@ -177,8 +186,10 @@ def render(data: TimelineData, png: Path, svg: Path, title: str) -> None:
             _draw_device(dax, data)
             ax.set_xlabel("")
         fig.tight_layout()
-        fig.savefig(png, format="png")
-        fig.savefig(svg, format="svg")
+        for path, fmt in ((png, "png"), (svg, "svg")):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt)
+            write_atomic(path, buf.getvalue())
     finally:
         plt.close(fig)
 

@@ -23,10 +23,12 @@ from harness.analysis import device, ranks
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
 from harness.analysis.summary import build_summary
-from harness.analysis.windows import unopened_windows
+from harness.analysis.windows import cut_short, cut_short_notes, tracking_stopped, unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
+from harness.records.atomic import disk_full_as_error, write_atomic
 from harness.records.manifest import WorkloadProvenance
 from harness.records.scenario import Scenario, unread_keys
+from harness.records.text import printable
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
 from harness.report import tables as report_tables
@@ -189,7 +191,7 @@ def _with_notes(text: str, notes: list[str]) -> str:
     if not notes:
         return text
     body, _, last = text.rpartition("\n")
-    return "\n".join([body, *(f"  note       {n}" for n in notes), last])
+    return "\n".join([body, *(f"  note       {printable(n)}" for n in notes), last])
 
 
 def build_report(run_dir: Path, *, processes: int | None = None,
@@ -212,7 +214,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     with signals.stop_signals_cleanly():
         run = load_run(run_dir)
         staging.check_replaceable(final)
-        with staging.locked(run_dir):
+        with disk_full_as_error(final), staging.locked(run_dir):  # a full disk: one line
             staging.remove_leftovers(run_dir)
             out = staging.new_folder(run_dir)
             try:
@@ -264,6 +266,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     # a capture memray could not read whole is a damaged record: the run is incomplete
     run.problems.extend(f"{d.capture.path.relative_to(run.dir)}: {d.error}" for d in datas
                         if d.error and d.capture.path.is_relative_to(run.dir))
+    run.problems.extend(tracking_stopped(run))  # a capture that ends early: not a whole record
     lap("captures")
     built |= report_tables.build(replace(inputs, captures=datas), reads_captures=True)
     phase_df = built["phases"]
@@ -271,9 +274,10 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     found = ranks.all_findings(run, vs, phase_df, datas, (info or {}).get("total"))
     summary = build_summary(run, one.ticks, phase_df, datas, found,
                             device.summary_section(info, history), views=vs).to_dict()
-    notes = unopened_windows(run) + unfollowed_workers(run)
+    notes = unopened_windows(run) + cut_short_notes(run) + unfollowed_workers(run)
     html_path = out / "report.html"
-    text = _with_notes(terminal.summary_text(summary, final / html_path.relative_to(out)), notes)
+    text = _with_notes(terminal.summary_text(summary, final / html_path.relative_to(out),
+                                             cut_short(run)), notes)
     lap("findings")
     if on_summary is not None:
         on_summary(text)
@@ -282,7 +286,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     table_paths = csvs.write_tables({t.name: df for t, df in shown}, out / TABLES_DIR,
                                     {t.name: t.csv for t, _ in shown})
     summary_path = out / SUMMARY_FILE
-    summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_atomic(summary_path, json.dumps(summary, indent=1))
     png = svg = None
     if not one.ticks.empty:
         png, svg = out / "timeline.png", out / "timeline.svg"
@@ -320,7 +324,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
         scenario_text=scenario_text(run),
         problems=run.problems + notes,  # the notes are not damage: the run stays complete
     )
-    html_path.write_text(html.render(page), encoding="utf-8")
+    write_atomic(html_path, html.render(page))
     lap("html")
     clock["total"] = round(time.perf_counter() - t_start, 3)
 
