@@ -15,9 +15,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 from harness.layout import Event
+
+
+def _none(value: Any) -> bool:
+    return value is None
+
+
+# A field written only where it applies (a CUDA reading on a CUDA run): None is left out of the line.
+_WHERE_IT_APPLIES = Field(default=None, exclude_if=_none)
 
 
 class _Record(BaseModel):
@@ -156,7 +164,7 @@ class Metric(BaseEvent):
     name: str
     value: float | int
     epoch: int
-    step: int | None = None  # the workload's own, where it gives one (the built-in's loss)
+    step: int | None = _WHERE_IT_APPLIES  # the workload's own, where it gives one (the built-in's loss)
 
 
 class MemrayStart(BaseEvent):
@@ -166,8 +174,8 @@ class MemrayStart(BaseEvent):
     epoch: int
     step: int  # steps done in the loop
     section: str | None = None  # None outside one
-    reason: str | None = None  # a training window: first, spaced, regrow, listed, every
-    growth: int | None = None  # a regrow window: the RSS growth (bytes) that asked for it
+    reason: str | None = _WHERE_IT_APPLIES  # a training window: first, spaced, regrow, listed, every
+    growth: int | None = _WHERE_IT_APPLIES  # a regrow window: the RSS growth (bytes) that asked for it
 
 
 class MemrayStop(BaseEvent):
@@ -183,7 +191,7 @@ class TracedStep(BaseEvent):
     step: int  # 0-based, in the epoch's training loop
     phases: list[str]  # in the order entered
     tensors: dict[str, PhaseTensors]
-    cuda: dict[str, CudaReading] | None = None  # CUDA only: each phase's reading at its end
+    cuda: dict[str, CudaReading] | None = _WHERE_IT_APPLIES  # CUDA only: each phase's reading at its end
 
 
 class PhaseTotals(BaseEvent):
@@ -194,10 +202,10 @@ class PhaseTotals(BaseEvent):
     span: str
     seconds: dict[str, float]
     transitions: dict[str, int]  # times each phase was entered
-    tensors: dict[str, PhaseTensors]  # summed over the traced steps (peak_live_bytes: the max)
-    traced_steps: int
-    cuda: dict[str, CudaPhase] | None = None  # CUDA only
-    cuda_steps: int | None = None  # CUDA only: device steps in the span
+    tensors: dict[str, PhaseTensors] = {}  # summed over the traced steps (peak_live_bytes: the max)
+    traced_steps: int = 0
+    cuda: dict[str, CudaPhase] | None = _WHERE_IT_APPLIES  # CUDA only
+    cuda_steps: int | None = _WHERE_IT_APPLIES  # CUDA only: device steps in the span
 
 
 class Snapshot(BaseEvent):
