@@ -261,25 +261,28 @@ class LiveProbe:
         return [t for _, _, t in watched(self._model, self._optimizer)]
 
     def record(self, kind: str, **fields: Any) -> None:
-        self._write_given("probe.record", {"t": time.time(), "kind": kind, "epoch": self._epoch,
-                                           "step": self._cell.step, "phase": PHASES[self._cur],
-                                           **fields})
+        self._write_given(f"probe.record({str(kind)!r})", {
+            "t": time.time(), "kind": kind, "epoch": self._epoch, "step": self._cell.step,
+            "phase": PHASES[self._cur], **fields})
 
     def metric(self, name: str, value: float, **fields: Any) -> None:
-        self._write_given("probe.metric", {"t": time.time(), "kind": Event.METRIC, "name": name,
-                                           "value": value, "epoch": self._epoch, **fields})
+        if not isinstance(value, int | float):  # numpy's or torch's scalar
+            with contextlib.suppress(TypeError, ValueError):
+                value = float(value)
+        self._write_given(f"probe.metric({name!r})", {
+            "t": time.time(), "kind": Event.METRIC, "name": name, "value": value,
+            "epoch": self._epoch, **fields})
 
     def _write_given(self, call: str, data: dict[str, Any]) -> None:
-        """The event of its kind made of what the caller passed. Its numbers may be numpy's or
-        torch's (read as Python's); one that does not fit its kind (a metric's value that is no
+        """The event of its kind made of what the caller passed, its integers maybe numpy's or
+        torch's (read as Python's). One that does not fit its kind (a metric's value that is no
         number) is said on stderr and not recorded: a probe call never raises into the workload."""
         try:
             event = EVENT_ADAPTER.validate_python(data, strict=False)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"][1:])  # [0]: the kind
-            print(f"harness: {call}({data.get('kind')!r}): {where}: {first['msg']} (not recorded)",
-                  file=sys.stderr)
+            print(f"harness: {call}: {where}: {first['msg']} (not recorded)", file=sys.stderr)
             return
         self.events.write(event)
 

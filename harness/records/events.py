@@ -15,13 +15,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag, TypeAdapter
+from pydantic_core import PydanticCustomError
 
 from harness.layout import Event
 
 
 def _none(value: Any) -> bool:
     return value is None
+
+
+def _number(value: Any) -> int | float:
+    # An int stays an int and a float a float, as they were written (a metric of 40 is 40).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("number_type", "Input should be a valid number")
+    return value
+
+
+Number = Annotated[int | float, PlainValidator(_number)]
 
 
 # A field written only where it applies (a CUDA reading on a CUDA run): None is left out of the line.
@@ -162,7 +173,7 @@ class Metric(BaseEvent):
 
     kind: Literal[Event.METRIC] = Event.METRIC
     name: str
-    value: float | int
+    value: Number
     epoch: int
     step: int | None = _WHERE_IT_APPLIES  # the workload's own, where it gives one (the built-in's loss)
 
