@@ -58,7 +58,7 @@ from harness.records.events import (  # noqa: E402
     MemrayStart,
     MemrayStop,
     SectionStart,
-    Snapshot,
+    SnapshotEvent,
     StageEnd,
     StageStart,
 )
@@ -133,7 +133,7 @@ def load_template(run_dir: Path) -> Template:
     for rec in s.dropna(subset=["uss"]).itertuples(index=False):
         full.setdefault(str(rec.role), []).append((float(rec.t) - start, int(rec.uss), int(rec.pss)))
     first = next(i for i, e in enumerate(evs) if isinstance(e, EpochStart) and e.epoch == TEMPLATE_EPOCH)
-    last = next(i for i, e in enumerate(evs) if isinstance(e, Snapshot)
+    last = next(i for i, e in enumerate(evs) if isinstance(e, SnapshotEvent)
                 and e.label == f"epoch-{TEMPLATE_EPOCH}")
     in_epoch = [e.model_copy(update={"t": e.t - start}) for e in evs[first:last + 1]
                 if not isinstance(e, MemrayStart | MemrayStop)]
@@ -288,7 +288,7 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
         for e in sorted(evs, key=lambda e: e.t):
             if "epoch" in type(e).model_fields:
                 e = e.model_copy(update={"epoch": epoch})
-            if isinstance(e, Snapshot):
+            if isinstance(e, SnapshotEvent):
                 e = e.model_copy(update={"label": f"epoch-{epoch}",
                                          "file": f"{SNAPSHOTS_DIR}/epoch-{epoch}.json"})
                 snap = copy.deepcopy(tpl.snapshot)
@@ -300,7 +300,7 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
     if tpl.end_snapshot is not None:
         snap = dict(tpl.end_snapshot, epoch=epochs, t=t_end)
         (sdir / SNAPSHOTS_DIR / "end.json").write_text(json.dumps(snap, indent=1))
-        events.write(Snapshot(t=t_end, label="end", epoch=epochs, file=f"{SNAPSHOTS_DIR}/end.json",
+        events.write(SnapshotEvent(t=t_end, label="end", epoch=epochs, file=f"{SNAPSHOTS_DIR}/end.json",
                               tensor_bytes=dict(tpl.end_snapshot.get("tensor_bytes") or {})))
     events.write(StageEnd(t=t_end, stage=STAGE))
     writer.close()

@@ -38,7 +38,7 @@ from harness.records.events import (
     Metric,
     SectionEnd,
     SectionStart,
-    Snapshot,
+    SnapshotEvent,
     StageEnd,
     StageStart,
 )
@@ -91,7 +91,7 @@ def rank_events(rank: int) -> list[EventRecord]:
             SectionStart(t=v0, section="validate", epoch=epoch),
             SectionEnd(t=v1, section="validate", epoch=epoch, steps=3),
             EpochEnd(t=end, epoch=epoch),
-            Snapshot(t=end + 0.05, label=f"epoch-{epoch}", epoch=epoch,
+            SnapshotEvent(t=end + 0.05, label=f"epoch-{epoch}", epoch=epoch,
                      file=f"snapshots/epoch-{epoch}.json", tensor_bytes={}),
         ]
         if rank == 0:

@@ -15,7 +15,7 @@ from harness.analysis.summary_model import Summary
 from harness.analysis.tables import phase_table
 from harness.analysis.ticks import ticks
 from harness.gate import metrics
-from harness.records.events import MemrayStart, Snapshot, StageEnd, StageStart
+from harness.records.events import MemrayStart, SnapshotEvent, StageEnd, StageStart
 
 
 def _epochs(counts: list[int], uss: list[int]) -> list[dict]:  # type: ignore[type-arg]
@@ -212,7 +212,7 @@ def test_no_peak_phase_for_a_script_that_marks_no_phases(tmp_path: Path) -> None
     rows = [_main_tick(1000.0, 100, "setup"), _main_tick(1001.0, 300, "setup"),
             _main_tick(1002.0, 310, "teardown"), _main_tick(1003.5, 400, "idle")]
     events = [StageStart(t=1000.0, stage="train", pid=100),
-              Snapshot(t=1002.1, label="end", epoch=0, file="snapshots/end.json", tensor_bytes={}),
+              SnapshotEvent(t=1002.1, label="end", epoch=0, file="snapshots/end.json", tensor_bytes={}),
               StageEnd(t=1003.0, stage="train")]
     run = load_run(write_run(tmp_path, rows=rows, events=events, snapshots=[]))
     # WHEN / THEN: no "The peak is in phase teardown ... no phase stands out"
@@ -225,7 +225,7 @@ def test_the_end_of_stage_snapshot_is_not_called_an_epoch_boundary(tmp_path: Pat
             _main_tick(1001.5, 220, "backward"), _main_tick(1001.8, 250, "forward"),
             _main_tick(1002.0, 240, "teardown")]
     events = [StageStart(t=1000.0, stage="train", pid=100),
-              Snapshot(t=1002.1, label="end", epoch=0, file="snapshots/end.json", tensor_bytes={}),
+              SnapshotEvent(t=1002.1, label="end", epoch=0, file="snapshots/end.json", tensor_bytes={}),
               StageEnd(t=1002.2, stage="train")]
     run = load_run(write_run(tmp_path, rows=rows, events=events, snapshots=[]))
     f = findings.peak_phase(ticks(run.samples), run)

@@ -25,7 +25,7 @@ from harness.analysis.peaks import (
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
 from harness.analysis.trend import trend
 from harness.layout import HARNESS_PHASES, Event
-from harness.records.events import LoopEnd, Snapshot
+from harness.records.events import LoopEnd, SnapshotEvent
 from harness.sizes import MiB
 
 # leak: the main process's live tensors or RSS up at every one of >= 2 epoch boundaries (the
@@ -311,7 +311,7 @@ INSTRUMENT_EVENTS: dict[str, str] = {Event.MEMRAY_START: "started a memray captu
 INSTRUMENT_NEAR_S = 1.0  # a peak this close to one of the harness's own actions may be its doing
 
 
-def _snapshot_action(event: Snapshot) -> str:
+def _snapshot_action(event: SnapshotEvent) -> str:
     """What a snapshot event was, by its label: an epoch's end, or the stage's end."""
     label = event.label
     if is_epoch_snapshot(label):
@@ -329,7 +329,7 @@ def _instrument_near(run: Run | None, stage: str, t: float) -> list[str]:
         if st.name != stage:
             continue
         for e in st.events:
-            what = _snapshot_action(e) if isinstance(e, Snapshot) else INSTRUMENT_EVENTS.get(e.kind)
+            what = _snapshot_action(e) if isinstance(e, SnapshotEvent) else INSTRUMENT_EVENTS.get(e.kind)
             if what and abs(e.t - t) <= INSTRUMENT_NEAR_S:
                 out.append(what)
     return list(dict.fromkeys(out))

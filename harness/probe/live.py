@@ -39,7 +39,7 @@ from harness.records.events import (
     PhaseTotals,
     SectionEnd,
     SectionStart,
-    Snapshot,
+    SnapshotEvent,
     StageEnd,
     StageStart,
     Watch,
@@ -316,7 +316,7 @@ class LiveProbe:
             memray_active=self._memray.active,
         )
         path = snapshot.write(snap, self.dir / SNAPSHOTS_DIR)
-        self.events.write(Snapshot(
+        self.events.write(SnapshotEvent(
             t=time.time(), label=label, epoch=self._epoch, file=f"{SNAPSHOTS_DIR}/{path.name}",
             tensor_bytes=snap["tensor_bytes"],
         ))

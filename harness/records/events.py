@@ -219,7 +219,9 @@ class PhaseTotals(BaseEvent):
     cuda_steps: int | None = _WHERE_IT_APPLIES  # CUDA only: device steps in the span
 
 
-class Snapshot(BaseEvent):
+class SnapshotEvent(BaseEvent):
+    """An epoch-boundary snapshot was taken: the file holds it, its tensor bytes are repeated here."""
+
     kind: Literal[Event.SNAPSHOT] = Event.SNAPSHOT
     label: str
     epoch: int
@@ -263,14 +265,14 @@ class WorkloadEvent(BaseEvent):
 
 HarnessEvent = (StageStart | StageEnd | StageError | EpochStart | EpochEnd | LoopEnd | SectionStart
                 | SectionEnd | Watch | Metric | MemrayStart | MemrayStop | TracedStep | PhaseTotals
-                | Snapshot | CudaHistory | TorchThreads)
+                | SnapshotEvent | CudaHistory | TorchThreads)
 
 EVENT_MODELS: dict[Event, type[BaseEvent]] = {
     Event.STAGE_START: StageStart, Event.STAGE_END: StageEnd, Event.STAGE_ERROR: StageError,
     Event.EPOCH_START: EpochStart, Event.EPOCH_END: EpochEnd, Event.LOOP_END: LoopEnd,
     Event.SECTION_START: SectionStart, Event.SECTION_END: SectionEnd, Event.WATCH: Watch,
     Event.METRIC: Metric, Event.MEMRAY_START: MemrayStart, Event.MEMRAY_STOP: MemrayStop,
-    Event.TRACED_STEP: TracedStep, Event.PHASE_TOTALS: PhaseTotals, Event.SNAPSHOT: Snapshot,
+    Event.TRACED_STEP: TracedStep, Event.PHASE_TOTALS: PhaseTotals, Event.SNAPSHOT: SnapshotEvent,
     Event.CUDA_HISTORY: CudaHistory, Event.TORCH_THREADS: TorchThreads,
 }
 _WORKLOAD = "(workload)"  # the tag of any other kind
@@ -289,7 +291,7 @@ EventRecord = Annotated[
     | Annotated[Watch, Tag(Event.WATCH)] | Annotated[Metric, Tag(Event.METRIC)]
     | Annotated[MemrayStart, Tag(Event.MEMRAY_START)] | Annotated[MemrayStop, Tag(Event.MEMRAY_STOP)]
     | Annotated[TracedStep, Tag(Event.TRACED_STEP)] | Annotated[PhaseTotals, Tag(Event.PHASE_TOTALS)]
-    | Annotated[Snapshot, Tag(Event.SNAPSHOT)] | Annotated[CudaHistory, Tag(Event.CUDA_HISTORY)]
+    | Annotated[SnapshotEvent, Tag(Event.SNAPSHOT)] | Annotated[CudaHistory, Tag(Event.CUDA_HISTORY)]
     | Annotated[TorchThreads, Tag(Event.TORCH_THREADS)] | Annotated[WorkloadEvent, Tag(_WORKLOAD)],
     Discriminator(_tag),
 ]
