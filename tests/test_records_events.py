@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness.analysis.load import read_events
+from harness.analysis.load import Stage, empty_samples, read_events
 from harness.layout import CELL_FILE, EVENTS_FILE, PROBE_CONFIG_FILE, Event
 from harness.probe import cell as cellmod
 from harness.probe.live import LiveProbe
@@ -215,6 +215,9 @@ def test_a_workloads_own_kind_and_fields_are_kept(tmp_path: Path) -> None:
     (metric,) = [e for e in events if isinstance(e, Metric)]
     assert (metric.name, metric.value, metric.epoch) == ("val_accuracy", 40.5, 1)
     assert metric.model_extra == {"correct": "405", "total": 1000}  # numpy's int: its str(), as before
+    # ... and a stage hands out each kind by its model, the workload's by its name
+    stage = Stage("train", tmp_path, None, empty_samples(), events, {}, [])
+    assert stage.events_of(Metric) == [metric] and stage.events_of("lr_change") == [mine]
 
 
 def test_a_metric_that_is_no_number_is_said_not_raised(tmp_path: Path,
