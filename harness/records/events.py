@@ -35,8 +35,10 @@ def _number(value: Any) -> int | float:
 Number = Annotated[int | float, PlainValidator(_number)]
 
 
-# A field written only where it applies (a CUDA reading on a CUDA run): None is left out of the line.
-_WHERE_IT_APPLIES = Field(default=None, exclude_if=_none)
+def _where_it_applies() -> Any:
+    """A field written only where it applies (a CUDA reading on a CUDA run): None is left out of
+    the line, as the probe always did."""
+    return Field(default=None, exclude_if=_none)
 
 
 class _Record(BaseModel):
@@ -175,7 +177,7 @@ class Metric(BaseEvent):
     name: str
     value: Number
     epoch: int
-    step: int | None = _WHERE_IT_APPLIES  # the workload's own, where it gives one (the built-in's loss)
+    step: int | None = _where_it_applies()  # the workload's own, where it gives one (the built-in's loss)
 
 
 class MemrayStart(BaseEvent):
@@ -185,8 +187,8 @@ class MemrayStart(BaseEvent):
     epoch: int
     step: int  # steps done in the loop
     section: str | None = None  # None outside one
-    reason: str | None = _WHERE_IT_APPLIES  # a training window: first, spaced, regrow, listed, every
-    growth: int | None = _WHERE_IT_APPLIES  # a regrow window: the RSS growth (bytes) that asked for it
+    reason: str | None = _where_it_applies()  # a training window: first, spaced, regrow, listed, every
+    growth: int | None = _where_it_applies()  # a regrow window: the RSS growth (bytes) that asked for it
 
 
 class MemrayStop(BaseEvent):
@@ -202,7 +204,7 @@ class TracedStep(BaseEvent):
     step: int  # 0-based, in the epoch's training loop
     phases: list[str]  # in the order entered
     tensors: dict[str, PhaseTensors]
-    cuda: dict[str, CudaReading] | None = _WHERE_IT_APPLIES  # CUDA only: each phase's reading at its end
+    cuda: dict[str, CudaReading] | None = _where_it_applies()  # CUDA only: each phase's reading at its end
 
 
 class PhaseTotals(BaseEvent):
@@ -215,8 +217,8 @@ class PhaseTotals(BaseEvent):
     transitions: dict[str, int]  # times each phase was entered
     tensors: dict[str, PhaseTensors] = {}  # summed over the traced steps (peak_live_bytes: the max)
     traced_steps: int = 0
-    cuda: dict[str, CudaPhase] | None = _WHERE_IT_APPLIES  # CUDA only
-    cuda_steps: int | None = _WHERE_IT_APPLIES  # CUDA only: device steps in the span
+    cuda: dict[str, CudaPhase] | None = _where_it_applies()  # CUDA only
+    cuda_steps: int | None = _where_it_applies()  # CUDA only: device steps in the span
 
 
 class SnapshotEvent(BaseEvent):
