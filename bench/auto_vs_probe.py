@@ -25,6 +25,10 @@ from typing import Any
 
 from _common import REPO, harness_cmd, machine, run_dir_from, stage_seconds, table, timed, write_result
 
+from harness.analysis.load import read_events
+from harness.layout import EVENTS_FILE
+from harness.records.events import MemrayStart, SectionStart
+
 STEP_PHASES = ("data", "forward", "loss", "backward", "optimizer")
 SCRIPTS = {"auto": "bench/tutorial.py", "probe": "bench/tutorial_probe.py"}
 
@@ -61,9 +65,9 @@ def recorded(run_dir: Path) -> dict[str, Any]:
     for snap in sorted((stage / "snapshots").glob("epoch-*.json")):
         d = json.loads(snap.read_text())
         census[snap.stem] = {k: v for k, v in d["tensor_bytes"].items() if v}
-    events = [json.loads(line) for line in (stage / "events.jsonl").read_text().splitlines() if line.strip()]
-    windows = [e["capture"] for e in events if e["kind"] == "memray_start"]
-    sections = [e["section"] for e in events if e["kind"] == "section_start"]
+    events = read_events(stage / EVENTS_FILE, problems=[])
+    windows = [e.capture for e in events if isinstance(e, MemrayStart)]
+    sections = [e.section for e in events if isinstance(e, SectionStart)]
     return {"census": census, "memray_windows": windows, "sections": sections}
 
 

@@ -49,8 +49,19 @@ from harness.layout import (  # noqa: E402
     STAGE_LOG_FILE,
     STAGES_DIR,
     TRAIN_WINDOW,
-    Event,
     capture_name,
+)
+from harness.probe.steps import EventWriter  # noqa: E402
+from harness.records.events import (  # noqa: E402
+    EpochEnd,
+    EpochStart,
+    EventRecord,
+    MemrayStart,
+    MemrayStop,
+    SectionStart,
+    SnapshotEvent,
+    StageEnd,
+    StageStart,
 )
 from harness.records.manifest import Manifest, ScenarioEcho, Where  # noqa: E402
 
@@ -83,9 +94,9 @@ class Template:
     length_s: float
     ticks: list[tuple[float, list[list[Any]]]]  # (seconds into the epoch, the tick's rows)
     full: dict[str, list[tuple[float, Any, Any]]]  # role -> (s, uss, pss) of its full ticks
-    events: list[dict[str, Any]]  # t: seconds into the epoch; epoch set per replay
-    window_events: list[dict[str, Any]]  # the template epoch's training window, start and stop
-    validate_events: list[dict[str, Any]]  # epoch 1's validation capture, start and stop
+    events: list[EventRecord]  # t: seconds into the epoch; epoch set per replay
+    window_events: list[MemrayStart | MemrayStop]  # the template epoch's training window, start and stop
+    validate_events: list[MemrayStart | MemrayStop]  # epoch 1's validation capture, start and stop
     snapshot: dict[str, Any]
     end_snapshot: dict[str, Any] | None
     manifest: Manifest
@@ -97,10 +108,6 @@ class Template:
     log_lines: list[str]
 
 
-def _events(stage_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (stage_dir / EVENTS_FILE).read_text().splitlines() if line.strip()]
-
-
 def load_template(run_dir: Path) -> Template:
     import pandas as pd
 
@@ -108,9 +115,9 @@ def load_template(run_dir: Path) -> Template:
 
     run = load_run(run_dir)
     st = next(s for s in run.stages if s.name == STAGE)
-    evs = _events(st.dir)
-    start = next(e["t"] for e in evs if e["kind"] == Event.EPOCH_START and e.get("epoch") == TEMPLATE_EPOCH)
-    end = next(e["t"] for e in evs if e["kind"] == Event.EPOCH_END and e.get("epoch") == TEMPLATE_EPOCH)
+    evs = st.events
+    start = next(e.t for e in evs if isinstance(e, EpochStart) and e.epoch == TEMPLATE_EPOCH)
+    end = next(e.t for e in evs if isinstance(e, EpochEnd) and e.epoch == TEMPLATE_EPOCH)
     s = run.samples[(run.samples["stage"] == STAGE) & (run.samples["t"] >= start)
                     & (run.samples["t"] < end)].copy()
     s = s.sort_values(["t", "pid"], kind="stable")
@@ -127,24 +134,21 @@ def load_template(run_dir: Path) -> Template:
     full: dict[str, list[tuple[float, Any, Any]]] = {}
     for rec in s.dropna(subset=["uss"]).itertuples(index=False):
         full.setdefault(str(rec.role), []).append((float(rec.t) - start, int(rec.uss), int(rec.pss)))
-    first = next(i for i, e in enumerate(evs) if e["kind"] == Event.EPOCH_START
-                 and e.get("epoch") == TEMPLATE_EPOCH)
-    last = next(i for i, e in enumerate(evs) if e["kind"] == Event.SNAPSHOT
-                and e.get("label") == f"epoch-{TEMPLATE_EPOCH}")
-    in_epoch = [dict(e, t=e["t"] - start) for e in evs[first:last + 1]
-                if e["kind"] not in (Event.MEMRAY_START, Event.MEMRAY_STOP)]
-    window = [dict(e, t=e["t"] - start) for e in evs if start <= e["t"] <= end
-              and e["kind"] in (Event.MEMRAY_START, Event.MEMRAY_STOP) and e.get("epoch") == TEMPLATE_EPOCH]
-    v_start = next(e["t"] for e in evs if e["kind"] == Event.SECTION_START and e.get("epoch") == 1)
-    e1_end = next(e["t"] for e in evs if e["kind"] == Event.EPOCH_END and e.get("epoch") == 1)
+    first = next(i for i, e in enumerate(evs) if isinstance(e, EpochStart) and e.epoch == TEMPLATE_EPOCH)
+    last = next(i for i, e in enumerate(evs) if isinstance(e, SnapshotEvent)
+                and e.label == f"epoch-{TEMPLATE_EPOCH}")
+    in_epoch = [e.model_copy(update={"t": e.t - start}) for e in evs[first:last + 1]
+                if not isinstance(e, MemrayStart | MemrayStop)]
+    window = [e.model_copy(update={"t": e.t - start}) for e in evs if start <= e.t <= end
+              and isinstance(e, MemrayStart | MemrayStop) and e.epoch == TEMPLATE_EPOCH]
+    v_start = next(e.t for e in evs if isinstance(e, SectionStart) and e.epoch == 1)
+    e1_end = next(e.t for e in evs if isinstance(e, EpochEnd) and e.epoch == 1)
     v_name = capture_name(STAGE, 1, "validate")
-    validate = [dict(e) for e in evs if e["kind"] in (Event.MEMRAY_START, Event.MEMRAY_STOP)
-                and e.get("capture") == v_name]
     # epoch 1's validation pass is longer than the template's: place the capture by its share
     v_len = max(e1_end - v_start, 1e-6)
-    my_v = next(e["t"] for e in evs if e["kind"] == Event.SECTION_START and e.get("epoch") == TEMPLATE_EPOCH)
-    for e in validate:
-        e["t"] = my_v - start + (e["t"] - v_start) / v_len * (end - my_v)
+    my_v = next(e.t for e in evs if isinstance(e, SectionStart) and e.epoch == TEMPLATE_EPOCH)
+    validate = [e.model_copy(update={"t": my_v - start + (e.t - v_start) / v_len * (end - my_v)})
+                for e in evs if isinstance(e, MemrayStart | MemrayStop) and e.capture == v_name]
     snapshot = json.loads((st.dir / SNAPSHOTS_DIR / f"epoch-{TEMPLATE_EPOCH}.json").read_text())
     end_path = st.dir / SNAPSHOTS_DIR / "end.json"
     train_cap = st.dir / MEMRAY_DIR / f"{capture_name(STAGE, TEMPLATE_EPOCH, TRAIN_WINDOW)}.bin"
@@ -158,7 +162,7 @@ def load_template(run_dir: Path) -> Template:
         probe_json=(st.dir / "probe.json").read_text() if (st.dir / "probe.json").is_file() else "{}",
         train_capture=train_cap,
         validate_captures=sorted((st.dir / MEMRAY_DIR).glob(f"{v_name}.bin*")),
-        main_pid=int(next(e["pid"] for e in evs if e["kind"] == Event.STAGE_START)),
+        main_pid=next(e.pid for e in evs if isinstance(e, StageStart)),
         log_lines=[line for line in log if line.startswith(f"[{TEMPLATE_EPOCH},")],
     )
 
@@ -228,7 +232,7 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
     epochs = max(int(round(minutes * 60 / epoch_s)), 1)
     reason = window_reason()
     writer = _writer(sdir)
-    events = open(sdir / EVENTS_FILE, "w", encoding="utf-8")
+    events = EventWriter(sdir / EVENTS_FILE)  # as the probe writes them
     log = open(sdir / STAGE_LOG_FILE, "w", encoding="utf-8")
     scale = epoch_s / tpl.length_s
     pid_map: dict[int, int] = {}
@@ -236,10 +240,10 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
     windows: list[int] = []
     rows_written = 0
 
-    def event(ev: dict[str, Any]) -> None:
-        events.write(json.dumps(ev) + "\n")
+    def moved(e: EventRecord, t_epoch: float, **update: Any) -> EventRecord:
+        return e.model_copy(update={"t": round(t_epoch + e.t * scale, 6), **update})
 
-    event({"t": BASE_T, "kind": Event.STAGE_START, "stage": STAGE, "pid": tpl.main_pid})
+    events.write(StageStart(t=BASE_T, stage=STAGE, pid=tpl.main_pid))
     for epoch in range(1, epochs + 1):
         t_epoch = BASE_T + (epoch - 1) * epoch_s
         pid_map.clear()
@@ -270,35 +274,37 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
             writer.write(out_rows)
             rows_written += len(out_rows)
         # events: the template epoch's, renumbered; a window where the policy opens one
-        evs = [dict(e, t=round(t_epoch + e["t"] * scale, 6)) for e in tpl.events]
+        evs = [moved(e, t_epoch) for e in tpl.events]
         if reason(epoch) is not None:
             windows.append(epoch)
             name = capture_name(STAGE, epoch, TRAIN_WINDOW)
             shutil.copyfile(tpl.train_capture, sdir / MEMRAY_DIR / f"{name}.bin")
-            evs += [dict(e, t=round(t_epoch + e["t"] * scale, 6), epoch=epoch, capture=name,
-                         **({"file": f"{MEMRAY_DIR}/{name}.bin"} if "file" in e else {}))
+            evs += [moved(e, t_epoch, epoch=epoch, capture=name,
+                          **({"file": f"{MEMRAY_DIR}/{name}.bin"}
+                             if isinstance(e, MemrayStart) and e.file is not None else {}))
                     for e in tpl.window_events]
         if epoch == 1:
             for src in tpl.validate_captures:
                 shutil.copyfile(src, sdir / MEMRAY_DIR / src.name)
-            evs += [dict(e, t=round(t_epoch + e["t"] * scale, 6)) for e in tpl.validate_events]
-        for e in sorted(evs, key=lambda e: e["t"]):
-            if "epoch" in e:
-                e["epoch"] = epoch
-            if e["kind"] == Event.SNAPSHOT:
-                e["label"], e["file"] = f"epoch-{epoch}", f"{SNAPSHOTS_DIR}/epoch-{epoch}.json"
+            evs += [moved(e, t_epoch) for e in tpl.validate_events]
+        for e in sorted(evs, key=lambda e: e.t):
+            if "epoch" in type(e).model_fields:
+                e = e.model_copy(update={"epoch": epoch})
+            if isinstance(e, SnapshotEvent):
+                e = e.model_copy(update={"label": f"epoch-{epoch}",
+                                         "file": f"{SNAPSHOTS_DIR}/epoch-{epoch}.json"})
                 snap = copy.deepcopy(tpl.snapshot)
-                snap.update(label=f"epoch-{epoch}", epoch=epoch, t=e["t"])
+                snap.update(label=f"epoch-{epoch}", epoch=epoch, t=e.t)
                 (sdir / SNAPSHOTS_DIR / f"epoch-{epoch}.json").write_text(json.dumps(snap, indent=1))
-            event(e)
+            events.write(e)
         log.writelines(line.replace(f"[{TEMPLATE_EPOCH},", f"[{epoch},", 1) + "\n" for line in tpl.log_lines)
     t_end = BASE_T + epochs * epoch_s
     if tpl.end_snapshot is not None:
         snap = dict(tpl.end_snapshot, epoch=epochs, t=t_end)
         (sdir / SNAPSHOTS_DIR / "end.json").write_text(json.dumps(snap, indent=1))
-        event({"t": t_end, "kind": Event.SNAPSHOT, "label": "end", "epoch": epochs,
-               "file": f"{SNAPSHOTS_DIR}/end.json"})
-    event({"t": t_end, "kind": Event.STAGE_END, "stage": STAGE})
+        events.write(SnapshotEvent(t=t_end, label="end", epoch=epochs, file=f"{SNAPSHOTS_DIR}/end.json",
+                              tensor_bytes=dict(tpl.end_snapshot.get("tensor_bytes") or {})))
+    events.write(StageEnd(t=t_end, stage=STAGE))
     writer.close()
     events.close()
     log.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 # `harness run` sets this in a stage's environment: the stage's directory (below). The probe goes
@@ -75,8 +76,9 @@ def parse_samples_part(filename: str) -> tuple[int, int, str] | None:
 HARNESS_PHASES = frozenset({"setup", "teardown", "idle", "none"})
 
 
-class Event:
-    """The ``kind`` of each line of events.jsonl (every line also has ``t``, the wall clock)."""
+class Event(StrEnum):
+    """The ``kind`` of each line of events.jsonl (every line also has ``t``, the wall clock); each
+    kind's fields: :mod:`harness.records.events`."""
 
     STAGE_START = "stage_start"
     STAGE_END = "stage_end"

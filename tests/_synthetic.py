@@ -22,6 +22,24 @@ import re
 from pathlib import Path
 from typing import Any
 
+from harness.probe.steps import EventWriter
+from harness.records.events import (
+    BaseEvent,
+    EpochEnd,
+    EpochStart,
+    EventRecord,
+    MemrayStart,
+    MemrayStop,
+    Metric,
+    PhaseTensors,
+    SectionEnd,
+    SectionStart,
+    SnapshotEvent,
+    StageEnd,
+    StageStart,
+    TracedStep,
+)
+
 MiB = 1024 * 1024
 COLUMNS = ("t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
            "uss", "pss", "swap", "stage", "epoch", "step", "phase")
@@ -80,27 +98,24 @@ SNAPSHOTS = [
              gc=[4, 5, 6]),
 ]
 
-EVENTS: list[dict[str, Any]] = [
-    {"t": 1000.0, "kind": "stage_start", "stage": "train", "pid": 100},
-    {"t": 1000.5, "kind": "epoch_start", "epoch": 1},
-    {"t": 1001.2, "kind": "traced_step", "epoch": 1, "step": 0, "phases": ["forward", "backward"],
-     "tensors": {"forward": {"count": 9, "bytes": 900, "peak_live_bytes": 5000, "steps": 1},
-                 "backward": {"count": 4, "bytes": 400, "peak_live_bytes": 6000, "steps": 1}}},
-    {"t": 1001.4, "kind": "traced_step", "epoch": 1, "step": 1, "phases": ["forward"],
-     "tensors": {"forward": {"count": 9, "bytes": 1100, "peak_live_bytes": 5500, "steps": 1}}},
-    {"t": 1003.0, "kind": "section_start", "section": "validate", "epoch": 1},
-    {"t": 1003.5, "kind": "section_end", "section": "validate", "epoch": 1, "steps": 3},
-    {"t": 1003.6, "kind": "metric", "name": "val_accuracy", "value": 40, "epoch": 1,
-     "correct": 4, "total": 10},
-    {"t": 1004.4, "kind": "epoch_end", "epoch": 1},
-    {"t": 1004.5, "kind": "snapshot", "label": "epoch-1", "epoch": 1, "file": "snapshots/epoch-1.json",
-     "tensor_bytes": {}},
-    {"t": 1004.6, "kind": "epoch_start", "epoch": 2},
-    {"t": 1006.4, "kind": "epoch_end", "epoch": 2},
-    {"t": 1006.5, "kind": "snapshot", "label": "epoch-2", "epoch": 2, "file": "snapshots/epoch-2.json",
-     "tensor_bytes": {}},
-    {"t": 1006.6, "kind": "metric", "name": "loss", "value": 0.5, "epoch": 2, "step": 3},
-    {"t": 1007.0, "kind": "stage_end", "stage": "train"},
+EVENTS: list[EventRecord] = [
+    StageStart(t=1000.0, stage="train", pid=100),
+    EpochStart(t=1000.5, epoch=1),
+    TracedStep(t=1001.2, epoch=1, step=0, phases=["forward", "backward"], tensors={
+        "forward": PhaseTensors(count=9, bytes=900, peak_live_bytes=5000, steps=1),
+        "backward": PhaseTensors(count=4, bytes=400, peak_live_bytes=6000, steps=1)}),
+    TracedStep(t=1001.4, epoch=1, step=1, phases=["forward"], tensors={
+        "forward": PhaseTensors(count=9, bytes=1100, peak_live_bytes=5500, steps=1)}),
+    SectionStart(t=1003.0, section="validate", epoch=1),
+    SectionEnd(t=1003.5, section="validate", epoch=1, steps=3),
+    Metric(t=1003.6, name="val_accuracy", value=40, epoch=1, correct=4, total=10),
+    EpochEnd(t=1004.4, epoch=1),
+    SnapshotEvent(t=1004.5, label="epoch-1", epoch=1, file="snapshots/epoch-1.json", tensor_bytes={}),
+    EpochStart(t=1004.6, epoch=2),
+    EpochEnd(t=1006.4, epoch=2),
+    SnapshotEvent(t=1006.5, label="epoch-2", epoch=2, file="snapshots/epoch-2.json", tensor_bytes={}),
+    Metric(t=1006.6, name="loss", value=0.5, epoch=2, step=3),
+    StageEnd(t=1007.0, stage="train"),
 ]
 
 
@@ -123,9 +138,10 @@ def manifest(name: str = "synthetic", status: str = "ok") -> dict[str, Any]:
 
 def write_run(root: Path, *, name: str = "synthetic", status: str = "ok",
               snapshots: list[dict[str, Any]] | None = None,
-              events: list[dict[str, Any]] | None = None,
+              events: list[EventRecord | Any] | None = None,
               rows: list[list[Any]] | None = None) -> Path:
-    """Write the synthetic run directory under ``root`` and return it."""
+    """Write the synthetic run directory under ``root`` and return it. ``events``: the models
+    are written by the probe's EventWriter, anything else (a damaged line) as its JSON."""
     run = root / "run"
     sdir = run / "stages" / "train"
     (sdir / "snapshots").mkdir(parents=True)
@@ -138,9 +154,7 @@ def write_run(root: Path, *, name: str = "synthetic", status: str = "ok",
         w = csv.writer(fh)
         w.writerow(COLUMNS)
         w.writerows(samples_rows() if rows is None else rows)
-    with open(sdir / "events.jsonl", "w", encoding="utf-8") as fh:
-        for ev in EVENTS if events is None else events:
-            fh.write(json.dumps(ev) + "\n")
+    _write_events(sdir / "events.jsonl", EVENTS if events is None else events)
     for snap in SNAPSHOTS if snapshots is None else snapshots:
         (sdir / "snapshots" / f"{snap['label']}.json").write_text(json.dumps(snap), encoding="utf-8")
     return run
@@ -204,12 +218,22 @@ def truncate_to_half(path: Path) -> tuple[int, int]:
     return size // 2, size
 
 
+def _write_events(path: Path, events: list[EventRecord | Any]) -> None:
+    """Append ``events`` to ``path``: models through the probe's EventWriter, anything else as JSON."""
+    writer = EventWriter(path)  # appends and flushes each line: the raw ones go in between
+    try:
+        for ev in events:
+            if isinstance(ev, BaseEvent):
+                writer.write(ev)  # type: ignore[arg-type]  # one of EventRecord's models
+            else:
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(ev) + "\n")
+    finally:
+        writer.close()
+
+
 def _window_events(run_dir: Path, name: str) -> None:
     """The memray_start/stop events of a training window over steps 0-30 of epoch 1."""
-    events = run_dir / "stages" / "train" / "events.jsonl"
-    with open(events, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"t": 1001.0, "kind": "memray_start", "capture": name,
-                             "file": f"memray/{name}.bin", "epoch": 1, "step": 0,
-                             "section": None}) + "\n")
-        fh.write(json.dumps({"t": 1001.5, "kind": "memray_stop", "capture": name, "epoch": 1,
-                             "step": 30}) + "\n")
+    _write_events(run_dir / "stages" / "train" / "events.jsonl", [
+        MemrayStart(t=1001.0, capture=name, file=f"memray/{name}.bin", epoch=1, step=0, section=None),
+        MemrayStop(t=1001.5, capture=name, epoch=1, step=30)])

@@ -30,6 +30,19 @@ from typing import Any
 
 from _synthetic import MiB, snapshot
 
+from harness.probe.steps import EventWriter
+from harness.records.events import (
+    EpochEnd,
+    EpochStart,
+    EventRecord,
+    Metric,
+    SectionEnd,
+    SectionStart,
+    SnapshotEvent,
+    StageEnd,
+    StageStart,
+)
+
 COLUMNS = ("t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
            "uss", "pss", "swap", "stage", "epoch", "step", "phase", "rank")
 PLANT = 50_000_000
@@ -70,23 +83,21 @@ def samples_rows(ranks: int = 2, plant: bool = False, only: int | None = None) -
     return rows
 
 
-def rank_events(rank: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"t": 1000.0, "kind": "stage_start", "stage": "train",
-                                  "pid": rank_pid(rank)}]
+def rank_events(rank: int) -> list[EventRecord]:
+    out: list[EventRecord] = [StageStart(t=1000.0, stage="train", pid=rank_pid(rank))]
     for epoch, (start, v0, v1, end) in ((1, EPOCHS[0]), (2, EPOCHS[1])):
         out += [
-            {"t": start, "kind": "epoch_start", "epoch": epoch},
-            {"t": v0, "kind": "section_start", "section": "validate", "epoch": epoch},
-            {"t": v1, "kind": "section_end", "section": "validate", "epoch": epoch, "steps": 3},
-            {"t": end, "kind": "epoch_end", "epoch": epoch},
-            {"t": end + 0.05, "kind": "snapshot", "label": f"epoch-{epoch}", "epoch": epoch,
-             "file": f"snapshots/epoch-{epoch}.json", "tensor_bytes": {}},
+            EpochStart(t=start, epoch=epoch),
+            SectionStart(t=v0, section="validate", epoch=epoch),
+            SectionEnd(t=v1, section="validate", epoch=epoch, steps=3),
+            EpochEnd(t=end, epoch=epoch),
+            SnapshotEvent(t=end + 0.05, label=f"epoch-{epoch}", epoch=epoch,
+                     file=f"snapshots/epoch-{epoch}.json", tensor_bytes={}),
         ]
         if rank == 0:
-            out.append({"t": v1 + 0.01, "kind": "metric", "name": "val_accuracy", "value": 40 + epoch,
-                        "epoch": epoch})
-    out.append({"t": 1007.9, "kind": "stage_end", "stage": "train"})
-    return sorted(out, key=lambda e: e["t"])
+            out.append(Metric(t=v1 + 0.01, name="val_accuracy", value=40 + epoch, epoch=epoch))
+    out.append(StageEnd(t=1007.9, stage="train"))
+    return sorted(out, key=lambda e: e.t)
 
 
 def rank_snapshots(rank: int, buckets: bool = True) -> list[dict[str, Any]]:
@@ -127,9 +138,10 @@ def _write_samples(path: Path, rows: list[list[Any]]) -> None:
 def _write_rank(sdir: Path, rank: int, buckets: bool) -> None:
     rdir = sdir / f"rank{rank}"
     (rdir / "snapshots").mkdir(parents=True)
-    with open(rdir / "events.jsonl", "w", encoding="utf-8") as fh:
-        for ev in rank_events(rank):
-            fh.write(json.dumps(ev) + "\n")
+    events = EventWriter(rdir / "events.jsonl")
+    for ev in rank_events(rank):
+        events.write(ev)
+    events.close()
     for snap in rank_snapshots(rank, buckets):
         (rdir / "snapshots" / f"{snap['label']}.json").write_text(json.dumps(snap), encoding="utf-8")
 

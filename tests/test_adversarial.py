@@ -271,9 +271,12 @@ def _stopped_run(tmp_path: Path, events: list[dict[str, object]], status: str,
     from harness.analysis.load import Run, Stage, empty_samples
 
     outcome = StageOutcome.model_validate({"name": "main", "status": status, "last": last})
+    from harness.records.events import EVENT_ADAPTER
+
+    raw = [{"t": 0.0, "kind": "stage_start", "stage": "main", "pid": 1},
+           {"t": 1.0, "kind": "epoch_start", "epoch": 1}, *events]
     stage = Stage("main", tmp_path, outcome, empty_samples(),
-                  [{"t": 0.0, "kind": "stage_start"}, {"t": 1.0, "kind": "epoch_start", "epoch": 1},
-                   *events], {}, [])
+                  [EVENT_ADAPTER.validate_python(e) for e in raw], {}, [])
     manifest = {"kind": "run", "status": status,
                 "scenario": {"name": "s", "memray": {"mode": "windows", "train_start": 10,
                                                      "train_steps": 100, "epochs": None}}}

@@ -19,6 +19,7 @@ from harness.analysis.summary_model import FindingRow, Summary
 from harness.analysis.tables import phase_table
 from harness.analysis.ticks import ticks
 from harness.gate import metrics
+from harness.records.events import MemrayStart, SnapshotEvent, StageEnd, StageStart
 
 
 def _epochs(counts: list[int], uss: list[int]) -> list[dict]:  # type: ignore[type-arg]
@@ -186,9 +187,8 @@ def test_rss_heap_gap_explained_at_the_main_process_largest_rss(tmp_path: Path) 
 
 
 def test_peak_phase_and_the_harness_actions_near_it(tmp_path: Path) -> None:
-    events = EVENTS + [{"t": 1006.2, "kind": "memray_start", "capture": "x", "file": "x",
-                        "epoch": 2, "step": 2, "section": None}]
-    run = load_run(write_run(tmp_path, events=sorted(events, key=lambda e: e["t"])))
+    events = [*EVENTS, MemrayStart(t=1006.2, capture="x", file="x", epoch=2, step=2, section=None)]
+    run = load_run(write_run(tmp_path, events=sorted(events, key=lambda e: e.t)))
     f = findings.peak_phase(ticks(run.samples), run)
     assert f is not None
     assert (f.numbers["main"]["bytes"], f.numbers["main"]["phase"], f.numbers["main"]["epoch"]) == (
@@ -215,10 +215,9 @@ def test_no_peak_phase_for_a_script_that_marks_no_phases(tmp_path: Path) -> None
     # teardown (closing) and idle after stage_end are all there is; the peak is in teardown
     rows = [_main_tick(1000.0, 100, "setup"), _main_tick(1001.0, 300, "setup"),
             _main_tick(1002.0, 310, "teardown"), _main_tick(1003.5, 400, "idle")]
-    events = [{"t": 1000.0, "kind": "stage_start", "stage": "train", "pid": 100},
-              {"t": 1002.1, "kind": "snapshot", "label": "end", "epoch": 0, "file": "snapshots/end.json",
-               "tensor_bytes": {}},
-              {"t": 1003.0, "kind": "stage_end", "stage": "train"}]
+    events = [StageStart(t=1000.0, stage="train", pid=100),
+              SnapshotEvent(t=1002.1, label="end", epoch=0, file="snapshots/end.json", tensor_bytes={}),
+              StageEnd(t=1003.0, stage="train")]
     run = load_run(write_run(tmp_path, rows=rows, events=events, snapshots=[]))
     # WHEN / THEN: no "The peak is in phase teardown ... no phase stands out"
     assert findings.peak_phase(ticks(run.samples), run) is None
@@ -229,10 +228,9 @@ def test_the_end_of_stage_snapshot_is_not_called_an_epoch_boundary(tmp_path: Pat
     rows = [_main_tick(1000.0, 100, "setup"), _main_tick(1001.0, 200, "forward"),
             _main_tick(1001.5, 220, "backward"), _main_tick(1001.8, 250, "forward"),
             _main_tick(1002.0, 240, "teardown")]
-    events = [{"t": 1000.0, "kind": "stage_start", "stage": "train", "pid": 100},
-              {"t": 1002.1, "kind": "snapshot", "label": "end", "epoch": 0, "file": "snapshots/end.json",
-               "tensor_bytes": {}},
-              {"t": 1002.2, "kind": "stage_end", "stage": "train"}]
+    events = [StageStart(t=1000.0, stage="train", pid=100),
+              SnapshotEvent(t=1002.1, label="end", epoch=0, file="snapshots/end.json", tensor_bytes={}),
+              StageEnd(t=1002.2, stage="train")]
     run = load_run(write_run(tmp_path, rows=rows, events=events, snapshots=[]))
     f = findings.peak_phase(ticks(run.samples), run)
     assert f is not None and f.title == "The peak is in phase forward"

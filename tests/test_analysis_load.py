@@ -25,7 +25,7 @@ def test_truncated_last_lines_are_dropped_and_noted(tmp_path: Path) -> None:
 
     stage = run.stage("train")
     assert stage.samples["t"].max() == 1007.0
-    assert stage.events[-1]["kind"] == "stage_end"
+    assert stage.events[-1].kind == "stage_end"
     assert list(stage.snapshots) == ["epoch-1"]
     assert stage.outcome is None  # the manifest never recorded the stage's end
     assert any("partial line" in p for p in run.problems)

@@ -20,6 +20,7 @@ from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
 from harness.probe import cell as cellmod
 from harness.probe.live import LiveProbe
 from harness.probe.steps import NEVER, EpochWindows, MemrayWindow
+from harness.records.events import EventRecord
 from harness.records.probe_config import ProbeConfig
 from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
 
@@ -108,13 +109,13 @@ def test_a_loop_outside_any_epoch_counts_as_the_first() -> None:
 # -- MemrayWindow --------------------------------------------------------------------------------
 class RecordedEvents:
     def __init__(self) -> None:
-        self.written: list[tuple[str, dict[str, Any]]] = []
+        self.written: list[EventRecord] = []
 
-    def write(self, kind: str, **fields: Any) -> None:
-        self.written.append((kind, fields))
+    def write(self, event: EventRecord) -> None:
+        self.written.append(event)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [f for k, f in self.written if k == kind]
+        return [e.model_dump(exclude={"t", "kind"}) for e in self.written if e.kind == kind]
 
 
 class Trackers:

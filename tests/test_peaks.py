@@ -119,7 +119,7 @@ def test_no_tick_after_stage_end_means_no_teardown_peak(tmp_path: Path) -> None:
 
 def test_a_stage_without_stage_end_counts_every_tick_as_running(tmp_path: Path) -> None:
     # a crashed stage: no stage_end, so nothing is set apart as shutdown
-    events = [e for e in EVENTS if e["kind"] != "stage_end"]
+    events = [e for e in EVENTS if e.kind != "stage_end"]
     run = load_run(write_run(tmp_path, rows=_shutdown_rows((200, 230)), events=events))
     tk = ticks(run.samples)
     assert not peaks.after_stage_end(run, tk).any()

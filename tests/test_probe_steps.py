@@ -31,6 +31,7 @@ from harness.probe.steps import (
     TensorTracer,
     fit_window,
 )
+from harness.records.events import EventRecord
 from harness.records.probe_config import ProbeConfig
 from harness.records.scenario import CudaConfig, MemrayConfig, Scenario, TensorsConfig
 
@@ -38,19 +39,20 @@ MB = 1_000_000
 
 
 class RecordedEvents:
-    """Stands in for the EventWriter: keeps (kind, fields)."""
+    """Stands in for the EventWriter: keeps the events."""
 
     def __init__(self) -> None:
-        self.written: list[tuple[str, dict[str, Any]]] = []
+        self.written: list[EventRecord] = []
 
-    def write(self, kind: str, **fields: Any) -> None:
-        self.written.append((kind, fields))
+    def write(self, event: EventRecord) -> None:
+        self.written.append(event)
 
     def kinds(self) -> list[str]:
-        return [k for k, _ in self.written]
+        return [e.kind for e in self.written]
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [f for k, f in self.written if k == kind]
+        """The fields of each event of ``kind``, but ``t`` and ``kind``."""
+        return [e.model_dump(exclude={"t", "kind"}) for e in self.written if e.kind == kind]
 
 
 def drive(hook: StepHook, epoch: int, steps: int, calls: list[str] | None = None) -> Steps | None:

@@ -20,6 +20,7 @@ from harness.control.merge import merge
 from harness.errors import UsageError
 from harness.gate import check, metrics
 from harness.records import scenario as sc
+from harness.records.events import StageEnd
 from harness.report import build_report
 
 
@@ -31,7 +32,7 @@ def test_load_reads_every_rank_with_its_own_roles(tmp_path: Path) -> None:
     r1 = st.ranks[1]
     assert set(r1.samples["role"]) == {"main", "worker 0"}
     assert set(r1.samples["pid"]) == {sr.rank_pid(1), sr.rank_pid(1) + 1}
-    assert r1.events_of("stage_end") and list(r1.snapshots) == ["epoch-1", "epoch-2"]
+    assert r1.events_of(StageEnd) and list(r1.snapshots) == ["epoch-1", "epoch-2"]
     assert run.complete
 
 

@@ -61,6 +61,25 @@ def test_samples_table_tags_processes_and_phases(smoke_run: Path) -> None:
     assert s.t.is_monotonic_increasing
 
 
+def test_the_runs_events_read_back_as_their_models_line_for_line(smoke_run: Path) -> None:
+    # GIVEN the events a real run wrote; WHEN analysis reads them; THEN no problem, every line
+    # as the model of its kind, and each model written again is its line as the probe wrote it
+    from harness.analysis.load import load_run
+    from harness.records.events import EVENT_MODELS, dump
+
+    run = load_run(smoke_run)
+    assert run.problems == [] and run.complete
+    for stage in run.stages:
+        lines = read_events(stage.dir)
+        assert len(stage.events) == len(lines)
+        assert all(type(e) is EVENT_MODELS[e.kind] for e in stage.events)  # no workload kinds here
+        assert [json.loads(dump(e)) for e in stage.events] == lines
+    kinds = {e.kind for e in run.stage("train").events}
+    assert {"stage_start", "watch", "epoch_start", "traced_step", "memray_start", "memray_stop",
+            "loop_end", "section_start", "section_end", "metric", "phase_totals", "epoch_end",
+            "snapshot", "stage_end"} <= kinds
+
+
 def test_traced_steps_have_phases_in_order_and_known_forward_bytes(smoke_run: Path) -> None:
     events = read_events(smoke_run / "stages/train")
     traced = [e for e in events if e["kind"] == "traced_step"]

@@ -13,26 +13,36 @@ from conftest import WORKLOADS
 from harness import cli
 from harness.analysis.load import Run, Stage, empty_samples
 from harness.analysis.windows import unopened_windows
+from harness.records.events import (
+    EpochEnd,
+    EpochStart,
+    EventRecord,
+    LoopEnd,
+    MemrayStart,
+    StageEnd,
+    StageStart,
+)
 from harness.records.manifest import Manifest, StageOutcome
 from harness.records.scenario import Scenario
 from harness.report import build_report
 
 
-def _loop(epoch: int, steps: int, total: int) -> list[dict[str, Any]]:
-    return [{"t": 1.0, "kind": "epoch_start", "epoch": epoch},
-            {"t": 2.0, "kind": "loop_end", "epoch": epoch, "steps": steps, "total": total},
-            {"t": 3.0, "kind": "epoch_end", "epoch": epoch}]
+def _loop(epoch: int, steps: int, total: int, **reason: str | None) -> list[EventRecord]:
+    """An epoch with one training loop; ``memray_reason=...`` as the probe says it (a run written
+    before the field has none)."""
+    return [EpochStart(t=1.0, epoch=epoch),
+            LoopEnd(t=2.0, epoch=epoch, steps=steps, total=total, **reason),
+            EpochEnd(t=3.0, epoch=epoch)]
 
 
-def _opened(epoch: int, stage: str = "main") -> dict[str, Any]:
-    return {"t": 1.5, "kind": "memray_start", "capture": f"{stage}-e{epoch}-train", "epoch": epoch,
-            "step": 0, "section": None}
+def _opened(epoch: int, stage: str = "main") -> MemrayStart:
+    return MemrayStart(t=1.5, capture=f"{stage}-e{epoch}-train", epoch=epoch, step=0, section=None)
 
 
-def _run(tmp_path: Path, events: list[dict[str, Any]], status: str = "ok", kind: str = "run",
+def _run(tmp_path: Path, events: list[EventRecord], status: str = "ok", kind: str = "run",
          **memray: Any) -> Run:
     stage = Stage("main", tmp_path, StageOutcome(name="main", status=status), empty_samples(),
-                  [{"t": 0.0, "kind": "stage_start"}, *events], {}, [])
+                  [StageStart(t=0.0, stage="main", pid=1), *events], {}, [])
     scenario = Scenario.model_validate({"name": "s", "memray": {
         "mode": "windows", "train_start": 100, "train_steps": 300, "epochs": None, **memray}})
     return Run(tmp_path, Manifest(kind=kind, status=status), [stage], scenario=scenario)
@@ -59,10 +69,8 @@ def test_an_epoch_never_reached_by_a_failed_stage_is_left_to_its_failure(tmp_pat
 
 def test_epochs_the_probe_did_not_pick_need_no_note(tmp_path: Path) -> None:
     # GIVEN the default policy's picks, said at each loop's end: epochs 1, 2 and 4, not 3
-    def loop(epoch: int, reason: str | None) -> list[dict[str, Any]]:
-        events = _loop(epoch, 64, 64)
-        events[1]["memray_reason"] = reason
-        return events
+    def loop(epoch: int, reason: str | None) -> list[EventRecord]:
+        return _loop(epoch, 64, 64, memray_reason=reason)
 
     events = [*loop(1, "first"), _opened(1), *loop(2, "first"), _opened(2), *loop(3, None),
               *loop(4, "spaced")]
@@ -85,13 +93,13 @@ def test_a_loop_left_before_the_window_is_noted(tmp_path: Path) -> None:
 
 
 def test_epochs_without_a_training_loop_are_noted(tmp_path: Path) -> None:
-    events = [{"t": 1.0, "kind": "epoch_start", "epoch": 1}, {"t": 2.0, "kind": "epoch_end", "epoch": 1}]
+    events: list[EventRecord] = [EpochStart(t=1.0, epoch=1), EpochEnd(t=2.0, epoch=1)]
     (note,) = unopened_windows(_run(tmp_path, events))
     assert "ran epochs but no training loop" in note
 
 
 def test_a_workload_without_a_training_loop_or_any_capture_is_noted(tmp_path: Path) -> None:
-    (note,) = unopened_windows(_run(tmp_path, [{"t": 1.0, "kind": "stage_end"}]))
+    (note,) = unopened_windows(_run(tmp_path, [StageEnd(t=1.0, stage="main")]))
     assert "no capture at all" in note and "memray.mode: full" in note
 
 

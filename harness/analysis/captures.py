@@ -28,7 +28,8 @@ from harness.analysis.attribution import (
     workload_frame,
 )
 from harness.analysis.load import Capture, Stage
-from harness.layout import MEMRAY_DIR, STAGES_DIR, Event, parse_capture_name
+from harness.layout import MEMRAY_DIR, STAGES_DIR, parse_capture_name
+from harness.records.events import MemrayStart, MemrayStop
 from harness.records.text import printable_lines
 
 # memray drops, on the main thread, the frames that were on the stack when tracking started: for
@@ -86,33 +87,20 @@ class Records:
 
 def windows(stage: Stage) -> dict[str, Window]:
     """Capture name -> its window, from memray_start/memray_stop events."""
-    starts: dict[str, dict[str, Any]] = {}
-    stops: dict[str, dict[str, Any]] = {}
-    for ev in stage.events:
-        if ev.get("kind") == Event.MEMRAY_START:
-            starts[str(ev.get("capture"))] = ev
-        elif ev.get("kind") == Event.MEMRAY_STOP:
-            stops[str(ev.get("capture"))] = ev
+    starts = {ev.capture: ev for ev in stage.events_of(MemrayStart)}
+    stops = {ev.capture: ev for ev in stage.events_of(MemrayStop)}
     out: dict[str, Window] = {}
     for name, st in starts.items():
-        sp = stops.get(name, {})
+        sp = stops.get(name)
         out[name] = Window(
-            epoch=_int(st.get("epoch")),
-            section=st.get("section") or None,
-            start_step=_int(st.get("step")),
-            stop_step=_int(sp.get("step")),
-            t_start=_float(st.get("t")),
-            t_stop=_float(sp.get("t")),
+            epoch=st.epoch,
+            section=st.section or None,
+            start_step=st.step,
+            stop_step=sp.step if sp is not None else None,
+            t_start=st.t,
+            t_stop=sp.t if sp is not None else None,
         )
     return out
-
-
-def _int(v: Any) -> int | None:
-    return int(v) if isinstance(v, (int, float)) else None
-
-
-def _float(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) else None
 
 
 def _guess_window(capture: Capture) -> Window:

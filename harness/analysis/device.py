@@ -17,7 +17,8 @@ from harness.analysis import cuda
 from harness.analysis.finding import Finding, detectors, finding
 from harness.analysis.load import Run
 from harness.analysis.ticks import phase_order
-from harness.layout import HARNESS_PHASES, Event
+from harness.layout import HARNESS_PHASES
+from harness.records.events import CudaHistory, PhaseTotals
 
 DEVICE_COLUMNS = (
     "stage", "epoch", "phase", "readings", "peak_allocated", "peak_reserved",
@@ -41,10 +42,10 @@ def device_table(run: Run) -> pd.DataFrame:
     """
     rows = []
     for st in run.stages:
-        for ev in st.events_of(Event.PHASE_TOTALS):
-            for phase, c in (ev.get("cuda") or {}).items():
-                rows.append({"stage": st.name, "epoch": int(ev.get("epoch") or 0), "phase": phase,
-                             **{k: c.get(k) for k in DEVICE_COLUMNS[3:]}})
+        for ev in st.events_of(PhaseTotals):
+            for phase, c in (ev.cuda or {}).items():
+                rows.append({"stage": st.name, "epoch": ev.epoch, "phase": phase,
+                             **{k: getattr(c, k) for k in DEVICE_COLUMNS[3:]}})
     df = pd.DataFrame(rows, columns=list(DEVICE_COLUMNS))
     if df.empty:
         return df
@@ -116,8 +117,8 @@ def history_windows(run: Run) -> list[HistoryWindow]:
     out = []
     for st in run.stages:
         stage_dir = st.dir
-        for ev in st.events_of(Event.CUDA_HISTORY):
-            rel = str(ev.get("file", ""))
+        for ev in st.events_of(CudaHistory):
+            rel = ev.file
             path = stage_dir / rel
             summary, error = None, None
             try:
@@ -127,10 +128,8 @@ def history_windows(run: Run) -> list[HistoryWindow]:
             except Exception as exc:  # noqa: BLE001 - one unreadable pickle costs its summary
                 error = f"{type(exc).__name__}: {exc}"
             out.append(HistoryWindow(
-                st.name, int(ev.get("epoch") or 0), int(ev.get("start") or 0),
-                int(ev.get("stop") or 0), str(path.relative_to(run.dir)),
-                int(ev.get("bytes") or 0), int(ev.get("entries_kept") or 0),
-                int(ev.get("entries_dropped") or 0), summary, error))
+                st.name, ev.epoch, ev.start, ev.stop, str(path.relative_to(run.dir)),
+                ev.bytes, ev.entries_kept, ev.entries_dropped or 0, summary, error))
     return out
 
 

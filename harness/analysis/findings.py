@@ -27,6 +27,7 @@ from harness.analysis.peaks import (
 )
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
 from harness.layout import HARNESS_PHASES, Event
+from harness.records.events import LoopEnd, SnapshotEvent
 from harness.sizes import MiB
 
 # leak: the main process's live tensors or RSS up at every one of >= 2 epoch boundaries (the
@@ -45,7 +46,7 @@ COW_PARENT_FLAT_FRACTION = 0.25  # or this fraction of the worker's growth.
 def _steps_per_epoch(run: Run, stage: str) -> int | None:
     for st in run.stages:
         if st.name == stage:
-            steps = [int(e.get("steps") or 0) for e in st.events_of(Event.LOOP_END)]
+            steps = [e.steps for e in st.events_of(LoopEnd)]
             return max(steps) if steps else None
     return None
 
@@ -313,14 +314,14 @@ def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | Non
     )
 
 
-INSTRUMENT_EVENTS = {Event.MEMRAY_START: "started a memray capture",
+INSTRUMENT_EVENTS: dict[str, str] = {Event.MEMRAY_START: "started a memray capture",
                      Event.MEMRAY_STOP: "stopped a memray capture"}
 INSTRUMENT_NEAR_S = 1.0  # a peak this close to one of the harness's own actions may be its doing
 
 
-def _snapshot_action(event: dict[str, Any]) -> str:
+def _snapshot_action(event: SnapshotEvent) -> str:
     """What a snapshot event was, by its label: an epoch's end, or the stage's end."""
-    label = str(event.get("label", ""))
+    label = event.label
     if is_epoch_snapshot(label):
         return f"took the {label} snapshot (an epoch boundary)"
     if label == "end":
@@ -336,9 +337,8 @@ def _instrument_near(run: Run | None, stage: str, t: float) -> list[str]:
         if st.name != stage:
             continue
         for e in st.events:
-            kind = str(e.get("kind"))
-            what = _snapshot_action(e) if kind == Event.SNAPSHOT else INSTRUMENT_EVENTS.get(kind)
-            if what and abs(float(e.get("t", 0.0)) - t) <= INSTRUMENT_NEAR_S:
+            what = _snapshot_action(e) if isinstance(e, SnapshotEvent) else INSTRUMENT_EVENTS.get(e.kind)
+            if what and abs(e.t - t) <= INSTRUMENT_NEAR_S:
                 out.append(what)
     return list(dict.fromkeys(out))
 

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast, overload
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,7 +34,6 @@ from harness.layout import (
     SCENARIO_FILE,
     SNAPSHOTS_DIR,
     STAGES_DIR,
-    Event,
     parse_capture_file,
     parse_node_dir,
     parse_node_manifest,
@@ -43,11 +42,13 @@ from harness.layout import (
     stage_dir,
 )
 from harness.records import scenario as scenario_mod
+from harness.records.events import EVENT_ADAPTER, BaseEvent, EventRecord, StageEnd
 from harness.records.manifest import Manifest, StageOutcome, parse_manifest
 from harness.records.problems import error_line
 from harness.records.scenario import Scenario
 from harness.records.vocab import Status
 
+E = TypeVar("E", bound=BaseEvent)
 _NUMERIC = tuple(c for c in SAMPLE_COLUMNS if c not in SAMPLE_TEXT_COLUMNS)
 
 
@@ -76,7 +77,7 @@ class Stage:
     dir: Path
     outcome: StageOutcome | None  # the manifest's entry; None if the harness died first
     samples: pd.DataFrame
-    events: list[dict[str, Any]]
+    events: list[EventRecord]  # in the order written
     snapshots: dict[str, dict[str, Any]]  # label -> snapshot, in the order they were taken
     captures: list[Capture]
     # Distributed runs: a rank's own records (rank<R>/), its samples those of its process and
@@ -85,8 +86,17 @@ class Stage:
     node: int | None = None
     ranks: list[Stage] = field(default_factory=list)  # the stage's ranks, on the stage itself
 
-    def events_of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("kind") == kind]
+    @overload
+    def events_of(self, kind: type[E]) -> list[E]: ...
+    @overload
+    def events_of(self, kind: str) -> list[EventRecord]: ...
+
+    def events_of(self, kind: type[E] | str) -> list[E] | list[EventRecord]:
+        """The events of one kind: by model (``events_of(EpochEnd)``), or by name, as a
+        workload's own kind (``events_of("my_kind")``)."""
+        if isinstance(kind, str):
+            return [e for e in self.events if e.kind == kind]
+        return [cast(E, e) for e in self.events if isinstance(e, kind)]
 
 
 @dataclass
@@ -148,7 +158,7 @@ class Run:
                 msg += f": {failure.message}"
             out.append(msg)
         for s in self.recording_stages():
-            if s.events and not s.events_of(Event.STAGE_END):
+            if s.events and not s.events_of(StageEnd):
                 who = f" rank {s.rank}" if s.rank is not None else ""
                 out.append(f"stage {s.name!r}{who} has no stage_end event")
         return out + self.problems
@@ -162,7 +172,7 @@ class Run:
         out = list(self.problems)
         if self.status == Status.OK:
             out += [f"{_rel(s.dir / EVENTS_FILE, self.dir)} has no stage_end event"
-                    for s in self.recording_stages() if s.events and not s.events_of(Event.STAGE_END)]
+                    for s in self.recording_stages() if s.events and not s.events_of(StageEnd)]
         return out
 
 
@@ -196,95 +206,6 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
 
-# ---- events.jsonl --------------------------------------------------------------------------------
-
-
-class _Counts(_Record):
-    """A phase's tensor totals (traced_step, phase_totals)."""
-
-    count: float | None = None
-    bytes: float | None = None
-    peak_live_bytes: float | None = None
-    steps: float | None = None
-
-
-class _CudaPhase(_Record):
-    """A phase's device readings (traced_step, phase_totals)."""
-
-    readings: float | None = None
-    peak_allocated: float | None = None
-    peak_reserved: float | None = None
-    allocated: float | None = None
-    reserved: float | None = None
-    inactive_split: float | None = None
-    retries: float | None = None
-    ooms: float | None = None
-
-
-class _Event(_Record):
-    """Every line: ``t`` and ``kind``; ``epoch`` and ``step`` wherever they are given."""
-
-    t: float
-    kind: str
-    epoch: int | None = None
-    step: int | None = None
-
-
-class _StageEvent(_Event):
-    stage: str | None = None
-
-
-class _SectionEvent(_Event):
-    section: str | None = None
-    steps: int | None = None
-
-
-class _LoopEnd(_Event):
-    steps: int | None = None
-    total: int | None = None
-
-
-class _Metric(_Event):
-    name: str
-
-
-class _Totals(_Event):
-    span: str | None = None
-    phases: list[str] | None = None
-    tensors: dict[str, _Counts] | None = None
-    cuda: dict[str, _CudaPhase] | None = None
-    seconds: dict[str, float] | None = None
-
-
-class _MemrayEvent(_Event):
-    capture: str
-    section: str | None = None
-    file: str | None = None
-
-
-class _SnapshotEvent(_Event):
-    label: str | None = None
-    file: str | None = None
-    tensor_bytes: dict[str, float] | None = None
-
-
-class _CudaHistory(_Event):
-    file: str | None = None
-    start: int | None = None
-    stop: int | None = None
-    bytes: int | None = None
-    entries_kept: int | None = None
-    entries_dropped: int | None = None
-
-
-# The harness's own kinds; a workload's own (probe.record) is held to the common fields only.
-_EVENT_MODELS: dict[str, type[_Event]] = {
-    Event.STAGE_START: _StageEvent, Event.STAGE_END: _StageEvent, Event.STAGE_ERROR: _StageEvent,
-    Event.SECTION_START: _SectionEvent, Event.SECTION_END: _SectionEvent, Event.LOOP_END: _LoopEnd,
-    Event.METRIC: _Metric, Event.TRACED_STEP: _Totals, Event.PHASE_TOTALS: _Totals,
-    Event.MEMRAY_START: _MemrayEvent, Event.MEMRAY_STOP: _MemrayEvent,
-    Event.SNAPSHOT: _SnapshotEvent, Event.CUDA_HISTORY: _CudaHistory,
-}
 
 
 # ---- snapshots/<label>.json --------------------------------------------------------------------
@@ -503,13 +424,13 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
     return df
 
 
-def read_events(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    """events.jsonl as a list of dicts; a line torn, not JSON or with a field of the wrong type is
-    skipped and noted."""
+def read_events(path: Path, problems: list[str]) -> list[EventRecord]:
+    """events.jsonl, each line the model of its kind (:mod:`harness.records.events`); a line torn,
+    not JSON or with a field of the wrong type is skipped and noted."""
     if not path.is_file():
         return []
     where = _where(path)
-    out: list[dict[str, Any]] = []
+    out: list[EventRecord] = []
     bad: list[tuple[int, str]] = []
     text = path.read_text(encoding="utf-8", errors="replace")
     for n, line in enumerate(text.splitlines(), start=1):
@@ -523,14 +444,10 @@ def read_events(path: Path, problems: list[str]) -> list[dict[str, Any]]:
         if not isinstance(ev, dict):
             bad.append((n, "not a JSON object"))
             continue
-        kind = ev.get("kind")
-        model = _EVENT_MODELS.get(kind, _Event) if isinstance(kind, str) else _Event
         try:
-            model.model_validate(ev)
+            out.append(EVENT_ADAPTER.validate_python(ev))
         except ValidationError as exc:
-            bad.append((n, error_line(exc)))
-            continue
-        out.append(ev)
+            bad.append((n, error_line(exc, skip=1)))  # the kind's tag first
     _note_lines(problems, where, bad, "unreadable line skipped")
     return out
 

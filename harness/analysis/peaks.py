@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis.load import Run
-from harness.layout import Event
+from harness.records.events import StageEnd
 
 # A teardown rise at least this share file-backed pages is called libraries' pages, not the
 # workload's own allocations.
@@ -29,8 +29,7 @@ def stage_ends(run: Run | None) -> dict[str, float]:
     if run is None:
         return out
     for st in run.stages:
-        ends = [float(e["t"]) for e in st.events_of(Event.STAGE_END)
-                if isinstance(e.get("t"), (int, float))]
+        ends = [e.t for e in st.events_of(StageEnd)]
         if ends:
             out[st.name] = min(ends)
     return out

@@ -20,6 +20,7 @@ from harness.analysis.peaks import running_peak, teardown_peak
 from harness.analysis.ranks import RankView
 from harness.analysis.snapshot_metrics import epoch_growth
 from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
+from harness.records.events import EpochEnd, EpochStart, Metric
 
 
 def _plain(obj: Any) -> Any:
@@ -96,12 +97,11 @@ def _growth(run: Run) -> list[dict[str, Any]]:
 def _epoch_durations(run: Run) -> list[dict[str, Any]]:
     out = []
     for st in run.stages:
-        starts = {e.get("epoch"): e.get("t") for e in st.events_of("epoch_start")}
-        for e in st.events_of("epoch_end"):
-            t0 = starts.get(e.get("epoch"))
+        starts = {e.epoch: e.t for e in st.events_of(EpochStart)}
+        for e in st.events_of(EpochEnd):
+            t0 = starts.get(e.epoch)
             if t0 is not None:
-                out.append({"stage": st.name, "epoch": int(e["epoch"]),
-                            "seconds": round(float(e["t"]) - float(t0), 3)})
+                out.append({"stage": st.name, "epoch": e.epoch, "seconds": round(e.t - t0, 3)})
     return out
 
 
@@ -109,14 +109,13 @@ def _metrics(run: Run) -> dict[str, Any]:
     series = []
     final: dict[str, float] = {}
     for st in run.stages:
-        for e in st.events_of("metric"):
-            value = _num(e.get("value"))
-            if value is None or not isinstance(e.get("name"), str):
+        for e in st.events_of(Metric):
+            value = _num(e.value)
+            if value is None:
                 continue
-            item = {"stage": st.name, "name": e["name"], "value": value,
-                    "epoch": _int(e.get("epoch")), "step": _int(e.get("step"))}
+            item = {"stage": st.name, "name": e.name, "value": value, "epoch": e.epoch, "step": e.step}
             series.append(item)
-            final[e["name"]] = value
+            final[e.name] = value
     return {"final": final, "series": series}
 
 

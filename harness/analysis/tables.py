@@ -12,7 +12,7 @@ from harness.analysis.load import Run, Stage
 from harness.analysis.peaks import after_stage_end
 from harness.analysis.snapshot_metrics import snapshot_metrics
 from harness.analysis.ticks import phase_order, ticks
-from harness.layout import Event
+from harness.records.events import TracedStep
 
 PHASE_COLUMNS = (
     "stage", "epoch", "phase", "seconds", "time_share", "ticks",
@@ -31,11 +31,9 @@ def _tensor_stats(stages: list[Stage]) -> pd.DataFrame:
     """Traced-step tensor figures per (stage, epoch, phase), summed over the traced steps."""
     rows: list[tuple[Any, ...]] = []
     for st in stages:
-        for ev in st.events_of(Event.TRACED_STEP):
-            for phase, t in (ev.get("tensors") or {}).items():
-                rows.append((st.name, int(ev.get("epoch") or 0), phase, int(t.get("count", 0)),
-                             int(t.get("bytes", 0)), int(t.get("peak_live_bytes", 0)),
-                             int(t.get("steps", 0))))
+        for ev in st.events_of(TracedStep):
+            for phase, t in ev.tensors.items():
+                rows.append((st.name, ev.epoch, phase, t.count, t.bytes, t.peak_live_bytes, t.steps))
     df = pd.DataFrame(rows, columns=["stage", "epoch", "phase", "count", "bytes", "peak", "steps"])
     if df.empty:
         return pd.DataFrame(columns=["stage", "epoch", "phase", "traced_steps",

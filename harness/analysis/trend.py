@@ -30,7 +30,8 @@ from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding, finding, mib
 from harness.analysis.load import Run
 from harness.analysis.peaks import after_stage_end
-from harness.layout import HARNESS_PHASES, Event, capture_name
+from harness.layout import HARNESS_PHASES, capture_name
+from harness.records.events import EpochEnd, EpochStart
 from harness.sizes import MiB
 
 TREND_MAX_POINTS = 400  # a series is thinned to this many points: ~80,000 pairs to take slopes of
@@ -123,10 +124,8 @@ def _epoch_seconds(run: Run, stage: str) -> float | None:
     for st in run.stages:
         if st.name != stage:
             continue
-        starts = {e.get("epoch"): float(e["t"]) for e in st.events_of(Event.EPOCH_START)
-                  if isinstance(e.get("t"), (int, float))}
-        spans = [float(e["t"]) - starts[e.get("epoch")] for e in st.events_of(Event.EPOCH_END)
-                 if e.get("epoch") in starts and isinstance(e.get("t"), (int, float))]
+        starts = {e.epoch: e.t for e in st.events_of(EpochStart)}
+        spans = [e.t - starts[e.epoch] for e in st.events_of(EpochEnd) if e.epoch in starts]
         spans = [s for s in spans if s > 0]
         return sum(spans) / len(spans) if spans else None
     return None

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis.load import Run, Stage
-from harness.layout import STAGE_LOG_FILE, TRAIN_WINDOW, Event, capture_name
+from harness.layout import STAGE_LOG_FILE, TRAIN_WINDOW, capture_name
+from harness.records.events import EpochStart, LoopEnd, MemrayStart, MemrayStop, TracedStep
 from harness.records.scenario import Scenario
 from harness.records.vocab import Status
 from harness.records.windows import fit_window
@@ -31,9 +32,9 @@ class _Asked:
     steps: int
     epochs: tuple[int, ...] | None  # None: every epoch, or those the probe picked
 
-    def wants(self, epoch: int, loops: list[dict[str, Any]]) -> bool:
+    def wants(self, epoch: int, loops: list[LoopEnd]) -> bool:
         """Whether a window was asked for in ``epoch``, whose training loops ended with ``loops``."""
-        picked = [e["memray_reason"] for e in loops if "memray_reason" in e]
+        picked = [e.memray_reason for e in loops if "memray_reason" in e.model_fields_set]
         if picked:  # the probe said which epochs it picked
             return any(picked)
         return self.epochs is None or epoch in self.epochs
@@ -60,10 +61,10 @@ def _int(v: Any, default: int) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else default
 
 
-def _why(loops: list[dict[str, Any]], asked: _Asked) -> str:
+def _why(loops: list[LoopEnd], asked: _Asked) -> str:
     """Why the window did not open in an epoch whose training loops are ``loops``."""
-    ran = [_int(e.get("steps"), 0) for e in loops]
-    totals = [_int(e.get("total"), -1) for e in loops]
+    ran = [e.steps for e in loops]
+    totals = [e.total for e in loops]
     if not any(ran):
         return "its training loop ran no step"
     steps = max(ran)
@@ -90,8 +91,8 @@ def unopened_windows(run: Run) -> list[str]:
     any_loop = any_capture = False
     for stage in run.stages:
         notes += _stage_notes(stage, asked)
-        any_loop = any_loop or bool(stage.events_of(Event.LOOP_END))
-        any_capture = any_capture or bool(stage.events_of(Event.MEMRAY_START))
+        any_loop = any_loop or bool(stage.events_of(LoopEnd))
+        any_capture = any_capture or bool(stage.events_of(MemrayStart))
     if not notes and not any_loop and not any_capture and any(s.events for s in run.stages):
         notes.append(
             "memray: no capture at all: the workload runs no training loop through probe.iterate, "
@@ -108,9 +109,9 @@ def cut_short(run: Run) -> dict[str, str]:
         status = stage.outcome.status if stage.outcome is not None else None
         if status in (None, Status.OK):
             continue
-        stopped = {ev.get("capture") for ev in stage.events_of(Event.MEMRAY_STOP)}
-        for ev in stage.events_of(Event.MEMRAY_START):
-            name = ev.get("capture")
+        stopped = {ev.capture for ev in stage.events_of(MemrayStop)}
+        for ev in stage.events_of(MemrayStart):
+            name = ev.capture
             if isinstance(name, str) and name not in stopped:
                 out[name] = str(status)
     return out
@@ -184,23 +185,22 @@ def _rel(path: str, run_dir: Path) -> str:
 
 
 def _stage_notes(stage: Stage, asked: _Asked) -> list[str]:
-    loops: dict[int, list[dict[str, Any]]] = {}
-    for ev in stage.events_of(Event.LOOP_END):
-        loops.setdefault(_int(ev.get("epoch"), 0), []).append(ev)
-    opened = {_int(ev.get("epoch"), 0) for ev in stage.events_of(Event.MEMRAY_START)
-              if not ev.get("section") and ev.get("capture") == capture_name(
-                  stage.name, _int(ev.get("epoch"), 0), TRAIN_WINDOW)}
+    loops: dict[int, list[LoopEnd]] = {}
+    for ev in stage.events_of(LoopEnd):
+        loops.setdefault(ev.epoch, []).append(ev)
+    opened = {ev.epoch for ev in stage.events_of(MemrayStart)
+              if not ev.section and ev.capture == capture_name(stage.name, ev.epoch, TRAIN_WINDOW)}
     out = [f"memray: stage {stage.name}, {f'epoch {epoch}' if epoch else 'outside an epoch'}: "
            f"no training capture: {_why(evs, asked)}"
            for epoch, evs in sorted(loops.items()) if asked.wants(epoch, evs) and epoch not in opened]
-    epochs_run = {_int(ev.get("epoch"), 0) for ev in stage.events_of(Event.EPOCH_START)}
+    epochs_run = {ev.epoch for ev in stage.events_of(EpochStart)}
     status = stage.outcome.status if stage.outcome is not None else None
     finished = status == Status.OK
     if epochs_run and not loops:
         # A stage stopped inside its loop never wrote the loop's end: a traced step, an opened
         # window or the step it stopped at says that it ran one all the same.
         last = stage.outcome.last if stage.outcome is not None else None
-        in_loop = bool(opened or stage.events_of(Event.TRACED_STEP)) or (last is not None and last.step > 0)
+        in_loop = bool(opened or stage.events_of(TracedStep)) or (last is not None and last.step > 0)
         if finished or not in_loop:
             out.append(f"memray: stage {stage.name} ran epochs but no training loop through "
                        "probe.iterate, where the training windows open: no training capture"

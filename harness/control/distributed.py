@@ -37,13 +37,13 @@ from harness.layout import (
     AGENT_PID_ENV,
     CELL_FILE,
     EVENTS_FILE,
-    Event,
     node_dir_name,
     parse_rank_dir,
     rank_dir_name,
     stage_dir,
 )
 from harness.probe.cell import CellReader, CellState
+from harness.records.events import EVENT_ADAPTER, StageError
 from harness.records.manifest import AgentRecord, RankFailure, parse_agent_record
 from harness.records.scenario import DistributedConfig, Scenario
 from harness.records.text import printable
@@ -229,11 +229,11 @@ def _error_time(stage_path: Path, rank: int) -> float | None:
         return None
     for line in reversed(lines):
         try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
+            ev = EVENT_ADAPTER.validate_json(line)
+        except ValidationError:  # not JSON, torn, or not an event: the writer was killed mid-line
             continue
-        if isinstance(ev, dict) and ev.get("kind") == Event.STAGE_ERROR and isinstance(ev.get("t"), float):
-            return float(ev["t"])
+        if isinstance(ev, StageError):
+            return ev.t
     return None
 
 

@@ -280,7 +280,7 @@ def peak_step(run_dir: Path, key: str, where: Where) -> int | None:
     with the most live tensor bytes, or the sampler's tick with the most memory."""
     from harness.analysis.load import load_run
     from harness.analysis.ticks import ticks
-    from harness.layout import Event
+    from harness.records.events import TracedStep
 
     run = load_run(run_dir)
     stage = next((s for s in run.stages if s.name == where.stage), None)
@@ -289,11 +289,11 @@ def peak_step(run_dir: Path, key: str, where: Where) -> int | None:
     epoch = where.epoch or 0
     if key == "peak_live_tensor_bytes":
         best: tuple[int, int] | None = None
-        for ev in stage.events_of(Event.TRACED_STEP):
-            live = ((ev.get("tensors") or {}).get(where.phase) or {}).get("peak_live_bytes")
-            if int(ev.get("epoch") or 0) == epoch and live is not None and ev.get("step") is not None:
-                if best is None or live > best[0]:
-                    best = (int(live), int(ev["step"]))
+        for ev in stage.events_of(TracedStep):
+            tensors = ev.tensors.get(where.phase)
+            if ev.epoch == epoch and tensors is not None:
+                if best is None or tensors.peak_live_bytes > best[0]:
+                    best = (tensors.peak_live_bytes, ev.step)
         return None if best is None else best[1]
     column = _TICK_COLUMNS.get(key)
     if column is None or stage.samples.empty:

@@ -133,5 +133,9 @@ def metric(name: str, value: float, **fields: Any) -> None:
 
 
 def record(kind: str, **fields: Any) -> None:
-    """Append a free-form event to the run's event stream (used by the harness itself)."""
+    """Append an event of ``kind`` to the run's event stream, with the epoch, step and phase.
+
+    A kind of the workload's own keeps its fields as given (a value JSON has no type for is
+    written as its ``str()``; read back as ``harness.records.events.WorkloadEvent``); the
+    harness's own kinds (``stage_error``, ``torch_threads``) are held to their models."""
     _active.record(kind, **fields)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+from pydantic import ValidationError
 
 from harness.layout import CELL_FILE, EVENTS_FILE, SNAPSHOTS_DIR, Event
 from harness.probe.steps import (
@@ -28,6 +30,19 @@ from harness.probe.steps import (
     StepHook,
     Steps,
     TensorTracer,
+)
+from harness.records.events import (
+    EVENT_ADAPTER,
+    EpochEnd,
+    EpochStart,
+    LoopEnd,
+    PhaseTotals,
+    SectionEnd,
+    SectionStart,
+    SnapshotEvent,
+    StageEnd,
+    StageStart,
+    Watch,
 )
 from harness.records.probe_config import ProbeConfig
 from harness.records.vocab import PHASE_CODE, PHASES
@@ -69,7 +84,7 @@ class LiveProbe:
             h for h in (self._tracer, self._memray, self._device, history) if h is not None
         )
         self._listeners: tuple[StepHook, ...] = ()  # live hooks told of each phase
-        self.events.write(Event.STAGE_START, stage=self.stage, pid=os.getpid())
+        self.events.write(StageStart(t=time.time(), stage=self.stage, pid=os.getpid()))
         self._memray.start_stage()
 
     # -- the hot path ---------------------------------------------------------------------
@@ -174,8 +189,8 @@ class LiveProbe:
                 self._end_step(live, step)
             for hook in reversed(self._hooks):
                 hook.finish(step)
-            self.events.write(Event.LOOP_END, epoch=self._epoch, steps=step, total=total,
-                              memray_reason=self._memray.reason)
+            self.events.write(LoopEnd(t=time.time(), epoch=self._epoch, steps=step, total=total,
+                                      memray_reason=self._memray.reason))
             del it
 
     def _plan_loop(self) -> list[tuple[StepHook, Steps]]:
@@ -198,14 +213,14 @@ class LiveProbe:
     def epoch(self, number: int) -> Iterator[None]:
         self._epoch = number
         self._cell.epoch = number
-        self.events.write(Event.EPOCH_START, epoch=number)
+        self.events.write(EpochStart(t=time.time(), epoch=number))
         try:
             yield
         finally:
             self._flush_phases()
             rss = self._process.memory_info().rss
             self._memray.epoch_end(number, rss)  # grown: a training window in the next epoch
-            self.events.write(Event.EPOCH_END, epoch=number, rss=rss)
+            self.events.write(EpochEnd(t=time.time(), epoch=number, rss=rss))
             self.snapshot(f"epoch-{number}")
 
     @contextlib.contextmanager
@@ -213,7 +228,7 @@ class LiveProbe:
         previous = self._section
         self._section = name
         self.phase(name)
-        self.events.write(Event.SECTION_START, section=name, epoch=self._epoch)
+        self.events.write(SectionStart(t=time.time(), section=name, epoch=self._epoch))
         self._cell.step = 0
         opened = self._memray.open_section(name, self._epoch)
         if self._device is not None:  # the section is one device window with its own peak
@@ -225,7 +240,8 @@ class LiveProbe:
                 self._device.section_end(name)
             if opened:
                 self._memray.close_section(epoch=self._epoch, step=self._cell.step)
-            self.events.write(Event.SECTION_END, section=name, epoch=self._epoch, steps=self._cell.step)
+            self.events.write(SectionEnd(t=time.time(), section=name, epoch=self._epoch,
+                                         steps=self._cell.step))
             self._section = previous
             self.phase("idle")
 
@@ -237,7 +253,7 @@ class LiveProbe:
         if model is not None:
             n = sum(p.numel() for p in model.parameters())
             b = sum(p.numel() * p.element_size() for p in model.parameters())
-            self.events.write(Event.WATCH, parameters=n, parameter_bytes=b)
+            self.events.write(Watch(t=time.time(), parameters=n, parameter_bytes=b))
 
     def _watched_tensors(self) -> list[Any]:
         from harness.probe.tensors import watched
@@ -245,12 +261,30 @@ class LiveProbe:
         return [t for _, _, t in watched(self._model, self._optimizer)]
 
     def record(self, kind: str, **fields: Any) -> None:
-        self.events.write(kind, epoch=self._epoch, step=self._cell.step,
-                          phase=PHASES[self._cur], **fields)
+        self._write_given(f"probe.record({str(kind)!r})", {
+            "t": time.time(), "kind": kind, "epoch": self._epoch, "step": self._cell.step,
+            "phase": PHASES[self._cur], **fields})
 
     def metric(self, name: str, value: float, **fields: Any) -> None:
-        fields.setdefault("epoch", self._epoch)
-        self.events.write(Event.METRIC, name=name, value=value, **fields)
+        if not isinstance(value, int | float):  # numpy's or torch's scalar
+            with contextlib.suppress(TypeError, ValueError):
+                value = float(value)
+        self._write_given(f"probe.metric({name!r})", {
+            "t": time.time(), "kind": Event.METRIC, "name": name, "value": value,
+            "epoch": self._epoch, **fields})
+
+    def _write_given(self, call: str, data: dict[str, Any]) -> None:
+        """The event of its kind made of what the caller passed, its integers maybe numpy's or
+        torch's (read as Python's). One that does not fit its kind (a metric's value that is no
+        number) is said on stderr and not recorded: a probe call never raises into the workload."""
+        try:
+            event = EVENT_ADAPTER.validate_python(data, strict=False)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"][1:])  # [0]: the kind
+            print(f"harness: {call}: {where}: {first['msg']} (not recorded)", file=sys.stderr)
+            return
+        self.events.write(event)
 
     # -- boundaries -----------------------------------------------------------------------
     def _flush_phases(self, span: str = "epoch") -> None:
@@ -262,8 +296,8 @@ class LiveProbe:
         fields: dict[str, Any] = {}
         for hook in self._hooks:
             fields.update(hook.totals())
-        self.events.write(Event.PHASE_TOTALS, epoch=self._epoch, span=span, seconds=seconds,
-                          transitions=counts, **fields)
+        self.events.write(PhaseTotals(t=time.time(), epoch=self._epoch, span=span, seconds=seconds,
+                                      transitions=counts, **fields))
         self._seconds = [0.0] * len(PHASES)
         self._counts = [0] * len(PHASES)
 
@@ -282,10 +316,10 @@ class LiveProbe:
             memray_active=self._memray.active,
         )
         path = snapshot.write(snap, self.dir / SNAPSHOTS_DIR)
-        self.events.write(
-            Event.SNAPSHOT, label=label, epoch=self._epoch, file=f"{SNAPSHOTS_DIR}/{path.name}",
+        self.events.write(SnapshotEvent(
+            t=time.time(), label=label, epoch=self._epoch, file=f"{SNAPSHOTS_DIR}/{path.name}",
             tensor_bytes=snap["tensor_bytes"],
-        )
+        ))
 
     def close(self, failed: bool = False) -> None:
         """Flush and stop. After a failure the cell keeps the phase it failed in."""
@@ -296,7 +330,7 @@ class LiveProbe:
         self._memray.close(epoch=self._epoch, step=self._cell.step)
         if not failed:
             self._cell.phase = PHASE_CODE["idle"]
-        self.events.write(Event.STAGE_END, stage=self.stage)
+        self.events.write(StageEnd(t=time.time(), stage=self.stage))
         self.events.close()
 
 

@@ -36,6 +36,7 @@ from harness.layout import (
     SCENARIO_FILE,
     STAGE_DIR_ENV,
     STAGE_LOG_FILE,
+    Event,
     rank_dir_name,
     stage_dir,
 )
@@ -190,7 +191,7 @@ def _record_error(stage: str, error: BaseException) -> None:
     message = str(error).splitlines()[0] if str(error) else ""
     if isinstance(error, SystemExit):
         message = f"exit code {message}" if isinstance(error.code, int) else message
-    probe.record("stage_error", stage=stage, error=type(error).__name__, message=message)
+    probe.record(Event.STAGE_ERROR, stage=stage, error=type(error).__name__, message=message)
 
 
 if __name__ == "__main__":

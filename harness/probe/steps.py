@@ -20,7 +20,6 @@ the device reader's last reading is in before the tracer's event carries it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -33,11 +32,20 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from harness.layout import (
     CUDA_HISTORY_DIR,
     MEMRAY_DIR,
-    Event,
     capture_name,
     cuda_history_name,
 )
 from harness.probe import cell as cellmod
+from harness.records.events import (
+    CudaHistory,
+    CudaReading,
+    EventRecord,
+    MemrayStart,
+    MemrayStop,
+    PhaseTensors,
+    TracedStep,
+    dump,
+)
 from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
 from harness.records.vocab import PHASE_CODE
 from harness.records.windows import fit_window
@@ -53,18 +61,18 @@ NEVER = 2**62  # a step no loop reaches
 class Events(Protocol):
     """Where the hooks write events: an :class:`EventWriter`, or a list in a test."""
 
-    def write(self, kind: str, **fields: Any) -> None: ...
+    def write(self, event: EventRecord) -> None: ...
 
 
 class EventWriter:
-    """Appends one JSON object per line, flushed at once, so a killed process loses nothing."""
+    """Appends one event per line (:mod:`harness.records.events`), flushed at once, so a killed
+    process loses nothing."""
 
     def __init__(self, path: Path) -> None:
         self._fh = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (open until close())
 
-    def write(self, kind: str, **fields: Any) -> None:
-        record = {"t": time.time(), "kind": kind, **fields}
-        self._fh.write(json.dumps(record, default=str) + "\n")
+    def write(self, event: EventRecord) -> None:
+        self._fh.write(dump(event) + "\n")
 
     def close(self) -> None:
         self._fh.close()
@@ -317,8 +325,10 @@ class MemrayWindow(StepHook):
         if self._cfg.mode == "full":
             self.open(capture_name(self._stage), epoch=0, step=0, section=None)
 
-    def open(self, name: str, *, epoch: int, step: int, section: str | None, **why: Any) -> bool:
-        """Start capture ``name``; False if one is running already. ``why`` goes into its event."""
+    def open(self, name: str, *, epoch: int, step: int, section: str | None,
+             reason: str | None = None, growth: int | None = None) -> bool:
+        """Start capture ``name``; False if one is running already. A training window's
+        ``reason`` (and ``growth``) go into its event."""
         global _forking, _fork_handler
         if self._open is not None:
             return False
@@ -332,8 +342,9 @@ class MemrayWindow(StepHook):
                 os.register_at_fork(after_in_child=_after_fork_in_child)
                 _fork_handler = True
             self._forked = _forking = _ForkedTracking(tracker)
-        self._events.write(Event.MEMRAY_START, capture=name, file=f"{MEMRAY_DIR}/{path.name}",
-                           epoch=epoch, step=step, section=section, **why)
+        self._events.write(MemrayStart(t=time.time(), capture=name, file=f"{MEMRAY_DIR}/{path.name}",
+                                       epoch=epoch, step=step, section=section, reason=reason,
+                                       growth=growth))
         return True
 
     def close(self, *, epoch: int, step: int) -> None:
@@ -349,7 +360,7 @@ class MemrayWindow(StepHook):
             if _forking is forked:
                 _forking = None
             forked.close()
-        self._events.write(Event.MEMRAY_STOP, capture=name, epoch=epoch, step=step)
+        self._events.write(MemrayStop(t=time.time(), capture=name, epoch=epoch, step=step))
 
     def open_section(self, name: str, epoch: int) -> bool:
         """Start the section's capture if the scenario asks for one; True if it started."""
@@ -385,8 +396,8 @@ class MemrayWindow(StepHook):
     def _open_train(self, step: int) -> None:
         name = capture_name(self._stage, self._epoch, "train")
         growth = self._epochs.growth(self._epoch) if self.reason == "regrow" else None
-        why = {"reason": self.reason, **({"growth": growth} if growth is not None else {})}
-        if self.open(name, epoch=self._epoch, step=step, section=None, **why):
+        if self.open(name, epoch=self._epoch, step=step, section=None, reason=self.reason,
+                     growth=growth):
             self._train = name
 
     def begin(self, step: int) -> None:
@@ -529,9 +540,11 @@ class TensorTracer(StepHook):
         tracer.__exit__(None, None, None)
         self._steps += 1
         per_phase = tracer.take()
-        extra = {"cuda": self._device.step} if self._device is not None else {}
-        self._events.write(Event.TRACED_STEP, epoch=self._epoch, step=step, phases=tracer.order,
-                           tensors=per_phase, **extra)
+        cuda = ({phase: CudaReading.model_validate(r) for phase, r in self._device.step.items()}
+                if self._device is not None else None)
+        self._events.write(TracedStep(
+            t=time.time(), epoch=self._epoch, step=step, phases=tracer.order, cuda=cuda,
+            tensors={phase: PhaseTensors.model_validate(s) for phase, s in per_phase.items()}))
         for phase, stats in per_phase.items():
             acc = self._span.setdefault(phase, {"count": 0, "bytes": 0, "peak_live_bytes": 0, "steps": 0})
             acc["count"] += stats["count"]
@@ -592,9 +605,9 @@ class HistoryWindow(StepHook):
         self.recording = False
         start = self._cfg.history_start
         name = cuda_history_name(self._stage, self._epoch, start, stop)
-        dump = cuda.dump_history(self._dir / name, int(self._cfg.history_max_mb * MiB))
-        self._events.write(
-            Event.CUDA_HISTORY, epoch=self._epoch, start=start, stop=stop,
-            file=f"{CUDA_HISTORY_DIR}/{name}", bytes=dump.bytes, entries_kept=dump.entries_kept,
-            entries_dropped=dump.entries_dropped,
-        )
+        dumped = cuda.dump_history(self._dir / name, int(self._cfg.history_max_mb * MiB))
+        self._events.write(CudaHistory(
+            t=time.time(), epoch=self._epoch, start=start, stop=stop,
+            file=f"{CUDA_HISTORY_DIR}/{name}", bytes=dumped.bytes, entries_kept=dumped.entries_kept,
+            entries_dropped=dumped.entries_dropped,
+        ))

@@ -7,10 +7,11 @@ import json
 from pydantic import ValidationError
 
 
-def error_line(exc: ValidationError) -> str:
-    """The first field at fault, ``a.b.0.c: what was expected (got ...)``, and how many more."""
+def error_line(exc: ValidationError, skip: int = 0) -> str:
+    """The first field at fault, ``a.b.0.c: what was expected (got ...)``, and how many more;
+    ``skip``: the locations' first parts to leave out (a tagged union's tag)."""
     first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(the whole record)"
+    where = ".".join(str(part) for part in first["loc"][skip:]) or "(the whole record)"
     kind = str(first["type"])
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         what = "expected a JSON object"

@@ -14,8 +14,8 @@ import pandas as pd
 
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run
-from harness.layout import Event
 from harness.records.atomic import write_atomic
+from harness.records.events import EpochEnd, EpochStart, PhaseTotals, SectionEnd, SectionStart
 from harness.sizes import MiB
 
 MAX_POINTS = 4000  # per series: more adds nothing a reader can see, and bloats the SVG
@@ -92,17 +92,16 @@ def _bands(run: Run, t0: float, tk: pd.DataFrame) -> list[Band]:
             out.append(Band(float(ts.min()) - t0, float(ts.max()) - t0, st.name, "stage"))
         starts: dict[Any, float] = {}
         for e in st.events:
-            k = e.get("kind")
-            if k == Event.EPOCH_START:
-                starts[("epoch", e.get("epoch"))] = float(e["t"])
-            elif k == Event.EPOCH_END and ("epoch", e.get("epoch")) in starts:
-                out.append(Band(starts.pop(("epoch", e.get("epoch"))) - t0, float(e["t"]) - t0,
-                                f"epoch {e.get('epoch')}", "epoch"))
-            elif k == Event.SECTION_START:
-                starts[("section", e.get("section"))] = float(e["t"])
-            elif k == Event.SECTION_END and ("section", e.get("section")) in starts:
-                sec = str(e.get("section"))
-                out.append(Band(starts.pop(("section", sec)) - t0, float(e["t"]) - t0, sec,
+            if isinstance(e, EpochStart):
+                starts[("epoch", e.epoch)] = e.t
+            elif isinstance(e, EpochEnd) and ("epoch", e.epoch) in starts:
+                out.append(Band(starts.pop(("epoch", e.epoch)) - t0, e.t - t0,
+                                f"epoch {e.epoch}", "epoch"))
+            elif isinstance(e, SectionStart):
+                starts[("section", e.section)] = e.t
+            elif isinstance(e, SectionEnd) and ("section", e.section) in starts:
+                sec = e.section
+                out.append(Band(starts.pop(("section", sec)) - t0, e.t - t0, sec,
                                 sec if sec in ("validate", "test") else "validate"))
         # A crash leaves epochs and sections open: draw them to the stage's last sample.
         end = float(ts.max()) - t0 if not ts.empty else None
@@ -139,11 +138,11 @@ def timeline_data(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Ti
     cuda = pd.DataFrame(cuda_rows, columns=["x", "allocated", "reserved"])
     cuda_peaks = []
     for st in run.stages:
-        starts = {e.get("epoch"): float(e["t"]) for e in st.events_of(Event.EPOCH_START)}
-        for e in st.events_of(Event.PHASE_TOTALS):
-            peaks = [int(c.get("peak_allocated") or 0) for c in (e.get("cuda") or {}).values()]
-            if peaks and e.get("span") == "epoch" and e.get("epoch") in starts:
-                cuda_peaks.append((starts[e["epoch"]] - t0, float(e["t"]) - t0, float(max(peaks))))
+        starts = {e.epoch: e.t for e in st.events_of(EpochStart)}
+        for e in st.events_of(PhaseTotals):
+            peaks = [c.peak_allocated or 0 for c in (e.cuda or {}).values()]
+            if peaks and e.span == "epoch" and e.epoch in starts:
+                cuda_peaks.append((starts[e.epoch] - t0, e.t - t0, float(max(peaks))))
     return TimelineData(
         t0=t0,
         ticks=both[["stage", "x", "main_rss", "tree_rss", "cuda_allocated", "cuda_reserved"]],
