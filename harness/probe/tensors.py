@@ -39,11 +39,6 @@ class TensorRecord:
     address: int
     device: str
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
-
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
