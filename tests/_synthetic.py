@@ -12,6 +12,10 @@ One stage, ``train``, two epochs. Ticks (t, epoch, phase, main RSS MiB) and work
 
 The main process's USS on full ticks: 60, 70, -, 75, 75, 90, 80 MiB; PSS = USS + 20 MiB;
 statm shared = 40 MiB throughout. Workers' PSS = USS + 50 MiB, shared 100 MiB.
+
+The samples go through the real samples writer (``samples/``, sealed into Parquet), the
+snapshots through :meth:`harness.records.snapshots.Snapshot.write`; ``legacy_csv`` writes an older
+run's 16-column samples.csv instead (its reader's tests, and damage only a CSV can hold).
 """
 
 from __future__ import annotations
