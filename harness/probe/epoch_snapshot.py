@@ -115,7 +115,8 @@ def cuda_stats(device: str) -> SnapshotCuda | None:
         **cuda.device_sample(device),
         name=torch.cuda.get_device_name(dev),
         stats=cuda.parse_memory_stats(torch.cuda.memory_stats(dev)).to_dict(),
-        host=cuda.host_sample(),
+        # numbers only: a key some torch version adds of another kind must not fail the epoch
+        host={k: v for k, v in cuda.host_sample().items() if isinstance(v, int | float)},
     )
 
 
