@@ -180,7 +180,8 @@ def _pinned_host(run: Run) -> Finding | None:
     best = None
     for st in run.stages:
         for label, snap in st.snapshots.items():
-            rss = next((p.rss for p in snap.processes if p.role == "main"), None)
+            main = snap.main()
+            rss = main.rss if main is not None else None
             f = cuda.pinned_host_memory((snap.cuda.host if snap.cuda else None) or {}, rss=rss)
             if f is not None and (best is None or f.peak_pinned > best[0].peak_pinned):
                 best = (f, st.name, label)

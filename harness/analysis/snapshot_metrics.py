@@ -44,11 +44,11 @@ def snapshot_metrics(snap: Snapshot) -> dict[str, float]:
             m[f"tensor_bytes_{cat}"] = float(tb[cat])
     m["tensor_bytes_total"] = float(sum(tb.values()))
     m["tensor_count"] = float(snap.tensor_count)
-    procs = [p for p in snap.processes if not p.gone]
-    main = next((p for p in procs if p.role == "main"), None)
-    workers = [p for p in procs if p.role != "main"]
-    for k in ("rss", "uss", "pss"):
-        m[f"main_{k}"] = float((getattr(main, k) if main is not None else None) or 0)
+    main = snap.main()
+    workers = [p for p in snap.processes if not p.gone and p.role != "main"]
+    figures = (main.rss, main.uss, main.pss) if main is not None else (None, None, None)
+    for k, v in zip(("rss", "uss", "pss"), figures):
+        m[f"main_{k}"] = float(v or 0)
     m["workers"] = float(len(workers))
     m["workers_rss"] = float(sum(p.rss or 0 for p in workers))
     m["workers_uss"] = float(sum(p.uss or 0 for p in workers))

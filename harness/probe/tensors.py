@@ -26,8 +26,6 @@ from torch.utils._pytree import tree_flatten
 
 from harness.records.snapshots import TENSOR_CATEGORIES, DdpBuckets
 
-CATEGORIES = TENSOR_CATEGORIES
-
 
 @dataclass(frozen=True)
 class TensorRecord:
@@ -146,7 +144,7 @@ def ddp_buckets(model: Any) -> DdpBuckets | None:
 
 
 def bytes_by_category(records: list[TensorRecord]) -> dict[str, int]:
-    out = dict.fromkeys(CATEGORIES, 0)
+    out = dict.fromkeys(TENSOR_CATEGORIES, 0)
     for r in records:
         out[r.category] += r.bytes
     return out
