@@ -7,7 +7,7 @@ one of the section's :attr:`DocRecord.words`: values and other names the prose u
 map kind, a file name). A field added to a model without a word in the docs, or a field the docs
 name that no model has, fails here.
 
-Adding a record (the manifest, the events) is one entry in RECORDS.
+Adding a record (the events, ...) is one entry in RECORDS.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from harness.records.manifest import Manifest
 from harness.records.probe_config import ProbeConfig
 from harness.records.samples import SampleRow
 from harness.records.snapshots import Snapshot
+from harness.records.vocab import Status
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "run-directory.md"
 
@@ -38,6 +40,10 @@ class DocRecord:
 
 
 RECORDS: list[DocRecord] = [
+    DocRecord("manifest.json", Manifest, words=frozenset({
+        *Status, "run", "bare",  # status, kind
+        "batch", "normal", "fork", "spawn", "forkserver", "none",  # sampling.policy, start methods
+        "smaps_rollup", "null", "true"})),
     DocRecord("samples/ (and samples.csv)", SampleRow, words=frozenset({
         "main", "forkserver", "child", "statm", "smaps_rollup", "setup", "teardown",
         "phase_totals", "agent"})),
