@@ -60,11 +60,13 @@ def shares(run_dir: Path) -> dict[str, float]:
 
 def recorded(run_dir: Path) -> dict[str, Any]:
     """What the run recorded: census bytes per epoch snapshot, training windows, sections."""
+    from harness.records.snapshots import Snapshot
+
     stage = run_dir / "stages" / "main"
     census: dict[str, dict[str, int]] = {}
-    for snap in sorted((stage / "snapshots").glob("epoch-*.json")):
-        d = json.loads(snap.read_text())
-        census[snap.stem] = {k: v for k, v in d["tensor_bytes"].items() if v}
+    for path in sorted((stage / "snapshots").glob("epoch-*.json")):
+        snap = Snapshot.model_validate_json(path.read_text())
+        census[path.stem] = {k: v for k, v in snap.tensor_bytes.items() if v}
     events = read_events(stage / EVENTS_FILE, problems=[])
     windows = [e.capture for e in events if isinstance(e, MemrayStart)]
     sections = [e.section for e in events if isinstance(e, SectionStart)]

@@ -18,7 +18,6 @@ report seconds per length, and the MB per hour fitted to them.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -41,7 +40,6 @@ from harness.layout import (  # noqa: E402
     EVENTS_FILE,
     MANIFEST_FILE,
     MEMRAY_DIR,
-    SAMPLE_COLUMNS,
     SAMPLES_DIR,
     SAMPLES_FILE,
     SCENARIO_FILE,
@@ -64,6 +62,8 @@ from harness.records.events import (  # noqa: E402
     StageStart,
 )
 from harness.records.manifest import Manifest, ScenarioEcho, Where  # noqa: E402
+from harness.records.samples import SAMPLE_COLUMNS, SampleRow  # noqa: E402
+from harness.records.snapshots import Snapshot  # noqa: E402
 
 RSS_HZ = 25.0  # the sampler's default tick rate
 FULL_EVERY = 25  # USS/PSS on every 25th tick: 1 Hz
@@ -97,8 +97,8 @@ class Template:
     events: list[EventRecord]  # t: seconds into the epoch; epoch set per replay
     window_events: list[MemrayStart | MemrayStop]  # the template epoch's training window, start and stop
     validate_events: list[MemrayStart | MemrayStop]  # epoch 1's validation capture, start and stop
-    snapshot: dict[str, Any]
-    end_snapshot: dict[str, Any] | None
+    snapshot: Snapshot
+    end_snapshot: Snapshot | None
     manifest: Manifest
     scenario_text: str
     probe_json: str
@@ -149,14 +149,13 @@ def load_template(run_dir: Path) -> Template:
     my_v = next(e.t for e in evs if isinstance(e, SectionStart) and e.epoch == TEMPLATE_EPOCH)
     validate = [e.model_copy(update={"t": my_v - start + (e.t - v_start) / v_len * (end - my_v)})
                 for e in evs if isinstance(e, MemrayStart | MemrayStop) and e.capture == v_name]
-    snapshot = json.loads((st.dir / SNAPSHOTS_DIR / f"epoch-{TEMPLATE_EPOCH}.json").read_text())
-    end_path = st.dir / SNAPSHOTS_DIR / "end.json"
+    snapshot = st.snapshots[f"epoch-{TEMPLATE_EPOCH}"]
     train_cap = st.dir / MEMRAY_DIR / f"{capture_name(STAGE, TEMPLATE_EPOCH, TRAIN_WINDOW)}.bin"
     log = (st.dir / STAGE_LOG_FILE).read_text().splitlines() if (st.dir / STAGE_LOG_FILE).is_file() else []
     return Template(
         length_s=end - start, ticks=ticks, full=full, events=in_epoch, window_events=window,
         validate_events=validate, snapshot=snapshot,
-        end_snapshot=json.loads(end_path.read_text()) if end_path.is_file() else None,
+        end_snapshot=st.snapshots.get("end"),
         manifest=read_manifest(run_dir),
         scenario_text=(run_dir / SCENARIO_FILE).read_text(),
         probe_json=(st.dir / "probe.json").read_text() if (st.dir / "probe.json").is_file() else "{}",
@@ -270,7 +269,7 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
                     new[COL["rss_anon"]] = max(int(new[COL["rss"]]) - int(shared), 0)
                     new[COL["rss_file"]] = int(shared)
                     new[COL["rss_shmem"]] = 0
-                out_rows.append(new)
+                out_rows.append(SampleRow._make(new))
             writer.write(out_rows)
             rows_written += len(out_rows)
         # events: the template epoch's, renumbered; a window where the policy opens one
@@ -293,17 +292,15 @@ def generate(tpl: Template, out: Path, minutes: float, epoch_s: float) -> dict[s
             if isinstance(e, SnapshotEvent):
                 e = e.model_copy(update={"label": f"epoch-{epoch}",
                                          "file": f"{SNAPSHOTS_DIR}/epoch-{epoch}.json"})
-                snap = copy.deepcopy(tpl.snapshot)
-                snap.update(label=f"epoch-{epoch}", epoch=epoch, t=e.t)
-                (sdir / SNAPSHOTS_DIR / f"epoch-{epoch}.json").write_text(json.dumps(snap, indent=1))
+                tpl.snapshot.model_copy(update={"label": f"epoch-{epoch}", "epoch": epoch,
+                                                "t": e.t}).write(sdir / SNAPSHOTS_DIR)
             events.write(e)
         log.writelines(line.replace(f"[{TEMPLATE_EPOCH},", f"[{epoch},", 1) + "\n" for line in tpl.log_lines)
     t_end = BASE_T + epochs * epoch_s
     if tpl.end_snapshot is not None:
-        snap = dict(tpl.end_snapshot, epoch=epochs, t=t_end)
-        (sdir / SNAPSHOTS_DIR / "end.json").write_text(json.dumps(snap, indent=1))
+        tpl.end_snapshot.model_copy(update={"epoch": epochs, "t": t_end}).write(sdir / SNAPSHOTS_DIR)
         events.write(SnapshotEvent(t=t_end, label="end", epoch=epochs, file=f"{SNAPSHOTS_DIR}/end.json",
-                              tensor_bytes=dict(tpl.end_snapshot.get("tensor_bytes") or {})))
+                                   tensor_bytes=dict(tpl.end_snapshot.tensor_bytes)))
     events.write(StageEnd(t=t_end, stage=STAGE))
     writer.close()
     events.close()

@@ -30,7 +30,7 @@ FLAMEGRAPHS_DIR = "flamegraphs"  # in REPORT_DIR
 # A stage's directory: <run dir>/stages/<stage>/
 STAGES_DIR = "stages"
 STAGE_LOG_FILE = "log.txt"  # the workload's stdout and stderr
-SAMPLES_DIR = "samples"  # the sampler's rows (SAMPLE_COLUMNS), in parts (below)
+SAMPLES_DIR = "samples"  # the sampler's rows (harness.records.samples), in parts (below)
 SAMPLES_FILE = "samples.csv"  # the same rows in one CSV: run directories from before SAMPLES_DIR
 EVENTS_FILE = "events.jsonl"  # the probe's events, one JSON object a line
 PROBE_CONFIG_FILE = "probe.json"  # the probe's settings, written by the runner
@@ -39,18 +39,6 @@ MEMRAY_DIR = "memray"  # memray captures: <capture>.bin, forked workers <capture
 SNAPSHOTS_DIR = "snapshots"  # epoch snapshots: <label>.json
 CUDA_HISTORY_DIR = "cuda"  # CUDA allocator history windows: <stage>-e<N>-steps<a>-<b>.pickle
 CHECKPOINT_FILE = "checkpoint.pt"  # written by the built-in train stage, read by its test stage
-
-# The samples: one row per process per sampler tick. Columns added later go at the end (an older
-# file lacks them; readers fill them in empty).
-SAMPLE_COLUMNS = (
-    "t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
-    "uss", "pss", "swap", "stage", "epoch", "step", "phase", "cuda_allocated", "cuda_reserved",
-    "rss_anon", "rss_file", "rss_shmem",
-    "rank",  # distributed: the global rank a process belongs to (a worker: its rank's); else empty
-)
-# Text columns; every other is a number: ``t`` seconds, the rest integers (bytes, counts), empty
-# where not read.
-SAMPLE_TEXT_COLUMNS = frozenset({"role", "stage", "phase"})
 
 # SAMPLES_DIR holds numbered parts, each about a minute of rows: <N>.csv the part being written
 # (flushed twice a second), <N>.parquet a finished one at the full rate, and <N>-<M>.parquet parts

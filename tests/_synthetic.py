@@ -12,6 +12,10 @@ One stage, ``train``, two epochs. Ticks (t, epoch, phase, main RSS MiB) and work
 
 The main process's USS on full ticks: 60, 70, -, 75, 75, 90, 80 MiB; PSS = USS + 20 MiB;
 statm shared = 40 MiB throughout. Workers' PSS = USS + 50 MiB, shared 100 MiB.
+
+The samples go through the real samples writer (``samples/``, sealed into Parquet), the
+snapshots through :meth:`harness.records.snapshots.Snapshot.write`; ``legacy_csv`` writes an older
+run's 16-column samples.csv instead (its reader's tests, and damage only a CSV can hold).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.control.samples import SamplesWriter
+from harness.layout import SAMPLES_DIR, SAMPLES_FILE, SNAPSHOTS_DIR
 from harness.probe.steps import EventWriter
 from harness.records.events import (
     BaseEvent,
@@ -39,10 +46,13 @@ from harness.records.events import (
     StageStart,
     TracedStep,
 )
+from harness.records.samples import COLUMN_TYPES, SAMPLE_COLUMNS, SampleRow
+from harness.records.snapshots import Snapshot
 
 MiB = 1024 * 1024
-COLUMNS = ("t", "pid", "ppid", "role", "rss", "vms", "shared", "text", "data",
-           "uss", "pss", "swap", "stage", "epoch", "step", "phase")
+# The 16 columns of samples.csv in run directories written before the CUDA, rss_* and rank
+# columns: positional rows (``rows=`` of write_run) are read in this order.
+COLUMNS = SAMPLE_COLUMNS[:16]
 
 # (t, epoch, step, phase, main rss, main uss or None, [(pid, role, rss, uss or None)])
 TICKS: list[tuple[float, int, int, str, int, int | None, list[tuple[int, str, int, int | None]]]] = [
@@ -57,14 +67,38 @@ TICKS: list[tuple[float, int, int, str, int, int | None, list[tuple[int, str, in
 
 
 def _row(t: float, pid: int, ppid: int, role: str, rss: int, uss: int | None, shared: int,
-         pss_extra: int, epoch: int, step: int, phase: str) -> list[Any]:
+         pss_extra: int, epoch: int, step: int, phase: str) -> SampleRow:
     full = uss is not None
-    return [f"{t:.4f}", pid, ppid, role, rss * MiB, 2 * rss * MiB, shared * MiB, 4096, rss * MiB,
-            uss * MiB if full else "", (uss + pss_extra) * MiB if full else "",
-            0 if full else "", "train", epoch, step, phase]
+    return sample_row(t=t, pid=pid, ppid=ppid, role=role, rss=rss * MiB, vms=2 * rss * MiB,
+                      shared=shared * MiB, text=4096, data=rss * MiB,
+                      uss=uss * MiB if uss is not None else None,
+                      pss=(uss + pss_extra) * MiB if uss is not None else None,
+                      swap=0 if full else None, stage="train", epoch=epoch, step=step, phase=phase)
 
 
-def samples_rows() -> list[list[Any]]:
+def sample_row(**values: Any) -> SampleRow:
+    """A row; columns not given are empty."""
+    return SampleRow(**{c: values.get(c) for c in SAMPLE_COLUMNS})
+
+
+def as_row(values: Sequence[Any], columns: Sequence[str] = SAMPLE_COLUMNS) -> SampleRow:
+    """A positional row (``columns`` in order, as a samples.csv holds them: "" for empty) as the
+    sampler's row; a SampleRow is returned as it is."""
+    if isinstance(values, SampleRow):
+        return values
+    out: dict[str, Any] = {}
+    for c, v in zip(columns, values):
+        kind = COLUMN_TYPES[c]
+        out[c] = None if v is None or v == "" else kind(float(v)) if kind is int else kind(v)
+    return sample_row(**out)
+
+
+def csv_fields(row: SampleRow) -> list[Any]:
+    """A row as a line of an older run's samples.csv: its first 16 columns, "" for empty."""
+    return [f"{row.t:.4f}", *("" if v is None else v for v in row[1:len(COLUMNS)])]
+
+
+def samples_rows() -> list[SampleRow]:
     rows = []
     for t, epoch, step, phase, rss, uss, workers in TICKS:
         rows.append(_row(t, 100, 0, "main", rss, uss, 40, 20, epoch, step, phase))
@@ -136,12 +170,43 @@ def manifest(name: str = "synthetic", status: str = "ok") -> dict[str, Any]:
     return m
 
 
+def write_samples(folder: Path, rows: Sequence[Sequence[Any]], *, legacy_csv: bool = False) -> None:
+    """``rows`` (SampleRows, or positional rows: :func:`as_row`) into ``folder``: through the
+    samples writer into ``folder``/samples/ (one tick at a time, sealed), or with ``legacy_csv``
+    as the samples.csv of a run directory written before the samples folder (16 columns; a
+    positional row is written as it is, damage included)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if legacy_csv:
+        with open(folder / SAMPLES_FILE, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(COLUMNS)
+            w.writerows(csv_fields(r) if isinstance(r, SampleRow) else r for r in rows)
+        return
+    typed = [as_row(r) for r in rows]
+    with SamplesWriter(folder / SAMPLES_DIR) as writer:
+        tick: list[SampleRow] = []
+        for r in typed:
+            if tick and r.t != tick[0].t:
+                writer.write(tick)
+                tick = []
+            tick.append(r)
+        writer.write(tick)
+
+
+def write_snapshots(folder: Path, snapshots: Sequence[dict[str, Any]]) -> None:
+    """Each snapshot through its model's writer into ``folder``/snapshots/."""
+    (folder / SNAPSHOTS_DIR).mkdir(parents=True, exist_ok=True)
+    for snap in snapshots:
+        Snapshot.model_validate(snap).write(folder / SNAPSHOTS_DIR)
+
+
 def write_run(root: Path, *, name: str = "synthetic", status: str = "ok",
               snapshots: list[dict[str, Any]] | None = None,
               events: list[EventRecord | Any] | None = None,
-              rows: list[list[Any]] | None = None) -> Path:
-    """Write the synthetic run directory under ``root`` and return it. ``events``: the models
-    are written by the probe's EventWriter, anything else (a damaged line) as its JSON."""
+              rows: Sequence[Sequence[Any]] | None = None, legacy_csv: bool = False) -> Path:
+    """Write the synthetic run directory under ``root`` and return it: the samples through the
+    samples writer (``legacy_csv``: as an older run's samples.csv); ``events``: the models are
+    written by the probe's EventWriter, anything else (a damaged line) as its JSON."""
     run = root / "run"
     sdir = run / "stages" / "train"
     (sdir / "snapshots").mkdir(parents=True)
@@ -150,13 +215,9 @@ def write_run(root: Path, *, name: str = "synthetic", status: str = "ok",
     # the manifest's scenario_name is the one under test (escaping)
     safe = name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) else "synthetic"
     (run / "scenario.yaml").write_text(f"name: {safe}\nstages: [train]\n", encoding="utf-8")
-    with open(sdir / "samples.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        w.writerows(samples_rows() if rows is None else rows)
+    write_samples(sdir, samples_rows() if rows is None else rows, legacy_csv=legacy_csv)
     _write_events(sdir / "events.jsonl", EVENTS if events is None else events)
-    for snap in SNAPSHOTS if snapshots is None else snapshots:
-        (sdir / "snapshots" / f"{snap['label']}.json").write_text(json.dumps(snap), encoding="utf-8")
+    write_snapshots(sdir, SNAPSHOTS if snapshots is None else snapshots)
     return run
 
 

@@ -1,6 +1,6 @@
 """A distributed (torchrun) run directory written by hand: one stage, ``train``, two epochs, two ranks.
 
-The layout is the runtime's (docs/run-directory.md): ``stages/train/samples.csv`` holds the whole
+The layout is the runtime's (docs/run-directory.md): ``stages/train/samples/`` holds the whole
 tree (the agent, ``rank R``, ``rank R worker 0``, each row with its ``rank``), and
 ``stages/train/rank<R>/`` each rank's events and snapshots. Each rank's own RSS, in MiB, at the
 ticks (t, epoch, phase):
@@ -23,12 +23,11 @@ the agent 40 MiB. With ``nodes``, each rank runs on its own node: the samples ar
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
-from _synthetic import MiB, snapshot
+from _synthetic import MiB, as_row, snapshot, write_samples, write_snapshots
 
 from harness.probe.steps import EventWriter
 from harness.records.events import (
@@ -127,23 +126,19 @@ def manifest(name: str = "ddp", node: int | None = None, nnodes: int = 1) -> dic
     }
 
 
-def _write_samples(path: Path, rows: list[list[Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        w.writerows(rows)
+def _write_samples(folder: Path, rows: list[list[Any]]) -> None:
+    """The rows (in COLUMNS order) through the samples writer into ``folder``/samples/."""
+    write_samples(folder, [as_row(r, COLUMNS) for r in rows])
 
 
 def _write_rank(sdir: Path, rank: int, buckets: bool) -> None:
     rdir = sdir / f"rank{rank}"
-    (rdir / "snapshots").mkdir(parents=True)
+    rdir.mkdir(parents=True)
     events = EventWriter(rdir / "events.jsonl")
     for ev in rank_events(rank):
         events.write(ev)
     events.close()
-    for snap in rank_snapshots(rank, buckets):
-        (rdir / "snapshots" / f"{snap['label']}.json").write_text(json.dumps(snap), encoding="utf-8")
+    write_snapshots(rdir, rank_snapshots(rank, buckets))
 
 
 def write_run(root: Path, *, plant: bool = False, ranks: int = 2, nodes: bool = False,
@@ -157,13 +152,13 @@ def write_run(root: Path, *, plant: bool = False, ranks: int = 2, nodes: bool = 
     (run / "scenario.yaml").write_text(f"name: {name}\nstages: [train]\n", encoding="utf-8")
     if nodes:
         for k in range(ranks):
-            _write_samples(sdir / f"node{k}" / "samples.csv", samples_rows(ranks, plant, only=k))
+            _write_samples(sdir / f"node{k}", samples_rows(ranks, plant, only=k))
             (sdir / f"node{k}" / "log.txt").write_text(f"node {k}\n", encoding="utf-8")
             if k:
                 (run / f"manifest-node{k}.json").write_text(json.dumps(manifest(name, k, ranks)),
                                                             encoding="utf-8")
     else:
-        _write_samples(sdir / "samples.csv", samples_rows(ranks, plant))
+        _write_samples(sdir, samples_rows(ranks, plant))
     for r in range(ranks):
         _write_rank(sdir, r, buckets)
     return run
@@ -180,7 +175,7 @@ def write_node_run(root: Path, node: int, *, nnodes: int = 2, name: str = "ddp",
     text = json.dumps(manifest(name, node, nnodes))
     (run / ("manifest.json" if node == 0 else f"manifest-node{node}.json")).write_text(text, encoding="utf-8")
     (run / "scenario.yaml").write_text(f"name: {name}\nstages: [train]\n", encoding="utf-8")
-    _write_samples(sdir / f"node{node}" / "samples.csv", samples_rows(nnodes, plant, only=node))
+    _write_samples(sdir / f"node{node}", samples_rows(nnodes, plant, only=node))
     (sdir / f"node{node}" / "log.txt").write_text(f"node {node}\n", encoding="utf-8")
     _write_rank(sdir, node, True)
     return run

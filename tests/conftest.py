@@ -45,7 +45,8 @@ def latest_run(reports: Path) -> Path:
 def stage_samples(stage_dir: Path) -> pd.DataFrame:
     """A stage's samples (its samples/ folder) as pd.read_csv read samples.csv: empty text missing."""
     from harness.analysis.load import read_samples
-    from harness.layout import SAMPLE_TEXT_COLUMNS, SAMPLES_DIR
+    from harness.layout import SAMPLES_DIR
+    from harness.records.samples import SAMPLE_TEXT_COLUMNS
 
     problems: list[str] = []
     df = read_samples(stage_dir / SAMPLES_DIR, problems)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from harness.errors import UsageError
 
 
 def test_truncated_last_lines_are_dropped_and_noted(tmp_path: Path) -> None:
-    run_dir = write_run(tmp_path, status="running")
+    run_dir = write_run(tmp_path, status="running", legacy_csv=True)
     sdir = run_dir / "stages" / "train"
     with open(sdir / "samples.csv", "a", encoding="utf-8") as fh:
         fh.write("1008.0000,100,0,main,1677")  # a tick cut short by a kill
@@ -37,7 +38,7 @@ def test_truncated_last_lines_are_dropped_and_noted(tmp_path: Path) -> None:
 def test_missing_files_give_an_empty_stage(tmp_path: Path) -> None:
     run_dir = write_run(tmp_path)
     sdir = run_dir / "stages" / "train"
-    (sdir / "samples.csv").unlink()
+    shutil.rmtree(sdir / "samples")
     (sdir / "events.jsonl").unlink()
     run = load_run(run_dir)
     assert run.samples.empty

@@ -487,6 +487,33 @@ def test_device_sample_reads_one_stats_call(
     assert fake_cuda == [("reset", torch.device("cuda:0"))]
 
 
+def test_a_snapshot_on_cuda_holds_the_device_as_its_record_says(
+    fake_cuda: list[tuple[str, Any]], recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from harness.analysis.load import read_snapshots
+    from harness.probe import epoch_snapshot
+
+    # GIVEN torch.cuda answering with the recordings, a device name and pinned host memory
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "host_memory_stats",
+                        lambda: {"allocated_bytes.peak": 4 * cuda.MiB, "host_alloc_time.avg": 12})
+    # WHEN the probe takes a snapshot on the device, writes it and analysis reads it back
+    snap = epoch_snapshot.take("epoch-1", stage="train", epoch=1, model=None, optimizer=None,
+                               device="cuda:0", memray_active=False)
+    snap.write(tmp_path / "snapshots")
+    problems: list[str] = []
+    [back] = read_snapshots(tmp_path, problems).values()
+    # THEN the same record, its stats typed
+    final = recorded["runs"]["256"]["final"]
+    assert problems == [] and back == snap and back.cuda is not None
+    assert (back.cuda.allocated, back.cuda.name) == (final["allocated_bytes.all.current"],
+                                                     "NVIDIA H100 80GB HBM3")
+    stats = back.cuda.cuda_stats()
+    assert stats is not None and stats.peak_reserved == final["reserved_bytes.all.peak"]
+    assert back.cuda.host == {"allocated_bytes.peak": 4 * cuda.MiB, "host_alloc_time.avg": 12}
+
+
 def test_history_start_and_bounded_dump(fake_cuda: list[tuple[str, Any]], tmp_path: Path) -> None:
     device.start_history(5_000)
     assert fake_cuda[0][1] == "all"

@@ -21,6 +21,7 @@ from _gate import write_run as write_gate_run
 from _synthetic import (
     EVENTS,
     SNAPSHOTS,
+    csv_fields,
     samples_rows,
     truncate_to_half,
     write_busy_capture,
@@ -113,7 +114,7 @@ def test_a_truncated_events_file_makes_the_run_incomplete_and_the_gate_refuses_i
 
 
 def test_a_stale_summary_does_not_hide_damage_done_since(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    run_dir = write_run(tmp_path)
+    run_dir = write_run(tmp_path, legacy_csv=True)
     code, _, err = cli("report", str(run_dir))
     assert code == 0 and _summary(run_dir)["run"]["complete"] is True, err
     truncate_to_half(run_dir / "stages/train/samples.csv")
@@ -199,13 +200,13 @@ def test_a_snapshot_of_the_wrong_type_is_skipped_and_named(tmp_path: Path, key: 
 
 
 def test_a_samples_row_with_extra_fields_is_named_and_the_rest_kept(tmp_path: Path) -> None:
-    rows = samples_rows()
+    rows = [csv_fields(r) for r in samples_rows()]
     rows[3] = [*rows[3], "extra"]  # line 5 of the file (the header is line 1)
-    run_dir = write_run(tmp_path, rows=rows)
+    run_dir = write_run(tmp_path, rows=rows, legacy_csv=True)
 
     run = load_run(run_dir)
     samples = run.stage("train").samples
-    assert len(samples) == sum(1 for r in samples_rows() if int(r[4]) > 0) - 1
+    assert len(samples) == sum(1 for r in samples_rows() if r.rss > 0) - 1
     assert samples["t"].max() == 1007.0
     [problem] = run.problems
     assert "stages/train/samples.csv line 5" in problem and "expected 16 fields, saw 17" in problem, problem
@@ -213,9 +214,9 @@ def test_a_samples_row_with_extra_fields_is_named_and_the_rest_kept(tmp_path: Pa
 
 
 def test_a_samples_value_that_is_not_a_number_is_named(tmp_path: Path) -> None:
-    rows = samples_rows()
+    rows = [csv_fields(r) for r in samples_rows()]
     rows[2][4] = "big"  # rss, line 4
-    run = load_run(write_run(tmp_path, rows=rows))
+    run = load_run(write_run(tmp_path, rows=rows, legacy_csv=True))
     [problem] = run.problems
     assert "stages/train/samples.csv line 4" in problem and "rss" in problem, problem
 
@@ -380,7 +381,7 @@ MALFORMED: list[tuple[Callable[[Path], None], str]] = [
 @pytest.mark.parametrize(("damage", "needle"), MALFORMED, ids=[f.__name__ for f, _ in MALFORMED])
 def test_check_exits_2_for_every_malformed_input(tmp_path: Path, cli, damage: Callable[[Path], None],  # type: ignore[no-untyped-def]
                                                  needle: str) -> None:
-    run_dir = write_run(tmp_path / "run")
+    run_dir = write_run(tmp_path / "run", legacy_csv=damage is _extra_field)
     damage(run_dir)
     code, out, err = cli("check", str(run_dir), "--budgets", str(_budgets(tmp_path)))
     assert code == 2, out + err

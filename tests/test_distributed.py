@@ -206,9 +206,10 @@ def test_ddp_census_counts_parameters_gradients_and_buckets(group: None) -> None
     optimizer = _train_step(net)
     snap = epoch_snapshot.take("epoch-1", stage="train", epoch=1, model=net, optimizer=optimizer,
                                device="cpu", memray_active=False)
-    tb = snap["tensor_bytes"]
+    tb = snap.tensor_bytes
     assert (tb["parameters"], tb["gradients"], tb["optimizer_state"]) == (PARAM_BYTES,) * 3
-    assert snap["ddp"] == {"bucket_sizes": [PARAM_BYTES], "gradient_as_bucket_view": False}
+    assert snap.ddp is not None
+    assert snap.ddp.model_dump() == {"bucket_sizes": [PARAM_BYTES], "gradient_as_bucket_view": False}
     assert tb["ddp_buckets"] == PARAM_BYTES
 
 
@@ -219,8 +220,8 @@ def test_ddp_buckets_that_are_the_gradients_are_not_counted_twice(group: None) -
     _train_step(net)
     snap = epoch_snapshot.take("x", stage="train", epoch=1, model=net, optimizer=None, device="cpu",
                                memray_active=False)
-    assert snap["ddp"]["gradient_as_bucket_view"] is True
-    assert "ddp_buckets" not in snap["tensor_bytes"]
+    assert snap.ddp is not None and snap.ddp.gradient_as_bucket_view is True
+    assert "ddp_buckets" not in snap.tensor_bytes
     assert tensors.ddp_buckets(net.module) is None  # a plain module has none
 
 

@@ -50,7 +50,8 @@ PARENT = textwrap.dedent("""
 
         print(json.dumps({
             "workers": [w.pid for w in workers], "helper": helper.pid, "grandchild": grandchild,
-            "snapshot": process_tree(os.getpid()),
+            "snapshot": [p.model_dump(mode="json", exclude_defaults=True)
+                         for p in process_tree(os.getpid())],
         }), flush=True)
         sys.stdin.read()
 """)

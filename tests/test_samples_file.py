@@ -30,15 +30,16 @@ from harness.analysis.tables import phase_table, process_table
 from harness.analysis.ticks import ticks
 from harness.control.sampler import SamplerStats, TreeSampler, read_rollup, read_status
 from harness.control.samples import SamplesWriter, keep_mask, to_table
-from harness.layout import SAMPLE_COLUMNS, SAMPLE_TEXT_COLUMNS, SAMPLES_DIR, SAMPLES_FILE
+from harness.layout import SAMPLES_DIR, SAMPLES_FILE
+from harness.records.samples import SAMPLE_COLUMNS, SAMPLE_TEXT_COLUMNS, SampleRow
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
 
-def row(**values: Any) -> tuple[Any, ...]:
-    """A row in SAMPLE_COLUMNS order; columns not given are empty."""
-    return tuple(values.get(c) for c in SAMPLE_COLUMNS)
+def row(**values: Any) -> SampleRow:
+    """A row; columns not given are empty."""
+    return SampleRow(**{c: values.get(c) for c in SAMPLE_COLUMNS})
 
 
 def fake_rows(seconds: float, hz: int = 25, seed: int = 1) -> list[tuple[Any, ...]]:
@@ -182,7 +183,7 @@ def _as_folder(run_dir: Path, **kw: Any) -> Path:
     (sdir / SAMPLES_FILE).unlink()
     csv = pd.read_csv(run_dir / "stages/train" / SAMPLES_FILE).reindex(columns=list(SAMPLE_COLUMNS))
     kinds = [str if c in SAMPLE_TEXT_COLUMNS else float if c == "t" else int for c in SAMPLE_COLUMNS]
-    rows = [tuple(None if pd.isna(v) else kind(v) for v, kind in zip(r, kinds))
+    rows = [SampleRow._make(None if pd.isna(v) else kind(v) for v, kind in zip(r, kinds))
             for r in csv.itertuples(index=False)]
     write_folder(sdir, rows, **kw)
     assert len(old) > 0
@@ -192,9 +193,9 @@ def _as_folder(run_dir: Path, **kw: Any) -> Path:
 @pytest.mark.parametrize("parts", [{}, {"part_s": 1.5, "full_rate_parts": 100}])
 def test_the_folder_reads_back_to_the_same_tables_as_the_csv(tmp_path: Path,
                                                              parts: dict[str, Any]) -> None:
-    # GIVEN the synthetic run (known tables, a vanished process's zero row) and the same rows
-    # written as a samples folder, in one part or in several
-    run_dir = write_run(tmp_path)
+    # GIVEN the synthetic run as an older run's samples.csv (known tables, a vanished process's
+    # zero row) and the same rows written as a samples folder, in one part or in several
+    run_dir = write_run(tmp_path, legacy_csv=True)
     folder_run = _as_folder(run_dir, **parts)
     # WHEN both are loaded
     a, b = load_run(run_dir), load_run(folder_run)
@@ -226,7 +227,7 @@ def test_only_the_columns_asked_for_are_read(tmp_path: Path) -> None:
 
 def test_an_old_samples_csv_still_loads_with_the_new_columns_empty(tmp_path: Path) -> None:
     # GIVEN a run directory from before the samples folder (16 columns, no CUDA, no rss_anon)
-    run = load_run(write_run(tmp_path))
+    run = load_run(write_run(tmp_path, legacy_csv=True))
     s = run.stage("train").samples
     assert list(s.columns) == list(SAMPLE_COLUMNS)
     assert s["rss_anon"].isna().all() and s["rss"].gt(0).all() and len(s) == 12
@@ -239,12 +240,12 @@ KILLED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from harness.control.samples import SamplesWriter
-    from harness.layout import SAMPLE_COLUMNS
+    from harness.records.samples import SAMPLE_COLUMNS, SampleRow
     w = SamplesWriter(Path(sys.argv[1]), part_s=1.0, full_rate_parts=100)
     while True:
         t = round(time.time(), 4)
-        w.write([tuple(t if c == "t" else pid if c == "pid" else 1000 + pid if c == "rss" else
-                       "main" if c == "role" else None for c in SAMPLE_COLUMNS) for pid in (1, 2)])
+        w.write([SampleRow._make(t if c == "t" else pid if c == "pid" else 1000 + pid if c == "rss" else
+                                 "main" if c == "role" else None for c in SAMPLE_COLUMNS) for pid in (1, 2)])
         print(t, flush=True)
         time.sleep(0.02)
 """)

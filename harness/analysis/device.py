@@ -19,6 +19,7 @@ from harness.analysis.load import Run
 from harness.analysis.ticks import phase_order
 from harness.layout import HARNESS_PHASES
 from harness.records.events import CudaHistory, PhaseTotals
+from harness.records.snapshots import SnapshotCuda
 
 DEVICE_COLUMNS = (
     "stage", "epoch", "phase", "readings", "peak_allocated", "peak_reserved",
@@ -61,21 +62,10 @@ def device_table(run: Run) -> pd.DataFrame:
     return df.sort_values(["_s", "epoch", "_p"], ignore_index=True).drop(columns=["_s", "_p"])
 
 
-def _device_snapshots(run: Run) -> list[tuple[str, str, dict[str, Any]]]:
+def _device_snapshots(run: Run) -> list[tuple[str, str, SnapshotCuda]]:
     """(stage, label, snapshot's ``cuda``) for every snapshot that read the device, in order."""
-    return [(st.name, label, snap["cuda"]) for st in run.stages
-            for label, snap in st.snapshots.items() if snap.get("cuda")]
-
-
-def _stats(reading: dict[str, Any]) -> cuda.CudaStats | None:
-    stats = reading.get("stats")
-    if not isinstance(stats, dict):
-        return None
-    known = {k: stats[k] for k in cuda.CudaStats.__dataclass_fields__ if k in stats}
-    try:
-        return cuda.CudaStats(**known)
-    except TypeError:  # a snapshot from a version without some field
-        return None
+    return [(st.name, label, snap.cuda) for st in run.stages
+            for label, snap in st.snapshots.items() if snap.cuda is not None]
 
 
 @dataclass
@@ -138,11 +128,11 @@ def device_info(run: Run) -> dict[str, Any] | None:
     snaps = _device_snapshots(run)
     if not snaps and not is_cuda(run):
         return None
-    free = [int(c["device_free"]) for _, _, c in snaps if c.get("device_free") is not None]
-    total = next((int(c["device_total"]) for _, _, c in snaps if c.get("device_total")), None)
-    name = next((str(c["name"]) for _, _, c in snaps if c.get("name")), None)
-    last = _stats(snaps[-1][2]) if snaps else None
-    pinned = [int((c.get("host") or {}).get("allocated_bytes.peak") or 0) for _, _, c in snaps]
+    free = [c.device_free for _, _, c in snaps if c.device_free is not None]
+    total = next((c.device_total for _, _, c in snaps if c.device_total), None)
+    name = next((c.name for _, _, c in snaps if c.name), None)
+    last = snaps[-1][2].cuda_stats() if snaps else None
+    pinned = [int((c.host or {}).get("allocated_bytes.peak") or 0) for _, _, c in snaps]
     return {
         "device": run.scenario.device if run.scenario is not None else "cuda", "name": name, "total": total,
         "free_min": min(free) if free else None,
@@ -189,9 +179,9 @@ def _pinned_host(run: Run) -> Finding | None:
     best = None
     for st in run.stages:
         for label, snap in st.snapshots.items():
-            rss = next((p.get("rss") for p in snap.get("processes") or []
-                        if p.get("role") == "main"), None)
-            f = cuda.pinned_host_memory((snap.get("cuda") or {}).get("host") or {}, rss=rss)
+            main = snap.main()
+            rss = main.rss if main is not None else None
+            f = cuda.pinned_host_memory((snap.cuda.host if snap.cuda else None) or {}, rss=rss)
             if f is not None and (best is None or f.peak_pinned > best[0].peak_pinned):
                 best = (f, st.name, label)
     if best is None:
@@ -202,7 +192,7 @@ def _pinned_host(run: Run) -> Finding | None:
 
 def _parsed_snapshots(run: Run) -> list[tuple[str, str, cuda.CudaStats]]:
     return [(stage, label, stats) for stage, label, c in _device_snapshots(run)
-            if (stats := _stats(c)) is not None]
+            if (stats := c.cuda_stats()) is not None]
 
 
 @finding("cuda_reserved", severity="warning", doc="reports.md#cuda_reserved",

@@ -27,8 +27,6 @@ from harness.layout import (
     EVENTS_FILE,
     MANIFEST_FILE,
     MEMRAY_DIR,
-    SAMPLE_COLUMNS,
-    SAMPLE_TEXT_COLUMNS,
     SAMPLES_DIR,
     SAMPLES_FILE,
     SCENARIO_FILE,
@@ -45,7 +43,9 @@ from harness.records import scenario as scenario_mod
 from harness.records.events import EVENT_ADAPTER, BaseEvent, EventRecord, StageEnd
 from harness.records.manifest import Manifest, StageOutcome, parse_manifest
 from harness.records.problems import error_line
+from harness.records.samples import COLUMN_TYPES, SAMPLE_COLUMNS, SAMPLE_TEXT_COLUMNS, SampleRow
 from harness.records.scenario import Scenario
+from harness.records.snapshots import Snapshot
 from harness.records.vocab import Status
 
 E = TypeVar("E", bound=BaseEvent)
@@ -78,7 +78,7 @@ class Stage:
     outcome: StageOutcome | None  # the manifest's entry; None if the harness died first
     samples: pd.DataFrame
     events: list[EventRecord]  # in the order written
-    snapshots: dict[str, dict[str, Any]]  # label -> snapshot, in the order they were taken
+    snapshots: dict[str, Snapshot]  # label -> snapshot, in the order they were taken
     captures: list[Capture]
     # Distributed runs: a rank's own records (rank<R>/), its samples those of its process and
     # workers with the roles a single process has (main, worker N); see harness.analysis.ranks.
@@ -208,55 +208,6 @@ class _Record(BaseModel):
 
 
 
-# ---- snapshots/<label>.json --------------------------------------------------------------------
-
-
-class _Process(_Record):
-    pid: int | None = None
-    role: str | None = None
-    rss: float | None = None
-    uss: float | None = None
-    pss: float | None = None
-    shared: float | None = None
-    swap: float | None = None
-    gone: bool | None = None
-
-
-class _MapsKind(_Record):
-    count: int | None = None
-    bytes: float | None = None
-
-
-class _Maps(_Record):
-    summary: dict[str, _MapsKind] | None = None
-
-
-class _Gc(_Record):
-    counts: list[int] | None = None
-
-
-class _SnapshotCuda(_Record):
-    allocated: float | None = None
-    reserved: float | None = None
-    max_allocated: float | None = None
-    stats: dict[str, float | None] | None = None
-    host: dict[str, float | None] | None = None
-
-
-class _Snapshot(_Record):
-    label: str | None = None
-    stage: str | None = None
-    epoch: int | None = None
-    t: float | None = None
-    pid: int | None = None
-    tensor_bytes: dict[str, float | None] | None = None
-    tensor_count: int | None = None
-    processes: list[_Process] | None = None
-    gc: _Gc | None = None
-    maps: _Maps | None = None
-    cuda: _SnapshotCuda | None = None
-
-
 def _whole_lines(data: bytes) -> tuple[bytes, bool]:
     """Drop a last line without its newline (a write cut short); say whether one was dropped."""
     if not data or data.endswith(b"\n"):
@@ -327,6 +278,14 @@ def read_samples(path: Path, problems: list[str], columns: Sequence[str] | None 
             # integers as pandas reads them from a CSV: int64 where none is missing
             df[c] = df[c].astype("int64") if df[c].notna().all() else df[c].astype("float64")
     return df.reset_index(drop=True)
+
+
+def sample_rows(df: pd.DataFrame) -> list[SampleRow]:
+    """The rows of a samples DataFrame (:func:`read_samples`, every column) as the sampler made
+    them: numbers as ``int`` (``t`` as ``float``), text as ``str``, an empty field as None."""
+    kinds = [COLUMN_TYPES[c] for c in SAMPLE_COLUMNS]
+    return [SampleRow._make(None if (v == "" or pd.isna(v)) else kind(v) for kind, v in zip(kinds, values))
+            for values in df[list(SAMPLE_COLUMNS)].itertuples(index=False, name=None)]
 
 
 def _read_parts(folder: Path, problems: list[str], columns: list[str]) -> list[pd.DataFrame]:
@@ -452,12 +411,12 @@ def read_events(path: Path, problems: list[str]) -> list[EventRecord]:
     return out
 
 
-def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
+def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, Snapshot]:
     """The stage's snapshots by label, in the order they were taken; a damaged one is skipped."""
     snap_dir = sdir / SNAPSHOTS_DIR
     if not snap_dir.is_dir():
         return {}
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, Snapshot] = {}
     for path in sorted(snap_dir.glob("*.json")):
         where = _where(path)
         try:
@@ -466,12 +425,12 @@ def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, dict[str, Any]]
             problems.append(f"{where}: unreadable ({type(exc).__name__}; skipped)")
             continue
         try:
-            _Snapshot.model_validate(snap)
+            record = Snapshot.model_validate(snap)
         except ValidationError as exc:
             problems.append(f"{where}: {error_line(exc)} (skipped)")
             continue
-        found[str(snap.get("label") or path.stem)] = snap
-    return dict(sorted(found.items(), key=lambda kv: float(kv[1].get("t") or 0.0)))
+        found[record.label or path.stem] = record
+    return dict(sorted(found.items(), key=lambda kv: kv[1].t))
 
 
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from harness.records.snapshots import TENSOR_CATEGORIES
 from harness.sizes import MiB
 
 if TYPE_CHECKING:
     from harness.analysis.load import Run
+    from harness.records.snapshots import Snapshot
 
 EPOCH_SNAPSHOT_PREFIX = "epoch-"  # epoch-end snapshots are labelled epoch-<N>; the stage's last is "end"
 LEAK_MIN_BOUNDARIES = 2  # epoch boundaries (3 epoch-end snapshots) a leak must grow across
@@ -31,35 +33,34 @@ LEAK_MIN_RSS_FRACTION = 0.01  # ... and this fraction of its RSS at the first ep
 LEAK_MIN_TENSORS_PER_EPOCH = 10  # live tensors more per epoch at every boundary
 
 
-def snapshot_metrics(snap: dict[str, Any]) -> dict[str, float]:
+def snapshot_metrics(snap: Snapshot) -> dict[str, float]:
     """The figures of one snapshot that are worth comparing from epoch to epoch."""
     m: dict[str, float] = {}
-    tb = snap.get("tensor_bytes") or {}
-    for cat in ("parameters", "gradients", "optimizer_state", "other"):
-        m[f"tensor_bytes_{cat}"] = float(tb.get(cat, 0) or 0)
+    tb = snap.tensor_bytes
+    for cat in TENSOR_CATEGORIES:
+        m[f"tensor_bytes_{cat}"] = float(tb.get(cat, 0))
     for cat in tb:  # categories of some runs only: a DDP rank's reducer buckets (ddp_buckets)
-        if cat not in ("parameters", "gradients", "optimizer_state", "other"):
-            m[f"tensor_bytes_{cat}"] = float(tb.get(cat) or 0)
-    m["tensor_bytes_total"] = sum(float(v or 0) for v in tb.values())
-    m["tensor_count"] = float(snap.get("tensor_count") or 0)
-    procs = [p for p in snap.get("processes") or [] if not p.get("gone")]
-    main: dict[str, Any] = next((p for p in procs if p.get("role") == "main"), {})
-    workers = [p for p in procs if p.get("role") != "main"]
-    for k in ("rss", "uss", "pss"):
-        m[f"main_{k}"] = float(main.get(k) or 0)
+        if cat not in TENSOR_CATEGORIES:
+            m[f"tensor_bytes_{cat}"] = float(tb[cat])
+    m["tensor_bytes_total"] = float(sum(tb.values()))
+    m["tensor_count"] = float(snap.tensor_count)
+    main = snap.main()
+    workers = [p for p in snap.processes if not p.gone and p.role != "main"]
+    figures = (main.rss, main.uss, main.pss) if main is not None else (None, None, None)
+    for k, v in zip(("rss", "uss", "pss"), figures):
+        m[f"main_{k}"] = float(v or 0)
     m["workers"] = float(len(workers))
-    m["workers_rss"] = float(sum(p.get("rss") or 0 for p in workers))
-    m["workers_uss"] = float(sum(p.get("uss") or 0 for p in workers))
-    summary = (snap.get("maps") or {}).get("summary") or {}
+    m["workers_rss"] = float(sum(p.rss or 0 for p in workers))
+    m["workers_uss"] = float(sum(p.uss or 0 for p in workers))
+    summary = snap.maps.summary
     for kind in ("heap", "anonymous", "file", "shared-memory"):
-        m[f"maps_{kind.replace('-', '_')}_bytes"] = float((summary.get(kind) or {}).get("bytes", 0))
-    counts = (snap.get("gc") or {}).get("counts") or []
-    for i, c in enumerate(counts[:3]):
+        found = summary.get(kind)
+        m[f"maps_{kind.replace('-', '_')}_bytes"] = float(found.bytes if found is not None else 0)
+    for i, c in enumerate(snap.gc.counts[:3]):
         m[f"gc_count_gen{i}"] = float(c)
-    cuda = snap.get("cuda") or {}
-    for k in ("allocated", "reserved", "max_allocated"):
-        if k in cuda:
-            m[f"cuda_{k}"] = float(cuda[k])
+    if snap.cuda is not None:
+        m["cuda_allocated"] = float(snap.cuda.allocated)
+        m["cuda_reserved"] = float(snap.cuda.reserved)
     return m
 
 
@@ -72,7 +73,7 @@ def epoch_metrics(run: Run) -> dict[str, list[tuple[int, dict[str, float]]]]:
     """Per stage, the epoch-end snapshots' metrics in epoch order."""
     out: dict[str, list[tuple[int, dict[str, float]]]] = {}
     for st in run.stages:
-        rows = [(int(s.get("epoch") or 0), snapshot_metrics(s))
+        rows = [(s.epoch, snapshot_metrics(s))
                 for label, s in st.snapshots.items() if is_epoch_snapshot(label)]
         if rows:
             out[st.name] = sorted(rows, key=lambda r: r[0])

@@ -27,15 +27,14 @@ import psutil
 
 from harness.control import diskfull
 from harness.control.distributed import RankCells
-from harness.control.samples import Row, SamplesWriter
-from harness.layout import SAMPLE_COLUMNS
+from harness.control.samples import SamplesWriter
 from harness.probe.cell import CellReader, CellState
 from harness.probe.processes import AgentRoles, Roles, start_method, tree_of
+from harness.records.samples import SampleRow
 
 _STATUS = re.compile(rb"^(VmSize|VmRSS|RssAnon|RssFile|RssShmem|VmData|VmStk|VmExe):\s+(\d+)", re.M)
 _ROLLUP = re.compile(rb"^(Pss|Private_Clean|Private_Dirty|Private_Hugetlb|Swap):\s+(\d+)", re.M)
 _GONE = (FileNotFoundError, ProcessLookupError, PermissionError)
-_WIDTH = len(SAMPLE_COLUMNS)
 
 
 def _read(path: str) -> bytes:
@@ -332,7 +331,7 @@ class TreeSampler(threading.Thread):
             due[pid] = max(due[pid] + self._full_every, now)
         return set(chosen)
 
-    def _tick(self, cell: CellReader | None, now: float, last: bool) -> list[Row]:
+    def _tick(self, cell: CellReader | None, now: float, last: bool) -> list[SampleRow]:
         t = round(time.time(), 4)
         state = cell.read() if cell is not None else None
         epoch = step = phase = cuda_alloc = cuda_res = None
@@ -361,7 +360,7 @@ class TreeSampler(threading.Thread):
                 continue
             found.append((pid, ppid, role, status))
         full = self._full_reads([f[0] for f in found], now, last)
-        rows: list[Row] = []
+        rows: list[SampleRow] = []
         alive = set()
         main_rss = tree_rss = 0
         rank_states: dict[int, CellState | None] = {}
@@ -386,12 +385,15 @@ class TreeSampler(threading.Thread):
                 rank, where = self._rank_where(pid, role, rank_states)
                 if rank is not None:
                     rank_rss[rank] = rank_rss.get(rank, 0) + rss
-            rows.append((
-                t, pid, ppid, role, rss, st.get(b"VmSize"), file + shmem, st.get(b"VmExe"),
-                st.get(b"VmData", 0) + st.get(b"VmStk", 0),
-                *(rollup or (None, None, None)),
-                self.stage, *where,
-                anon, file, shmem, rank,
+            uss, pss, swap = rollup or (None, None, None)
+            w_epoch, w_step, w_phase, w_alloc, w_res = where
+            rows.append(SampleRow(
+                t=t, pid=pid, ppid=ppid, role=role, rss=rss, vms=st.get(b"VmSize"),
+                shared=file + shmem, text=st.get(b"VmExe"),
+                data=st.get(b"VmData", 0) + st.get(b"VmStk", 0), uss=uss, pss=pss, swap=swap,
+                stage=self.stage, epoch=w_epoch, step=w_step, phase=w_phase,
+                cuda_allocated=w_alloc, cuda_reserved=w_res,
+                rss_anon=anon, rss_file=file, rss_shmem=shmem, rank=rank,
             ))
             tree_rss += rss
             if is_root:
@@ -416,5 +418,4 @@ class TreeSampler(threading.Thread):
         tot.peak_tree_rss = max(tot.peak_tree_rss, tree_rss)
         if self.on_tick is not None:
             self.on_tick(tot)
-        assert not rows or len(rows[0]) == _WIDTH, "a row's fields and SAMPLE_COLUMNS differ"
         return rows

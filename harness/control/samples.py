@@ -38,13 +38,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from harness.layout import SAMPLE_COLUMNS, SAMPLE_TEXT_COLUMNS, samples_part_name
+from harness.layout import samples_part_name
+from harness.records.samples import SAMPLE_COLUMNS, SAMPLE_TEXT_COLUMNS, SampleRow, arrow_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-Row = Sequence[Any]  # one row, in SAMPLE_COLUMNS order; None where not read
 
 PART_S = 60.0  # seconds of rows in one part
 FLUSH_S = 0.5  # the CSV part is flushed at least this often: what a kill of the harness can lose
@@ -54,20 +53,11 @@ PEAK_COLUMNS = ("rss", "uss", "pss", "swap", "rss_anon", "rss_file", "rss_shmem"
 ZSTD_LEVEL = 9  # 15 % smaller than the default level; a minute of rows takes ~5 ms either way
 
 
-def schema(columns: Sequence[str] = SAMPLE_COLUMNS) -> pa.Schema:
-    import pyarrow as pa
-
-    def kind(c: str) -> pa.DataType:
-        return pa.string() if c in SAMPLE_TEXT_COLUMNS else pa.float64() if c == "t" else pa.int64()
-
-    return pa.schema([(c, kind(c)) for c in columns])
-
-
-def to_table(rows: Sequence[Row], columns: Sequence[str] = SAMPLE_COLUMNS) -> pa.Table:
+def to_table(rows: Sequence[Sequence[Any]], columns: Sequence[str] = SAMPLE_COLUMNS) -> pa.Table:
     """Rows (in ``columns`` order, None for empty) as an Arrow table of the samples' schema."""
     import pyarrow as pa
 
-    sch = schema(columns)
+    sch = arrow_schema(columns)
     cols = list(zip(*rows)) if rows else [() for _ in columns]
     return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(cols, sch)], schema=sch)
 
@@ -170,7 +160,7 @@ class SamplesWriter:
         self.full_rate_parts, self.group_parts = full_rate_parts, group_parts
         self.rows_written = 0
         self._index = 0
-        self._rows: list[Row] = []
+        self._rows: list[SampleRow] = []
         self._fh: IO[str] | None = None
         self._csv: Any = None
         self._part_t0: float | None = None
@@ -193,11 +183,11 @@ class SamplesWriter:
         self._csv.writerow(SAMPLE_COLUMNS)
         self._fh.flush()
 
-    def write(self, rows: Sequence[Row]) -> None:
+    def write(self, rows: Sequence[SampleRow]) -> None:
         """One tick's rows; the part is flushed and rolled over when due."""
         if not rows:
             return
-        t = float(rows[0][0])
+        t = rows[0].t
         if self._part_t0 is None:
             self._part_t0 = self._flushed_t = t
         elif t - self._part_t0 >= self.part_s:

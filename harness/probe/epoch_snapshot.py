@@ -3,7 +3,8 @@
 A snapshot holds live tensor bytes by category (a DDP rank's reducer buckets as ``ddp_buckets``,
 sizes only: :func:`harness.probe.tensors.ddp_buckets`) and a tensor map (category, name, shape, dtype,
 bytes, address and the memory mapping that holds it), each process's RSS/USS/PSS, gc counts, a
-summary of ``/proc/self/maps`` and, on CUDA, ``torch.cuda`` statistics.
+summary of ``/proc/self/maps`` and, on CUDA, ``torch.cuda`` statistics: a
+:class:`harness.records.snapshots.Snapshot`, written by its own ``write``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,23 @@ import gc
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
 
 from harness.probe import processes
 from harness.probe import tensors as tensor_census
+from harness.records.snapshots import (
+    GcState,
+    HoldingMapping,
+    MapsKind,
+    MapsSummary,
+    ProcessMemory,
+    Snapshot,
+    SnapshotCuda,
+    TensorEntry,
+    TensorMapping,
+)
 
 
 @dataclass(frozen=True)
@@ -63,39 +74,33 @@ def find_mapping(maps: list[Mapping], address: int) -> Mapping | None:
     return None
 
 
-def maps_summary(maps: list[Mapping]) -> dict[str, dict[str, int]]:
+def maps_summary(maps: list[Mapping]) -> dict[str, MapsKind]:
     """Virtual size and mapping count by kind (anonymous, heap, stack, file, ...)."""
-    out: dict[str, dict[str, int]] = {}
+    counts: dict[str, list[int]] = {}
     for m in maps:
-        k = out.setdefault(m.kind, {"count": 0, "bytes": 0})
-        k["count"] += 1
-        k["bytes"] += m.end - m.start
-    return out
+        k = counts.setdefault(m.kind, [0, 0])
+        k[0] += 1
+        k[1] += m.end - m.start
+    return {kind: MapsKind(count=n, bytes=b) for kind, (n, b) in counts.items()}
 
 
-def process_memory(pid: int, role: str) -> dict[str, Any]:
+def process_memory(pid: int, role: str) -> ProcessMemory:
     """RSS, USS, PSS, shared and swap of ``pid``; ``gone`` if it ended since the tree was read."""
     try:
         full = psutil.Process(pid).memory_full_info()
-        return {
-            "pid": pid,
-            "role": role,
-            "rss": full.rss,
-            "uss": full.uss,
-            "pss": getattr(full, "pss", None),
-            "shared": full.shared,
-            "swap": getattr(full, "swap", None),
-        }
+        return ProcessMemory(pid=pid, role=role, rss=full.rss, uss=full.uss,
+                             pss=getattr(full, "pss", None), shared=full.shared,
+                             swap=getattr(full, "swap", None))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return {"pid": pid, "role": role, "gone": True}
+        return ProcessMemory(pid=pid, role=role, gone=True)
 
 
-def process_tree(pid: int) -> list[dict[str, Any]]:
+def process_tree(pid: int) -> list[ProcessMemory]:
     """Memory of ``pid`` and its descendants, named as the sampler names them; ``pid`` first."""
     return [process_memory(p, role) for p, _, role in processes.roles_of(pid)]
 
 
-def cuda_stats(device: str) -> dict[str, Any] | None:
+def cuda_stats(device: str) -> SnapshotCuda | None:
     """Device memory for the snapshot: live figures, the full parsed stats, pinned host memory."""
     if not device.startswith("cuda"):
         return None
@@ -106,12 +111,13 @@ def cuda_stats(device: str) -> dict[str, Any] | None:
     if not torch.cuda.is_available():
         return None
     dev = torch.device(device)
-    return {
+    return SnapshotCuda(
         **cuda.device_sample(device),
-        "name": torch.cuda.get_device_name(dev),
-        "stats": cuda.parse_memory_stats(torch.cuda.memory_stats(dev)).to_dict(),
-        "host": cuda.host_sample(),
-    }
+        name=torch.cuda.get_device_name(dev),
+        stats=cuda.parse_memory_stats(torch.cuda.memory_stats(dev)).to_dict(),
+        # numbers only: a key some torch version adds of another kind must not fail the epoch
+        host={k: v for k, v in cuda.host_sample().items() if isinstance(v, int | float)},
+    )
 
 
 def take(
@@ -123,62 +129,53 @@ def take(
     optimizer: Any,
     device: str,
     memray_active: bool,
-) -> dict[str, Any]:
-    """Build one snapshot as a JSON-ready dict."""
+) -> Snapshot:
+    """Take one snapshot; :meth:`Snapshot.write` writes it."""
     t0 = time.time()
     records = tensor_census.census(model, optimizer)
     maps = read_maps()
     tensor_map = []
     holding: dict[int, Mapping] = {}
     for r in records:
-        d = r.to_dict()
         m = find_mapping(maps, r.address) if r.device == "cpu" else None
         if m is not None:
             holding[m.start] = m
-            d["mapping"] = {"start": m.start, "end": m.end, "kind": m.kind, "path": m.path}
-        tensor_map.append(d)
+        tensor_map.append(TensorEntry(
+            category=r.category, name=r.name, shape=list(r.shape), dtype=r.dtype, bytes=r.bytes,
+            address=r.address, device=r.device,
+            mapping=None if m is None else TensorMapping(start=m.start, end=m.end, kind=m.kind,
+                                                         path=m.path)))
     tensor_bytes = tensor_census.bytes_by_category(records)
     ddp = tensor_census.ddp_buckets(model)
-    if ddp is not None and not ddp["gradient_as_bucket_view"]:  # else they are the gradients
-        tensor_bytes["ddp_buckets"] = sum(ddp["bucket_sizes"])
-    return {
-        "label": label,
-        "stage": stage,
-        "epoch": epoch,
-        "t": t0,
-        "pid": os.getpid(),
-        "rank": _rank(),
-        "tensor_bytes": tensor_bytes,
-        "ddp": ddp,
-        "tensor_count": len(records),
-        "tensors": tensor_map,
-        "processes": process_tree(os.getpid()),
-        "gc": {"counts": list(gc.get_count()), "stats": gc.get_stats()},
-        "maps": {
-            "summary": maps_summary(maps),
-            "holding_tensors": [
-                {"start": m.start, "end": m.end, "perms": m.perms, "kind": m.kind, "path": m.path}
+    if ddp is not None and not ddp.gradient_as_bucket_view:  # else they are the gradients
+        tensor_bytes["ddp_buckets"] = sum(ddp.bucket_sizes)
+    return Snapshot(
+        label=label,
+        stage=stage,
+        epoch=epoch,
+        t=t0,
+        pid=os.getpid(),
+        rank=_rank(),
+        tensor_bytes=tensor_bytes,
+        ddp=ddp,
+        tensor_count=len(records),
+        tensors=tensor_map,
+        processes=process_tree(os.getpid()),
+        gc=GcState(counts=list(gc.get_count()), stats=gc.get_stats()),
+        maps=MapsSummary(
+            summary=maps_summary(maps),
+            holding_tensors=[
+                HoldingMapping(start=m.start, end=m.end, perms=m.perms, kind=m.kind, path=m.path)
                 for m in sorted(holding.values(), key=lambda m: m.start)
             ],
-        },
-        "memray_active": memray_active,
-        "cuda": cuda_stats(device),
-        "took_s": round(time.time() - t0, 4),
-    }
+        ),
+        memray_active=memray_active,
+        cuda=cuda_stats(device),
+        took_s=round(time.time() - t0, 4),
+    )
 
 
 def _rank() -> int | None:
     """The global rank of this process in a torchrun job; None outside one."""
     raw = os.environ.get("RANK")
     return int(raw) if raw and raw.isdigit() and "TORCHELASTIC_RUN_ID" in os.environ else None
-
-
-def write(snapshot: dict[str, Any], directory: Path) -> Path:
-    import json
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{snapshot['label']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(snapshot, indent=1), encoding="utf-8")
-    tmp.replace(path)
-    return path

@@ -315,10 +315,10 @@ class LiveProbe:
             device=self.device,
             memray_active=self._memray.active,
         )
-        path = snapshot.write(snap, self.dir / SNAPSHOTS_DIR)
+        path = snap.write(self.dir / SNAPSHOTS_DIR)
         self.events.write(SnapshotEvent(
             t=time.time(), label=label, epoch=self._epoch, file=f"{SNAPSHOTS_DIR}/{path.name}",
-            tensor_bytes=snap["tensor_bytes"],
+            tensor_bytes=snap.tensor_bytes,
         ))
 
     def close(self, failed: bool = False) -> None:

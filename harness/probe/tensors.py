@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "other")
+from harness.records.snapshots import TENSOR_CATEGORIES, DdpBuckets
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,6 @@ class TensorRecord:
     bytes: int
     address: int
     device: str
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -127,7 +122,7 @@ def _is_tensor(obj: object) -> bool:
         return False
 
 
-def ddp_buckets(model: Any) -> dict[str, Any] | None:
+def ddp_buckets(model: Any) -> DdpBuckets | None:
     """The gradient buckets of a DistributedDataParallel model: ``bucket_sizes`` (bytes each) and
     ``gradient_as_bucket_view``; None for any other model.
 
@@ -145,11 +140,11 @@ def ddp_buckets(model: Any) -> dict[str, Any] | None:
     except (RuntimeError, AttributeError):  # a torch that no longer has it
         return None
     sizes = [int(x) for x in str(data.get("bucket_sizes") or "").split(",") if x.strip()]
-    return {"bucket_sizes": sizes, "gradient_as_bucket_view": bool(data.get("gradient_as_bucket_view"))}
+    return DdpBuckets(bucket_sizes=sizes, gradient_as_bucket_view=bool(data.get("gradient_as_bucket_view")))
 
 
 def bytes_by_category(records: list[TensorRecord]) -> dict[str, int]:
-    out = dict.fromkeys(CATEGORIES, 0)
+    out = dict.fromkeys(TENSOR_CATEGORIES, 0)
     for r in records:
         out[r.category] += r.bytes
     return out

@@ -131,10 +131,8 @@ def timeline_data(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Ti
     cuda_rows = []
     for st in run.stages:
         for snap in st.snapshots.values():
-            cu = snap.get("cuda") or {}
-            if "allocated" in cu and snap.get("t") is not None:
-                cuda_rows.append((float(snap["t"]) - t0, float(cu["allocated"]),
-                                  float(cu.get("reserved") or 0)))
+            if snap.cuda is not None:
+                cuda_rows.append((snap.t - t0, float(snap.cuda.allocated), float(snap.cuda.reserved)))
     cuda = pd.DataFrame(cuda_rows, columns=["x", "allocated", "reserved"])
     cuda_peaks = []
     for st in run.stages:
