@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import UsageError
+from harness.errors import ScenarioError, UsageError
 from harness.layout import (
     EVENTS_FILE,
     MANIFEST_FILE,
@@ -31,6 +31,7 @@ from harness.layout import (
     SAMPLE_TEXT_COLUMNS,
     SAMPLES_DIR,
     SAMPLES_FILE,
+    SCENARIO_FILE,
     SNAPSHOTS_DIR,
     STAGES_DIR,
     Event,
@@ -41,6 +42,8 @@ from harness.layout import (
     parse_samples_part,
     stage_dir,
 )
+from harness.records import jsonio
+from harness.records.scenario import read_resolved
 
 _NUMERIC = tuple(c for c in SAMPLE_COLUMNS if c not in SAMPLE_TEXT_COLUMNS)
 
@@ -545,11 +548,12 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
     df = df[list(SAMPLE_COLUMNS)].reset_index(drop=True)
     bad: list[tuple[int, str]] = []
     for c in _NUMERIC:
-        if pd.api.types.is_numeric_dtype(df[c]):
-            continue
-        # Parsed as text: some value in the column is not a number.
         text = df[c]
-        df[c] = pd.to_numeric(text, errors="coerce")
+        if not pd.api.types.is_numeric_dtype(text):  # parsed as text: some value is not a number
+            df[c] = pd.to_numeric(text, errors="coerce")
+        infinite = df[c].abs() == float("inf")  # 1e400 reads as inf: not a reading either
+        if infinite.any():
+            df[c] = df[c].where(~infinite)
         wrong = df[c].isna() & text.notna()
         if wrong.any():
             i = int(wrong.to_numpy().argmax())
@@ -561,6 +565,11 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
     return df
 
 
+# A metric's value that is not a finite number (a loss gone NaN) is what the workload measured,
+# not damage: read as not recorded, so that summary.json never holds NaN.
+_UNKNOWN_AT = frozenset({"value"})
+
+
 def read_events(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     """events.jsonl as a list of dicts; a line torn, not JSON or with a field of the wrong type is
     skipped and noted."""
@@ -569,14 +578,15 @@ def read_events(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     where = _where(path)
     out: list[dict[str, Any]] = []
     bad: list[tuple[int, str]] = []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for n, line in enumerate(text.splitlines(), start=1):
+    # bytes: only \n ends a line (a JSON string may hold U+2028), and a byte that is not UTF-8
+    # is damage to name, not to replace
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append((n, "not valid JSON"))
+            ev = jsonio.loads(line, where, _UNKNOWN_AT)
+        except jsonio.RecordError as exc:
+            bad.append((n, exc.detail))
             continue
         if not isinstance(ev, dict):
             bad.append((n, "not a JSON object"))
@@ -602,9 +612,9 @@ def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, dict[str, Any]]
     for path in sorted(snap_dir.glob("*.json")):
         where = _where(path)
         try:
-            snap = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            problems.append(f"{where}: unreadable ({type(exc).__name__}; skipped)")
+            snap = jsonio.read(path, where)
+        except jsonio.RecordError as exc:
+            problems.append(f"{exc} (skipped)")
             continue
         try:
             _Snapshot.model_validate(snap)
@@ -674,12 +684,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / MANIFEST_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {MANIFEST_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
+    data = jsonio.read(path)  # a RecordError (exit 2) names the file and field
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     try:
@@ -735,6 +740,7 @@ def load_run(run_dir: Path) -> Run:
             captures=list_captures(name, sdir, problems),
             ranks=ranks,
         ))
+    problems += record_gaps(run_dir, manifest, stages)
     return Run(run_dir, manifest, stages, problems, _node_manifests(run_dir, problems))
 
 
@@ -800,12 +806,41 @@ def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, dict[str, A
         if k is None:
             continue
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            problems.append(f"{path.name}: unreadable ({type(exc).__name__})")
+            data = jsonio.read(path, path.name)
+        except jsonio.RecordError as exc:
+            problems.append(str(exc))
             continue
         if isinstance(data, dict):
             out[k] = data
         else:
             problems.append(f"{path.name}: expected a JSON object")
+    return out
+
+
+def record_gaps(run_dir: Path, manifest: Any, stages: list[Stage]) -> list[str]:
+    """What a run cannot lack and still be whole: the events of every stage (each rank of a
+    distributed one) whose outcome says ``ok``, and a readable resolved scenario."""
+    out: list[str] = []
+    # read as a dict or a model alike (the manifest's typed models are on their way)
+    kind = manifest.get("kind") if isinstance(manifest, dict) else getattr(manifest, "kind", None)
+    if kind != "bare":  # `harness train` runs no probe: no events
+        for st in stages:
+            for who in st.ranks or [st]:
+                outcome = who.outcome
+                status = outcome.get("status") if isinstance(outcome, dict) else getattr(outcome, "status", None)
+                if status != "ok":
+                    continue
+                path = who.dir / EVENTS_FILE
+                if not path.is_file():
+                    out.append(f"{_rel(path, run_dir)} is missing")
+                elif not who.events and not path.read_bytes().strip():
+                    out.append(f"{_rel(path, run_dir)} is empty")
+    # the resolved scenario: scenario.yaml through the scenario reader and model; a run directory
+    # without one stands on its manifest's copy
+    echo = manifest.get("scenario") if isinstance(manifest, dict) else getattr(manifest, "scenario", None)
+    if (run_dir / SCENARIO_FILE).is_file() or not echo:
+        try:
+            read_resolved(run_dir / SCENARIO_FILE)
+        except ScenarioError as exc:
+            out.append(str(exc))
     return out

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from harness.layout import (
     node_manifest_name,
     parse_node_manifest,
 )
+from harness.records import jsonio
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,17 @@ def _read_node(run_dir: Path) -> NodeRun:
     if len(files) > 1:
         raise UsageError(f"{run_dir}: holds several nodes' manifests already ({', '.join(p.name for p in files)})")
     path = files[0]
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: unreadable ({type(exc).__name__})") from None
-    dist = (manifest.get("scenario") or {}).get("distributed") if isinstance(manifest, dict) else None
+    manifest = jsonio.read(path)  # bounded: one RecordError line (exit 2) names the field
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    scenario = manifest.get("scenario")
+    dist = scenario.get("distributed") if isinstance(scenario, dict) else None
     if not isinstance(dist, dict):
         raise UsageError(f"{run_dir}: not a distributed run (its scenario has no distributed section)")
     node = dist.get("node_rank", 0)
+    nnodes = dist.get("nnodes", 1)
+    if not isinstance(nnodes, int) or isinstance(nnodes, bool) or nnodes < 1:
+        raise UsageError(f"{path}: scenario.distributed.nnodes: expected a whole number, at least 1")
     named = parse_node_manifest(path.name)
     if not isinstance(node, int) or (named is not None and named != node):
         raise UsageError(f"{path}: its node rank is unclear (the file says {named}, the scenario {node!r})")
@@ -93,7 +98,7 @@ def check_nodes(nodes: list[NodeRun]) -> None:
             raise UsageError(f"{n.dir}: a different scenario from {first.dir}'s (first at {key}): "
                              "not nodes of one job")
     nnodes = (base.get("distributed") or {}).get("nnodes", 1)
-    missing = sorted(set(range(int(nnodes))) - set(seen))
+    missing = list(islice((k for k in range(int(nnodes)) if k not in seen), 10))
     if missing:
         raise UsageError(f"node(s) {', '.join(map(str, missing))} missing: the job had nnodes {nnodes}, "
                          f"{len(nodes)} run directories were given")

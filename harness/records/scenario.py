@@ -471,6 +471,22 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     return scenario
 
 
+def read_resolved(path: str | Path) -> Scenario:
+    """A run's ``scenario.yaml`` (as :func:`dump` wrote it) read back: the same YAML reader and the
+    same model, every default from the model, paths as they were resolved; its data is not
+    checked (a finished run's may be gone). ScenarioError naming the file, the key and why."""
+    source = str(path)
+    try:
+        raw = yaml_safe.load_file(Path(path))
+    except FileNotFoundError:
+        raise _fail(source, "", "no such file") from None
+    except OSError as exc:
+        raise _fail(source, "", f"cannot read: {exc.strerror}") from None
+    except yaml_safe.YamlInputError as exc:
+        raise ScenarioError(exc.format(source)) from None
+    return from_dict(raw, source)
+
+
 def dump(scenario: Scenario) -> str:
     """The resolved scenario as YAML, as saved with every run."""
     return yaml.safe_dump(scenario.to_dict(), sort_keys=False)
