@@ -189,13 +189,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except SizeError as exc:
         raise UsageError(f"--tolerance/--slack: {exc}") from None
     summary = runs.summary(args.run_dir)
-    damaged = runs.damage(args.run_dir, summary)
     # A run that failed is a failed check (exit 1, below); damaged records of a run that says it
     # finished well cannot be trusted either way: bad input.
-    if damaged and summary.run.status == "ok" and not args.allow_incomplete:
-        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-        raise UsageError(f"{args.run_dir}: incomplete record: {damaged[0]}{more}; "
-                         "--allow-incomplete checks it on what could be read")
+    damaged = runs.refuse_damage(args.run_dir, summary, "--allow-incomplete checks it on what "
+                                 "could be read", args.allow_incomplete)
     for reason in damaged:
         _out(f"harness: warning: incomplete record: {reason}")
     budgets = (runs.budgets_from(args.budgets) if args.budgets
@@ -241,6 +238,8 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reports", type=Path, default=Path("reports"),
                    help="where the comparison page goes unless --html says (default: reports/)")
     p.add_argument("--top", type=int, default=10, help="allocation sites listed (default: 10)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="compare a run whose records are damaged, on what could be read")
     _add_wide_arg(p)
 
 
@@ -250,6 +249,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.gate import output as render
 
     sa, sb = runs.summary(args.run_a), runs.summary(args.run_b)
+    for run_dir, doc in ((args.run_a, sa), (args.run_b, sb)):
+        for reason in runs.refuse_damage(run_dir, doc, "--allow-incomplete compares it on what "
+                                         "could be read", args.allow_incomplete):
+            print(f"harness: warning: incomplete record: {reason}")
     result = compare.compare(sa, sb, runs.processes(args.run_a), runs.processes(args.run_b),
                              runs.sites(args.run_a), runs.sites(args.run_b), args.top,
                              manifests=(runs.manifest(args.run_a), runs.manifest(args.run_b)))

@@ -67,7 +67,7 @@ EVERY_KIND: list[EventRecord] = [
     SectionStart(t=1.8, section="validate", epoch=1),
     SectionEnd(t=1.9, section="validate", epoch=1, steps=1500),
     Metric(t=2.0, name="val_accuracy", value=41.5, epoch=1, correct=415, total=1000),
-    Metric(t=2.05, name="loss", value=float("inf"), epoch=1, step=2000),
+    Metric(t=2.05, name="loss", value=1.25, epoch=1, step=2000),
     Metric(t=2.06, name="count", value=3, epoch=1),
     PhaseTotals(t=2.1, epoch=1, span="epoch", seconds={"data": 1.25, "forward": 0.5},
                 transitions={"data": 3, "forward": 2}, tensors=TENSORS, traced_steps=2,
@@ -239,3 +239,13 @@ def test_the_docs_name_every_kind_and_field() -> None:
                if name not in ("t", "kind") and f"`{name}`" not in section]
     assert missing == []
     assert [kind for kind in Event if f"`{kind}`" not in section] == []
+
+
+def test_a_metric_that_is_not_a_finite_number_reads_as_not_recorded(tmp_path: Path) -> None:
+    # a loss gone NaN or inf is what the workload measured, not damage; summary.json holds no NaN
+    path = tmp_path / EVENTS_FILE
+    _write(path, [Metric(t=1.0, name="loss", value=float("inf"), epoch=1),
+                  Metric(t=2.0, name="loss", value=float("nan"), epoch=1)])
+    problems: list[str] = []
+    assert [e.value for e in read_events(path, problems) if isinstance(e, Metric)] == [None, None]
+    assert problems == []

@@ -20,6 +20,8 @@ EVIL = "<script>alert('name')</script>"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     run_dir = write_run(tmp_path_factory.mktemp("synthetic"), name=EVIL)
+    # the manifest carries the name to escape; scenario.yaml must stay one the reader takes
+    (run_dir / "scenario.yaml").write_text("name: synthetic\nstages: [train]\n", encoding="utf-8")
     write_capture(run_dir)
     return run_dir, build_report(run_dir, processes=1)
 

@@ -143,6 +143,13 @@ def _write(tmp_path: Path, data: str | bytes) -> Path:
         # scalars PyYAML recognises but cannot build raise ValueError, KeyError, AttributeError
         (GOOD + "seed: 2001-13-01\n", "s.yaml: seed: not a valid timestamp: '2001-13-01' (line 3)"),
         (GOOD + "train: {epochs: !!bool maybe}\n", "s.yaml: train.epochs: not a valid bool: 'maybe' (line 3)"),
+        # tags SafeLoader cannot build: named with their key, not only their line (issue 22)
+        (GOOD + "train: {epochs: !!python/name:os.system }\n",
+         "s.yaml: train.epochs: tag 'tag:yaml.org,2002:python/name:os.system' is not allowed: a "
+         "scenario holds plain values (line 3)"),
+        (GOOD + "bogus: !!python/object/apply:os.system [true]\n",
+         "s.yaml: bogus: tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed: a "
+         "scenario holds plain values (line 3)"),
         # aliases that lead back into themselves, or nest deeper than a scenario could
         (GOOD + "bogus: &a [x, *a]\n",
          "s.yaml: bogus[1]: an alias refers to the list or mapping that holds it (line 3)"),

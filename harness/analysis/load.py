@@ -11,7 +11,6 @@ error: without it nothing says what the directory holds.
 from __future__ import annotations
 
 import io
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from harness.layout import (
     parse_samples_part,
     stage_dir,
 )
+from harness.records import jsonio
 from harness.records import scenario as scenario_mod
 from harness.records.events import EVENT_ADAPTER, BaseEvent, EventRecord, StageEnd
 from harness.records.manifest import Manifest, StageOutcome, parse_manifest
@@ -367,11 +367,12 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
     df = df[list(SAMPLE_COLUMNS)].reset_index(drop=True)
     bad: list[tuple[int, str]] = []
     for c in _NUMERIC:
-        if pd.api.types.is_numeric_dtype(df[c]):
-            continue
-        # Parsed as text: some value in the column is not a number.
         text = df[c]
-        df[c] = pd.to_numeric(text, errors="coerce")
+        if not pd.api.types.is_numeric_dtype(text):  # parsed as text: some value is not a number
+            df[c] = pd.to_numeric(text, errors="coerce")
+        infinite = df[c].abs() == float("inf")  # 1e400 reads as inf: not a reading either
+        if infinite.any():
+            df[c] = df[c].where(~infinite)
         wrong = df[c].isna() & text.notna()
         if wrong.any():
             i = int(wrong.to_numpy().argmax())
@@ -383,22 +384,28 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
     return df
 
 
+# A metric's value that is not a finite number (a loss gone NaN) is what the workload measured,
+# not damage: read as not recorded, so that summary.json never holds NaN.
+_UNKNOWN_AT = frozenset({"value"})
+
+
 def read_events(path: Path, problems: list[str]) -> list[EventRecord]:
     """events.jsonl, each line the model of its kind (:mod:`harness.records.events`); a line torn,
-    not JSON or with a field of the wrong type is skipped and noted."""
+    not JSON, past the JSON reader's limits or with a field of the wrong type is skipped and noted."""
     if not path.is_file():
         return []
     where = _where(path)
     out: list[EventRecord] = []
     bad: list[tuple[int, str]] = []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for n, line in enumerate(text.splitlines(), start=1):
+    # bytes: only \n ends a line (a JSON string may hold U+2028), and a byte that is not UTF-8
+    # is damage to name, not to replace
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append((n, "not valid JSON"))
+            ev = jsonio.loads(line, where, _UNKNOWN_AT)
+        except jsonio.RecordError as exc:
+            bad.append((n, exc.detail))
             continue
         if not isinstance(ev, dict):
             bad.append((n, "not a JSON object"))
@@ -420,9 +427,9 @@ def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, Snapshot]:
     for path in sorted(snap_dir.glob("*.json")):
         where = _where(path)
         try:
-            snap = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            problems.append(f"{where}: unreadable ({type(exc).__name__}; skipped)")
+            snap = jsonio.read(path, where)
+        except jsonio.RecordError as exc:
+            problems.append(f"{exc} (skipped)")
             continue
         try:
             record = Snapshot.model_validate(snap)
@@ -492,12 +499,7 @@ def read_manifest(run_dir: Path) -> Manifest:
     path = run_dir / MANIFEST_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {MANIFEST_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
+    data = jsonio.read(path)  # a RecordError (exit 2) names the file and field
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     try:
@@ -566,6 +568,7 @@ def load_run(run_dir: Path) -> Run:
             captures=list_captures(name, sdir, problems),
             ranks=ranks,
         ))
+    problems += record_gaps(run_dir, manifest, stages)
     return Run(run_dir, manifest, stages, problems, _node_manifests(run_dir, problems), scenario)
 
 
@@ -631,9 +634,9 @@ def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, Manifest]:
         if k is None:
             continue
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            problems.append(f"{path.name}: unreadable ({type(exc).__name__})")
+            data = jsonio.read(path, path.name)
+        except jsonio.RecordError as exc:
+            problems.append(str(exc))
             continue
         if not isinstance(data, dict):
             problems.append(f"{path.name}: expected a JSON object")
@@ -642,4 +645,23 @@ def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, Manifest]:
             out[k] = parse_manifest(data)
         except ValidationError as exc:
             problems.append(f"{path.name}: {error_line(exc)}")
+    return out
+
+
+def record_gaps(run_dir: Path, manifest: Manifest, stages: list[Stage]) -> list[str]:
+    """What a run cannot lack and still be whole: the events of every stage (each rank of a
+    distributed one) whose outcome says ``ok``. (An unreadable resolved scenario is noted where it
+    is read, :func:`read_scenario`.)"""
+    out: list[str] = []
+    if manifest.kind == "bare":  # `harness train` runs no probe: no events
+        return out
+    for st in stages:
+        for who in st.ranks or [st]:
+            if who.outcome is None or who.outcome.status != Status.OK:
+                continue
+            path = who.dir / EVENTS_FILE
+            if not path.is_file():
+                out.append(f"{_rel(path, run_dir)} is missing")
+            elif not who.events and not path.read_bytes().strip():
+                out.append(f"{_rel(path, run_dir)} is empty")
     return out

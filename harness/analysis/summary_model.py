@@ -329,6 +329,14 @@ class RankRow(_Section):
     peaks: Peaks
 
 
+class RecordsStamp(_Section):
+    """Which records a summary was built from (harness/analysis/stamp.py)."""
+
+    files: Count
+    digest: str = Field(description="sha256 of each record file's name, size and modification time")
+    content: str = Field(description="sha256 of each record file's name and bytes")
+
+
 class Summary(_Section):
     """report/summary.json: the headline numbers of one run directory."""
 
@@ -355,6 +363,10 @@ class Summary(_Section):
     cuda: Cuda | SkipJsonSchema[None] = Field(
         None, description="CUDA runs only: the device and the allocator-history windows",
         json_schema_extra=_no_default)
+    # Absent only in summaries written before it: then the gates read the records again instead.
+    records: RecordsStamp | SkipJsonSchema[None] = Field(
+        None, description="the run's record files as the report read them; the gates write the "
+                          "report again when they no longer match", json_schema_extra=_no_default)
 
     @field_validator("cuda", mode="before")
     @classmethod
@@ -367,7 +379,7 @@ class Summary(_Section):
     def to_dict(self) -> dict[str, Any]:
         """What summary.json holds: every field in order, ``cuda`` only on CUDA runs, ``ranks``
         and each row's ``rank`` and ``node`` only where they are known (distributed runs)."""
-        exclude = {k for k in ("cuda", "ranks") if getattr(self, k) is None}
+        exclude = {k for k in ("cuda", "ranks", "records") if getattr(self, k) is None}
         out = self.model_dump(mode="json", by_alias=True, exclude=exclude or None)
         return {k: v if k == "findings" else _drop_unknown_ranks(v) for k, v in out.items()}
 

@@ -10,10 +10,10 @@ copied; the inputs are left as they were, their ``report/`` folders are not carr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from harness.layout import (
     node_manifest_name,
     parse_node_manifest,
 )
+from harness.records import jsonio
 from harness.records.manifest import Failure, Manifest, parse_manifest
 from harness.records.problems import error_line
 from harness.records.vocab import Status
@@ -53,16 +54,20 @@ def _read_node(run_dir: Path) -> NodeRun:
     if len(files) > 1:
         raise UsageError(f"{run_dir}: holds several nodes' manifests already ({', '.join(p.name for p in files)})")
     path = files[0]
+    raw = jsonio.read(path)  # bounded: one RecordError line (exit 2) names the field
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected a JSON object")
     try:
-        manifest = parse_manifest(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: unreadable ({type(exc).__name__})") from None
+        manifest = parse_manifest(raw)
     except ValidationError as exc:
         raise UsageError(f"{path}: {error_line(exc)}") from None
     dist = manifest.scenario.as_dict().get("distributed") if manifest.scenario else None
     if not isinstance(dist, dict):
         raise UsageError(f"{run_dir}: not a distributed run (its scenario has no distributed section)")
     node = dist.get("node_rank", 0)
+    nnodes = dist.get("nnodes", 1)
+    if not isinstance(nnodes, int) or isinstance(nnodes, bool) or nnodes < 1:
+        raise UsageError(f"{path}: scenario.distributed.nnodes: expected a whole number, at least 1")
     named = parse_node_manifest(path.name)
     if not isinstance(node, int) or (named is not None and named != node):
         raise UsageError(f"{path}: its node rank is unclear (the file says {named}, the scenario {node!r})")
@@ -100,7 +105,7 @@ def check_nodes(nodes: list[NodeRun]) -> None:
             raise UsageError(f"{n.dir}: a different scenario from {first.dir}'s (first at {key}): "
                              "not nodes of one job")
     nnodes = (base.get("distributed") or {}).get("nnodes", 1)
-    missing = sorted(set(range(int(nnodes))) - set(seen))
+    missing = list(islice((k for k in range(int(nnodes)) if k not in seen), 10))
     if missing:
         raise UsageError(f"node(s) {', '.join(map(str, missing))} missing: the job had nnodes {nnodes}, "
                          f"{len(nodes)} run directories were given")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from harness.gate import metrics as m
+from harness.records import jsonio
 from harness.records.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -246,9 +247,11 @@ def value_text(v: Any) -> str:
     would read as something else (``"4"``, ``""``) is quoted."""
     if isinstance(v, str):
         try:
-            json.loads(v)
-        except ValueError:
+            jsonio.loads(v, "")
+        except jsonio.NotJson:
             return v or '""'
+        except jsonio.RecordError:
+            pass  # JSON past the reader's limits (nested 100 deep, say) is JSON still: quoted
         return json.dumps(v, ensure_ascii=False)
     return json.dumps(v, ensure_ascii=False, default=str)
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import ValidationError
 
+from harness.analysis import stamp
 from harness.analysis.load import load_run, read_manifest
-from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, Summary
+from harness.analysis.summary_model import SCHEMA_ID, SCHEMA_VERSION, RecordsStamp, Summary
 from harness.control import rundir
 from harness.errors import HarnessError, ScenarioError, UsageError
 from harness.gate import baseline as baseline_mod
 from harness.layout import REPORT_DIR
-from harness.records import yaml_safe
+from harness.records import jsonio, yaml_safe
 from harness.records.atomic import write_atomic
 from harness.records.manifest import Manifest, ScenarioEcho
 from harness.records.scenario import BudgetsConfig, Scenario, from_dict
@@ -29,18 +29,27 @@ SUMMARY = Path("report") / "summary.json"
 
 
 def _read_json(path: Path) -> Any:
+    """A JSON file through the one bounded reader: any fault is one RecordError line (exit 2)."""
+    return jsonio.read(path)
+
+
+def _stale(run_dir: Path, data: Any) -> bool:
+    """Whether the records changed since this summary was built from them (see
+    harness.analysis.stamp); a summary written before it recorded them cannot say: not stale,
+    and the gates read the records again for damage (:func:`damage`)."""
+    records = data.get("records") if isinstance(data, dict) else None
+    if records is None:
+        return False
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from None
+        recorded = RecordsStamp.model_validate(records, strict=True)
+    except ValidationError:
+        return False  # the summary's own fault: named when it is read (Summary, below)
+    return not stamp.matches(run_dir, recorded)
 
 
 def summary(run_dir: Path, *, refresh: bool = False) -> Summary:
-    """``RUN_DIR/report/summary.json``, writing the report first when it is absent (or ``refresh``).
+    """``RUN_DIR/report/summary.json``, writing the report first when it is absent, when the run's
+    records changed since it was written (or ``refresh``).
 
     A file that is not a summary of this schema version, or holds a field of the wrong type, is one
     UsageError naming the file and the first field at fault.
@@ -49,11 +58,12 @@ def summary(run_dir: Path, *, refresh: bool = False) -> Summary:
     read_manifest(run_dir)  # a run directory, with a manifest of the types it should have
     check_report_dir(run_dir)
     path = run_dir / SUMMARY
-    if refresh or not path.is_file():
+    data = None if refresh or not path.is_file() else _read_json(path)
+    if data is None or _stale(run_dir, data):
         from harness.report import build_report
 
         build_report(run_dir)
-    data = _read_json(path)
+        data = _read_json(path)
     if not isinstance(data, dict) or data.get("schema") != SCHEMA_ID:
         raise UsageError(f"{path}: not a harness summary")
     if data.get("schema_version") != SCHEMA_VERSION:
@@ -75,6 +85,19 @@ def check_report_dir(run_dir: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path}: not a folder, so the report cannot be written there "
                          "(it is left as it is: move it away)")
+
+
+def refuse_damage(run_dir: Path, summary_doc: Summary, allowed_by: str | None = None,
+                  allow: bool = False) -> list[str]:
+    """The damage in a run's records (:func:`damage`); a run that says it finished ``ok`` with any
+    is refused in one UsageError naming the first damaged file, unless ``allow``. ``allowed_by``
+    says how to go on anyway (``--allow-incomplete checks it on what could be read``)."""
+    found = damage(run_dir, summary_doc)
+    if found and summary_doc.run.status == "ok" and not allow:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise UsageError(f"{run_dir}: incomplete record: {found[0]}{more}"
+                         + (f"; {allowed_by}" if allowed_by else ""))
+    return found
 
 
 def damage(run_dir: Path, summary_doc: Summary) -> list[str]:
@@ -187,6 +210,8 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
             raise UsageError(f"{d}: run status {str(status)!r}: a baseline is recorded from runs "
                              "that finished ok")
     summaries = [summary(d) for d in run_dirs]
+    for d, s in zip(run_dirs, summaries):
+        refuse_damage(d, s, "a baseline is recorded from runs with every record whole")
     prov = [run_provenance(d, s) for d, s in zip(run_dirs, summaries)]
     created = {**{k: v for k, v in rundir.provenance().items()
                   if k in ("host", "git_revision", "command_line")},
@@ -194,7 +219,7 @@ def write_baseline(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     doc = baseline_mod.build(summaries, prov, created)
     out = Path(out)
     make_dir(out.parent, "the baseline")
-    write_atomic(out, json.dumps(doc, indent=1) + "\n")
+    write_atomic(out, jsonio.dumps(doc, str(out), indent=1) + "\n")
     return doc
 
 
@@ -217,9 +242,33 @@ def report_table(run_dir: Path, name: str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path)
+        df = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
+        raise UsageError(f"{path}: cannot read: {str(exc).strip()}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read: {type(exc).__name__}") from None
+    _check_table(df, path, *_TABLE_COLUMNS.get(name, ((), ())))
+    return df
+
+
+# The columns compare reads of each report table: text, and numbers.
+_TABLE_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "processes": (("stage", "role"), ("pid", "peak_rss", "peak_uss", "peak_pss")),
+    "sites": (("stage", "capture", "process", "site", "phase", "workload_line"), ("bytes_at_peak",)),
+}
+
+
+def _check_table(df: pd.DataFrame, path: Path, text: tuple[str, ...], numbers: tuple[str, ...]) -> None:
+    """A report table with the columns compare reads, its numbers finite numbers (or empty): else
+    one RecordError naming the column (the report's tables are written again by harness report)."""
+    for column in (*text, *numbers):
+        if column not in df.columns:
+            raise jsonio.RecordError(str(path), column, "missing; harness report writes the table again")
+    for column in numbers:
+        values = pd.to_numeric(df[column], errors="coerce")
+        if (values.isna() & df[column].notna()).any() or (values.abs() == float("inf")).any():
+            raise jsonio.RecordError(str(path), column, "expected finite numbers; harness report "
+                                     "writes the table again")
 
 
 def processes(run_dir: Path) -> pd.DataFrame:

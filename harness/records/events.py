@@ -175,7 +175,7 @@ class Metric(BaseEvent):
 
     kind: Literal[Event.METRIC] = Event.METRIC
     name: str
-    value: Number
+    value: Number | None  # None: not a finite number (a loss gone NaN), as the reader reads it
     epoch: int
     step: int | None = _where_it_applies()  # the workload's own, where it gives one (the built-in's loss)
 

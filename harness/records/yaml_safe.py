@@ -14,7 +14,8 @@ walks the data:
   values may still be overridden);
 - integers of at most :data:`MAX_INT_DIGITS` digits, Python's own limit for reading and printing;
   a scalar PyYAML recognises but cannot build (``2001-13-01``, ``!!bool maybe``) is named;
-- files are UTF-8; a byte that is not is reported with its line, column and key.
+- files are UTF-8; a byte that is not is reported with its line, column and key;
+- no tag beyond YAML's own (``!!python/...``): named with its key.
 """
 
 from __future__ import annotations
@@ -196,7 +197,15 @@ class _Loader(yaml.SafeLoader):
         return value
 
 
+    def _construct_undefined(self, node: Node) -> Any:
+        # a tag SafeLoader has no constructor for (``!!python/object/apply:os.system``): named
+        # with its key, not only its line
+        raise YamlInputError(f"tag {node.tag!r} is not allowed: a scenario holds plain values",
+                             self._path(node), node.start_mark.line + 1)
+
+
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader._construct_int)
+_Loader.add_constructor(None, _Loader._construct_undefined)
 
 
 def load_text(text: str, prefix: str = "") -> Any:

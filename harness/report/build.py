@@ -8,7 +8,6 @@ written into a staging folder and swapped in whole (:mod:`harness.report.staging
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -22,9 +21,12 @@ import yaml
 from harness.analysis import device, ranks
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
+from harness.analysis.stamp import stamp
 from harness.analysis.summary import build_summary
+from harness.analysis.summary_model import RecordsStamp
 from harness.analysis.windows import cut_short, cut_short_notes, tracking_stopped, unopened_windows
 from harness.layout import FLAMEGRAPHS_DIR, REPORT_DIR, SCENARIO_FILE, SUMMARY_FILE, TABLES_DIR
+from harness.records import jsonio
 from harness.records.atomic import disk_full_as_error, write_atomic
 from harness.records.manifest import WorkloadProvenance
 from harness.records.scenario import Scenario, unread_keys
@@ -212,6 +214,7 @@ def build_report(run_dir: Path, *, processes: int | None = None,
     run_dir = Path(run_dir)
     final = run_dir / REPORT_DIR
     with signals.stop_signals_cleanly():
+        records = stamp(run_dir)  # before reading: a file changed while it is read reads as stale
         run = load_run(run_dir)
         staging.check_replaceable(final)
         with disk_full_as_error(final), staging.locked(run_dir):  # a full disk: one line
@@ -219,7 +222,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
             out = staging.new_folder(run_dir)
             try:
                 result = _write_report(run, run_dir, out, final, processes, native_flamegraphs, started,
-                                       draw_flamegraphs=flamegraphs, on_summary=on_summary)
+                                       draw_flamegraphs=flamegraphs, on_summary=on_summary,
+                                       records=records)
                 staging.swap_in(out, final)
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)  # gone already once swapped in
@@ -229,7 +233,8 @@ def build_report(run_dir: Path, *, processes: int | None = None,
 
 def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: int | None,
                   native_flamegraphs: bool, started: float, draw_flamegraphs: bool = True,
-                  on_summary: Callable[[str], None] | None = None) -> ReportResult:
+                  on_summary: Callable[[str], None] | None = None,
+                  records: RecordsStamp | None = None) -> ReportResult:
     """Write the report into ``out``; the paths returned are where it will be, under ``final``."""
     clock: dict[str, float] = {}
     t_start = t = started
@@ -286,7 +291,8 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     table_paths = csvs.write_tables({t.name: df for t, df in shown}, out / TABLES_DIR,
                                     {t.name: t.csv for t, _ in shown})
     summary_path = out / SUMMARY_FILE
-    write_atomic(summary_path, json.dumps(summary, indent=1))
+    stamped = {**summary, "records": records.model_dump()} if records is not None else summary
+    write_atomic(summary_path, jsonio.dumps(stamped, str(final / SUMMARY_FILE), indent=1))
     png = svg = None
     if not one.ticks.empty:
         png, svg = out / "timeline.png", out / "timeline.svg"
