@@ -46,6 +46,7 @@ from harness.layout import (
     stage_dir,
 )
 from harness.probe import cell as cellmod
+from harness.records import jsonio
 from harness.records.manifest import (
     MANIFEST_VERSION,
     AgentRecord,
@@ -722,8 +723,8 @@ def record_late_stop(run_dir: Path, scenario: Scenario, signum: int) -> None:
     does, and its stages keep their own ``ok``. A manifest that says anything else is left as it is."""
     path = run_dir / manifest_name(scenario)
     try:
-        manifest = parse_manifest(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError):
+        manifest = parse_manifest(jsonio.read(path))
+    except (jsonio.RecordError, ValidationError):
         return  # not ours to repair here: the reader names what is wrong with it
     if manifest.status != Status.OK:
         return
