@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import importlib.machinery
@@ -28,7 +27,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from pydantic import BaseModel
 
 from harness.errors import UsageError
 from harness.layout import MANIFEST_FILE, SCENARIO_FILE
+from harness.records.atomic import replace_whole
 from harness.records.manifest import Manifest
 
 MANIFEST = MANIFEST_FILE
@@ -165,40 +164,14 @@ def now_iso() -> str:
 
 
 def write_record(path: Path, record: BaseModel) -> None:
-    """Write ``record`` as JSON to ``path`` atomically: a crash mid-write never leaves a torn file.
+    """Write ``record`` as JSON to ``path`` whole or not at all, never through a link.
 
-    The one writer of the run directory's records (manifest.json, manifest-node<K>.json,
-    agent.json): a temporary file of its own in the same folder, made exclusively (so no link
-    planted there is written through), flushed to disk, then renamed over ``path``. A symbolic
-    link at ``path`` is refused, not followed or replaced: UsageError naming it.
+    The run directory's records (manifest.json, manifest-node<K>.json, agent.json) go through the
+    harness's one atomic write (:func:`harness.records.atomic.replace_whole`), flushed to disk
+    before the rename; a link at ``path`` is refused (UsageError naming it), and a full disk is
+    the OSError the runner's disk-full handling reads.
     """
-    if path.is_symlink():
-        raise UsageError(f"{path}: a symbolic link; the harness does not write its records through one")
-    text = record.model_dump_json(indent=2)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a manifest is as readable as the rest
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    """This process's umask, read without setting it (os.umask would, for every thread at once)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
+    replace_whole(path, record.model_dump_json(indent=2), sync=True)
 
 
 def write_manifest(run_dir: Path, manifest: Manifest, name: str = MANIFEST) -> None:

@@ -37,28 +37,39 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
     a full disk is :class:`~harness.errors.DiskFull`. The temporary file never stays behind.
     """
     path = Path(path)
+    try:
+        replace_whole(path, data)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    return path
+
+
+def replace_whole(path: Path, data: bytes | str, *, sync: bool = False) -> None:
+    """:func:`write_atomic`'s one write, for a caller that words its own errors: a link or folder
+    at ``path`` is a UsageError, anything else the OSError met (a full disk: ENOSPC). ``sync``: the
+    data reaches the disk before the rename (a record a crash must not leave empty)."""
+    path = Path(path)
     refuse_link(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    made = False
     try:
         fd = os.open(tmp, _FLAGS, 0o666)  # the umask's mode, as a plain open() would give
+        made = True
         try:
             view = memoryview(raw)
             while view:
                 view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as exc:
-        with_tmp = tmp.exists() and not tmp.is_symlink()
-        if with_tmp:
-            tmp.unlink()
-        raise write_error(exc, path) from None
     except BaseException:
-        if tmp.exists() and not tmp.is_symlink():
-            tmp.unlink()
+        if made:  # ours alone (O_EXCL): a file that was there before is not ours to remove
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
-    return path
 
 
 def write_error(exc: OSError, path: Path) -> UsageError | DiskFull:

@@ -1,7 +1,8 @@
 """``manifest.json``, ``manifest-node<K>.json`` and ``agent.json``: one model each, written and read.
 
 The harness process (:mod:`harness.control`) constructs these and writes them through one
-atomic writer (:func:`harness.control.rundir.write_record`); every reader (``analysis/``,
+atomic writer (:func:`harness.control.rundir.write_record`, over
+:func:`harness.records.atomic.replace_whole`); every reader (``analysis/``,
 ``report/``, ``gate/``, ``harness merge``) gets them back from :func:`parse_manifest` or
 :func:`parse_agent_record`, never the raw JSON. Fields added later are optional, so a run
 directory written before them still reads; fields this harness does not know pass unread.
