@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 from pathlib import Path
 
@@ -174,15 +173,3 @@ def test_a_node_manifest_of_the_wrong_type_is_a_named_problem(tmp_path: Path, na
     assert run.node_manifests == {}
     assert any(p.startswith(name) for p in run.problems), run.problems
 
-
-def test_the_run_directory_doc_names_every_field_of_the_manifest() -> None:
-    # GIVEN docs/run-directory.md's manifest.json section WHEN its backticked names are read
-    # THEN every field of the manifest's models is among them
-    from harness.records.manifest import CpuSeconds, SamplingRates, WorkloadProvenance
-
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "run-directory.md").read_text(encoding="utf-8")
-    section = doc.split("\n## manifest.json\n", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`([a-z_0-9]+)`", section))
-    for model in (Manifest, StageOutcome, Failure, Where, SamplingRates, CpuSeconds, WorkloadProvenance):
-        missing = [f for f in model.model_fields if f not in named]
-        assert missing == [], f"{model.__name__}: {missing} not in docs/run-directory.md"
