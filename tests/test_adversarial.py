@@ -377,6 +377,17 @@ def test_the_report_marks_a_capture_whose_tracking_stopped_with_the_time(tmp_pat
                            "it could not write stages/main/memray/main.bin (disk full)")
 
 
+def _fill(path: Path) -> None:
+    """Fill the disk ``path`` is on, to its last block."""
+    with open(path, "ab", buffering=0) as f:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 4 MiB tmpfs (root only); skipped where mounting is not permitted."""
@@ -397,12 +408,7 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_a_disk_full_at_start_is_one_line_and_leaves_no_run_directory(small_disk: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # GIVEN a disk with no room left
     (small_disk / "reports" / "smoke").mkdir(parents=True)
-    with open(small_disk / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
+    _fill(small_disk / "filler")
     # WHEN a run starts there THEN one line, exit 1, and no run directory report would not read
     code, _, err = cli("run", _SMOKE, "--reports", str(small_disk / "reports"))
     assert code == 1 and err.startswith("harness: error: disk full writing ") and err.count("\n") == 1
@@ -426,8 +432,10 @@ def test_a_disk_that_fills_under_memray_fails_the_run_and_the_report_says_when(
     assert "harness: error: stage 'main' failed" in err and "disk full writing" in err
     run_dir = next((small_disk / "r" / "alloc").iterdir())
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and manifest["stages"][0]["disk_full"]["memray_stopped"]
-    # AND `harness report` on the full disk is one line
+    assert manifest["status"] == "failed", manifest
+    assert manifest["stages"][0]["disk_full"]["memray_stopped"], (manifest, out, err)
+    # AND `harness report` on the full disk (whatever memray freed when it gave up) is one line
+    _fill(small_disk / "filler")
     code, out, err = _harness("report", str(run_dir), cwd=tmp_path)
     assert code == 1 and err.startswith("harness: error: disk full writing") and err.count("\n") == 1
     # AND with room again, the report marks the capture with the time tracking stopped
