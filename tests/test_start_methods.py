@@ -56,7 +56,7 @@ def test_forked_workers_copy_on_read(tmp_path: Path) -> None:
     run_dir = _run(tmp_path, "fork")
     run = load_run(run_dir)
     assert run.stages[0].outcome is not None
-    assert run.stages[0].outcome["worker_start_method"] == "fork"
+    assert run.stages[0].outcome.worker_start_method == "fork"
     table = process_table(run)
     main_pid = int(table.loc[table["role"] == "main", "pid"].iloc[0])
     assert (_workers(table)["ppid"] == main_pid).all()
@@ -70,7 +70,7 @@ def test_spawned_workers_are_workers_without_copy_on_read(tmp_path: Path) -> Non
     run_dir = _run(tmp_path, "spawn")
     run = load_run(run_dir)
     assert run.stages[0].outcome is not None
-    assert run.stages[0].outcome["worker_start_method"] == "spawn"
+    assert run.stages[0].outcome.worker_start_method == "spawn"
     table = process_table(run)
     main_pid = int(table.loc[table["role"] == "main", "pid"].iloc[0])
     assert (_workers(table)["ppid"] == main_pid).all()
@@ -85,7 +85,7 @@ def test_forkserver_workers_are_the_server_s_children(tmp_path: Path) -> None:
     run_dir = _run(tmp_path, "forkserver", memray={"mode": "full", "follow_fork": True})
     run = load_run(run_dir)
     assert run.stages[0].outcome is not None
-    assert run.stages[0].outcome["worker_start_method"] == "forkserver"
+    assert run.stages[0].outcome.worker_start_method == "forkserver"
     table = process_table(run)
     (server,) = table.loc[table["role"] == "forkserver", "pid"]
     assert (_workers(table, server=True)["ppid"] == server).all()
