@@ -230,17 +230,6 @@ def test_a_metric_that_is_no_number_is_said_not_raised(tmp_path: Path,
     assert [e.value for e in read_events(tmp_path / EVENTS_FILE, []) if isinstance(e, Metric)] == [0.25]
 
 
-def test_the_docs_name_every_kind_and_field() -> None:
-    # docs/run-directory.md's events.jsonl section is written by hand: it must not drift from the models
-    text = (Path(__file__).resolve().parents[1] / "docs" / "run-directory.md").read_text(encoding="utf-8")
-    section = text.split("## events.jsonl", 1)[1].split("\n## ", 1)[0]
-    models = [*EVENT_MODELS.values(), PhaseTensors, CudaReading, CudaPhase]
-    missing = [f"{m.__name__}.{name}" for m in models for name in m.model_fields
-               if name not in ("t", "kind") and f"`{name}`" not in section]
-    assert missing == []
-    assert [kind for kind in Event if f"`{kind}`" not in section] == []
-
-
 def test_a_metric_that_is_not_a_finite_number_reads_as_not_recorded(tmp_path: Path) -> None:
     # a loss gone NaN or inf is what the workload measured, not damage; summary.json holds no NaN
     path = tmp_path / EVENTS_FILE

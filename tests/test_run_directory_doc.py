@@ -7,7 +7,7 @@ one of the section's :attr:`DocRecord.words`: values and other names the prose u
 map kind, a file name). A field added to a model without a word in the docs, or a field the docs
 name that no model has, fails here.
 
-Adding a record (the events, ...) is one entry in RECORDS.
+Adding a record is one entry in RECORDS (the events: every kind's model, a union).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from harness.layout import Event
+from harness.records.events import HarnessEvent, WorkloadEvent
 from harness.records.manifest import Manifest
 from harness.records.probe_config import ProbeConfig
 from harness.records.samples import SampleRow
 from harness.records.snapshots import Snapshot
-from harness.records.vocab import Status
+from harness.records.vocab import PHASES, Status
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "run-directory.md"
 
@@ -52,6 +54,11 @@ RECORDS: list[DocRecord] = [
         "anonymous", "heap", "stack", "file", "special",  # map kinds
         "main", "true", "null", "traced_step"})),
     DocRecord("probe.json", ProbeConfig, nested=False),
+    DocRecord("events.jsonl", HarnessEvent | WorkloadEvent, words=frozenset({
+        *Event, *PHASES, "zero_grad",  # the kinds, the phases
+        "first", "spaced", "regrow", "listed", "every", "rest", "null",  # reason, span values
+        "loss", "val_accuracy", "test_accuracy", "correct",  # the built-in workload's metrics
+        "cuda_allocated", "cuda_reserved"})),  # samples' columns
 ]
 
 
@@ -65,7 +72,10 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def field_names(model: Any, nested: bool = True) -> set[str]:
-    """Every field of ``model`` and, with ``nested``, of the models its fields hold."""
+    """Every field of ``model`` (of each model of a union) and, with ``nested``, of the models its
+    fields hold."""
+    if isinstance(model, types.UnionType):
+        return {name for m in typing.get_args(model) for name in field_names(m, nested)}
     if isinstance(model, type) and issubclass(model, BaseModel):
         names = set(model.model_fields)
         if nested:
@@ -104,7 +114,8 @@ def test_every_field_of_the_record_is_documented(record: DocRecord) -> None:
 def test_every_name_the_doc_gives_is_a_field(record: DocRecord) -> None:
     unknown = named(section(record.section)) - field_names(record.model, record.nested) - record.words
     assert not unknown, (f"docs/run-directory.md '## {record.section}' names {sorted(unknown)}, "
-                         f"which {record.model.__name__} does not have (a field, or add to words)")
+                         f"which {getattr(record.model, '__name__', record.model)} does not have "
+                         "(a field, or add to words)")
 
 
 def test_the_check_catches_a_field_the_doc_lacks_and_one_it_invents() -> None:
@@ -115,6 +126,12 @@ def test_the_check_catches_a_field_the_doc_lacks_and_one_it_invents() -> None:
     found = named(section("samples/ (and samples.csv)", text))
     assert field_names(SampleRow) - found == {"swap"}
     assert found - field_names(SampleRow) == {"colour"}
+
+
+def test_every_event_kind_has_its_row() -> None:
+    rows = {line.split("|")[1].strip() for line in section("events.jsonl").splitlines()
+            if line.startswith("| `")}
+    assert {kind for kind in Event if not any(f"`{kind}`" in row for row in rows)} == set()
 
 
 def test_nested_records_count_with_their_fields() -> None:
