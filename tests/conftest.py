@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored, and an
+# ignored signal stays ignored across exec: the harness processes the tests start would then never
+# see the Ctrl-C the signal tests send them. A handler is reset to the default at exec instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def write_scenario(path: Path, **sections: Any) -> Path:
