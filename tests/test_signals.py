@@ -269,18 +269,25 @@ def test_baseline_refuses_a_run_whose_manifest_is_not_ok(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_descendants_left_behind_are_killed_and_named(tmp_path: Path, cli, reap: list[int]) -> None:  # type: ignore[no-untyped-def]
     scenario, pidfile = _lingering(tmp_path, "detached")
+    _assert_killed_and_named(tmp_path, cli, reap, scenario, pidfile, "the detached grandchild")
+
+
+def _assert_killed_and_named(tmp_path: Path, cli, reap: list[int], scenario: Path,  # type: ignore[no-untyped-def]
+                             pidfile: Path, what: str) -> None:
+    """Run ``scenario``, whose workload leaves the process written to ``pidfile`` running: the run
+    is ok, and the process was killed and named in the manifest and the stage's log."""
     try:
         code, _, err = cli("run", str(scenario), "--reports", str(tmp_path / "r"), "--quiet", "--no-report")
     finally:
         if pidfile.exists():
             reap.append(int(pidfile.read_text()))
     assert code == 0, err
-    grandchild = int(pidfile.read_text())
-    assert _wait_gone([grandchild], 5) == [], "the detached grandchild outlived the run"
+    left = int(pidfile.read_text())
+    assert _wait_gone([left], 5) == [], f"{what} outlived the run"
     run = latest_run(tmp_path / "r")
     stage = json.loads((run / "manifest.json").read_text())["stages"][0]
-    assert stage["killed_descendants"] == [grandchild]
-    assert f"killed {grandchild}" in (run / "stages/main/log.txt").read_text()
+    assert stage["killed_descendants"] == [left]
+    assert f"killed {left}" in (run / "stages/main/log.txt").read_text()
 
 
 @pytest.mark.slow
@@ -292,20 +299,8 @@ def test_a_double_forked_daemon_is_found_killed_and_named(tmp_path: Path, cli, r
     scenario.write_text(yaml.safe_dump({
         "name": "daemon", "stages": ["main"], "memray": {"mode": "off"},
         "workload": {"entry": str(WORKLOADS / "daemon.py"), "args": [str(pidfile)]}}), encoding="utf-8")
-    # WHEN it runs
-    try:
-        code, _, err = cli("run", str(scenario), "--reports", str(tmp_path / "r"), "--quiet", "--no-report")
-    finally:
-        if pidfile.exists():
-            reap.append(int(pidfile.read_text()))
-    # THEN the stage adopted it (a child subreaper), so it was seen, killed and named
-    assert code == 0, err
-    daemon = int(pidfile.read_text())
-    assert _wait_gone([daemon], 5) == [], "the daemon outlived the run"
-    run = latest_run(tmp_path / "r")
-    stage = json.loads((run / "manifest.json").read_text())["stages"][0]
-    assert stage["killed_descendants"] == [daemon]
-    assert f"killed {daemon}" in (run / "stages/main/log.txt").read_text()
+    # WHEN it runs THEN the stage adopted it (a child subreaper), so it was seen, killed and named
+    _assert_killed_and_named(tmp_path, cli, reap, scenario, pidfile, "the daemon")
 
 
 # --- item 8: bad input is exit 2, before the run directory exists, said once -------------------------
