@@ -9,24 +9,17 @@ group when the harness that started it is gone (``--watch-fd``).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 from harness.control import distributed
 from harness.errors import HarnessError, ScenarioError
 from harness.layout import SCENARIO_FILE
-from harness.probe.stage import become_subreaper, log_error, watch_harness
+from harness.probe.stage import become_subreaper, log_error, stage_parser, watch_harness
 from harness.records import scenario as scenario_mod
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness.control.agent")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("stage")
-    parser.add_argument("--watch-fd", type=int, default=None,
-                        help="a pipe the harness holds open: the agent stops when it closes")
-    args = parser.parse_args(argv)
+    args = stage_parser("harness.control.agent").parse_args(argv)
     if args.watch_fd is not None:
         watch_harness(args.watch_fd)
     become_subreaper()  # a rank's orphans stay in the tree the harness samples

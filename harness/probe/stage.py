@@ -111,12 +111,19 @@ def watch_agent() -> None:
     threading.Thread(target=watch, name="harness-watch-agent", daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness.probe.stage")
+def stage_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every stage process takes (this one and torchrun's agent): the run directory,
+    the stage, and the pipe the harness holds open (:func:`watch_harness`)."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("stage")
     parser.add_argument("--watch-fd", type=int, default=None,
-                        help="a pipe the harness holds open: the stage stops when it closes")
+                        help="a pipe the harness holds open: the process stops when it closes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("harness.probe.stage")
     parser.add_argument("--rank", action="store_true",
                       help="one rank of a distributed stage (started by the agent; RANK names it)")
     args = parser.parse_args(argv)

@@ -471,14 +471,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """
     path = Path(path)
     source = str(path)
-    try:
-        raw = yaml_safe.load_file(path)
-    except FileNotFoundError:
-        raise _fail(source, "", "no such scenario file") from None
-    except OSError as exc:
-        raise _fail(source, "", f"cannot read: {exc.strerror}") from None
-    except yaml_safe.YamlInputError as exc:
-        raise ScenarioError(exc.format(source)) from None
+    raw = _read_yaml(path, "no such scenario file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -498,16 +491,21 @@ def read_resolved(path: str | Path) -> Scenario:
     """A run's ``scenario.yaml`` (as :func:`dump` wrote it) read back: the same YAML reader and the
     same model, every default from the model, paths as they were resolved; its data is not
     checked (a finished run's may be gone). ScenarioError naming the file, the key and why."""
+    return from_dict(_read_yaml(Path(path), "no such file"), str(path))
+
+
+def _read_yaml(path: Path, missing: str) -> Any:
+    """``path`` through the one YAML reader; a file that is missing (said as ``missing``),
+    unreadable or refused by the reader is a ScenarioError naming it."""
     source = str(path)
     try:
-        raw = yaml_safe.load_file(Path(path))
+        return yaml_safe.load_file(path)
     except FileNotFoundError:
-        raise _fail(source, "", "no such file") from None
+        raise _fail(source, "", missing) from None
     except OSError as exc:
         raise _fail(source, "", f"cannot read: {exc.strerror}") from None
     except yaml_safe.YamlInputError as exc:
         raise ScenarioError(exc.format(source)) from None
-    return from_dict(raw, source)
 
 
 def dump(scenario: Scenario) -> str:
