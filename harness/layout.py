@@ -37,6 +37,7 @@ PROBE_CONFIG_FILE = "probe.json"  # the probe's settings, written by the runner
 CELL_FILE = "probe.cell"  # the shared-memory cell: phase, epoch, step (harness.probe.cell)
 MEMRAY_DIR = "memray"  # memray captures: <capture>.bin, forked workers <capture>.bin.<pid>
 SNAPSHOTS_DIR = "snapshots"  # epoch snapshots: <label>.json
+COMPOSITION_FILE = "composition.jsonl"  # what each process's RSS is made of (harness.records.composition)
 CUDA_HISTORY_DIR = "cuda"  # CUDA allocator history windows: <stage>-e<N>-steps<a>-<b>.pickle
 CHECKPOINT_FILE = "checkpoint.pt"  # written by the built-in train stage, read by its test stage
 
