@@ -40,6 +40,13 @@ class RunFailed(HarnessError):
         self.run_dir = run_dir  # what was recorded up to the failure lives here
 
 
+class OutOfMemory(RunFailed):
+    """The kernel's OOM killer killed a process of a stage (status ``oom_killed``): exit 137, as a
+    shell reports a process SIGKILL ended, the code container runtimes give an OOM kill."""
+
+    exit_code = 137
+
+
 class StageInputError(RunFailed):
     """A stage stopped on a DataError or ScenarioError: bad input that only the stage could find."""
 

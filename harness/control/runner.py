@@ -22,11 +22,12 @@ from typing import Any
 import psutil
 from pydantic import ValidationError
 
-from harness.control import diskfull, distributed, preflight, rundir
+from harness.control import diskfull, distributed, memlimit, preflight, rundir
 from harness.control.console import Console, progress_text
 from harness.control.sampler import TreeSampler, TreeTotals
 from harness.errors import (
     Interrupted,
+    OutOfMemory,
     RunFailed,
     ScenarioError,
     SignalReceived,
@@ -53,6 +54,9 @@ from harness.records.manifest import (
     CpuSeconds,
     Failure,
     Manifest,
+    MemoryLimit,
+    OomPostMortem,
+    OomVictim,
     Provenance,
     SamplingRates,
     ScenarioEcho,
@@ -62,6 +66,7 @@ from harness.records.manifest import (
     parse_manifest,
 )
 from harness.records.probe_config import ProbeConfig
+from harness.records.samples import SampleRow
 from harness.records.scenario import Scenario, dump
 from harness.records.vocab import Status
 from harness.sizes import MiB, format_size
@@ -230,6 +235,57 @@ class TimeoutPassed:
 LimitPassed = RssLimitPassed | TimeoutPassed
 
 
+# The DataLoader's words for a worker the kernel killed (torch/csrc/DataLoader.cpp), and for one
+# found gone (torch/utils/data/dataloader.py); both name the pid.
+_WORKER_KILLED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?(\d+)[^)]*\) "
+                            r"(?:is killed by signal: Killed|exited unexpectedly)")
+
+
+@dataclass(frozen=True)
+class OomKilled:
+    """The kernel's OOM killer killed a process of the stage: the post-mortem's facts."""
+
+    record: OomPostMortem
+
+    status = Status.OOM_KILLED
+
+    def message(self) -> str:
+        r = self.record
+        pid = f" (pid {r.victim.pid})" if r.victim.pid is not None else ""
+        text = f"the kernel's OOM killer killed {r.victim.role}{pid}"
+        if r.limit is not None:
+            text += f" under a memory limit of {format_size(r.limit.bytes, unit='MiB', digits=0)}"
+            text += f" ({r.limit.source}{': ' + r.limit.cgroup if r.limit.cgroup else ''})"
+        return text
+
+
+def find_oom_victim(
+    rc: int | None,
+    log_lines: list[str],
+    roles: dict[int, str],
+    root: int | None,
+    agent: AgentRecord | None = None,
+) -> tuple[OomVictim, str] | None:
+    """Which process a SIGKILL ended, and what says so, when an OOM-kill counter rose: a
+    DataLoader worker the log names, a rank torchrun saw killed by SIGKILL, or the stage's main
+    process killed by SIGKILL. ``roles``: pid -> role as the sampler named them. None when nothing
+    was killed (the counter rose for a process of no stage of ours)."""
+    for line in reversed(log_lines):
+        match = _WORKER_KILLED.search(line)
+        if match:
+            pid = int(match.group(1))
+            role = roles.get(pid, "worker")
+            rank = int(role.split()[1]) if role.startswith("rank ") else None
+            return OomVictim(pid=pid, role=role, rank=rank), match.group(0)
+    if agent is not None and agent.failure is not None and agent.failure.signal == "SIGKILL":
+        f = agent.failure
+        return (OomVictim(pid=f.pid, role=f"rank {f.rank}", rank=f.rank),
+                f"torchrun: {f.describe()}")
+    if agent is None and rc == -signal.SIGKILL:
+        return OomVictim(pid=root, role="main"), "the stage's main process was killed by SIGKILL"
+    return None
+
+
 @dataclass(frozen=True)
 class StageError:
     """The error a stage (or a rank) recorded of its own: its type and message."""
@@ -266,6 +322,7 @@ def classify_outcome(
     last_output: str | None = None,
     agent: AgentRecord | None = None,
     rank_error: StageError | None = None,
+    oom: OomKilled | None = None,
 ) -> Classified:
     """How a stage ended, from the facts alone (no file read, nothing parsed back).
 
@@ -275,11 +332,16 @@ def classify_outcome(
     run, which has no events). A distributed stage's non-zero exit is described by its agent's
     record instead: the nodes never met, or which rank failed first and how (``rank_error``: that
     rank's own error).
+    An OOM kill (``oom``: a SIGKILL while an OOM-kill counter rose) comes after the harness's own
+    stops and before the exit code: the workload's error after it (a DataLoader worker killed) is
+    its consequence.
     """
     if stopped_by is not None:
         return stopped(stopped_by)
     if limit is not None:
         return Classified(limit.status, limit.message())
+    if oom is not None:
+        return Classified(oom.status, oom.message())
     if rc == 0:
         return Classified(Status.OK, "")
     if agent is not None:
@@ -336,6 +398,9 @@ class StageProcess:
         self.wall_s = 0.0
         self.after_exit_s = 0.0
         self.cpu_s: CpuSeconds | None = None
+        self.memory_limit: MemoryLimit | None = None
+        self.oom_counter: memlimit.OomCounter | None = None
+        self.oom_kills = 0  # by how much the counter rose while the stage ran
         self._proc: subprocess.Popen[bytes] | None = None
         self._t0 = 0.0
 
@@ -348,10 +413,19 @@ class StageProcess:
         # The stage reads the other end of this pipe and stops its whole group when it closes: when
         # this process ends, however it ends (SIGKILL included), no stage runs on.
         watch_read, watch_write = os.pipe()
+        cgroup = self._cgroup()
+        before = self.oom_counter.read() if self.oom_counter is not None else None
         try:
             proc = self._spawn(env, watch_read)
+            if cgroup is not None:
+                # Moved in before its interpreter has imported anything; what it starts follows it.
+                self._join(proc, cgroup)
         except BaseException:
             os.close(watch_write)
+            if cgroup is not None:
+                if self.memory_limit is not None:
+                    self.memory_limit.peak_charged = cgroup.peak()
+                cgroup.remove()
             raise
         finally:
             os.close(watch_read)
@@ -369,6 +443,11 @@ class StageProcess:
             # longer, and the sampler stops writing.
             self._teardown(proc.pid)
             os.close(watch_write)
+            after = self.oom_counter.read() if self.oom_counter is not None else None
+            if before is not None and after is not None:
+                self.oom_kills = max(after - before, 0)
+            if cgroup is not None:
+                cgroup.remove()
         # Whatever held the stage's output pipe open is gone now, so this does not wait for long.
         pump.join(timeout=5)
         self._name_killed()
@@ -378,6 +457,55 @@ class StageProcess:
                                 system=round(usage1.ru_stime - usage0.ru_stime, 3))
         self.returncode = proc.returncode
         self.after_exit_s = round(self._t0 + self.wall_s - exited, 3)
+
+    def _cgroup(self) -> memlimit.StageCgroup | None:
+        """The stage's own memory cgroup (limits.memory), and the limit and counter it reads."""
+        limit = self.scenario.limits.memory
+        cgroup = None
+        if limit is not None:
+            name = "harness-{}-{}".format(os.getpid(), re.sub(r"[^A-Za-z0-9_.-]", "_", self.stage))
+            cgroup = memlimit.StageCgroup.create(name, limit)
+            self.memory_limit, self.oom_counter = cgroup.limit_record(), cgroup.counter()
+        else:  # the stage runs where the harness does
+            self.memory_limit, self.oom_counter = memlimit.limit_in_force(), memlimit.counter_for(None)
+        return cgroup
+
+    @staticmethod
+    def _join(proc: subprocess.Popen[bytes], cgroup: memlimit.StageCgroup) -> None:
+        try:
+            cgroup.add(proc.pid)
+        except OSError as exc:
+            _kill_group(proc.pid)
+            proc.wait()
+            raise ScenarioError(f"limits.memory: cannot move the stage into {cgroup.dir}: "
+                                f"{exc.strerror or exc}") from None
+
+    def oom_post_mortem(self, agent: AgentRecord | None) -> OomKilled | None:
+        """The OOM kill's facts, when the counter rose and a process of the stage was killed."""
+        if self.oom_kills <= 0 or self.stopped_by is not None or self.limit is not None:
+            return None
+        roles = dict(self.sampler.stats.roles) if self.sampler is not None else {}
+        root = self._proc.pid if self._proc is not None else None
+        found = find_oom_victim(self.returncode, _log_lines(self.dir), roles, root, agent)
+        if found is None:
+            return None
+        victim, evidence = found
+        row: SampleRow | None = None
+        if self.sampler is not None and victim.pid is not None:
+            row = self.sampler.last_rows.get(victim.pid)
+        assert self.oom_counter is not None
+        return OomKilled(OomPostMortem(
+            victim=victim,
+            epoch=row.epoch if row is not None else None,
+            step=row.step if row is not None else None,
+            phase=row.phase if row is not None else None,
+            t=row.t if row is not None else None,
+            victim_rss=row.rss if row is not None else None,
+            limit=self.memory_limit,
+            counter=self.oom_counter.name,
+            oom_kills=self.oom_kills,
+            evidence=evidence,
+        ))
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -511,8 +639,9 @@ def run_stage(
             rank_error = _stage_error(rdir if instrumented else sp.dir, instrumented)
         if instrumented:
             last = rank_last
+    oom = sp.oom_post_mortem(agent)
     verdict = classify_outcome(rc, stopped_by=sp.stopped_by, limit=sp.limit, stage_error=stage_error,
-                               last_output=last_output, agent=agent, rank_error=rank_error)
+                               last_output=last_output, agent=agent, rank_error=rank_error, oom=oom)
     return StageOutcome(
         name=stage,
         status=verdict.status,
@@ -535,6 +664,8 @@ def run_stage(
         ranks=ranks,
         cpu_s=sp.cpu_s,
         after_exit_s=sp.after_exit_s,
+        memory_limit=sp.memory_limit,
+        oom=oom.record if oom is not None else None,
     )
 
 
@@ -610,6 +741,7 @@ def run_scenario(
     ``source`` names the scenario in errors (its file).
     """
     preflight.check(scenario, source)
+    memlimit.check(scenario.limits.memory, source)
     check_device(scenario, source)
     distributed.check(scenario, source)
     run_dir = rundir.new_run_dir(reports, scenario.name, "" if instrumented else "-bare")
@@ -693,6 +825,8 @@ def run_scenario(
             raise Terminated(text, run_dir, signal.Signals[failure.stopped_by])
         if failure.status == Status.INTERRUPTED:
             raise Interrupted(text, run_dir)
+        if failure.status == Status.OOM_KILLED:
+            raise OutOfMemory(text, run_dir)
         if failure.error in INPUT_ERRORS:
             raise StageInputError(text, run_dir)
         raise RunFailed(text, run_dir)
@@ -703,6 +837,7 @@ def run_scenario(
 _WHAT = {
     Status.FAILED: "failed",
     Status.KILLED: "was killed",
+    Status.OOM_KILLED: "ran out of memory",
     Status.LIMIT: "was stopped by the harness",
     Status.TIMEOUT: "was stopped by the harness",
     Status.INTERRUPTED: "was interrupted",

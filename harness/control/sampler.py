@@ -224,6 +224,8 @@ class TreeSampler(threading.Thread):
             self._roles = AgentRoles(root, cmdline=self._cmdline)
             self._rank_cells = RankCells(ranks)
         self._alive: set[int] = set()
+        # each process's last row: where a process was when it died (an OOM kill's victim)
+        self.last_rows: dict[int, SampleRow] = {}
         self._full_due: dict[int, float] = {}  # pid -> when its next smaps_rollup is due (monotonic)
 
     def stop(self) -> None:
@@ -402,6 +404,9 @@ class TreeSampler(threading.Thread):
             method = methods.get(pid)
             if method is not None:
                 stats.start_methods.add(method)
+        last_rows = self.last_rows
+        for row in rows:
+            last_rows[row.pid] = row
         for pid in self._alive - alive:
             self._roles.forget(pid)
             self._full_due.pop(pid, None)

@@ -65,6 +65,48 @@ class DiskFullRecord(_Record):
     unwritten: str | None = None  # the harness's own file that could not be written
 
 
+class MemoryLimit(_Record):
+    """The memory available to a stage's processes (``memory_limit``, ``oom.limit``): ``bytes``,
+    and where the figure comes from: ``limits.memory`` (a memory cgroup the harness made for the
+    stage), ``cgroup`` (the memory cgroup the harness itself runs in, the smallest limit on its
+    path), or ``machine`` (MemTotal, no cgroup limits it)."""
+
+    bytes: int
+    source: Literal["limits.memory", "cgroup", "machine"]
+    cgroup: str | None = None  # the cgroup's path under the memory controller's mount
+    # limits.memory: the most the stage's cgroup was charged (v1 memory.max_usage_in_bytes, v2
+    # memory.peak): its processes' anonymous memory and the page cache they brought in
+    peak_charged: int | None = None
+
+
+class OomVictim(_Record):
+    """The process the kernel's OOM killer killed: its pid, its role (main, worker N, rank R,
+    rank R worker N) and, in a distributed stage, its rank."""
+
+    pid: int | None = None
+    role: str
+    rank: int | None = None
+
+
+class OomPostMortem(_Record):
+    """The kernel's OOM killer killed a process of the stage (``oom``): who, where, under which
+    limit, and what told the harness so. The footprint, the growth and the allocation sites of the
+    last seconds are read from the stage's samples and captures by the analysis
+    (:mod:`harness.analysis.oom`)."""
+
+    victim: OomVictim
+    # the epoch, step and phase at the victim's last sample (its rank's cell, in a distributed stage)
+    epoch: int | None = None
+    step: int | None = None
+    phase: str | None = None
+    t: float | None = None  # wall clock of the victim's last sample, seconds since the epoch
+    victim_rss: int | None = None  # the victim's RSS at its last sample
+    limit: MemoryLimit | None = None
+    counter: str  # the OOM-kill counter that rose: a file of the cgroup, or /proc/vmstat
+    oom_kills: int  # by how much it rose during the stage
+    evidence: str  # what named the victim: the signal, or the DataLoader's line in the log
+
+
 class StageOutcome(_Record):
     """How one stage ended (an entry of ``stages``)."""
 
@@ -96,6 +138,8 @@ class StageOutcome(_Record):
     cpu_s: CpuSeconds | None = None
     after_exit_s: float | None = None
     disk_full: DiskFullRecord | None = None  # the disk filled: where, when memray stopped
+    memory_limit: MemoryLimit | None = None  # the memory available to the stage's processes
+    oom: OomPostMortem | None = None  # status oom_killed: the post-mortem
 
 
 class Failure(_Record):

@@ -226,6 +226,14 @@ class LimitsConfig(_Section):
 
     max_rss_mb: float | None = Field(None, gt=0)  # RSS of the stage's whole tree, MiB
     timeout_s: float | None = Field(None, gt=0)  # wall time of one stage
+    # A size ("2 GiB"): each stage's process tree runs in a memory cgroup of its own limited to it
+    # (the harness stays outside); the kernel's OOM killer acts on the stage alone.
+    memory: int | None = Field(None, gt=0)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return _size_or_none(v)
 
 
 def _size_or_none(v: Any) -> Any:

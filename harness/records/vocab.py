@@ -27,6 +27,9 @@ class Status(StrEnum):
     OK = "ok"
     FAILED = "failed"  # the workload exited non-zero (or raised)
     KILLED = "killed"  # a signal ended the stage's main process (not the harness's own stop)
+    # the kernel's OOM killer killed the stage's main process, a DataLoader worker or a rank
+    # (a SIGKILL while an OOM-kill counter rose): manifest's stages[].oom says which and where
+    OOM_KILLED = "oom_killed"
     LIMIT = "limit"  # stopped by limits.max_rss_mb
     TIMEOUT = "timeout"  # stopped by limits.timeout_s
     INTERRUPTED = "interrupted"  # Ctrl-C
