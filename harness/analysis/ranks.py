@@ -18,6 +18,7 @@ import pandas as pd
 
 from harness.analysis import device, tables
 from harness.analysis import findings as _findings  # noqa: F401 - registers the host detectors
+from harness.analysis import headroom as _headroom  # noqa: F401 - registers near_limit
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import SCOPES, Finding, detectors, finding, mib
 from harness.analysis.load import Run, sample_ranks

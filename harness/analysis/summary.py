@@ -15,7 +15,9 @@ import pandas as pd
 
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding
+from harness.analysis.headroom import headroom
 from harness.analysis.load import Run
+from harness.analysis.oom import PostMortem
 from harness.analysis.peaks import running_peak, teardown_peak
 from harness.analysis.ranks import RankView
 from harness.analysis.snapshot_metrics import epoch_growth
@@ -155,13 +157,17 @@ def _rank_sections(views: list[RankView], phases: pd.DataFrame,
 def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
                   captures: list[CaptureData], findings: list[Finding],
                   cuda: dict[str, Any] | None = None,
-                  views: list[RankView] | None = None) -> Summary:
+                  views: list[RankView] | None = None,
+                  device_total: int | None = None,
+                  post_mortems: list[PostMortem] | None = None) -> Summary:
     """The summary (``.to_dict()`` is what summary.json holds). ``cuda``: the device section (CUDA
     runs only), as :func:`harness.analysis.device.summary_section` gives it. ``views``: the run's
     ranks (:func:`harness.analysis.ranks.views`; None: the run as one view of rank None, ``tk``
     its ticks). With ranks, ``phases`` has a rank column, the peaks are the largest over the ranks,
     each naming its rank, and ``ranks`` holds each rank's own; a view of rank None adds no rank
-    key anywhere (Summary.to_dict leaves unknown ranks out)."""
+    key anywhere (Summary.to_dict leaves unknown ranks out). ``device_total``: the CUDA device's
+    memory, for the headroom; ``post_mortems``: the run's OOM post-mortems
+    (:func:`harness.analysis.oom.post_mortems`)."""
     m = run.manifest
     views = views or [RankView(None, None, run, tk)]
     peaks, rank_rows = _rank_sections(views, phases, captures)
@@ -228,4 +234,7 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         "problems": list(run.problems),
         **({"ranks": ranks} if ranks is not None else {}),
         **({"cuda": _plain(cuda)} if cuda is not None else {}),
+        "headroom": headroom(run, device_total,
+                             (peaks["cuda_reserved"] or {}).get("bytes")).to_dict(),
+        **({"oom": [p.to_dict() for p in post_mortems]} if post_mortems else {}),
     })

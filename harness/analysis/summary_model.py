@@ -88,7 +88,8 @@ class RunInfo(_Section):
     dir: str
     scenario: str
     kind: str = Field(description="run (instrumented) or bare")
-    status: str = Field(description="ok, failed, killed, limit, timeout, interrupted (Ctrl-C), "
+    status: str = Field(description="ok, failed, killed, oom_killed (the kernel's OOM killer), "
+                                    "limit, timeout, interrupted (Ctrl-C), "
                                     "terminated (SIGTERM, SIGHUP), or running (the harness "
                                     "itself was killed)")
     complete: bool = Field(description="false for a crashed, killed or stopped run: the report "
@@ -321,6 +322,91 @@ class Cuda(_Section):
     history: list[HistoryRow]
 
 
+class HostHeadroom(_Section):
+    """One stage's host memory against the limit in force (harness/analysis/headroom.py)."""
+
+    stage: str
+    limit: Bytes = Field(description="the memory available to the stage's processes")
+    source: Literal["limits.memory", "cgroup", "machine"] = Field(
+        description="limits.memory: a cgroup the harness made for the stage; cgroup: the one the "
+                    "harness ran in; machine: MemTotal")
+    cgroup: str | None
+    peak: Bytes | None
+    measure: Literal["cgroup charge", "tree RSS"] = Field(
+        description="what peak is: the most the stage's cgroup was charged, else its peak tree RSS")
+    share: Annotated[float, Field(ge=0)] | None = Field(description="peak / limit")
+
+
+class DeviceHeadroom(_Section):
+    """A CUDA device's memory against the allocator's peak reserved bytes."""
+
+    device: str
+    total: Bytes
+    peak_reserved: Bytes | None
+    share: Annotated[float, Field(ge=0)] | None
+
+
+class Headroom(_Section):
+    """The memory available to the job and each peak as a share of it."""
+
+    host: list[HostHeadroom]
+    cuda: list[DeviceHeadroom]
+
+
+class GrownLine(_Section):
+    line: str
+    bytes: Bytes
+    allocations: Count
+
+
+class OomVictim(_Section):
+    pid: int | None
+    role: str
+    rank: Count | None
+
+
+class OomLimit(_Section):
+    bytes: Bytes
+    source: Literal["limits.memory", "cgroup", "machine"]
+    cgroup: str | None
+    peak_charged: Bytes | None
+
+
+class OomRecord(_Section):
+    """The manifest's post-mortem (harness/records/manifest.py OomPostMortem)."""
+
+    victim: OomVictim
+    epoch: int | None
+    step: int | None
+    phase: str | None
+    t: float | None
+    victim_rss: Bytes | None
+    limit: OomLimit | None
+    counter: str
+    oom_kills: Count
+    evidence: str
+
+
+class OomPostMortem(_Section):
+    """Status oom_killed: who the kernel killed, where, and the last seconds before it."""
+
+    stage: str
+    record: OomRecord
+    window_s: Annotated[float, Field(ge=0)] = Field(description="the seconds the figures cover")
+    tree_rss: Bytes | None
+    processes: Count | None
+    victim_rss: Bytes | None
+    victim_anon: Bytes | None
+    victim_file: Bytes | None
+    victim_shmem: Bytes | None
+    mib_per_s: float | None = Field(description="the victim's RSS growth over the window")
+    mib_per_step: float | None
+    tree_mib_per_s: float | None
+    capture: str | None = Field(description="the victim's last memray capture")
+    lines_measure: str | None
+    lines: list[GrownLine] = Field(description="the workload lines holding the most in it")
+
+
 class RankRow(_Section):
     """One rank of a distributed run: its own peaks (each also carries the rank)."""
 
@@ -363,6 +449,12 @@ class Summary(_Section):
     cuda: Cuda | SkipJsonSchema[None] = Field(
         None, description="CUDA runs only: the device and the allocator-history windows",
         json_schema_extra=_no_default)
+    # Absent only in summaries written before them.
+    headroom: Headroom | SkipJsonSchema[None] = Field(
+        None, description="the memory available to the job and each peak's share of it",
+        json_schema_extra=_no_default)
+    oom: list[OomPostMortem] | SkipJsonSchema[None] = Field(
+        None, description="status oom_killed only: the post-mortem", json_schema_extra=_no_default)
     # Absent only in summaries written before it: then the gates read the records again instead.
     records: RecordsStamp | SkipJsonSchema[None] = Field(
         None, description="the run's record files as the report read them; the gates write the "
@@ -379,7 +471,7 @@ class Summary(_Section):
     def to_dict(self) -> dict[str, Any]:
         """What summary.json holds: every field in order, ``cuda`` only on CUDA runs, ``ranks``
         and each row's ``rank`` and ``node`` only where they are known (distributed runs)."""
-        exclude = {k for k in ("cuda", "ranks", "records") if getattr(self, k) is None}
+        exclude = {k for k in ("cuda", "ranks", "records", "headroom", "oom") if getattr(self, k) is None}
         out = self.model_dump(mode="json", by_alias=True, exclude=exclude or None)
         return {k: v if k == "findings" else _drop_unknown_ranks(v) for k, v in out.items()}
 

@@ -423,8 +423,6 @@ class StageProcess:
         except BaseException:
             os.close(watch_write)
             if cgroup is not None:
-                if self.memory_limit is not None:
-                    self.memory_limit.peak_charged = cgroup.peak()
                 cgroup.remove()
             raise
         finally:
@@ -447,6 +445,8 @@ class StageProcess:
             if before is not None and after is not None:
                 self.oom_kills = max(after - before, 0)
             if cgroup is not None:
+                if self.memory_limit is not None:
+                    self.memory_limit.peak_charged = cgroup.peak()
                 cgroup.remove()
         # Whatever held the stage's output pipe open is gone now, so this does not wait for long.
         pump.join(timeout=5)

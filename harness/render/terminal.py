@@ -54,8 +54,9 @@ def summary_text(summary: dict[str, Any], report_html: Path, cut_short: Mapping[
     ``cut_short``: captures still open when their stage stopped (name -> how it ended)."""
     run = summary["run"]
     peaks = summary["peaks"]
-    lines = [f"harness: report for {run['scenario']}: status {run['status']}"
-             + ("" if run["complete"] else " (INCOMPLETE)")]
+    lines = oom_lines(summary.get("oom") or [])
+    lines.append(f"harness: report for {run['scenario']}: status {run['status']}"
+                 + ("" if run["complete"] else " (INCOMPLETE)"))
     for reason in run["incomplete_reasons"]:
         lines.append(f"  incomplete: {reason}")
     lines.append(f"  peak RSS   main {_mib((peaks['main_rss'] or {}).get('bytes'))}"
@@ -81,6 +82,9 @@ def summary_text(summary: dict[str, Any], report_html: Path, cut_short: Mapping[
         lines.append(f"  CUDA       allocated {_mib(peaks['cuda_allocated']['bytes'])}"
                      f"{_where(peaks['cuda_allocated'])}, reserved {_mib(reserved.get('bytes'))}"
                      f"{_where(reserved or None)}")
+    room = headroom_text(summary.get("headroom"))
+    if room:
+        lines.append("  headroom   " + room)
     final = summary["metrics"]["final"]
     if final:
         lines.append("  metrics    " + ", ".join(f"{k} {v:g}" for k, v in final.items()))
@@ -93,3 +97,66 @@ def summary_text(summary: dict[str, Any], report_html: Path, cut_short: Mapping[
         lines.append("  findings   none")
     lines.append(f"  report     {report_html}")
     return printable_lines("\n".join(lines))  # names, messages and paths come from the run
+
+
+def oom_lines(post_mortems: list[dict[str, Any]]) -> list[str]:
+    """What opens the report of a run the kernel's OOM killer ended: who, where, under which
+    limit, how fast it grew, the lines that held the most."""
+    lines = []
+    for pm in post_mortems:
+        r = pm["record"]
+        victim = r["victim"]
+        where = ", ".join(b for b in (
+            f"epoch {r['epoch']}" if r["epoch"] else "",
+            f"step {r['step']}" if r["step"] is not None else "",
+            f"phase {r['phase']}" if r["phase"] else "") if b)
+        pid = f" (pid {victim['pid']})" if victim["pid"] is not None else ""
+        lines.append(f"harness: OOM-KILLED: stage {pm['stage']!r}: the kernel's OOM killer killed "
+                     f"{victim['role']}{pid}" + (f" at {where}" if where else ""))
+        limit = r["limit"]
+        if limit is not None:
+            lines.append(f"  limit      {_mib(limit['bytes'])} ({limit['source']}"
+                         + (f" {limit['cgroup']}" if limit["cgroup"] else "") + ")")
+        held = []
+        if pm["victim_rss"] is not None:
+            held.append(f"{victim['role']} {_mib(pm['victim_rss'])}")
+            parts = [f"{k} {_mib(pm['victim_' + k])}" for k in ("anon", "file", "shmem")
+                     if pm["victim_" + k]]
+            if parts:
+                held[-1] += f" ({', '.join(parts)})"
+        if pm["tree_rss"] is not None:
+            held.append(f"tree {_mib(pm['tree_rss'])} in {pm['processes']} process(es)")
+        if held:
+            lines.append("  at death   " + ", ".join(held))
+        if pm["mib_per_s"] is not None:
+            rate = f"{pm['mib_per_s']:,.1f} MiB/s"
+            if pm["mib_per_step"] is not None:
+                rate += f", {pm['mib_per_step']:,.2f} MiB/step"
+            lines.append(f"  growing    {rate} over its last {pm['window_s']:g} s")
+        for i, line in enumerate(pm["lines"]):
+            head = f"  grew most  ({pm['capture']}, {pm['lines_measure']}) " if i == 0 else " " * 13
+            lines.append(f"{head}{format_size(line['bytes'])} {line['line']}")
+        lines.append(f"  evidence   {r['evidence']}; {r['counter']} rose by {r['oom_kills']}")
+    return lines
+
+
+def headroom_text(room: dict[str, Any] | None) -> str:
+    """``tree RSS 540 MiB = 90% of 600 MiB (limits.memory); cuda reserved 2 GiB = 3% of 80 GiB``."""
+    if not room:
+        return ""
+    bits = []
+    host = [h for h in room["host"] if h["share"] is not None]
+    if host:
+        h = max(host, key=lambda h: h["share"])
+        bits.append(f"{h['measure']} {_mib(h['peak'])} = {h['share']:.0%} of {_mib(h['limit'])} "
+                    f"({h['source']})")
+    elif room["host"]:
+        h = room["host"][0]
+        bits.append(f"limit {_mib(h['limit'])} ({h['source']})")
+    for d in room["cuda"]:
+        if d["share"] is not None:
+            bits.append(f"{d['device']} reserved {_mib(d['peak_reserved'])} = {d['share']:.0%} of "
+                        f"{_mib(d['total'])}")
+        else:
+            bits.append(f"{d['device']} total {_mib(d['total'])}")
+    return "; ".join(bits)

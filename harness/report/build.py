@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from harness.analysis import device, ranks
+from harness.analysis import device, oom, ranks
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, load_run
 from harness.analysis.stamp import stamp
@@ -278,7 +278,9 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     info = device.device_info(one.run)
     found = ranks.all_findings(run, vs, phase_df, datas, (info or {}).get("total"))
     summary = build_summary(run, one.ticks, phase_df, datas, found,
-                            device.summary_section(info, history), views=vs).to_dict()
+                            device.summary_section(info, history), views=vs,
+                            device_total=(info or {}).get("total"),
+                            post_mortems=oom.post_mortems(run, datas)).to_dict()
     notes = unopened_windows(run) + cut_short_notes(run) + unfollowed_workers(run)
     html_path = out / "report.html"
     text = _with_notes(terminal.summary_text(summary, final / html_path.relative_to(out),
