@@ -45,7 +45,7 @@ RECORDS: list[DocRecord] = [
     DocRecord("manifest.json", Manifest, words=frozenset({
         *Status, "run", "bare",  # status, kind
         "batch", "normal", "fork", "spawn", "forkserver", "none",  # sampling.policy, start methods
-        "smaps_rollup", "null", "true"})),
+        "smaps_rollup", "null", "true", "machine"})),  # machine: memory_limit.source
     DocRecord("samples/ (and samples.csv)", SampleRow, words=frozenset({
         "main", "forkserver", "child", "statm", "smaps_rollup", "setup", "teardown",
         "phase_totals", "agent"})),

@@ -1,0 +1,319 @@
+"""OOM post-mortems and headroom: who the kernel's OOM killer killed, where, under which limit.
+
+Unit tests on small synthetic records (the victim from the facts, the counters, the limit in
+force, the post-mortem's rates, the headroom finding), then real runs under a real memory cgroup
+(``limits.memory``), each skipped with the reason where this machine cannot make one.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _synthetic import sample_row, write_run
+
+from harness.analysis import headroom as headroom_mod
+from harness.analysis.load import load_run
+from harness.analysis.oom import post_mortems
+from harness.control import memlimit
+from harness.control.runner import OomKilled, classify_outcome, find_oom_victim
+from harness.records.manifest import AgentRecord, MemoryLimit, OomPostMortem, OomVictim
+from harness.records.vocab import Status
+from harness.render.terminal import oom_lines
+
+MiB = 1 << 20
+WORKLOADS = Path(__file__).resolve().parent / "workloads"
+
+
+# ---- the victim, from the facts ------------------------------------------------------------------
+
+def _agent(signal_name: str | None, exit_code: int = -9) -> AgentRecord:
+    return AgentRecord.model_validate({
+        "node_rank": 0, "nnodes": 1, "nproc_per_node": 2, "backend": "gloo",
+        "rdzv_endpoint": "127.0.0.1:1", "pid": 10, "exit_code": 1,
+        "failure": {"rank": 1, "local_rank": 1, "pid": 321, "exit_code": exit_code,
+                    "signal": signal_name, "ranks_failed": [1]}})
+
+
+@pytest.mark.parametrize(("rc", "log", "agent", "expect"), [
+    # the main process killed by SIGKILL
+    (-9, ["step 3"], None, ("main", 77, None, "killed by SIGKILL")),
+    # a worker the kernel killed, as the DataLoader says it in C++ ...
+    (1, ["RuntimeError: DataLoader worker (pid 4242) is killed by signal: Killed. "], None,
+     ("worker 1", 4242, None, "pid 4242")),
+    # ... and as it says it when it finds the worker gone
+    (1, ["RuntimeError: DataLoader worker (pid(s) 4242) exited unexpectedly"], None,
+     ("worker 1", 4242, None, "exited unexpectedly")),
+    # a rank's worker: its role names the rank
+    (1, ["DataLoader worker (pid 5151) is killed by signal: Killed."], None,
+     ("rank 1 worker 0", 5151, 1, "pid 5151")),
+    # a rank torchrun saw killed by SIGKILL
+    (1, [], _agent("SIGKILL"), ("rank 1", 321, 1, "torchrun: rank 1")),
+])
+def test_the_victim_is_named_from_the_signal_the_log_or_torchrun(
+        rc: int, log: list[str], agent: AgentRecord | None,
+        expect: tuple[str, int, int | None, str]) -> None:
+    roles = {77: "main", 4242: "worker 1", 5151: "rank 1 worker 0"}
+    found = find_oom_victim(rc, log, roles, 77, agent)
+    assert found is not None
+    victim, evidence = found
+    assert (victim.role, victim.pid, victim.rank) == expect[:3]
+    assert expect[3] in evidence
+
+
+@pytest.mark.parametrize(("rc", "log", "agent"), [
+    (1, ["ValueError: a workload's own error"], None),  # an error, no kill
+    (-15, [], None),  # SIGTERM is not the OOM killer's
+    (1, [], _agent(None, exit_code=1)),  # a rank that exited non-zero
+    (1, [], _agent("SIGTERM")),
+])
+def test_no_victim_without_a_sigkill_or_a_killed_worker(rc: int, log: list[str],
+                                                         agent: AgentRecord | None) -> None:
+    assert find_oom_victim(rc, log, {}, 77, agent) is None
+
+
+def _record(**kw: Any) -> OomPostMortem:
+    base: dict[str, Any] = {
+        "victim": OomVictim(pid=77, role="main"), "epoch": 1, "step": 20, "phase": "forward",
+        "t": 1010.0, "victim_rss": 260 * MiB,
+        "limit": MemoryLimit(bytes=600 * MiB, source="limits.memory", cgroup="/h-1-train"),
+        "counter": "/sys/fs/cgroup/memory/h-1-train/memory.oom_control", "oom_kills": 1,
+        "evidence": "the stage's main process was killed by SIGKILL"}
+    return OomPostMortem(**{**base, **kw})
+
+
+def test_an_oom_kill_outranks_the_exit_code_but_not_the_harness_being_stopped() -> None:
+    oom = OomKilled(_record(victim=OomVictim(pid=4242, role="worker 0")))
+    verdict = classify_outcome(1, oom=oom)
+    assert verdict.status == Status.OOM_KILLED
+    assert verdict.message == ("the kernel's OOM killer killed worker 0 (pid 4242) under a memory "
+                               "limit of 600 MiB (limits.memory: /h-1-train)")
+    assert classify_outcome(-9, stopped_by=signal.SIGINT, oom=oom).status == Status.INTERRUPTED
+    assert classify_outcome(-9).status == Status.KILLED  # no counter rose: a plain kill
+
+
+# ---- counters and limits -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "text", "count"), [
+    ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", 3),  # cgroup v1
+    ("memory.events", "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n", 2),  # v2
+    ("vmstat", "pgfault 99\noom_kill 7\nnr_free_pages 1\n", 7),  # the machine's
+    ("empty", "oom_kill_disable 0\n", None),
+])
+def test_oom_kill_counters_read_from_each_kind_of_file(tmp_path: Path, name: str, text: str,
+                                                      count: int | None) -> None:
+    (tmp_path / name).write_text(text)
+    assert memlimit.OomCounter(tmp_path / name).read() == count
+
+
+def test_the_limit_in_force_is_the_smallest_on_the_cgroup_path(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a v1 memory hierarchy: the root unlimited, a parent at 1 GiB, the process's at 4 GiB
+    mount = tmp_path / "memory"
+    own = mount / "jobs" / "mine"
+    own.mkdir(parents=True)
+    (mount / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (mount / "jobs" / "memory.limit_in_bytes").write_text(f"{1 << 30}\n")
+    (own / "memory.limit_in_bytes").write_text(f"{4 << 30}\n")
+    monkeypatch.setattr(memlimit, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(memlimit, "_own_paths", lambda pid="self": {"memory": "/jobs/mine"})
+    monkeypatch.setattr(memlimit, "machine_memory", lambda: 64 << 30)
+    # THEN the parent's limit holds
+    assert memlimit.limit_in_force() == MemoryLimit(bytes=1 << 30, source="cgroup", cgroup="/jobs")
+    # AND with no limit on the path, the machine's memory
+    (mount / "jobs" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (own / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert memlimit.limit_in_force() == MemoryLimit(bytes=64 << 30, source="machine")
+
+
+# ---- the post-mortem and the headroom from a run's files -----------------------------------------
+
+def _oom_run(tmp_path: Path, *, victim: OomVictim, limit: MemoryLimit, peak_tree_rss: int,
+             cuda_reserved: int | None = None) -> Path:
+    """A stage whose main process grows 8 MiB a step, two steps a second, for 10 s (pid 100),
+    beside a worker that stays at 50 MiB (pid 201); killed at t=1010, step 20."""
+    rows = []
+    for i in range(21):
+        t = 1000.0 + i / 2
+        rows.append(sample_row(t=t, pid=100, ppid=1, role="main", rss=(100 + 8 * i) * MiB,
+                               stage="train", epoch=1, step=i, phase="forward",
+                               rss_anon=(60 + 8 * i) * MiB, rss_file=40 * MiB, rss_shmem=0,
+                               cuda_reserved=cuda_reserved, cuda_allocated=cuda_reserved))
+        rows.append(sample_row(t=t, pid=201, ppid=100, role="worker 0", rss=50 * MiB,
+                               stage="train", epoch=1, step=i, phase="forward"))
+    run = write_run(tmp_path, status="oom_killed", rows=rows, events=[], snapshots=[])
+    manifest = json.loads((run / "manifest.json").read_text())
+    stage = manifest["stages"][0]
+    stage.update(status="oom_killed", exit_code=-9, signal="SIGKILL", peak_tree_rss=peak_tree_rss,
+                 memory_limit=limit.model_dump(mode="json"))
+    stage["oom"] = _record(victim=victim, limit=limit, t=1010.0, victim_rss=None).model_dump(mode="json")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_the_post_mortem_gives_the_last_seconds_growth_per_second_and_per_step(tmp_path: Path) -> None:
+    limit = MemoryLimit(bytes=600 * MiB, source="limits.memory", cgroup="/h-1-train")
+    run = load_run(_oom_run(tmp_path, victim=OomVictim(pid=100, role="main"), limit=limit,
+                            peak_tree_rss=310 * MiB))
+    (pm,) = post_mortems(run)
+    # the main process at its last sample: 100 + 8 * 20 MiB, its parts as the samples say
+    assert (pm.victim_rss, pm.victim_anon, pm.victim_file) == (260 * MiB, 220 * MiB, 40 * MiB)
+    assert (pm.tree_rss, pm.processes) == (310 * MiB, 2)
+    # the last 5 s (t in (1005, 1010]): 16 MiB/s, 8 MiB per step; the tree grew as fast
+    assert pm.window_s == 4.5
+    assert pm.mib_per_s == pytest.approx(16.0)
+    assert pm.mib_per_step == pytest.approx(8.0)
+    assert pm.tree_mib_per_s == pytest.approx(16.0)
+    text = "\n".join(oom_lines([pm.to_dict()]))
+    assert text.startswith("harness: OOM-KILLED: stage 'train': the kernel's OOM killer killed "
+                           "main (pid 100) at epoch 1, step 20, phase forward")
+    assert "growing    16.0 MiB/s, 8.00 MiB/step over its last 4.5 s" in text
+
+
+def test_a_worker_victim_s_post_mortem_reads_its_own_rows(tmp_path: Path) -> None:
+    limit = MemoryLimit(bytes=600 * MiB, source="limits.memory")
+    run = load_run(_oom_run(tmp_path, victim=OomVictim(pid=201, role="worker 0"), limit=limit,
+                            peak_tree_rss=310 * MiB))
+    (pm,) = post_mortems(run)
+    assert pm.victim_rss == 50 * MiB
+    assert pm.mib_per_s == pytest.approx(0.0)  # the worker held steady; the tree did not
+    assert pm.tree_mib_per_s == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize(("limit", "peak_tree_rss", "cuda", "fires", "measure"), [
+    # the cgroup's charge is what the kernel holds to the limit: 95 % fires, whatever tree RSS says
+    (MemoryLimit(bytes=1000 * MiB, source="limits.memory", peak_charged=950 * MiB), 2000 * MiB,
+     None, True, "cgroup charge"),
+    (MemoryLimit(bytes=1000 * MiB, source="limits.memory", peak_charged=500 * MiB), 2000 * MiB,
+     None, False, "cgroup charge"),
+    # without one, the peak tree RSS against the machine's memory
+    (MemoryLimit(bytes=1000 * MiB, source="machine"), 910 * MiB, None, True, "tree RSS"),
+    (MemoryLimit(bytes=1000 * MiB, source="cgroup", cgroup="/jobs"), 890 * MiB, None, False, "tree RSS"),
+    # a CUDA device near full fires on its own
+    (MemoryLimit(bytes=1000 * MiB, source="machine"), 100 * MiB, 950 * MiB, True, "tree RSS"),
+])
+def test_headroom_shares_and_the_near_limit_finding(tmp_path: Path, limit: MemoryLimit,
+                                                    peak_tree_rss: int, cuda: int | None,
+                                                    fires: bool, measure: str) -> None:
+    run = load_run(_oom_run(tmp_path, victim=OomVictim(pid=100, role="main"), limit=limit,
+                            peak_tree_rss=peak_tree_rss, cuda_reserved=cuda))
+    device_total = 1000 * MiB if cuda is not None else None
+    room = headroom_mod.headroom(run, device_total, cuda)
+    (host,) = room.host
+    peak = limit.peak_charged if limit.peak_charged is not None else peak_tree_rss
+    assert (host.limit, host.peak, host.measure) == (limit.bytes, peak, measure)
+    assert host.share == pytest.approx(peak / limit.bytes)
+    found = headroom_mod.near_limit(run, device_total)
+    assert (found is not None) == fires
+    if found is not None and cuda is None:
+        assert f"peak {measure}" in found.text and f"{peak / limit.bytes:.0%}" in found.title
+
+
+# ---- under a real memory cgroup ------------------------------------------------------------------
+
+def _cgroup_reason() -> str | None:
+    """Why no memory cgroup can be made here (None: one can)."""
+    try:
+        memlimit.check(64 * MiB, "test")
+    except Exception as exc:  # noqa: BLE001 - any reason is the skip's reason
+        return str(exc)
+    return None
+
+
+needs_cgroup = pytest.mark.skipif(_cgroup_reason() is not None,
+                                  reason=f"no memory cgroup can be made: {_cgroup_reason()}")
+
+
+def _run(tmp_path: Path, name: str, args: list[str], limit: str, expect: int,
+         report: bool = False, **sections: Any) -> tuple[Path, str]:
+    from harness import cli
+
+    scenario = {"name": name, "stages": ["main"],
+                "workload": {"entry": str(WORKLOADS / "oom_grow.py"), "args": args},
+                "memray": {"mode": "off"}, "tensors": {"trace_steps": 0, "trace_every": 0},
+                "limits": {"memory": limit}, **sections}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(scenario), encoding="utf-8")
+    reports = tmp_path / "reports"
+    argv = ["run", str(path), "--reports", str(reports), "--quiet"] + ([] if report else ["--no-report"])
+    assert cli.main(argv) == expect
+    (run_dir,) = (reports / name).iterdir()
+    return run_dir, ""
+
+
+def _stage(run_dir: Path) -> dict[str, Any]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == manifest["stages"][0]["status"]
+    return manifest["stages"][0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+@needs_cgroup
+def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, _ = _run(tmp_path, "oommain", ["--where", "main", "--mib", "16", "--pause", "0.01"],
+                      "500 MiB", 137, report=True)
+    out = capsys.readouterr().out
+    stage = _stage(run_dir)
+    assert (stage["status"], stage["signal"]) == ("oom_killed", "SIGKILL")
+    oom = stage["oom"]
+    assert oom["victim"]["role"] == "main" and oom["victim"]["pid"] is not None
+    assert (oom["epoch"], oom["phase"]) == (1, "forward") and oom["step"] > 0
+    assert oom["limit"]["bytes"] == 500 * MiB and oom["limit"]["source"] == "limits.memory"
+    assert oom["oom_kills"] >= 1 and oom["counter"].endswith("memory.oom_control")
+    # the kernel held the charge to the limit; the harness (outside it) wrote the report
+    assert 450 * MiB < stage["memory_limit"]["peak_charged"] <= 500 * MiB
+    first = out.splitlines()[0]
+    assert first.startswith("harness: OOM-KILLED: stage 'main': the kernel's OOM killer killed main (pid ")
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    (pm,) = summary["oom"]
+    assert pm["mib_per_step"] == pytest.approx(16, rel=0.35)  # 16 MiB a step, sampled at 25 Hz
+    assert summary["headroom"]["host"][0]["measure"] == "cgroup charge"
+    assert "near_limit" in {f["kind"] for f in summary["findings"]}
+    assert "Killed by the kernel's OOM killer: main" in (run_dir / "report" / "report.html").read_text()
+
+
+@pytest.mark.slow
+@needs_cgroup
+def test_worker_killed_by_the_oom_killer(tmp_path: Path) -> None:
+    run_dir, _ = _run(tmp_path, "oomworker", ["--where", "worker", "--mib", "16", "--pause", "0.01"],
+                      "500 MiB", 137)
+    stage = _stage(run_dir)
+    assert stage["status"] == "oom_killed" and stage["exit_code"] == 1  # the main saw the worker die
+    oom = stage["oom"]
+    assert oom["victim"]["role"] == "worker 0"
+    assert f"pid(s) {oom['victim']['pid']})" in oom["evidence"] or \
+        f"pid {oom['victim']['pid']})" in oom["evidence"]
+    assert oom["phase"] in ("data", "forward") and oom["epoch"] == 1
+
+
+@pytest.mark.slow
+@needs_cgroup
+def test_a_generous_limit_is_a_clean_run_with_its_headroom(tmp_path: Path) -> None:
+    run_dir, _ = _run(tmp_path, "roomy", ["--where", "worker", "--mib", "4", "--steps", "10"],
+                      "4 GiB", 0)
+    stage = _stage(run_dir)
+    assert stage["status"] == "ok" and stage["oom"] is None
+    limit = stage["memory_limit"]
+    assert (limit["bytes"], limit["source"]) == (4 << 30, "limits.memory")
+    # the charge is the tree's memory, well under the limit: no near_limit
+    assert 100 * MiB < limit["peak_charged"] < 2 << 30
+    room = headroom_mod.headroom(load_run(run_dir))
+    assert room.host[0].share is not None and room.host[0].share < 0.5
+    assert headroom_mod.near_limit(load_run(run_dir)) is None
+
+
+@pytest.mark.slow
+@needs_cgroup
+def test_rank_killed_by_the_oom_killer(tmp_path: Path) -> None:
+    run_dir, _ = _run(tmp_path, "oomrank", ["--where", "rank1", "--mib", "16", "--pause", "0.01"],
+                      "900 MiB", 137, distributed={"nproc_per_node": 2})
+    stage = _stage(run_dir)
+    assert stage["status"] == "oom_killed"
+    oom = stage["oom"]
+    assert (oom["victim"]["role"], oom["victim"]["rank"]) == ("rank 1", 1)
+    assert oom["evidence"].startswith("torchrun: rank 1")
+    assert oom["phase"] == "forward"
