@@ -86,6 +86,7 @@ class Event(StrEnum):
     SNAPSHOT = "snapshot"
     CUDA_HISTORY = "cuda_history"
     TORCH_THREADS = "torch_threads"  # the intra-op and inter-op threads the stage ran with
+    CUDA_OOM = "cuda_oom"  # a CUDA allocation failed: the allocator's state at that moment
 
 
 # Capture names: <stage> (a whole-stage capture), <stage>-e<N>-train (a training window; N is 0
@@ -140,6 +141,11 @@ def parse_capture_file(filename: str) -> tuple[str, int | None] | None:
     if m is None:
         return None
     return m.group("name"), int(m.group("pid")) if m.group("pid") else None
+
+
+def cuda_oom_name(stage: str, count: int) -> str:
+    """The allocator snapshot taken at a stage's ``count``-th CUDA OOM (1 for the first)."""
+    return f"{stage}-oom{count}.pickle"
 
 
 def cuda_history_name(stage: str, epoch: int, start: int, stop: int) -> str:

@@ -317,3 +317,58 @@ def test_rank_killed_by_the_oom_killer(tmp_path: Path) -> None:
     assert (oom["victim"]["role"], oom["victim"]["rank"]) == ("rank 1", 1)
     assert oom["evidence"].startswith("torchrun: rank 1")
     assert oom["phase"] == "forward"
+
+
+# ---- a CUDA OutOfMemoryError: the allocator's state, from the recorded H100 data -----------------
+
+H100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuda-h100"
+
+
+@pytest.mark.skipif(not (H100 / "cuda-snapshot-bs256.pickle").exists(), reason="no recorded H100 data")
+def test_the_oom_observer_records_the_allocator_state_from_recorded_h100_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+    from types import SimpleNamespace
+
+    import torch
+
+    from harness.analysis.cuda import summarize_history
+    from harness.analysis.oom import cuda_ooms
+    from harness.probe.cuda import OomObserver
+    from harness.probe.steps import EventWriter
+    from harness.render.terminal import cuda_oom_lines
+
+    # GIVEN the allocator as recorded on an H100 after 20 steps at batch 256 (our own recording)
+    with open(H100 / "cuda-snapshot-bs256.pickle", "rb") as fh:
+        snapshot = pickle.load(fh)  # noqa: S301 - our own recording (see its README)
+    recorded = json.loads((H100 / "cuda-memory-stats.json").read_text())
+    stats, total = recorded["runs"]["256"]["final"], recorded["info"]["total_memory"]
+    monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda *a, **k: snapshot)
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device=None: stats)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(total_memory=total))
+    run = write_run(tmp_path, status="failed", events=[], snapshots=[])
+    sdir = run / "stages" / "train"
+    events = EventWriter(sdir / "events.jsonl")
+    observer = OomObserver(events.write, lambda: (1, 7, "backward"), "train", sdir / "cuda", 64 * MiB)
+    observer.active = True  # attach() needs a driver; torch calls the observer the same way
+    # WHEN torch reports a failed allocation of 2 GiB with 300 MiB free on the device
+    observer(0, 2 << 30, stats["reserved_bytes.all.current"], 300 * MiB)
+    events.close()
+    # THEN the event holds the request, reserved vs allocated and the largest free block
+    summary_cuda = summarize_history(snapshot)
+    rows = [json.loads(line) for line in (sdir / "events.jsonl").read_text().splitlines()]
+    (ev,) = [r for r in rows if r["kind"] == "cuda_oom"]
+    assert (ev["epoch"], ev["step"], ev["phase"], ev["device"]) == (1, 7, "backward", 0)
+    assert (ev["requested"], ev["reserved"], ev["allocated"]) == (2 << 30, 113_246_208, 71_405_056)
+    assert ev["largest_free_block"] == 20 * MiB == summary_cuda.largest_free_block
+    assert (ev["segments"], ev["device_free"], ev["device_total"]) == (6, 300 * MiB, total)
+    assert ev["file"] == "cuda/train-oom1.pickle"
+    with open(sdir / ev["file"], "rb") as fh:
+        assert len(pickle.load(fh)["segments"]) == 6  # noqa: S301 - written just now
+    # AND the report's summary opens with it
+    (row,) = cuda_ooms(load_run(run))
+    text = "\n".join(cuda_oom_lines([row]))
+    assert text.splitlines()[0] == ("harness: CUDA OUT OF MEMORY: stage 'train' (epoch 1, step 7, "
+                                    "phase backward) asked for 2,048 MiB on cuda:0")
+    assert "reserved 108 MiB, allocated 68 MiB (cached 40 MiB), largest free block 20 MiB" in text

@@ -19,6 +19,7 @@ from harness.probe.steps import EventWriter
 from harness.records.events import (
     EVENT_MODELS,
     CudaHistory,
+    CudaOom,
     CudaPhase,
     CudaReading,
     EpochEnd,
@@ -60,6 +61,9 @@ EVERY_KIND: list[EventRecord] = [
                cuda={"forward": READING}),
     TracedStep(t=1.55, epoch=1, step=1, phases=["data", "forward"], tensors=TENSORS),
     MemrayStop(t=1.6, capture="train-e1-train", epoch=1, step=150),
+    CudaOom(t=1.66, epoch=1, step=151, phase="backward", device=0, requested=2 << 30,
+            allocated=70 << 20, reserved=108 << 20, largest_free_block=20 << 20, segments=6,
+            device_free=300 << 20, device_total=80 << 30, file="cuda/train-oom1.pickle"),
     CudaHistory(t=1.65, epoch=1, start=100, stop=150, file="cuda/train-e1-steps100-150.pickle",
                 bytes=1234, entries_kept=10, entries_dropped=2),
     LoopEnd(t=1.7, epoch=1, steps=12000, total=12000, memray_reason="first"),
@@ -157,6 +161,8 @@ WRONG = [
       "entries_kept": "1"}, "entries_kept"),
     ({"t": 1.0, "kind": "torch_threads", "epoch": 0, "step": 0, "phase": "setup", "threads": "2",
       "interop_threads": 2}, "threads"),
+    ({"t": 1.0, "kind": "cuda_oom", "epoch": 1, "step": 3, "phase": "backward", "device": 0,
+      "requested": "2 GiB", "allocated": 1, "reserved": 2}, "requested"),
     ({"t": 1.0, "kind": "my_marker", "epoch": "one"}, "epoch"),
     ({"t": "1.0", "kind": "my_marker"}, "t"),
 ]

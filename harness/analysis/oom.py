@@ -16,6 +16,7 @@ import pandas as pd
 
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, Stage
+from harness.records.events import CudaOom
 from harness.records.manifest import OomPostMortem
 from harness.sizes import MiB, format_size
 
@@ -175,4 +176,21 @@ def post_mortems(run: Run, captures: list[CaptureData] | None = None) -> list[Po
             mib_per_s=mib_per_s, mib_per_step=mib_per_step, tree_mib_per_s=tree_per_s,
             capture=name, lines_measure=measure, lines=lines,
         ))
+    return out
+
+
+def cuda_ooms(run: Run) -> list[dict[str, Any]]:
+    """Each failed CUDA allocation a stage (or rank) recorded (``cuda_oom`` events): where, what
+    was asked for, and the allocator's state then; summary.json's ``cuda_oom``."""
+    out = []
+    for stage in run.recording_stages():
+        for ev in stage.events_of(CudaOom):
+            row = ev.model_dump(mode="json", include={
+                "epoch", "step", "phase", "t", "device", "requested", "allocated", "reserved",
+                "largest_free_block", "segments", "device_free", "device_total", "file"})
+            out.append({"stage": stage.name, **({"rank": stage.rank} if stage.rank is not None else {}),
+                        **{k: row.get(k) for k in (
+                            "t", "epoch", "step", "phase", "device", "requested", "allocated",
+                            "reserved", "largest_free_block", "segments", "device_free",
+                            "device_total", "file")}})
     return out

@@ -17,7 +17,7 @@ from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding
 from harness.analysis.headroom import headroom
 from harness.analysis.load import Run
-from harness.analysis.oom import PostMortem
+from harness.analysis.oom import PostMortem, cuda_ooms
 from harness.analysis.peaks import running_peak, teardown_peak
 from harness.analysis.ranks import RankView
 from harness.analysis.snapshot_metrics import epoch_growth
@@ -237,4 +237,5 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         "headroom": headroom(run, device_total,
                              (peaks["cuda_reserved"] or {}).get("bytes")).to_dict(),
         **({"oom": [p.to_dict() for p in post_mortems]} if post_mortems else {}),
+        **({"cuda_oom": ooms} if (ooms := cuda_ooms(run)) else {}),
     })

@@ -407,6 +407,26 @@ class OomPostMortem(_Section):
     lines: list[GrownLine] = Field(description="the workload lines holding the most in it")
 
 
+class CudaOomRow(_Section):
+    """A CUDA allocation that failed (a ``cuda_oom`` event): the allocator's state at that moment."""
+
+    stage: str
+    rank: Count | SkipJsonSchema[None] = _rank_field()
+    t: float
+    epoch: int
+    step: int
+    phase: str
+    device: Count
+    requested: Bytes = Field(description="the allocation that failed")
+    allocated: Bytes
+    reserved: Bytes
+    largest_free_block: Bytes | None = Field(description="the largest free block in reserved segments")
+    segments: Count | None
+    device_free: Bytes | None = Field(description="free on the device, as the driver said")
+    device_total: Bytes | None
+    file: str | None = Field(description="the allocator snapshot then, for pytorch.org/memory_viz")
+
+
 class RankRow(_Section):
     """One rank of a distributed run: its own peaks (each also carries the rank)."""
 
@@ -455,6 +475,9 @@ class Summary(_Section):
         json_schema_extra=_no_default)
     oom: list[OomPostMortem] | SkipJsonSchema[None] = Field(
         None, description="status oom_killed only: the post-mortem", json_schema_extra=_no_default)
+    cuda_oom: list[CudaOomRow] | SkipJsonSchema[None] = Field(
+        None, description="CUDA allocations that failed: the allocator's state then",
+        json_schema_extra=_no_default)
     # Absent only in summaries written before it: then the gates read the records again instead.
     records: RecordsStamp | SkipJsonSchema[None] = Field(
         None, description="the run's record files as the report read them; the gates write the "
@@ -471,7 +494,7 @@ class Summary(_Section):
     def to_dict(self) -> dict[str, Any]:
         """What summary.json holds: every field in order, ``cuda`` only on CUDA runs, ``ranks``
         and each row's ``rank`` and ``node`` only where they are known (distributed runs)."""
-        exclude = {k for k in ("cuda", "ranks", "records", "headroom", "oom") if getattr(self, k) is None}
+        exclude = {k for k in ("cuda", "ranks", "records", "headroom", "oom", "cuda_oom") if getattr(self, k) is None}
         out = self.model_dump(mode="json", by_alias=True, exclude=exclude or None)
         return {k: v if k == "findings" else _drop_unknown_ranks(v) for k, v in out.items()}
 

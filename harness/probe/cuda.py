@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -225,3 +226,111 @@ def dump_history(
     tmp.replace(target)
     return HistoryDump(str(target), bounded.nbytes, bounded.entries_kept, bounded.entries_dropped,
                        bounded.block_frames_dropped, bounded.over_budget)
+
+
+# ---- a failed allocation: torch's OOM observer ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OomState:
+    """The allocator at a failed allocation (bytes): a :class:`harness.records.events.CudaOom`'s
+    figures."""
+
+    device: int
+    requested: int
+    allocated: int
+    reserved: int
+    largest_free_block: int | None
+    segments: int
+
+
+def oom_state(device: int, requested: int, stats: Mapping[str, Any],
+              snapshot: Mapping[str, Any]) -> OomState:
+    """The allocator's state when an allocation of ``requested`` bytes failed on ``device``:
+    allocated and reserved (``torch.cuda.memory_stats``), and from the snapshot's segments of that
+    device how many there are and the largest free block inside them (an allocation larger than it
+    needs a new segment from the driver)."""
+    from harness.records.cuda_stats import stat_int
+
+    segments = [s for s in snapshot.get("segments", []) if int(s.get("device", 0)) == device]
+    free = [int(b["size"]) for s in segments for b in s.get("blocks", []) if b.get("state") == "inactive"]
+    return OomState(
+        device=device,
+        requested=int(requested),
+        allocated=stat_int(stats, "allocated_bytes.all.current"),
+        reserved=stat_int(stats, "reserved_bytes.all.current"),
+        largest_free_block=max(free, default=0) if segments else None,
+        segments=len(segments),
+    )
+
+
+class OomObserver:
+    """Records the allocator's state at a failed CUDA allocation: torch calls it (through
+    ``torch._C._cuda_attach_out_of_memory_observer``) with the device, the bytes asked for, the
+    bytes reserved and the device's free bytes, just before it raises ``OutOfMemoryError``.
+
+    ``write`` takes the :class:`harness.records.events.CudaOom` event; ``where`` gives (epoch,
+    step, phase) now; the snapshot goes to ``directory`` (trimmed to ``max_bytes`` as the history
+    windows are). torch keeps no way to detach an observer: :meth:`detach` leaves it inert.
+    """
+
+    def __init__(self, write: Any, where: Any, stage: str, directory: Path, max_bytes: int) -> None:
+        self._write = write
+        self._where = where
+        self._stage = stage
+        self._dir = directory
+        self._max_bytes = max_bytes
+        self.active = False
+        self.count = 0
+
+    def attach(self) -> bool:
+        """Install it; False where this torch has no OOM observer."""
+        import torch
+
+        attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
+        if attach is None:
+            return False
+        try:
+            attach(self)
+        except RuntimeError:  # no driver: nothing to observe
+            return False
+        self.active = True
+        return True
+
+    def detach(self) -> None:
+        self.active = False
+
+    def __call__(self, device: int, requested: int, reserved: int, device_free: int) -> None:
+        if not self.active:
+            return
+        try:
+            self._record(int(device), int(requested), int(device_free))
+        except Exception as exc:  # noqa: BLE001 - never a second error inside the allocator's
+            print(f"harness: the CUDA OOM observer could not record the allocator's state: {exc}",
+                  file=sys.stderr)
+
+    def _record(self, device: int, requested: int, device_free: int) -> None:
+        import torch
+
+        from harness.layout import CUDA_HISTORY_DIR, cuda_oom_name
+        from harness.records.events import CudaOom
+
+        self.count += 1
+        snapshot = torch.cuda.memory._snapshot()
+        state = oom_state(device, requested, torch.cuda.memory_stats(device), snapshot)
+        name = cuda_oom_name(self._stage, self.count)
+        file: str | None = None
+        bounded = bound_history(snapshot, self._max_bytes)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            (self._dir / name).write_bytes(bounded.data)
+            file = f"{CUDA_HISTORY_DIR}/{name}"
+        except OSError:
+            pass  # the event still says what the state was
+        epoch, step, phase = self._where()
+        total = int(torch.cuda.get_device_properties(device).total_memory)
+        self._write(CudaOom(t=time.time(), epoch=epoch, step=step, phase=phase,
+                            device=state.device, requested=state.requested,
+                            allocated=state.allocated, reserved=state.reserved,
+                            largest_free_block=state.largest_free_block, segments=state.segments,
+                            device_free=device_free, device_total=total, file=file))

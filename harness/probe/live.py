@@ -84,6 +84,15 @@ class LiveProbe:
             h for h in (self._tracer, self._memray, self._device, history) if h is not None
         )
         self._listeners: tuple[StepHook, ...] = ()  # live hooks told of each phase
+        self._oom: Any = None
+        if cfg.on_cuda:  # a failed allocation: the allocator's state then (cuda_oom)
+            from harness.layout import CUDA_HISTORY_DIR
+            from harness.probe.cuda import OomObserver
+            from harness.sizes import MiB
+
+            self._oom = OomObserver(self.events.write, self._where, self.stage,
+                                    self.dir / CUDA_HISTORY_DIR, int(cfg.cuda.history_max_mb * MiB))
+            self._oom.attach()
         self.events.write(StageStart(t=time.time(), stage=self.stage, pid=os.getpid()))
         self._memray.start_stage()
 
@@ -321,8 +330,13 @@ class LiveProbe:
             tensor_bytes=snap.tensor_bytes,
         ))
 
+    def _where(self) -> tuple[int, int, str]:
+        return self._epoch, self._cell.step, PHASES[self._cur]
+
     def close(self, failed: bool = False) -> None:
         """Flush and stop. After a failure the cell keeps the phase it failed in."""
+        if self._oom is not None:
+            self._oom.detach()
         if not failed:
             self.phase("teardown")
         self._flush_phases("rest")

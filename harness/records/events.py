@@ -244,6 +244,22 @@ class CudaHistory(BaseEvent):
     entries_dropped: int | None = None
 
 
+class CudaOom(_Recorded):
+    """CUDA only: an allocation failed (torch's OOM observer, before ``OutOfMemoryError`` is
+    raised): what was asked for and the caching allocator's state at that moment (bytes)."""
+
+    kind: Literal[Event.CUDA_OOM] = Event.CUDA_OOM
+    device: int
+    requested: int  # the allocation that failed
+    allocated: int  # held by tensors
+    reserved: int  # held by the caching allocator (allocated + cached)
+    largest_free_block: int | None = None  # the largest free block inside reserved segments
+    segments: int | None = None
+    device_free: int | None = None  # what the driver said was free on the device
+    device_total: int | None = None
+    file: str | None = None  # the allocator snapshot then, under cuda/ (pytorch.org/memory_viz)
+
+
 class TorchThreads(_Recorded):
     """The threads torch runs the stage with; before the workload."""
 
@@ -267,7 +283,7 @@ class WorkloadEvent(BaseEvent):
 
 HarnessEvent = (StageStart | StageEnd | StageError | EpochStart | EpochEnd | LoopEnd | SectionStart
                 | SectionEnd | Watch | Metric | MemrayStart | MemrayStop | TracedStep | PhaseTotals
-                | SnapshotEvent | CudaHistory | TorchThreads)
+                | SnapshotEvent | CudaHistory | TorchThreads | CudaOom)
 
 EVENT_MODELS: dict[Event, type[BaseEvent]] = {
     Event.STAGE_START: StageStart, Event.STAGE_END: StageEnd, Event.STAGE_ERROR: StageError,
@@ -275,7 +291,7 @@ EVENT_MODELS: dict[Event, type[BaseEvent]] = {
     Event.SECTION_START: SectionStart, Event.SECTION_END: SectionEnd, Event.WATCH: Watch,
     Event.METRIC: Metric, Event.MEMRAY_START: MemrayStart, Event.MEMRAY_STOP: MemrayStop,
     Event.TRACED_STEP: TracedStep, Event.PHASE_TOTALS: PhaseTotals, Event.SNAPSHOT: SnapshotEvent,
-    Event.CUDA_HISTORY: CudaHistory, Event.TORCH_THREADS: TorchThreads,
+    Event.CUDA_HISTORY: CudaHistory, Event.TORCH_THREADS: TorchThreads, Event.CUDA_OOM: CudaOom,
 }
 _WORKLOAD = "(workload)"  # the tag of any other kind
 
@@ -294,7 +310,8 @@ EventRecord = Annotated[
     | Annotated[MemrayStart, Tag(Event.MEMRAY_START)] | Annotated[MemrayStop, Tag(Event.MEMRAY_STOP)]
     | Annotated[TracedStep, Tag(Event.TRACED_STEP)] | Annotated[PhaseTotals, Tag(Event.PHASE_TOTALS)]
     | Annotated[SnapshotEvent, Tag(Event.SNAPSHOT)] | Annotated[CudaHistory, Tag(Event.CUDA_HISTORY)]
-    | Annotated[TorchThreads, Tag(Event.TORCH_THREADS)] | Annotated[WorkloadEvent, Tag(_WORKLOAD)],
+    | Annotated[TorchThreads, Tag(Event.TORCH_THREADS)] | Annotated[CudaOom, Tag(Event.CUDA_OOM)]
+    | Annotated[WorkloadEvent, Tag(_WORKLOAD)],
     Discriminator(_tag),
 ]
 """One line of events.jsonl: the model of its kind, a :class:`WorkloadEvent` for any other kind."""

@@ -54,7 +54,7 @@ def summary_text(summary: dict[str, Any], report_html: Path, cut_short: Mapping[
     ``cut_short``: captures still open when their stage stopped (name -> how it ended)."""
     run = summary["run"]
     peaks = summary["peaks"]
-    lines = oom_lines(summary.get("oom") or [])
+    lines = oom_lines(summary.get("oom") or []) + cuda_oom_lines(summary.get("cuda_oom") or [])
     lines.append(f"harness: report for {run['scenario']}: status {run['status']}"
                  + ("" if run["complete"] else " (INCOMPLETE)"))
     for reason in run["incomplete_reasons"]:
@@ -160,3 +160,24 @@ def headroom_text(room: dict[str, Any] | None) -> str:
         else:
             bits.append(f"{d['device']} total {_mib(d['total'])}")
     return "; ".join(bits)
+
+
+def cuda_oom_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A failed CUDA allocation: where, what was asked for, the allocator's state then."""
+    lines = []
+    for r in rows:
+        rank = f"rank {r['rank']}, " if r.get("rank") is not None else ""
+        where = ", ".join(b for b in (f"epoch {r['epoch']}" if r["epoch"] else "",
+                                      f"step {r['step']}", f"phase {r['phase']}") if b)
+        lines.append(f"harness: CUDA OUT OF MEMORY: stage {r['stage']!r} ({rank}{where}) asked for "
+                     f"{_mib(r['requested'])} on cuda:{r['device']}")
+        state = (f"reserved {_mib(r['reserved'])}, allocated {_mib(r['allocated'])} "
+                 f"(cached {_mib(r['reserved'] - r['allocated'])})")
+        if r["largest_free_block"] is not None:
+            state += f", largest free block {_mib(r['largest_free_block'])}"
+        if r["device_free"] is not None and r["device_total"]:
+            state += f", device free {_mib(r['device_free'])} of {_mib(r['device_total'])}"
+        lines.append("  allocator  " + state)
+        if r["file"]:
+            lines.append(f"  snapshot   {r['file']} (pytorch.org/memory_viz)")
+    return lines
