@@ -21,6 +21,7 @@ from harness.analysis.load import load_run
 from harness.analysis.oom import post_mortems
 from harness.control import memlimit
 from harness.control.runner import OomKilled, classify_outcome, find_oom_victim
+from harness.records.composition import Moment, Parts, ProcessComposition
 from harness.records.manifest import AgentRecord, MemoryLimit, OomPostMortem, OomVictim
 from harness.records.vocab import Status
 from harness.render.terminal import oom_lines
@@ -155,11 +156,25 @@ def _oom_run(tmp_path: Path, *, victim: OomVictim, limit: MemoryLimit, peak_tree
     return run
 
 
+def _moment(when: str, t: float, tensors_mib: int) -> Moment:
+    parts = Parts(file_torch=40 * MiB, tensor_other=tensors_mib * MiB)
+    return Moment(when=when, stage="train", t=t, processes=[ProcessComposition(  # type: ignore[arg-type]
+        pid=100, role="main", source="inside", rss=parts.total(), parts=parts)])
+
+
 def test_the_post_mortem_gives_the_last_seconds_growth_per_second_and_per_step(tmp_path: Path) -> None:
     limit = MemoryLimit(bytes=600 * MiB, source="limits.memory", cgroup="/h-1-train")
-    run = load_run(_oom_run(tmp_path, victim=OomVictim(pid=100, role="main"), limit=limit,
-                            peak_tree_rss=310 * MiB))
+    run_dir = _oom_run(tmp_path, victim=OomVictim(pid=100, role="main"), limit=limit,
+                       peak_tree_rss=310 * MiB)
+    # composition moments: at 1004 and 1009 (the last before the death at 1010), one after it (not
+    # the victim's last), and a line the kill cut short
+    moments = [_moment("start", 1004.0, 140), _moment("peak", 1009.0, 220), _moment("peak", 1011.0, 999)]
+    (run_dir / "stages" / "train" / "composition.jsonl").write_text(
+        "".join(m.model_dump_json() + "\n" for m in moments) + '{"when": "pe')
+    run = load_run(run_dir)
     (pm,) = post_mortems(run)
+    assert (pm.composition_when, pm.composition_before_s) == ("peak", 1.0)
+    assert pm.composition == {"file_torch": 40 * MiB, "tensor_other": 220 * MiB}
     # the main process at its last sample: 100 + 8 * 20 MiB, its parts as the samples say
     assert (pm.victim_rss, pm.victim_anon, pm.victim_file) == (260 * MiB, 220 * MiB, 40 * MiB)
     assert (pm.tree_rss, pm.processes) == (310 * MiB, 2)
@@ -172,6 +187,7 @@ def test_the_post_mortem_gives_the_last_seconds_growth_per_second_and_per_step(t
     assert text.startswith("harness: OOM-KILLED: stage 'train': the kernel's OOM killer killed "
                            "main (pid 100) at epoch 1, step 20, phase forward")
     assert "growing    16.0 MiB/s, 8.00 MiB/step over its last 4.5 s" in text
+    assert "made of    (peak, 1 s before) tensor_other 220 MiB, file_torch 40 MiB" in text
 
 
 def test_a_worker_victim_s_post_mortem_reads_its_own_rows(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import pandas as pd
 
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, Stage
+from harness.layout import COMPOSITION_FILE
+from harness.records.composition import PART_KEYS, Moment
 from harness.records.events import CudaOom
 from harness.records.manifest import OomPostMortem
 from harness.sizes import MiB, format_size
@@ -51,6 +53,11 @@ class PostMortem:
     capture: str | None  # the last capture of the victim's process
     lines_measure: str | None  # "still allocated at its end" or "held at its peak"
     lines: list[GrownLine] = field(default_factory=list)
+    # the victim's accounted composition at the last moment the probe took before its death
+    # (composition.jsonl): when, how long before, and its parts (bytes, the non-zero ones)
+    composition_when: str | None = None
+    composition_before_s: float | None = None
+    composition: dict[str, int] = field(default_factory=dict)
 
     def headline(self) -> str:
         """One line: ``OOM-KILLED: worker 0 (pid 812) at epoch 1, step 35, phase data; limit 600 MiB
@@ -124,6 +131,31 @@ def _grown_lines(captures: list[CaptureData], stage: str, pm: OomPostMortem,
     return last.capture.name, measure, lines
 
 
+def _last_composition(stage: Stage, pm: OomPostMortem,
+                      end: float | None) -> tuple[str | None, float | None, dict[str, int]]:
+    """The victim's parts at the last composition moment before ``end`` (none: no file, or no
+    moment that read the victim)."""
+    path = stage.dir / COMPOSITION_FILE
+    if end is None or pm.victim.pid is None or not path.is_file():
+        return None, None, {}
+    best: tuple[Moment, Any] | None = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            moment = Moment.model_validate_json(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if moment.t > end:
+            continue
+        proc = next((p for p in moment.processes if p.pid == pm.victim.pid), None)
+        if proc is not None and (best is None or moment.t >= best[0].t):
+            best = (moment, proc)
+    if best is None:
+        return None, None, {}
+    moment, proc = best
+    parts = {k: getattr(proc.parts, k) for k in PART_KEYS if getattr(proc.parts, k)}
+    return moment.when, round(end - moment.t, 2), parts
+
+
 def post_mortems(run: Run, captures: list[CaptureData] | None = None) -> list[PostMortem]:
     """One post-mortem per stage the OOM killer ended (the run stops at the first: at most one)."""
     out = []
@@ -163,6 +195,7 @@ def post_mortems(run: Run, captures: list[CaptureData] | None = None) -> list[Po
                 per_step = _slope(mine["step"], mine["rss"])
                 mib_per_step = round(per_step / MiB, 3) if per_step is not None else None
         name, measure, lines = _grown_lines(captures or [], stage.name, pm, pm.victim.rank)
+        when, before, parts = _last_composition(where, pm, end)
 
         def part(column: str, row: Any = last) -> int | None:
             if row is None or column not in row or pd.isna(row[column]):
@@ -175,6 +208,7 @@ def post_mortems(run: Run, captures: list[CaptureData] | None = None) -> list[Po
             victim_anon=part("rss_anon"), victim_file=part("rss_file"), victim_shmem=part("rss_shmem"),
             mib_per_s=mib_per_s, mib_per_step=mib_per_step, tree_mib_per_s=tree_per_s,
             capture=name, lines_measure=measure, lines=lines,
+            composition_when=when, composition_before_s=before, composition=parts,
         ))
     return out
 

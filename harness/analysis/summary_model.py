@@ -405,6 +405,10 @@ class OomPostMortem(_Section):
     capture: str | None = Field(description="the victim's last memray capture")
     lines_measure: str | None
     lines: list[GrownLine] = Field(description="the workload lines holding the most in it")
+    composition_when: str | None = Field(
+        description="the victim's last composition moment before its death (composition.jsonl)")
+    composition_before_s: Annotated[float, Field(ge=0)] | None
+    composition: dict[str, Bytes] = Field(description="its parts then, bytes (non-zero ones)")
 
 
 class CudaOomRow(_Section):

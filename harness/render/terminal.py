@@ -128,6 +128,10 @@ def oom_lines(post_mortems: list[dict[str, Any]]) -> list[str]:
             held.append(f"tree {_mib(pm['tree_rss'])} in {pm['processes']} process(es)")
         if held:
             lines.append("  at death   " + ", ".join(held))
+        if pm.get("composition"):
+            top = sorted(pm["composition"].items(), key=lambda kv: -abs(kv[1]))[:5]
+            lines.append(f"  made of    ({pm['composition_when']}, {pm['composition_before_s']:g} s "
+                         "before) " + ", ".join(f"{k} {_mib(v)}" for k, v in top))
         if pm["mib_per_s"] is not None:
             rate = f"{pm['mib_per_s']:,.1f} MiB/s"
             if pm["mib_per_step"] is not None:
