@@ -80,8 +80,8 @@ def test_classify_outcome(facts: dict[str, object], want: Classified) -> None:
 def test_every_status_a_stage_can_end_with_is_classified() -> None:
     # Status.RUNNING is the run's, before any stage ended
     assert {s for s in Status} - {Status.RUNNING} == {
-        Status.OK, Status.FAILED, Status.KILLED, Status.LIMIT, Status.TIMEOUT,
-        Status.INTERRUPTED, Status.TERMINATED}
+        Status.OK, Status.FAILED, Status.KILLED, Status.OOM_KILLED, Status.LIMIT, Status.TIMEOUT,
+        Status.INTERRUPTED, Status.TERMINATED}  # OOM_KILLED: tests/test_oom.py
 
 
 # ---- the models, written and read ---------------------------------------------------------------
