@@ -28,6 +28,8 @@ from harness.render.terminal import oom_lines
 
 MiB = 1 << 20
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
+GROWTH_LINE = next(i for i, line in enumerate((WORKLOADS / "oom_grow.py").read_text().splitlines(), 1)
+                   if line.rstrip().endswith("# the growth"))
 
 
 # ---- the victim, from the facts ------------------------------------------------------------------
@@ -251,7 +253,8 @@ def _run(tmp_path: Path, name: str, args: list[str], limit: str, expect: int,
     scenario = {"name": name, "stages": ["main"],
                 "workload": {"entry": str(WORKLOADS / "oom_grow.py"), "args": args},
                 "memray": {"mode": "off"}, "tensors": {"trace_steps": 0, "trace_every": 0},
-                "limits": {"memory": limit}, **sections}
+                "limits": {"memory": limit}}
+    scenario.update(sections)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(scenario), encoding="utf-8")
     reports = tmp_path / "reports"
@@ -270,8 +273,9 @@ def _stage(run_dir: Path) -> dict[str, Any]:
 @pytest.mark.slow
 @needs_cgroup
 def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a memray window open from step 3: the kill cuts it short, and its lines are read
     run_dir, _ = _run(tmp_path, "oommain", ["--where", "main", "--mib", "16", "--pause", "0.01"],
-                      "500 MiB", 137, report=True)
+                      "500 MiB", 137, report=True, memray={"train_start": 3, "train_steps": 500})
     out = capsys.readouterr().out
     stage = _stage(run_dir)
     assert (stage["status"], stage["signal"]) == ("oom_killed", "SIGKILL")
@@ -287,6 +291,10 @@ def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.Ca
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     (pm,) = summary["oom"]
     assert pm["mib_per_step"] == pytest.approx(16, rel=0.35)  # 16 MiB a step, sampled at 25 Hz
+    # the line that grew: 16 MiB a step since the window opened, still allocated when it died
+    top = pm["lines"][0]
+    assert top["line"].endswith(f"oom_grow.py:{GROWTH_LINE})") and top["bytes"] >= 5 * 16 * MiB
+    assert (pm["capture"], pm["lines_measure"]) == ("main-e1-train", "still allocated at its end")
     assert summary["headroom"]["host"][0]["measure"] == "cgroup charge"
     assert "near_limit" in {f["kind"] for f in summary["findings"]}
     assert "Killed by the kernel's OOM killer: main" in (run_dir / "report" / "report.html").read_text()

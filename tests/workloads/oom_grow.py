@@ -61,6 +61,6 @@ with probe.epoch(1):
     for _batch in probe.iterate(loader):
         probe.phase("forward")
         if grows:
-            kept.append(torch.ones(args.mib * MIB // 4))
+            kept.append(torch.ones(args.mib * MIB // 4))  # the growth
             time.sleep(args.pause)
 print(f"done: kept {len(kept) * args.mib} MiB")
