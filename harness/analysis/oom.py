@@ -216,15 +216,12 @@ def post_mortems(run: Run, captures: list[CaptureData] | None = None) -> list[Po
 def cuda_ooms(run: Run) -> list[dict[str, Any]]:
     """Each failed CUDA allocation a stage (or rank) recorded (``cuda_oom`` events): where, what
     was asked for, and the allocator's state then; summary.json's ``cuda_oom``."""
+    fields = ("t", "epoch", "step", "phase", "device", "requested", "allocated", "reserved",
+              "largest_free_block", "segments", "device_free", "device_total", "file")
     out = []
     for stage in run.recording_stages():
         for ev in stage.events_of(CudaOom):
-            row = ev.model_dump(mode="json", include={
-                "epoch", "step", "phase", "t", "device", "requested", "allocated", "reserved",
-                "largest_free_block", "segments", "device_free", "device_total", "file"})
+            row = ev.model_dump(mode="json")
             out.append({"stage": stage.name, **({"rank": stage.rank} if stage.rank is not None else {}),
-                        **{k: row.get(k) for k in (
-                            "t", "epoch", "step", "phase", "device", "requested", "allocated",
-                            "reserved", "largest_free_block", "segments", "device_free",
-                            "device_total", "file")}})
+                        **{k: row.get(k) for k in fields}})
     return out

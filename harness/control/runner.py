@@ -412,8 +412,8 @@ class StageProcess:
         usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the stage is this process's one child
         # The stage reads the other end of this pipe and stops its whole group when it closes: when
         # this process ends, however it ends (SIGKILL included), no stage runs on.
-        watch_read, watch_write = os.pipe()
         cgroup = self._cgroup()
+        watch_read, watch_write = os.pipe()
         before = self.oom_counter.read() if self.oom_counter is not None else None
         try:
             proc = self._spawn(env, watch_read)
