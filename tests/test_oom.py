@@ -396,3 +396,26 @@ def test_the_oom_observer_records_the_allocator_state_from_recorded_h100_data(
     assert text.splitlines()[0] == ("harness: CUDA OUT OF MEMORY: stage 'train' (epoch 1, step 7, "
                                     "phase backward) asked for 2,048 MiB on cuda:0")
     assert "reserved 108 MiB, allocated 68 MiB (cached 40 MiB), largest free block 20 MiB" in text
+
+
+def test_limits_memory_is_a_size_and_a_bad_one_names_the_key(tmp_path: Path) -> None:
+    from conftest import write_scenario
+
+    from harness.errors import ScenarioError
+    from harness.records import scenario
+
+    path = write_scenario(tmp_path / "s.yaml", limits={"memory": "1.5 GiB"})
+    assert scenario.load(path).limits.memory == 3 << 29
+    with pytest.raises(ScenarioError, match=r"limits\.memory"):
+        scenario.load(write_scenario(tmp_path / "bad.yaml", limits={"memory": "lots"}))
+
+
+def test_no_memory_controller_is_one_line_naming_the_key(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.errors import ScenarioError
+
+    monkeypatch.setattr(memlimit, "CGROUP_ROOT", tmp_path)  # nothing mounted there
+    with pytest.raises(ScenarioError) as caught:
+        memlimit.check(512 * MiB, "s.yaml")
+    assert str(caught.value) == ("s.yaml: limits.memory: this machine has no memory cgroup "
+                                 f"controller mounted under {tmp_path} to limit a stage with")

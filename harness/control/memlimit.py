@@ -170,7 +170,7 @@ class StageCgroup:
             mount, parent, version = mount2, own[""], 2
         else:
             raise ScenarioError(f"{source}: limits.memory: this machine has no memory cgroup "
-                                "controller mounted under /sys/fs/cgroup to limit a stage with")
+                                f"controller mounted under {CGROUP_ROOT} to limit a stage with")
         directory = mount / parent.lstrip("/") / name
         try:
             directory.mkdir()
