@@ -225,6 +225,7 @@ def test_headroom_shares_and_the_near_limit_finding(tmp_path: Path, limit: Memor
     peak = limit.peak_charged if limit.peak_charged is not None else peak_tree_rss
     assert (host.limit, host.peak, host.measure) == (limit.bytes, peak, measure)
     assert host.share == pytest.approx(peak / limit.bytes)
+    assert host.main_share == pytest.approx(160 * MiB / limit.bytes)  # the manifest's peak_main_rss
     found = headroom_mod.near_limit(run, device_total)
     assert (found is not None) == fires
     if found is not None and cuda is None:

@@ -34,6 +34,8 @@ class HostHeadroom:
     peak: int | None
     measure: str  # what ``peak`` is: "cgroup charge" or "tree RSS"
     share: float | None
+    main_peak: int | None = None  # the main process's peak RSS
+    main_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,19 +66,21 @@ def _share(peak: int | None, limit: int) -> float | None:
     return round(peak / limit, 4) if peak is not None and limit > 0 else None
 
 
-def host_headroom(stage: str, limit: MemoryLimit, peak_tree_rss: int | None) -> HostHeadroom:
+def host_headroom(stage: str, limit: MemoryLimit, peak_tree_rss: int | None,
+                  peak_main_rss: int | None = None) -> HostHeadroom:
     peak: int | None
     if limit.peak_charged is not None:
         peak, measure = limit.peak_charged, "cgroup charge"
     else:
         peak, measure = peak_tree_rss, "tree RSS"
     return HostHeadroom(stage, limit.bytes, limit.source, limit.cgroup, peak, measure,
-                        _share(peak, limit.bytes))
+                        _share(peak, limit.bytes), peak_main_rss, _share(peak_main_rss, limit.bytes))
 
 
 def headroom(run: Run, device_total: int | None = None, cuda_peak_reserved: int | None = None) -> Headroom:
     """Every stage's host headroom (stages that recorded a limit) and the CUDA device's."""
-    host = [host_headroom(st.name, st.outcome.memory_limit, st.outcome.peak_tree_rss)
+    host = [host_headroom(st.name, st.outcome.memory_limit, st.outcome.peak_tree_rss,
+                          st.outcome.peak_main_rss)
             for st in run.stages if st.outcome is not None and st.outcome.memory_limit is not None]
     cuda = []
     if device_total:

@@ -152,8 +152,9 @@ def headroom_text(room: dict[str, Any] | None) -> str:
     host = [h for h in room["host"] if h["share"] is not None]
     if host:
         h = max(host, key=lambda h: h["share"])
+        main = f", main {h['main_share']:.0%}" if h.get("main_share") is not None else ""
         bits.append(f"{h['measure']} {_mib(h['peak'])} = {h['share']:.0%} of {_mib(h['limit'])} "
-                    f"({h['source']})")
+                    f"({h['source']}{main})")
     elif room["host"]:
         h = room["host"][0]
         bits.append(f"limit {_mib(h['limit'])} ({h['source']})")
