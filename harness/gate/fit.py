@@ -213,6 +213,7 @@ class FitResult:
     model: Model | None = None
     chosen: float | None = None  # None: at most hi, the budget does not bound it (see ``unbounded``)
     unbounded: bool = False  # the budget allows more than --max (or the peak does not grow)
+    hi_why: str = "--max"  # where ``hi`` came from
     verification: Probe | None = None
     outcome: str = ""
     reason: str = ""  # one sentence: why this outcome
@@ -360,7 +361,7 @@ def to_dict(result: FitResult) -> dict[str, Any]:
         "runs": [probe(p) for p in result.probes],
         "model": None if model is None else {"run": line(model.run),
                                              "phases": [line(ln) for ln in model.phases]},
-        "chosen": result.chosen, "at_max": result.unbounded,
+        "chosen": result.chosen, "at_max": result.unbounded, "max_from": result.hi_why,
         "predicted": None if result.predicted is None else round(result.predicted),
         "verification": None if result.verification is None else probe(result.verification),
         "measured": result.measured, "error": result.error,

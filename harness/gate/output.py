@@ -660,12 +660,14 @@ class FitPage:
     notes: list[str]
 
 
-def _fit_line_cells(ln: Line, knob: str) -> list[str]:
+def _fit_line_cells(ln: Line, knob: str, judged: bool = True) -> list[str]:
     from harness.gate import fit as fit_mod
 
-    where = ln.phase or "run (largest over phases)"
+    where = ln.phase or "run"
     r2 = "—" if ln.r2 is None else f"{ln.r2:.4f}"
     verdict = ("holds" if ln.holds else "does not hold") if ln.checked else "not checked (2 values)"
+    if not judged:  # the run's peak is the largest phase's: a kink where another phase leads is no fault
+        verdict = "(the phases are judged)"
     return [where, format_size(ln.fixed), f"{format_size(ln.per_unit)} × {knob}", r2,
             format_size(ln.residual), format_size(ln.tolerance), verdict,
             ", ".join(fit_mod.fmt_value(x) for x in ln.xs)]
@@ -688,7 +690,8 @@ def fit_rows(result: FitResult) -> tuple[list[str], list[list[str]], list[str], 
                      format_size(pred), p.run_dir])
     lines_header = ["phase", "fixed", "per unit", "R²", "largest residual", "noise allowed", "line",
                     "fitted at"]
-    lines = [] if model is None else [_fit_line_cells(ln, result.knob) for ln in (model.run, *model.phases)]
+    lines = [] if model is None else [_fit_line_cells(model.run, result.knob, judged=not model.phases)]
+    lines += [] if model is None else [_fit_line_cells(ln, result.knob) for ln in model.phases]
     return runs_header, runs, lines_header, lines
 
 
@@ -698,7 +701,8 @@ def fit_headline(result: FitResult) -> str:
     budget = format_size(result.budget)
     if result.chosen is None:
         return f"{result.knob}: no value chosen for {result.metric} under {budget}"
-    at_max = " (the --max given; the budget allows more)" if result.unbounded else ""
+    at_max = (f" (the largest considered: {result.hi_why}; the budget allows more)"
+              if result.unbounded else "")
     return (f"largest {result.knob} under {budget} of {result.metric}: "
             f"{fit_mod.fmt_value(result.chosen)}{at_max}, predicted {format_size(result.predicted)}"
             + (f", measured {format_size(result.measured)} ({result.error:+.1%})"

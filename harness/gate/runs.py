@@ -339,6 +339,21 @@ def _script_args(sc: Scenario, knobs: Sequence[Knob], what: str) -> tuple[str, .
     return tuple(sc.workload.args)
 
 
+# CIFAR-10's train and test sets merged: the built-in workload splits these (README, Scenarios)
+CIFAR10_IMAGES = 60_000
+
+
+def _largest_batch(sc: Scenario) -> float | None:
+    """The built-in workload's smallest split, in images, where it is known before the data is
+    read: a larger batch is that split whole, so the peak stops growing with it there."""
+    if not sc.workload.builtin:
+        return None
+    total = {"synthetic": sc.data.size, "cifar10": CIFAR10_IMAGES}.get(sc.data.source)
+    if total is None:
+        return None
+    return float(max(1, int(total * min(f for f in sc.data.split if f > 0))))
+
+
 def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path,
           quiet: bool = False) -> SweepResult:
     """Run the grid (every point validated before the first runs), report each run, write the
@@ -416,9 +431,13 @@ def fit(scenario_path: Path, knob_key: str, budget: int, metric: str, sets: list
     else:
         current, integer = fit_mod.knob_number(knob, fit_mod.current_text(knob, base.to_dict(), args), where)
     low = lo if lo is not None else (1.0 if integer else 0.0)
+    hi_why = "--max"
+    if hi is None and knob.key == "train.batch_size":
+        hi = _largest_batch(base)
+        hi_why = f"the smallest split of the data, {fit_mod.fmt_value(hi)} images"
     if hi is not None and hi < low:
         raise UsageError(f"fit: --max {fit_mod.fmt_value(hi)} is below --min {fit_mod.fmt_value(low)}")
-    result = fit_mod.FitResult(base.name, knob.key, metric, budget, integer, low, hi)
+    result = fit_mod.FitResult(base.name, knob.key, metric, budget, integer, low, hi, hi_why=hi_why)
 
     def scenario_at(value: float) -> Scenario:
         text = fit_mod.fmt_value(value)
