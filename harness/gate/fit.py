@@ -25,9 +25,11 @@ GROWTH = 4  # the second run's value: the first's times this
 MAX_RUNS = 4  # two or three to fit, one to verify
 # Phases after the workload's stage_end: the interpreter shutting down, not the knob's doing.
 AFTER_WORKLOAD = frozenset({"teardown"})
-DEFAULT_METRIC = "peak_tree_rss"  # the host footprint: the process tree's RSS
-METRICS = ("peak_tree_rss", "peak_main_rss", "peak_workers_uss", "peak_live_tensor_bytes",
-           "peak_cuda_allocated", "peak_cuda_reserved", "peak_heap")
+# Every running peak a budget can name (not growth, not the teardown's).
+METRICS = tuple(d.key for d in m.RUN_METRICS if d.key != "growth_per_epoch" and d.key not in m.TEARDOWN_KEYS)
+# The host footprint: the tree with shared pages counted once where the harness records it,
+# else the RSS summed over the tree (which counts a page shared by N processes N times).
+DEFAULT_METRIC = "peak_footprint" if "peak_footprint" in METRICS else "peak_tree_rss"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 # What the table and the plot show for each run, by process role.
 ROLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("peak_footprint", "footprint (shared pages once)"),  # empty where the harness records none
     ("peak_main_rss", "main process RSS"),
     ("peak_tree_rss", "process tree RSS"),
     ("peak_worker_rss", "largest worker's RSS"),

@@ -3,12 +3,13 @@
 Each stage's figures go on its training-step axis (the steps of every epoch one after another),
 one point a step: the largest the sampler saw while that step ran, in MiB. Tags::
 
-    memory/<stage>/tree_rss_mib           the process tree (the host footprint), summed RSS
+    memory/<stage>/footprint_mib          the process tree, shared pages counted once (where recorded)
+    memory/<stage>/tree_rss_mib           the process tree's RSS, summed
     memory/<stage>/main_rss_mib           the main process
     memory/<stage>/workers_uss_mib        the DataLoader workers' USS, summed (where read)
     memory/<stage>/cuda_reserved_mib      CUDA runs: the caching allocator's reserved bytes
     memory/<stage>/cuda_allocated_mib
-    memory/<stage>/phase/<phase>/main_rss_mib, .../tree_rss_mib   each phase's own peak in the step
+    memory/<stage>/phase/<phase>/{footprint,main_rss,tree_rss}_mib  each phase's own peak in the step
 
 A torchrun run's ranks each have their own, under ``memory/rank<R>/<stage>/...``. The points are
 computed from the run's files (:func:`scalars`), then written (:func:`write`) with TensorBoard's own
@@ -29,9 +30,11 @@ from harness.errors import UsageError
 from harness.sizes import MiB
 
 # tick column -> tag suffix; per phase only the process figures
-SERIES = (("tree_rss", "tree_rss_mib"), ("main_rss", "main_rss_mib"), ("workers_uss", "workers_uss_mib"),
-          ("cuda_reserved", "cuda_reserved_mib"), ("cuda_allocated", "cuda_allocated_mib"))
-PHASE_SERIES = (("main_rss", "main_rss_mib"), ("tree_rss", "tree_rss_mib"))
+# (a column the ticks do not have, the footprint in runs read by an older harness, is left out)
+SERIES = (("tree_footprint", "footprint_mib"), ("tree_rss", "tree_rss_mib"), ("main_rss", "main_rss_mib"),
+          ("workers_uss", "workers_uss_mib"), ("cuda_reserved", "cuda_reserved_mib"),
+          ("cuda_allocated", "cuda_allocated_mib"))
+PHASE_SERIES = (("tree_footprint", "footprint_mib"), ("main_rss", "main_rss_mib"), ("tree_rss", "tree_rss_mib"))
 # Before the first step and after the workload: the interpreter, not training ("none": before
 # the probe's first mark; a workload that never marks one keeps its "none" ticks, all at step 0).
 OUTSIDE = frozenset({"setup", "teardown", "none"})
@@ -78,11 +81,15 @@ def scalars(run: Run) -> list[Scalar]:
             by_step = ticks.groupby("gstep", sort=True)
             first_t = by_step["t"].min()
             for column, name in SERIES:
+                if column not in ticks.columns:
+                    continue
                 peaks = by_step[column].max().dropna()
                 out += [Scalar(_tag(prefix, str(stage), name), int(s), float(v) / MiB, float(first_t[s]))
                         for s, v in peaks.items()]
             by_phase = ticks.groupby(["gstep", "phase"], sort=True)
             for column, name in PHASE_SERIES:
+                if column not in ticks.columns:
+                    continue
                 peaks = by_phase[column].max().dropna()
                 out += [Scalar(_tag(prefix, str(stage), "phase", str(phase), name), int(s),
                                float(v) / MiB, float(first_t[s]))
