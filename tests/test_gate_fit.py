@@ -229,3 +229,16 @@ def test_a_batch_is_bounded_by_the_smallest_split() -> None:
     assert _largest_batch(scenario.load(smoke)) == 120  # 1,200 images, 10 % to validate
     assert _largest_batch(scenario.load(smoke, ["data.split=[0.5,0.3,0.2]"])) == 240
     assert _largest_batch(scenario.load(smoke, ["data.source=cifar10", "data.download=true"])) == 6000
+
+
+def test_a_knob_within_the_noise_gets_no_value_unless_bounded() -> None:
+    # 200 KiB a unit from 4 to 44: 8 MiB in all, inside the tree's 32 MiB noise floor
+    points = [(x, _metrics(x, 0, 200 * 1024)) for x in (4.0, 16.0, 44.0)]
+    r = _result(points, budget=2048 * MiB)
+    f.judge_model(r)
+    assert r.outcome == f.NO_EFFECT and r.chosen is None
+    assert "does not grow measurably" in r.reason and "from 4 to 44" in r.reason
+    r = _result(points, budget=2048 * MiB)
+    r.hi = 120
+    f.judge_model(r)
+    assert r.chosen == 120 and r.unbounded and not r.outcome

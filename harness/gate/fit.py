@@ -199,6 +199,7 @@ HOLDS = "holds"  # verified within VERIFY_TOLERANCE
 OFF = "verification_off"  # the run at the chosen value was off by more than that
 NONLINEAR = "nonlinear"  # the fitted runs do not lie on lines
 NOTHING_FITS = "nothing_fits"  # even the smallest value is predicted over the budget
+NO_EFFECT = "no_effect"  # the peak does not grow measurably with the knob, and nothing bounds it
 RUN_FAILED = "run_failed"
 
 
@@ -257,6 +258,15 @@ def judge_model(result: FitResult) -> None:
                          f"explains) over {result.knob} = "
                          + ", ".join(fmt_value(x) for x in worst.xs)
                          + "; the peak does not grow in proportion to the knob")
+        return
+    xs = model.run.xs
+    grown = max(ln.per_unit * (max(xs) - min(xs)) for ln in model.lines)
+    if result.hi is None and all(ln.per_unit * (max(xs) - min(xs)) <= ln.tolerance for ln in model.lines):
+        # a slope within the noise would put the answer anywhere: an unbounded knob gets none
+        result.outcome = NO_EFFECT
+        result.reason = (f"the peak does not grow measurably with {result.knob}: at most "
+                         f"{_size(max(grown, 0))} from {fmt_value(min(xs))} to {fmt_value(max(xs))}, "
+                         "within the noise; bound it with --max to have the largest value checked")
         return
     chosen = largest_under(model, result.budget, result.lo, result.hi, result.integer)
     if chosen is None:
