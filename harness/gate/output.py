@@ -635,7 +635,9 @@ def pd_float(series: Any) -> Any:
 def sweep_text(result: SweepResult) -> str:
     """The sweep's table with sizes for people."""
     keys = [k.key for k in result.knobs]
-    cols = [c for c, _ in ROLE_COLUMNS + ALLOCATION_COLUMNS]
+    # a figure no run recorded (the footprint by an older harness, the heap with memray off) is left out
+    cols = [c for c, _ in ROLE_COLUMNS + ALLOCATION_COLUMNS
+            if c in result.table.columns and result.table[c].notna().any()]
     rows = [[str(r[k]) for k in keys] + [str(r["status"])]
             + [format_size(None if r[c] is None or r[c] != r[c] else float(r[c])) for c in cols]
             for r in result.table.to_dict("records")]
