@@ -242,3 +242,34 @@ def test_a_knob_within_the_noise_gets_no_value_unless_bounded() -> None:
     r.hi = 120
     f.judge_model(r)
     assert r.chosen == 120 and r.unbounded and not r.outcome
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--knob", "train batch"], "--knob train batch: expected a dotted scenario key"),
+    (["--knob", "train.nope"], "fit: --knob train.nope: not a scenario key"),
+    (["--knob", "--batch"], "--knob --batch: a script argument, but the scenario runs the built-in"),
+    (["--knob", "data.source"], "data.source is 'synthetic' in"),
+    (["--metric", "growth_per_epoch"], "invalid choice"),
+    (["--budget", "lots"], "--budget lots: expected a size"),
+    (["--values", "4"], "--values: two or three different values"),
+    (["--max", "0"], "--max 0 is below --min 1"),
+])
+def test_bad_fit_input_is_one_line_exit_2(tmp_path: Path, argv: list[str], message: str) -> None:
+    import contextlib
+    import io
+
+    from harness.cli import main
+
+    smoke = Path(__file__).parent.parent / "scenarios" / "smoke.yaml"
+    base = ["fit", str(smoke), "--budget", "1GiB", "--reports", str(tmp_path)]
+    if argv[0] == "--budget":
+        base = base[:2] + base[4:]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([*base, *argv])
+        except SystemExit as exc:  # argparse's own refusals
+            code = int(exc.code or 0)
+    assert code == 2
+    assert message in err.getvalue() and "Traceback" not in err.getvalue()
+    assert not any(tmp_path.iterdir())  # refused before anything ran

@@ -411,8 +411,10 @@ def fit(scenario_path: Path, knob_key: str, budget: int, metric: str, sets: list
     say = progress or (lambda text: print(printable_lines(text), flush=True))
     if metric not in fit_mod.METRICS:
         raise UsageError(f"fit: --metric {metric}: expected one of {', '.join(fit_mod.METRICS)}")
-    knob = sweep_mod.parse_vary(f"{knob_key}=0")
-    knob = sweep_mod.Knob(knob.key, ())
+    if not sweep_mod.is_knob(knob_key):
+        raise UsageError(f"--knob {knob_key}: expected a dotted scenario key (train.batch_size) or "
+                         "a script's own argument (--batch)")
+    knob = sweep_mod.Knob(knob_key, ())
     if not knob.is_arg and knob.key in {s.partition("=")[0] for s in sets}:
         raise UsageError(f"fit: --knob {knob.key}: the key is also given with --set")
     # short runs: one epoch of a bounded number of steps, memray off; the user's --set come after

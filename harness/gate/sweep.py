@@ -42,8 +42,8 @@ ALLOCATION_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-_KEY = r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*"
-_FLAG = r"--?[A-Za-z0-9][A-Za-z0-9_.-]*"  # a script's option, as it is spelt in its argv
+KEY_PATTERN = r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*"
+FLAG_PATTERN = r"--?[A-Za-z0-9][A-Za-z0-9_.-]*"  # a script's option, as it is spelt in its argv
 ARGS_KEY = "workload.args"
 
 
@@ -60,6 +60,11 @@ class Knob:
     @property
     def values(self) -> tuple[Any, ...]:
         return tuple(value_of(self, v) for v in self.raw)
+
+
+def is_knob(key: str) -> bool:
+    """Whether ``key`` can name a knob: a dotted scenario key, or a script's option."""
+    return bool(re.fullmatch(KEY_PATTERN, key) or re.fullmatch(FLAG_PATTERN, key))
 
 
 def value_of(knob: Knob, text: str) -> Any:
@@ -123,7 +128,7 @@ def parse_vary(text: str) -> Knob:
     """``train.batch_size=4,16,64`` -> Knob("train.batch_size", ("4", "16", "64"));
     ``--batch=8,16`` -> Knob("--batch", ("8", "16")), a script argument."""
     key, sep, raw = text.partition("=")
-    if not sep or not (re.fullmatch(_KEY, key) or re.fullmatch(_FLAG, key)):
+    if not sep or not is_knob(key):
         raise UsageError(f"--vary {text}: expected KEY=V1,V2,... with a dotted key, e.g. "
                          "train.batch_size=4,16,64, or a script's argument, e.g. --batch=8,16")
     values = split_values(raw)
