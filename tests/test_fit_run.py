@@ -68,6 +68,7 @@ def test_linear_knob_is_fitted_chosen_and_verified(linear: tuple[int, str, dict[
     assert f"largest --batch under 1.00 GiB of peak_tree_rss: {int(chosen)}" in text
     html = (out_dir / "fit.html").read_text()
     assert "--batch" in html and "backward" in html
+    assert html.count("/report/report.html'") == 4  # each run's report, linked
 
 
 def test_square_knob_is_said_not_to_hold(square: tuple[int, str, dict[str, Any], Path]) -> None:

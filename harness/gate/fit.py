@@ -363,17 +363,20 @@ def to_dict(result: FitResult) -> dict[str, Any]:
                 "r2": ln.r2, "residual": round(ln.residual), "tolerance": round(ln.tolerance),
                 "checked": ln.checked, "holds": ln.holds}
 
+    def num(v: float | None) -> float | int | None:
+        return int(v) if v is not None and result.integer and math.isfinite(v) else v
+
     def probe(p: Probe) -> dict[str, Any]:
-        return {"value": p.value, "run_dir": p.run_dir, "status": p.status,
+        return {"value": num(p.value), "run_dir": p.run_dir, "status": p.status,
                 "peak": p.metrics.get(result.metric)}
 
     return {
         "scenario": result.scenario, "knob": result.knob, "metric": result.metric,
-        "budget": result.budget, "min": result.lo, "max": result.hi,
+        "budget": result.budget, "min": num(result.lo), "max": num(result.hi),
         "runs": [probe(p) for p in result.probes],
         "model": None if model is None else {"run": line(model.run),
                                              "phases": [line(ln) for ln in model.phases]},
-        "chosen": result.chosen, "at_max": result.unbounded, "max_from": result.hi_why,
+        "chosen": num(result.chosen), "at_max": result.unbounded, "max_from": result.hi_why,
         "predicted": None if result.predicted is None else round(result.predicted),
         "verification": None if result.verification is None else probe(result.verification),
         "measured": result.measured, "error": result.error,

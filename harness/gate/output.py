@@ -660,6 +660,7 @@ class FitPage:
     lines_header: list[str]
     lines: list[list[str]]
     notes: list[str]
+    links: list[str]  # each run's report.html, relative to the page ("" where it has none)
 
 
 def _fit_line_cells(ln: Line, knob: str, judged: bool = True) -> list[str]:
@@ -734,6 +735,11 @@ def fit_html(result: FitResult) -> str:
              f"(within ±{fit_mod.VERIFY_TOLERANCE:.0%}).",
              "A short run's peak can be below a whole run's: growth over many epochs is not in it "
              "(harness check holds a whole run to its budget)."]
+    links = []
+    for row in runs:
+        report = Path(row[-1]) / "report" / "report.html"
+        links.append(os.path.relpath(report, result.out_dir) if row[-1] and result.out_dir
+                     and report.is_file() else "")
     page = FitPage(f"fit: {result.scenario}, {result.knob}", fit_headline(result), result.reason,
-                   result.ok, runs_header, runs, lines_header, lines, notes)
+                   result.ok, runs_header, runs, lines_header, lines, notes, links)
     return environment().get_template(FIT_TEMPLATE).render(page=page)
