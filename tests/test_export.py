@@ -48,6 +48,10 @@ def test_series_on_the_training_step_axis(tmp_path: Path) -> None:
     assert got["memory/train/phase/forward/main_rss_mib"] == [(1, 120), (4, 130), (5, 130)]
     assert got["memory/train/phase/backward/main_rss_mib"] == [(2, 150), (6, 160)]
     assert not any("setup" in t or "teardown" in t or "cuda" in t for t in got)
+    # the footprint (shared pages once) where the analysis gives the ticks one
+    from harness.analysis.ticks import TICK_COLUMNS
+
+    assert ("memory/train/footprint_mib" in got) == ("tree_footprint" in TICK_COLUMNS)
 
 
 def test_per_rank(tmp_path: Path) -> None:
