@@ -3,8 +3,10 @@ the runs go, and when the model is said not to hold (the runs themselves: test_f
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,3 +275,62 @@ def test_bad_fit_input_is_one_line_exit_2(tmp_path: Path, argv: list[str], messa
     assert code == 2
     assert message in err.getvalue() and "Traceback" not in err.getvalue()
     assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+# The orchestration (harness.gate.runs.fit) with the runs faked: which values run, in what order,
+# and what is written when one fails.
+
+
+def _fake_runs(monkeypatch: pytest.MonkeyPatch, peak: Any, status: Any = lambda v: "ok") -> list[float]:
+    from _gate import fake_model
+
+    from harness.gate import runs
+
+    ran: list[float] = []
+
+    def fake(sc: Any, reports: Path, console: Any, what: str) -> tuple[str, str, Any, Any]:
+        bs = float(sc.train.batch_size)
+        ran.append(bs)
+        assert sc.memray.mode == "off" and sc.train.epochs == 1 and sc.train.max_steps == 30
+        return f"runs/{int(bs)}", status(bs), fake_model(tree=int(peak(bs))), None
+
+    monkeypatch.setattr(runs, "run_point", fake)
+    return ran
+
+
+SMOKE = Path(__file__).parent.parent / "scenarios" / "smoke.yaml"
+
+
+def test_fit_runs_two_values_a_third_then_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.gate import runs
+
+    ran = _fake_runs(monkeypatch, lambda bs: 900 * MiB + bs * 4 * MiB)
+    r = runs.fit(SMOKE, "train.batch_size", 1024 * MiB, TREE, [], tmp_path, steps=30, progress=lambda s: None)
+    # 4 (the scenario's), 16; the line meets 1 GiB at 31: the third at sqrt(16 * 31) = 22; then 31
+    assert ran == [4, 16, 22, 31]
+    assert r.ok and r.chosen == 31 and r.error == pytest.approx(0, abs=1e-9)
+    doc = json.loads(Path(r.files["json"]).read_text())
+    assert doc["chosen"] == 31 and doc["max"] == 120 and doc["outcome"] == "holds"
+    assert Path(r.files["html"]).parent == Path(r.out_dir) and Path(r.out_dir).parent == tmp_path / "smoke"
+
+
+def test_fit_stops_at_a_failed_run_and_writes_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.gate import runs
+
+    ran = _fake_runs(monkeypatch, lambda bs: 900 * MiB, status=lambda bs: "limit" if bs > 10 else "ok")
+    r = runs.fit(SMOKE, "train.batch_size", 1024 * MiB, TREE, [], tmp_path, steps=30, progress=lambda s: None)
+    assert ran == [4, 16]
+    assert r.outcome == f.RUN_FAILED and r.reason == "the run at train.batch_size = 16 ended limit (runs/16)"
+    assert json.loads(Path(r.files["json"]).read_text())["outcome"] == "run_failed"
+
+
+def test_fit_a_metric_the_runs_do_not_record_is_bad_input(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.gate import runs
+
+    ran = _fake_runs(monkeypatch, lambda bs: 900 * MiB)
+    with pytest.raises(UsageError, match="--metric peak_cuda_reserved: the run at train.batch_size = 4 "
+                                         "recorded none"):
+        runs.fit(SMOKE, "train.batch_size", 1024 * MiB, "peak_cuda_reserved", [], tmp_path, steps=30,
+                 progress=lambda s: None)
+    assert ran == [4]

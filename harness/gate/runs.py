@@ -470,7 +470,13 @@ def fit(scenario_path: Path, knob_key: str, budget: int, metric: str, sets: list
         return True
 
     for v in planned:
-        result.probes.append(run_at(v, "to fit"))
+        probe = run_at(v, "to fit")
+        result.probes.append(probe)
+        if not probe.ok:
+            break  # what was measured so far is written, and why it stopped
+        if metric not in probe.metrics:  # not a figure this scenario records: bad input, say so now
+            raise UsageError(f"fit: --metric {metric}: the run at {knob.key} = {fit_mod.fmt_value(v)} "
+                             f"recorded none ({probe.run_dir})")
     if fitted() and len(result.probes) == 2:
         assert result.model is not None
         third = fit_mod.third_value(result.model, budget, [p.value for p in result.probes], low, hi, integer)
