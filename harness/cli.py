@@ -310,8 +310,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--knob", default="train.batch_size", metavar="KEY",
                    help="a scalar scenario key, or a script's own argument in workload.args "
                         "(--knob --batch) (default: train.batch_size)")
-    p.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS,
-                   help=f"the peak held to the budget (default: {DEFAULT_METRIC}, the host footprint)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS, metavar="M",
+                   help=f"the peak held to the budget: {', '.join(METRICS)} (default: "
+                        f"{DEFAULT_METRIC}, the host footprint)")
     p.add_argument("--steps", type=int, default=30, metavar="N",
                    help="train.max_steps of each run (default: 30); a script bounds its own")
     p.add_argument("--values", metavar="V1,V2[,V3]",
@@ -320,7 +321,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min", type=float, default=None, dest="lo",
                    help="the smallest value to consider (default: 1 for an integer knob, else 0)")
     p.add_argument("--max", type=float, default=None, dest="hi",
-                   help="the largest value to consider (e.g. the data set's size for a batch)")
+                   help="the largest value to consider (default: none; for the built-in workload's "
+                        "train.batch_size, its smallest split's size)")
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -348,7 +350,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory")
     p.add_argument("--tensorboard", type=Path, required=True, metavar="LOGDIR",
-                   help="write the memory series as TensorBoard scalars under LOGDIR/<run>/")
+                   help="write the memory series as TensorBoard scalars into one event file in "
+                        "LOGDIR (the training's own log folder, so memory sits beside the loss)")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
