@@ -284,7 +284,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     _add_scenario_args(p)
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="a knob and its values, e.g. --vary train.batch_size=4,16,64 (repeatable: "
+                   help="a knob and its values, e.g. --vary train.batch_size=4,16,64, or a script's "
+                        "own argument in workload.args, e.g. --vary --batch=8,16 (repeatable: "
                         "the grid is every combination)")
 
 
@@ -300,6 +301,68 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    from harness.gate.fit import DEFAULT_METRIC, METRICS
+
+    _add_scenario_args(p)
+    p.add_argument("--budget", required=True, metavar="SIZE",
+                   help="the memory to stay under, e.g. 2GiB or '1.5 GB'")
+    p.add_argument("--knob", default="train.batch_size", metavar="KEY",
+                   help="a scalar scenario key, or a script's own argument in workload.args "
+                        "(--knob --batch) (default: train.batch_size)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS, metavar="M",
+                   help=f"the peak held to the budget: {', '.join(METRICS)} (default: "
+                        f"{DEFAULT_METRIC}, the host footprint)")
+    p.add_argument("--steps", type=int, default=30, metavar="N",
+                   help="train.max_steps of each run (default: 30); a script bounds its own")
+    p.add_argument("--values", metavar="V1,V2[,V3]",
+                   help="the values to fit at (default: the scenario's, 4 times it, then one "
+                        "between there and where the first two runs' line meets the budget)")
+    p.add_argument("--min", type=float, default=None, dest="lo",
+                   help="the smallest value to consider (default: 1 for an integer knob, else 0)")
+    p.add_argument("--max", type=float, default=None, dest="hi",
+                   help="the largest value to consider (default: none; for the built-in workload's "
+                        "train.batch_size, its smallest split's size)")
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    """Find the largest value of a knob whose peak memory stays under a budget, and verify it."""
+    from harness.errors import UsageError
+    from harness.gate import output as render
+    from harness.gate import runs
+    from harness.gate.sweep import split_values
+    from harness.sizes import parse_size
+
+    try:
+        budget = parse_size(args.budget)
+    except ValueError as exc:
+        raise UsageError(f"--budget {args.budget}: {exc}") from None
+    if args.steps < 1:
+        raise UsageError(f"--steps {args.steps}: expected a positive number of steps")
+    values = split_values(args.values) if args.values is not None else None
+    result = runs.fit(args.scenario, args.knob, budget, args.metric, args.overrides, args.reports,
+                      steps=args.steps, values=values, lo=args.lo, hi=args.hi, quiet=args.quiet)
+    print(render.fit_text(result))
+    _out(f"harness: fit report {result.files['html']}, {result.files['json']}")
+    return 0 if result.ok else 1
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a run directory")
+    p.add_argument("--tensorboard", type=Path, required=True, metavar="LOGDIR",
+                   help="write the memory series as TensorBoard scalars into one event file in "
+                        "LOGDIR (the training's own log folder, so memory sits beside the loss)")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's memory series: TensorBoard scalars on the training-step axis."""
+    from harness.render import tensorboard
+
+    written = tensorboard.export(args.run_dir, args.tensorboard)
+    _out(f"harness: {written.scalars} points in {written.tags} series written to {written.file}")
+    return 0
+
+
 COMMANDS = {
     "run": (_cmd_run, _add_run_args),
     "train": (_cmd_train, _add_scenario_args),
@@ -308,6 +371,8 @@ COMMANDS = {
     "baseline": (_cmd_baseline, _add_baseline_args),
     "compare": (_cmd_compare, _add_compare_args),
     "sweep": (_cmd_sweep, _add_sweep_args),
+    "fit": (_cmd_fit, _add_fit_args),
+    "export": (_cmd_export, _add_export_args),
     "merge": (_cmd_merge, _add_merge_args),
 }
 
@@ -379,8 +444,29 @@ def _say(text: str) -> None:
         pass
 
 
+# Options whose value may itself begin with a dash: a script's own argument (``--vary --batch=8,16``,
+# ``--knob --batch``), which argparse would otherwise take for an option of ours.
+DASH_VALUED = ("--vary", "--knob")
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """``--vary --batch=8,16`` -> ``--vary=--batch=8,16`` (as argparse reads it unambiguously)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in DASH_VALUED and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1] != "--" and len(argv[i + 1]) > 1:
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(_join_dash_values(argv))
     with _stop_signals_raise():
         try:
             return int(args.func(args))

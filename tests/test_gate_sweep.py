@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,9 +12,11 @@ import pytest
 from _gate import MiB, fake_model
 
 from harness.analysis.summary_model import Summary
+from harness.cli import main
 from harness.errors import UsageError
 from harness.gate import output as render
-from harness.gate.sweep import Knob, SweepResult, grid, parse_knobs, parse_vary, run_grid
+from harness.gate.sweep import Knob, SweepResult, grid, parse_knobs, parse_vary, run_grid, with_arg
+from harness.records import scenario as scenario_mod
 
 
 @pytest.mark.parametrize(("text", "key", "values"), [
@@ -91,3 +96,71 @@ def test_plot_with_a_categorical_knob(tmp_path: Path) -> None:
     df = run_grid(knobs, lambda p: _fake_run([p[1]]))
     png = render.sweep_plot(SweepResult("t", knobs, df), tmp_path / "s.png", "t")
     assert png.stat().st_size > 1000
+
+
+# A script's own arguments as knobs: --vary --batch=8,16
+
+
+@pytest.mark.parametrize(("args", "flag", "value", "expected"), [
+    (["--batch", "4", "--lr", "0.1"], "--batch", "8", ["--batch", "8", "--lr", "0.1"]),
+    (["--lr", "0.1", "--batch=4"], "--batch", "8", ["--lr", "0.1", "--batch=8"]),
+    (["--lr", "0.1"], "--batch", "8", ["--lr", "0.1", "--batch", "8"]),
+    (["--batch-size", "4"], "--batch", "8", ["--batch-size", "4", "--batch", "8"]),  # another flag
+    (["-b", "4", "-b", "5"], "-b", "8", ["-b", "8", "-b", "8"]),
+    ([], "--batch", "8", ["--batch", "8"]),
+])
+def test_with_arg(args: list[str], flag: str, value: str, expected: list[str]) -> None:
+    assert with_arg(args, flag, value) == expected
+
+
+def test_a_script_argument_is_a_knob() -> None:
+    k = parse_vary("--batch=8,16")
+    assert (k.key, k.raw, k.is_arg, k.values) == ("--batch", ("8", "16"), True, (8, 16))
+    assert parse_vary("--opt=sgd,adam").values == ("sgd", "adam")  # text stays text
+    assert not parse_vary("train.batch_size=4").is_arg
+    with pytest.raises(UsageError, match="while workload.args is varied whole"):
+        parse_knobs(["--batch=8", "workload.args=[]"], [])
+
+
+def test_script_argument_grid_gives_workload_args_whole(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("print('hi')\n")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"name: s\nstages: [main]\nworkload: {{entry: {script}, "
+                        "args: ['--batch', '4', '--epochs=2']}\n")
+    knobs = parse_knobs(["train.epochs=1,2", "--batch=8,16"], [])
+    points = grid(knobs, ["--batch", "4", "--epochs=2"])
+    assert points[1] == ["train.epochs=1", 'workload.args=["--batch", "16", "--epochs=2"]']
+    loaded = scenario_mod.load(scenario, points[1])
+    assert loaded.workload.args == ("--batch", "16", "--epochs=2") and loaded.train.epochs == 1
+
+
+def test_script_argument_sweep_table_and_plot_labels_are_the_values(tmp_path: Path) -> None:
+    knobs = parse_knobs(["--batch=8,16,64"], [])
+    seen: list[str] = []
+    calls: list[list[str]] = []
+
+    def fake(point: list[str]) -> tuple[str, str, Summary | None, pd.DataFrame | None]:
+        calls.append(point)
+        bs = int(json.loads(point[0].partition("=")[2])[1])
+        return f"runs/{bs}", "ok", fake_model(tree=800 * MiB + bs * MiB), None
+
+    df = run_grid(knobs, fake, seen.append, args=["--batch", "4"])
+    assert calls[0] == ['workload.args=["--batch", "8"]']
+    assert seen[2] == "harness: sweep 3/3: --batch=64"
+    assert list(df["--batch"]) == [8, 16, 64]
+    assert list(df["peak_tree_rss"]) == [808 * MiB, 816 * MiB, 864 * MiB]
+    xs, labels, log = render._x_positions(list(df["--batch"]))
+    assert labels == ["8", "16", "64"] and xs == [8.0, 16.0, 64.0] and log
+    png = render.sweep_plot(SweepResult("t", knobs, df), tmp_path / "s.png", "t")
+    assert png.stat().st_size > 1000
+
+
+def test_a_script_argument_for_the_builtin_workload_is_refused(tmp_path: Path) -> None:
+    smoke = Path(__file__).parent.parent / "scenarios" / "smoke.yaml"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["sweep", str(smoke), "--vary", "--batch=8,16", "--reports", str(tmp_path)])
+    assert code == 2
+    assert "--vary --batch: a script argument, but the scenario runs the built-in workload" in err.getvalue()
+    assert not any(tmp_path.iterdir())  # refused before anything ran

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from harness.gate.check import CheckResult, Row
     from harness.gate.compare import Change, Column, Comparison, Pair, Section, SiteDelta, Unit
+    from harness.gate.fit import FitResult, Line
     from harness.gate.sweep import SweepResult
 
 COMPARE_TEMPLATE = "compare.html.j2"
@@ -634,8 +635,111 @@ def pd_float(series: Any) -> Any:
 def sweep_text(result: SweepResult) -> str:
     """The sweep's table with sizes for people."""
     keys = [k.key for k in result.knobs]
-    cols = [c for c, _ in ROLE_COLUMNS + ALLOCATION_COLUMNS]
+    # a figure no run recorded (the footprint by an older harness, the heap with memray off) is left out
+    cols = [c for c, _ in ROLE_COLUMNS + ALLOCATION_COLUMNS
+            if c in result.table.columns and result.table[c].notna().any()]
     rows = [[str(r[k]) for k in keys] + [str(r["status"])]
             + [format_size(None if r[c] is None or r[c] != r[c] else float(r[c])) for c in cols]
             for r in result.table.to_dict("records")]
     return text_table(keys + ["status"] + cols, rows, [False] * (len(keys) + 1) + [True] * len(cols))
+
+
+FIT_TEMPLATE = "fit.html.j2"
+
+
+@dataclass
+class FitPage:
+    """Everything fit.html shows, already formatted; the template only places and escapes it."""
+
+    title: str
+    headline: str
+    reason: str
+    ok: bool
+    runs_header: list[str]
+    runs: list[list[str]]
+    lines_header: list[str]
+    lines: list[list[str]]
+    notes: list[str]
+    links: list[str]  # each run's report.html, relative to the page ("" where it has none)
+
+
+def _fit_line_cells(ln: Line, knob: str, judged: bool = True) -> list[str]:
+    from harness.gate import fit as fit_mod
+
+    where = ln.phase or "run"
+    r2 = "—" if ln.r2 is None else f"{ln.r2:.4f}"
+    verdict = ("holds" if ln.holds else "does not hold") if ln.checked else "not checked (2 values)"
+    if not judged:  # the run's peak is the largest phase's: a kink where another phase leads is no fault
+        verdict = "(the phases are judged)"
+    return [where, format_size(ln.fixed), f"{format_size(ln.per_unit)} × {knob}", r2,
+            format_size(ln.residual), format_size(ln.tolerance), verdict,
+            ", ".join(fit_mod.fmt_value(x) for x in ln.xs)]
+
+
+def fit_rows(result: FitResult) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """The fit's two tables: its runs (with each one's prediction once the model is known), and
+    its lines, each phase's fixed part, part per unit of the knob and fit quality."""
+    from harness.gate import fit as fit_mod
+
+    runs_header = [result.knob, "purpose", "status", f"measured {result.metric}", "predicted", "run"]
+    runs = []
+    model = result.model
+    probes = [(p, "fit") for p in result.probes]
+    if result.verification is not None:
+        probes.append((result.verification, "verify"))
+    for p, what in probes:
+        pred = model.predict(p.value)[0] if model is not None else None
+        runs.append([fit_mod.fmt_value(p.value), what, p.status, format_size(p.metrics.get(result.metric)),
+                     format_size(pred), p.run_dir])
+    lines_header = ["phase", "fixed", "per unit", "R²", "largest residual", "noise allowed", "line",
+                    "fitted at"]
+    lines = [] if model is None else [_fit_line_cells(model.run, result.knob, judged=not model.phases)]
+    lines += [] if model is None else [_fit_line_cells(ln, result.knob) for ln in model.phases]
+    return runs_header, runs, lines_header, lines
+
+
+def fit_headline(result: FitResult) -> str:
+    from harness.gate import fit as fit_mod
+
+    budget = format_size(result.budget)
+    if result.chosen is None:
+        return f"{result.knob}: no value chosen for {result.metric} under {budget}"
+    at_max = (f" (the largest considered: {result.hi_why}; the budget allows more)"
+              if result.unbounded else "")
+    return (f"largest {result.knob} under {budget} of {result.metric}: "
+            f"{fit_mod.fmt_value(result.chosen)}{at_max}, predicted {format_size(result.predicted)}"
+            + (f", measured {format_size(result.measured)} ({result.error:+.1%})"
+               if result.error is not None else ""))
+
+
+def fit_text(result: FitResult) -> str:
+    """The terminal's account of a fit: runs, lines, the choice, predicted against measured."""
+    runs_header, runs, lines_header, lines = fit_rows(result)
+    out = [text_table(runs_header[:-1], [r[:-1] for r in runs], [False, False, False, True, True])]
+    if lines:
+        out += ["", f"the model: peak = fixed + per unit × {result.knob} (least squares), per phase",
+                text_table(lines_header[:-1], [r[:-1] for r in lines],
+                           [False, True, True, True, True, True, False])]
+    out += ["", fit_headline(result), f"{'ok' if result.ok else 'not verified'}: {result.reason}"]
+    return "\n".join(out)
+
+
+def fit_html(result: FitResult) -> str:
+    """fit.html: a self-contained page; every string that came from a run is escaped."""
+    from harness.gate import fit as fit_mod
+
+    runs_header, runs, lines_header, lines = fit_rows(result)
+    notes = [f"Each run: one epoch, memray off, with the scenario's other settings; the model is "
+             f"checked against the runs (a residual beyond {fit_mod.RESIDUAL_SHARE:.0%} of the peak "
+             f"or the metric's noise floor) and the chosen value verified by one more run "
+             f"(within ±{fit_mod.VERIFY_TOLERANCE:.0%}).",
+             "A short run's peak can be below a whole run's: growth over many epochs is not in it "
+             "(harness check holds a whole run to its budget)."]
+    links = []
+    for row in runs:
+        report = Path(row[-1]) / "report" / "report.html"
+        links.append(os.path.relpath(report, result.out_dir) if row[-1] and result.out_dir
+                     and report.is_file() else "")
+    page = FitPage(f"fit: {result.scenario}, {result.knob}", fit_headline(result), result.reason,
+                   result.ok, runs_header, runs, lines_header, lines, notes, links)
+    return environment().get_template(FIT_TEMPLATE).render(page=page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +24,11 @@ from harness.records.text import printable, printable_lines
 from harness.records.vocab import Status
 
 if TYPE_CHECKING:
-    from harness.gate.sweep import SweepResult
+    from harness.gate.fit import FitResult
+    from harness.gate.sweep import Knob, SweepResult
 
 SUMMARY = Path("report") / "summary.json"
+ARGS_WHERE = "workload.args"
 
 
 def _read_json(path: Path) -> Any:
@@ -294,6 +297,63 @@ def write_text(path: Path, text: str) -> Path:
     return write_atomic(path, text)
 
 
+PointResult = tuple[str, str, "Summary | None", "pd.DataFrame | None"]
+
+
+def run_point(sc: Scenario, reports: Path, console: Any, what: str) -> PointResult:
+    """One run of a sweep or a fit, reported: (run dir, status, summary, processes). A run that
+    fails stays a point (where the cost curve ends is worth seeing); Ctrl-C, SIGTERM and SIGHUP
+    stop the whole command, not just this point."""
+    from harness.control import runner
+    from harness.errors import Interrupted, RunFailed
+
+    name = sc.name
+    before = set((Path(reports) / name).glob("*/" + rundir.MANIFEST))
+    try:
+        run_dir = runner.run_scenario(sc, Path(reports), instrumented=True, console=console)
+        status = "ok"
+    except Interrupted:
+        raise
+    except RunFailed as exc:
+        print(printable(f"harness: {what}: {exc}"), flush=True)
+        new = sorted(set((Path(reports) / name).glob("*/" + rundir.MANIFEST)) - before)
+        if not new:
+            return "", "failed", None, None
+        run_dir = new[-1].parent
+        status = str(read_manifest(run_dir).status)
+    try:
+        doc = summary(run_dir, refresh=True)
+    except UsageError as exc:
+        print(printable(f"harness: {what}: no report for {run_dir}: {exc}"), flush=True)
+        return str(run_dir), status, None, None
+    return str(run_dir), status, doc, processes(run_dir)
+
+
+def _script_args(sc: Scenario, knobs: Sequence[Knob], what: str) -> tuple[str, ...]:
+    """The scenario's ``workload.args``, which the script arguments varied go into; a script
+    argument for the built-in workload, which reads none, is refused."""
+    arg = next((k.key for k in knobs if k.is_arg), None)
+    if arg is not None and sc.workload.builtin:
+        raise UsageError(f"{what} {arg}: a script argument, but the scenario runs the built-in "
+                         "workload (workload.entry), which takes none; vary a scenario key")
+    return tuple(sc.workload.args)
+
+
+# CIFAR-10's train and test sets merged: the built-in workload splits these (README, Scenarios)
+CIFAR10_IMAGES = 60_000
+
+
+def _largest_batch(sc: Scenario) -> float | None:
+    """The built-in workload's smallest split, in images, where it is known before the data is
+    read: a larger batch is that split whole, so the peak stops growing with it there."""
+    if not sc.workload.builtin:
+        return None
+    total = {"synthetic": sc.data.size, "cifar10": CIFAR10_IMAGES}.get(sc.data.source)
+    if total is None:
+        return None
+    return float(max(1, int(total * min(f for f in sc.data.split if f > 0))))
+
+
 def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path,
           quiet: bool = False) -> SweepResult:
     """Run the grid (every point validated before the first runs), report each run, write the
@@ -301,43 +361,19 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
     import datetime as dt
     import sys
 
-    from harness.control import runner
     from harness.control.console import Console
-    from harness.errors import Interrupted, RunFailed
     from harness.gate import output as render
     from harness.gate import sweep as sweep_mod
     from harness.records import scenario
 
     knobs = sweep_mod.parse_knobs(varies, sets)
-    points = sweep_mod.grid(knobs)
+    args = _script_args(scenario.load(scenario_path, sets), knobs, "--vary")
+    points = sweep_mod.grid(knobs, args)
     loaded = {tuple(p): scenario.load(scenario_path, [*sets, *p]) for p in points}
     name = next(iter(loaded.values())).name
     console = Console(sys.stdout, quiet=quiet)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(reports) / name / f"sweep-{stamp}"  # made new before the first point, below
-
-    def run_point(point: list[str]) -> tuple[str, str, Summary | None, pd.DataFrame | None]:
-        sc = loaded[tuple(point)]
-        before = set((Path(reports) / name).glob("*/" + rundir.MANIFEST))
-        try:
-            run_dir = runner.run_scenario(sc, Path(reports), instrumented=True, console=console)
-            status = "ok"
-        except Interrupted:
-            raise  # Ctrl-C, SIGTERM, SIGHUP stop the sweep, not just this point
-        except RunFailed as exc:
-            # The failed point stays in the table: where the cost curve ends is worth seeing.
-            print(printable(f"harness: sweep: {exc}"), flush=True)
-            new = sorted(set((Path(reports) / name).glob("*/" + rundir.MANIFEST)) - before)
-            if not new:
-                return "", "failed", None, None
-            run_dir = new[-1].parent
-            status = str(read_manifest(run_dir).status)
-        try:
-            doc = summary(run_dir, refresh=True)
-        except UsageError as exc:
-            print(printable(f"harness: sweep: no report for {run_dir}: {exc}"), flush=True)
-            return str(run_dir), status, None, None
-        return str(run_dir), status, doc, processes(run_dir)
 
     out_dir = new_dir(out_dir, "the sweep's table")
     csv = out_dir / "sweep.csv"
@@ -346,10 +382,117 @@ def sweep(scenario_path: Path, varies: list[str], sets: list[str], reports: Path
         write_atomic(csv, t.to_csv(index=False))
 
     # rewritten after every point: a sweep stopped half-way keeps what it measured
-    df = sweep_mod.run_grid(knobs, run_point, lambda text: print(printable_lines(text), flush=True),
-                            on_table=save_table)
+    df = sweep_mod.run_grid(knobs, lambda p: run_point(loaded[tuple(p)], Path(reports), console, "sweep"),
+                            lambda text: print(printable_lines(text), flush=True),
+                            on_table=save_table, args=args)
     result = sweep_mod.SweepResult(name, knobs, df, out_dir)
     png = render.sweep_plot(result, out_dir / "sweep.png", f"{name}: peak memory against "
                             + ", ".join(k.key for k in knobs))
     result.files = {"csv": csv, "png": png}
+    return result
+
+
+def fit(scenario_path: Path, knob_key: str, budget: int, metric: str, sets: list[str],
+        reports: Path, *, steps: int | None = None, values: list[str] | None = None,
+        lo: float | None = None, hi: float | None = None, quiet: bool = False,
+        progress: Any = None) -> FitResult:
+    """``harness fit``: runs at two or three values of the knob, the model, the largest value under
+    the budget, one run to verify it; writes fit.json and fit.html (see harness.gate.fit)."""
+    import datetime as dt
+    import math
+    import sys
+
+    from harness.control.console import Console
+    from harness.gate import fit as fit_mod
+    from harness.gate import output as render
+    from harness.gate import sweep as sweep_mod
+    from harness.records import scenario
+
+    say = progress or (lambda text: print(printable_lines(text), flush=True))
+    if metric not in fit_mod.METRICS:
+        raise UsageError(f"fit: --metric {metric}: expected one of {', '.join(fit_mod.METRICS)}")
+    if not sweep_mod.is_knob(knob_key):
+        raise UsageError(f"--knob {knob_key}: expected a dotted scenario key (train.batch_size) or "
+                         "a script's own argument (--batch)")
+    knob = sweep_mod.Knob(knob_key, ())
+    if not knob.is_arg and knob.key in {s.partition("=")[0] for s in sets}:
+        raise UsageError(f"fit: --knob {knob.key}: the key is also given with --set")
+    # short runs: one epoch of a bounded number of steps, memray off; the user's --set come after
+    runs_sets = ["memray.mode=off", "train.epochs=1"]
+    if steps is not None:
+        runs_sets.append(f"train.max_steps={steps}")
+    runs_sets += sets
+    base = scenario.load(scenario_path, runs_sets)
+    args = _script_args(base, [knob], "--knob")
+    where = f"{ARGS_WHERE} of {scenario_path}" if knob.is_arg else str(scenario_path)
+    if values:
+        given = [fit_mod.knob_number(knob, v, "--values") for v in values]
+        if not 2 <= len(given) <= 3 or len({v for v, _ in given}) != len(given):
+            raise UsageError("fit: --values: two or three different values")
+        integer = all(i for _, i in given)
+    else:
+        current, integer = fit_mod.knob_number(knob, fit_mod.current_text(knob, base.to_dict(), args), where)
+    low = lo if lo is not None else (1.0 if integer else 0.0)
+    hi_why = "--max"
+    if hi is None and knob.key == "train.batch_size":
+        hi = _largest_batch(base)
+        hi_why = f"the smallest split of the data, {fit_mod.fmt_value(hi)} images"
+    if hi is not None and hi < low:
+        raise UsageError(f"fit: --max {fit_mod.fmt_value(hi)} is below --min {fit_mod.fmt_value(low)}")
+    result = fit_mod.FitResult(base.name, knob.key, metric, budget, integer, low, hi, hi_why=hi_why)
+
+    def scenario_at(value: float) -> Scenario:
+        text = fit_mod.fmt_value(value)
+        return scenario.load(scenario_path, [*runs_sets, *sweep_mod.overrides([knob], [text], args)])
+
+    console = Console(sys.stdout, quiet=quiet)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    planned = [v for v, _ in given] if values else list(fit_mod.first_values(current, low, hi, integer))
+    for v in planned:
+        scenario_at(v)  # every given value is checked before the first run
+
+    def run_at(value: float, what: str) -> fit_mod.Probe:
+        n = len(result.probes) + (result.verification is not None) + 1
+        say(f"harness: fit run {n}/{fit_mod.MAX_RUNS}: {knob.key}={fit_mod.fmt_value(value)} ({what})")
+        run_dir, status, doc, _ = run_point(scenario_at(value), Path(reports), console, "fit")
+        from harness.gate import metrics as m
+
+        return fit_mod.Probe(value, run_dir, status, m.from_summary(doc) if doc is not None else {})
+
+    def fitted() -> bool:
+        bad = next((p for p in result.probes if not p.ok), None)
+        if bad is not None:
+            result.outcome = fit_mod.RUN_FAILED
+            result.reason = (f"the run at {knob.key} = {fit_mod.fmt_value(bad.value)} ended {bad.status}"
+                             + (f" ({bad.run_dir})" if bad.run_dir else ""))
+            return False
+        result.model = fit_mod.build_model(metric, [(p.value, p.metrics) for p in result.probes])
+        return True
+
+    for v in planned:
+        probe = run_at(v, "to fit")
+        result.probes.append(probe)
+        if not probe.ok:
+            break  # what was measured so far is written, and why it stopped
+        if metric not in probe.metrics:  # not a figure this scenario records: bad input, say so now
+            raise UsageError(f"fit: --metric {metric}: the run at {knob.key} = {fit_mod.fmt_value(v)} "
+                             f"recorded none ({probe.run_dir})")
+    if fitted() and len(result.probes) == 2:
+        assert result.model is not None
+        third = fit_mod.third_value(result.model, budget, [p.value for p in result.probes], low, hi, integer)
+        if third is not None:
+            result.probes.append(run_at(third, "to fit, and to check the line"))
+            fitted()
+    if result.model is not None and not result.outcome:
+        fit_mod.judge_model(result)
+        if result.chosen is not None and math.isfinite(result.chosen):
+            result.verification = run_at(result.chosen, "to verify")
+            fit_mod.judge_verification(result)
+    out_dir = new_dir(Path(reports) / base.name / f"fit-{stamp}", "the fit's report")
+    result.out_dir = str(out_dir)
+    doc = fit_mod.to_dict(result)
+    json_path = out_dir / "fit.json"
+    write_atomic(json_path, jsonio.dumps(doc, str(json_path), indent=1) + "\n")
+    html_path = write_atomic(out_dir / "fit.html", render.fit_html(result))
+    result.files = {"json": str(json_path), "html": str(html_path)}
     return result
