@@ -6,7 +6,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class FakeProbe:
         self.marks: list[str] = []
         self.section_batches = 0  # the last count the hooks gave the running section
         self.log: list[tuple[str, Any]] = []
+        self.loops: list[FakeLoop] = []
 
     def phase(self, name: str) -> None:
         self.marks.append(name)
@@ -60,26 +61,32 @@ class FakeProbe:
     def watch(self, model: Any = None, optimizer: Any = None) -> None:
         self.log.append(("watch", type(model if model is not None else optimizer).__name__))
 
-    def train_pass(self, loader: Iterable[Any], start: int = 0) -> Iterator[Any]:
+    def train_steps(self, start: int = 0, total: int = -1) -> FakeLoop:
         self.log.append(("train", start))
-        step = start
-        try:
-            for batch in _marked(self, loader):
-                yield batch
-                step += 1
-        finally:
-            self.log.append(("loop_end", step))
+        self.loops.append(loop := FakeLoop(self, start, total))
+        return loop
 
 
-def _marked(fake: FakeProbe, loader: Iterable[Any]) -> Iterator[Any]:
-    it = iter(loader)
-    while True:
-        fake.phase("data")
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        yield batch
+class FakeLoop:
+    """Records the steps the hooks count: begun, done, abandoned."""
+
+    def __init__(self, fake: FakeProbe, start: int, total: int) -> None:
+        self.fake = fake
+        self.step = start
+        self.total = total
+        self.begun = 0
+
+    def begin(self) -> None:
+        self.begun += 1
+
+    def end(self) -> None:
+        self.step += 1
+
+    def abandon(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.fake.log.append(("loop_end", self.step))
 
 
 @pytest.fixture

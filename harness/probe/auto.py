@@ -47,6 +47,7 @@ automatic marks stop. A DataLoader worker forked from the stage marks nothing.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.abc
 import importlib.util
 import os
@@ -76,6 +77,14 @@ def _after_fork_in_child() -> None:
         _current.quiet = True
 
 
+def _living(cls: type) -> list[Any]:
+    """The objects of ``cls`` (or a subclass) alive now.
+
+    ``type()``, not ``isinstance``: an object's ``__class__`` property may warn or raise.
+    """
+    return [o for o in gc.get_objects() if issubclass(type(o), cls)]
+
+
 def _has_parameters(module: Any) -> bool:
     return next(iter(module.parameters()), None) is not None
 
@@ -91,7 +100,7 @@ def _related(a: Any, b: Any) -> bool:
 class _Pass:
     """One iteration over a DataLoader."""
 
-    __slots__ = ("it", "key", "state", "trained", "fetched", "gen", "section")
+    __slots__ = ("it", "key", "state", "trained", "fetched", "section")
 
     def __init__(self, it: Any, key: int, state: int) -> None:
         self.it = it
@@ -99,25 +108,7 @@ class _Pass:
         self.state = state
         self.trained = False  # a backward or an optimizer step happened during this pass
         self.fetched = 0  # batches handed to the workload
-        self.gen: Iterator[Any] | None = None  # the live probe's training loop, while training
         self.section: contextlib.AbstractContextManager[None] | None = None  # while evaluating
-
-
-class _Feed:
-    """The pass's own iterator as the training loop sees it, read through the unwrapped ``__next__``."""
-
-    def __init__(self, it: Any, next_: Callable[[Any], Any]) -> None:
-        self._it = it
-        self._next = next_
-
-    def __len__(self) -> int:
-        return len(self._it)
-
-    def __iter__(self) -> _Feed:
-        return self
-
-    def __next__(self) -> Any:
-        return self._next(self._it)
 
 
 class _StandAside:
@@ -168,7 +159,6 @@ class AutoPhases:
         self._cell = getattr(live, "_cell", None)
         self._handles: list[Any] = []
         self._patched: list[tuple[Any, str, Any]] = []  # (owner, name, original)
-        self._orig_next: Callable[[Any], Any] | None = None
         self._grad_enabled: Callable[[], bool] = lambda: True  # torch.is_grad_enabled, once installed
         self._depth = 0  # nesting of module calls
         self._has_params: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -187,10 +177,28 @@ class AutoPhases:
         self._proxy: _StandAside | None = None
         self._previous: Any = live  # harness.probe's target before install
         self._ended: weakref.ref[Any] | None = None  # the iterator whose pass ended by running out
+        # steps: one an optimizer step (of the lead optimizer), or a backward where none exists
+        self._optimizer_refs: weakref.WeakSet[Any] = weakref.WeakSet()  # the script's optimizers
+        self._holds: tuple[tuple[int, int], bool] | None = None  # _has_optimizer's last answer
+        self._lead: weakref.ref[Any] | None = None  # the optimizer whose steps are the steps
+        self._closures = 0  # nesting of optimizer.step(closure)'s closure calls
+        self._loop: Any = None  # the live probe's StepLoop while training steps run
+        self._loop_pass: _Pass | None = None  # the loader pass the loop runs in (None: no loader)
+        self._per_step = 0  # batches a training step takes (gradient accumulation), once known
+        # evaluation without a loader: model forwards with no backward between them
+        self._run = 0  # consecutive outermost forwards of one model in one grad mode, untrained
+        self._run_of: tuple[int, bool] | None = None  # (id of that model, grad enabled)
+        self._block: contextlib.AbstractContextManager[None] | None = None  # its open section
+        self._block_of: tuple[int, bool] | None = None  # (id of its model, grad enabled)
+        self._evaluated = False  # an evaluation ended since this epoch's training began
 
     # -- installing and removing ----------------------------------------------------------
-    def install(self) -> None:
-        """Install every hook and wrapper; a second call does nothing."""
+    def install(self, fresh: bool = False) -> None:
+        """Install every hook and wrapper; a second call does nothing.
+
+        ``fresh``: torch has just been imported, so no optimizer exists yet; otherwise the living
+        ones are counted (a backward is a step only where there is none).
+        """
         global _current, _fork_handler
         if self.installed:
             return
@@ -215,8 +223,10 @@ class AutoPhases:
         ]
         self._wrap(torch.Tensor, "backward", self._tensor_backward)
         self._wrap(torch.autograd, "backward", self._autograd_backward)
+        self._wrap(optim_module.Optimizer, "__init__", self._optimizer_init)
+        if not fresh:  # torch ran before the hooks (a function workload, a test)
+            self._optimizer_refs.update(_living(optim_module.Optimizer))
         iter_cls = dataloader._BaseDataLoaderIter
-        self._orig_next = iter_cls.__next__
         self._wrap(iter_cls, "__next__", self._loader_next)
         self._previous = probe._active
         self._proxy = _StandAside(self, self.live)
@@ -254,9 +264,11 @@ class AutoPhases:
             _current = None
 
     def finish(self) -> None:
-        """End of the workload: end the open pass and epoch, then uninstall."""
+        """End of the workload: end the open pass, evaluation, loop and epoch, then uninstall."""
         try:
             self._end_pass()
+            self._close_block()
+            self._close_loop()
             self._end_epoch()
         finally:
             self.uninstall()
@@ -268,11 +280,12 @@ class AutoPhases:
     # -- marks ----------------------------------------------------------------------------
     def _forward_pre(self, module: Any, args: Any) -> None:
         self._depth += 1
-        if self._depth != 1:
+        if self._depth != 1 or self.child:
             return
         p = self._pass
-        waiting = p is not None and p.state == EVAL and p.section is None and not self.child
-        if self.quiet and not waiting:
+        waiting = p is not None and p.state == EVAL and p.section is None
+        by_loader = p is not None and p.state in (PENDING, EVAL)  # the pass says what it is
+        if self.quiet and not waiting and (by_loader or self._block is None):
             return
         try:
             has = self._has_params.get(module)
@@ -290,12 +303,35 @@ class AutoPhases:
         if p is not None and p.state == PENDING and not p.trained and not (grad and module.training):
             self._open_eval(p, module)  # an evaluation pass that says so
             return
+        if not by_loader and self._evaluating(module, grad):
+            return
         if grad and not self._watched_model:
             self._watched_model = True
             with contextlib.suppress(TypeError):
                 self._model = weakref.ref(module)
             self.live.watch(model=module)
         self._mark("forward")
+
+    def _evaluating(self, module: Any, grad: bool) -> bool:
+        """Whether this forward, outside a loader's evaluation pass, belongs to an evaluation.
+
+        Forwards of one model in one grad mode with no backward or optimizer step between them
+        evaluate: from the second under no_grad, the third with grad enabled (a training step
+        may run a monitoring forward before its own). The evaluation is a section; a forward
+        of another model or in the other grad mode ends it (training again, or a test of
+        another model next), as a backward or an optimizer step does.
+        """
+        of = (id(module), grad)
+        if self._block is not None:
+            if of == self._block_of:
+                return True
+            self._close_block()  # training again, or another model (a test after validation)
+        self._run = self._run + 1 if of == self._run_of else 1
+        self._run_of = of
+        if self._closures or self._run < (3 if grad else 2):
+            return False
+        self._open_block(module, grad)
+        return True
 
     def _forward_post(self, module: Any, args: Any, output: Any) -> None:
         self._depth -= 1
@@ -309,7 +345,8 @@ class AutoPhases:
             self._mark("loss")
 
     def _trains(self) -> None:
-        """A backward or an optimizer step: the running pass trains."""
+        """A backward or an optimizer step: the running pass trains; an evaluation is over."""
+        self._run, self._run_of = 0, None
         p = self._pass
         if p is not None and not p.trained:
             p.trained = True
@@ -317,6 +354,13 @@ class AutoPhases:
                 self._close_section(p)
                 self._kinds[p.key] = TRAIN
                 p.state = PENDING
+        self._close_block()
+        if p is not None and p.state != TRAIN:
+            return  # the pass decides the epoch at its next batch or step
+        if self._epoch_cm is None or self._evaluated:
+            # training after an evaluation no loader pass began: the next epoch
+            self._end_epoch()
+            self._new_epoch()
 
     def _tensor_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def backward(*args: Any, **kwargs: Any) -> Any:
@@ -327,35 +371,142 @@ class AutoPhases:
                 self._mark("backward")
             self._in_backward = True
             try:
-                return original(*args, **kwargs)
+                out = original(*args, **kwargs)
             finally:
                 self._in_backward = False
+            self._backward_done()
+            return out
 
         return backward
 
     def _autograd_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def backward(*args: Any, **kwargs: Any) -> Any:
-            if not self._in_backward and not self.child:
-                self._trains()
-                if not self.quiet:
-                    self._mark("backward")
-            return original(*args, **kwargs)
+            if self._in_backward or self.child:
+                return original(*args, **kwargs)
+            self._trains()
+            if not self.quiet:
+                self._mark("backward")
+            out = original(*args, **kwargs)
+            self._backward_done()
+            return out
 
         return backward
 
-    def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _backward_done(self) -> None:
+        """A backward returned: where no optimizer holds the model's parameters, a step (updated
+        by hand); otherwise the optimizer's step is (gradient accumulation: several backwards)."""
+        if not self._closures and not self._has_optimizer():
+            self._step_done()
+
+    def _has_optimizer(self) -> bool:
+        """Whether an optimizer has stepped, or one holds a parameter of the watched model (any,
+        while none is watched). Known per model and count of optimizers, so checked once."""
+        if self._lead is not None:
+            return True
+        model = self._model() if self._model is not None else None
+        key = (id(model), len(self._optimizer_refs))
+        if self._holds is None or self._holds[0] != key:
+            if model is None:
+                held = len(self._optimizer_refs) > 0
+            else:
+                ids = {id(p) for p in model.parameters()}
+                held = any(id(p) in ids for opt in list(self._optimizer_refs)
+                           for group in opt.param_groups for p in group["params"])
+            self._holds = (key, held)
+        return self._holds[1]
+
+    def _optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def __init__(opt: Any, *args: Any, **kwargs: Any) -> Any:
+            out = original(opt, *args, **kwargs)
+            if not self.child:
+                with contextlib.suppress(TypeError):
+                    self._optimizer_refs.add(opt)
+            return out
+
+        return __init__
+
+    def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
         if self.child:
-            return
+            return None
         self._trains()
         if not self._watched_optimizer:
             self._watched_optimizer = True
             self.live.watch(optimizer=optimizer)
+        lead = self._lead() if self._lead is not None else None
+        if lead is None:
+            with contextlib.suppress(TypeError):
+                self._lead = weakref.ref(optimizer)
+        # args: (the optimizer, closure?); forward and backward run inside a closure, each call
+        # of it ends in "optimizer"
+        closure = kwargs.get("closure") if "closure" in kwargs else (args[1] if len(args) > 1 else None)
+        if callable(closure):
+            wrapped = self._closure(closure)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (args[0], wrapped, *args[2:]), kwargs
         if not self.quiet:
             self._mark("optimizer")
+        return None
+
+    def _closure(self, closure: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._closures += 1
+            try:
+                return closure(*args, **kwargs)
+            finally:
+                self._closures -= 1
+                if not self.quiet and not self.child:
+                    self._mark("optimizer")
+
+        return call
 
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self.child:
-            self._trains()
+        if self.child:
+            return
+        self._trains()
+        lead = self._lead() if self._lead is not None else None
+        if lead is None or lead is optimizer:  # a second optimizer (a GAN's) is the same step
+            self._step_done()
+
+    # -- training steps -------------------------------------------------------------------
+    def _step_done(self) -> None:
+        """A training step is done: the next begins. The first in a loop starts it."""
+        if self.child:
+            return
+        if self._loop is not None:
+            self._loop.end()
+            self._loop.begin()
+            return
+        p = self._pass
+        if p is not None and p.state == PENDING:
+            self._begin_training(p)
+        if self._epoch_cm is None:
+            self._new_epoch()
+        train = p if p is not None and p.state == TRAIN else None
+        if train is not None and not self._per_step:
+            self._per_step = max(1, train.fetched)  # the batches its first step took
+        self._start_loop(1, train)  # the step just done ran unseen
+
+    def _start_loop(self, start: int, p: _Pass | None) -> None:
+        total = -1
+        if p is not None and self._per_step:
+            with contextlib.suppress(TypeError):
+                total = len(p.it) // self._per_step
+        self._loop = self.live.train_steps(start, total)
+        self._loop_pass = p
+        self._loop.begin()
+
+    def _close_loop(self) -> None:
+        loop, self._loop, self._loop_pass = self._loop, None, None
+        if loop is not None:
+            loop.abandon()  # begun at the last step's end, never a step itself
+            loop.close()
+
+    def _new_epoch(self) -> None:
+        self._epoch += 1
+        self._evaluated = False
+        self._epoch_cm = self.live.epoch(self._epoch)
+        self._epoch_cm.__enter__()
 
     # -- DataLoader passes ----------------------------------------------------------------
     def _loader_next(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -379,15 +530,8 @@ class AutoPhases:
                 self._open_eval(p)
         if p.state == EVAL and p.section is None and p.fetched > 0:
             self._enter_section(p, None)  # a second batch and still no model ran: name it now
-        if p.gen is not None:
-            try:
-                batch = next(p.gen)
-            except StopIteration:
-                p.gen = None
-                self._ran_out(it)
-                raise
-            p.fetched += 1
-            return batch
+        if p.state == TRAIN:
+            self._close_block()  # the training loader's next batch: an evaluation between is over
         if p.state != EVAL:
             self._mark("data")
         try:
@@ -413,6 +557,8 @@ class AutoPhases:
         p = self._pass = _Pass(it, key, PENDING)
         if kind == TRAIN:
             self._begin_training(p)
+            if self._loop is None:
+                self._start_loop(0, p)
         elif kind == EVAL:
             self._open_eval(p)
         return p
@@ -439,20 +585,20 @@ class AutoPhases:
             self._train_key = GONE  # training is still known: later loaders start as evaluation
 
     def _begin_training(self, p: _Pass) -> None:
-        assert self._orig_next is not None
+        """The pass trains; a pass of the training loader starts the next epoch."""
         self._kinds[p.key] = TRAIN
         if self._train_key is None:
             self._train_key = p.key
-        if p.key == self._train_key:
+        if p.key == self._train_key or self._epoch_cm is None:
+            self._close_block()
             self._end_epoch()
-            self._epoch += 1
-            self._epoch_cm = self.live.epoch(self._epoch)
-            self._epoch_cm.__enter__()
+            self._new_epoch()
         p.state = TRAIN
-        p.gen = self.live.train_pass(_Feed(p.it, self._orig_next), p.fetched)
 
     def _open_eval(self, p: _Pass, module: Any = None) -> None:
         """The pass evaluates: mark nothing from now on; its section opens at its first model."""
+        self._close_loop()
+        self._close_block()
         self._kinds[p.key] = EVAL
         p.state = EVAL
         self.quiet = True
@@ -461,18 +607,20 @@ class AutoPhases:
         if module is not None:
             self._enter_section(p, module)
 
+    def _section_name(self, module: Any, first: str) -> str:
+        """``validate``, or ``test``: in a test stage, for a model that is not the one trained."""
+        trained = self._model() if self._model is not None else None
+        # another model, not a part or a wrapper of the trained one (DDP's `.module` validates)
+        other_model = module is not None and trained is not None and not _related(module, trained)
+        # a watched model that is gone was replaced too (`net = Net()` dropped the trained one)
+        gone = self._model is not None and trained is None
+        return "test" if self.stage == "test" or other_model or gone else first
+
     def _enter_section(self, p: _Pass, module: Any) -> None:
         """Open the evaluation pass's section, named by its loader and the model it runs."""
         name = self._sections.get(p.key)
         if name is None:
-            trained = self._model() if self._model is not None else None
-            # another model, not a part or a wrapper of the trained one (DDP's `.module` validates)
-            other_model = (module is not None and trained is not None
-                           and not _related(module, trained))
-            # a watched model that is gone was replaced too (`net = Net()` dropped the trained one)
-            gone = self._model is not None and trained is None
-            test = self.stage == "test" or self._eval_loaders or other_model or gone
-            name = "test" if test else "validate"
+            name = self._section_name(module, "test" if self._eval_loaders else "validate")
             self._eval_loaders += 1
             self._sections[p.key] = name
         if name == "test":
@@ -486,19 +634,42 @@ class AutoPhases:
         self.quiet = self.child
         if section is not None:
             section.__exit__(None, None, None)
+            if self._train_key is None and self._epoch_cm is not None:
+                self._evaluated = True  # training by no loader: its epoch ends with this pass
+
+    # -- evaluation without a loader ------------------------------------------------------
+    def _open_block(self, module: Any, grad: bool) -> None:
+        """Forwards without backward, outside a loader's pass: an evaluation, as a section."""
+        self._close_loop()
+        name = self._section_name(module, "validate")
+        if name == "test":
+            self._end_epoch()  # a test pass belongs to no epoch
+        self._block_of = (id(module), grad)
+        self._block = self.live.section(name)
+        self._block.__enter__()
+        self.quiet = True
+
+    def _close_block(self) -> None:
+        block, self._block = self._block, None
+        if block is None:
+            return
+        self.quiet = self.child
+        block.__exit__(None, None, None)
+        if self._epoch_cm is not None:
+            self._evaluated = True  # the epoch ends with its evaluation
 
     def _end_pass(self) -> None:
         p, self._pass = self._pass, None
         if p is None:
             return
-        if p.gen is not None:
-            gen, p.gen = p.gen, None
-            gen.close()  # type: ignore[attr-defined]  # the loop's end: hooks finish, loop_end
+        if self._loop is not None and self._loop_pass is p:
+            self._close_loop()
         self._close_section(p)
         if p.state == PENDING and p.fetched:  # a pass of one batch: it trained or it did not
             self._kinds[p.key] = TRAIN if p.trained else EVAL
 
     def _end_epoch(self) -> None:
+        self._close_loop()
         cm, self._epoch_cm = self._epoch_cm, None
         if cm is not None:
             cm.__exit__(None, None, None)
@@ -550,7 +721,7 @@ def phases(stage: str, enabled: bool = True) -> Iterator[AutoPhases | None]:
         yield None
         return
     auto = AutoPhases(live, stage)
-    watch = _AfterTorchImport(auto.install)
+    watch = _AfterTorchImport(lambda: auto.install(fresh=True))
     if "torch" in sys.modules:
         auto.install()
     else:

@@ -153,53 +153,33 @@ class LiveProbe:
         if done >= self._memray.section_stop:  # memray.eval_batches
             self._memray.close(epoch=self._epoch, step=done)
 
-    def train_pass(self, loader: Iterable[T], start: int = 0) -> Iterator[T]:
-        """A training loop over ``loader`` whose first ``start`` steps ran already, unseen.
+    def train_steps(self, start: int = 0, total: int = -1) -> StepLoop:
+        """A training loop driven from outside, whose first ``start`` steps ran already, unseen.
 
-        The automatic phases (:mod:`harness.probe.auto`) drive the step hooks through this.
+        The automatic phases (:mod:`harness.probe.auto`) drive the step hooks through this: they
+        call ``begin`` when a step starts, ``end`` when it is done (an optimizer step), and
+        ``close`` when the loop is over.
         """
-        return self._train(loader, None, start)
+        self._cell_writer.start_loop(total)
+        return StepLoop(self, total, start)
 
     def _train(self, loader: Iterable[T], limit: int | None, start: int = 0) -> Iterator[T]:
         total = self._start_loop(loader, limit)
-        cell = self._cell
-        self._memray.expect_steps(total)  # a short loop gets a window that fits it
-        plans = self._plan_loop()  # before iter(): a memray window at step 0 must see the fork
-        due = _next(plans, start)  # the next step a hook acts on
-        live: tuple[StepHook, ...] = ()  # the hooks acting on this step
-        step = start
+        loop = StepLoop(self, total, start)  # before iter(): a memray window at step 0 must see the fork
         it = iter(loader)
         try:
-            while step != limit:
-                if step == due:
-                    live = tuple(h for h, steps in plans if step in steps)
-                    for hook in live:
-                        hook.begin(step)
-                    self._listeners = tuple(h for h in live if h.listens)
+            while loop.step != limit:
+                loop.begin()
                 self.phase("data")
                 try:
                     batch = next(it)
                 except StopIteration:
-                    self._listeners = ()
-                    for hook in reversed(live):
-                        hook.abandon(step)  # no step after all: nothing to record
-                    live = ()
+                    loop.abandon()  # no step after all: nothing to record
                     break
                 yield batch
-                step += 1
-                cell.step = step
-                cell.heartbeat += 1
-                if live:
-                    ending, live = live, ()
-                    self._end_step(ending, step - 1)
-                    due = _next(plans, step)
+                loop.end()
         finally:
-            if live:  # the workload left the loop inside a step
-                self._end_step(live, step)
-            for hook in reversed(self._hooks):
-                hook.finish(step)
-            self.events.write(LoopEnd(t=time.time(), epoch=self._epoch, steps=step, total=total,
-                                      memray_reason=self._memray.reason))
+            loop.close()  # the workload may have left the loop inside a step: it ends there
             del it
 
     def _plan_loop(self) -> list[tuple[StepHook, Steps]]:
@@ -346,6 +326,66 @@ class LiveProbe:
             self._cell.phase = PHASE_CODE["idle"]
         self.events.write(StageEnd(t=time.time(), stage=self.stage))
         self.events.close()
+
+
+class StepLoop:
+    """One training loop's steps: the step hooks planned when it starts, driven step by step.
+
+    ``begin`` before a step's work (its ``data`` phase), ``end`` once it is done, ``abandon`` for a
+    step that never came, ``close`` at the loop's end. Only the steps some hook plans for cost
+    more than a comparison and the cell's stores.
+    """
+
+    def __init__(self, probe: LiveProbe, total: int, start: int) -> None:
+        self._probe = probe
+        self.total = total
+        self.step = start  # steps done
+        probe._memray.expect_steps(total)  # a short loop gets a window that fits it
+        self._plans = probe._plan_loop()
+        self._due = _next(self._plans, start)  # the next step a hook acts on
+        self._live: tuple[StepHook, ...] = ()  # the hooks acting on the running step
+        self._closed = False
+
+    def begin(self) -> None:
+        """Step ``step`` starts."""
+        step = self.step
+        if step == self._due and not self._live:
+            live = self._live = tuple(h for h, steps in self._plans if step in steps)
+            for hook in live:
+                hook.begin(step)
+            self._probe._listeners = tuple(h for h in live if h.listens)
+
+    def end(self) -> None:
+        """The running step is done."""
+        self.step += 1
+        cell = self._probe._cell
+        cell.step = self.step
+        cell.heartbeat += 1
+        if self._live:
+            ending, self._live = self._live, ()
+            self._probe._end_step(ending, self.step - 1)
+            self._due = _next(self._plans, self.step)
+
+    def abandon(self) -> None:
+        """The step begun never came (the loader ran out, the loop stopped before it trained)."""
+        self._probe._listeners = ()
+        live, self._live = self._live, ()
+        for hook in reversed(live):
+            hook.abandon(self.step)
+
+    def close(self) -> None:
+        """The loop is over: a step still running ends here; the hooks finish; ``loop_end``."""
+        if self._closed:
+            return
+        self._closed = True
+        probe = self._probe
+        if self._live:
+            live, self._live = self._live, ()
+            probe._end_step(live, self.step)
+        for hook in reversed(probe._hooks):
+            hook.finish(self.step)
+        probe.events.write(LoopEnd(t=time.time(), epoch=probe._epoch, steps=self.step,
+                                   total=self.total, memray_reason=probe._memray.reason))
 
 
 def _next(plans: list[tuple[StepHook, Steps]], step: int) -> int:

@@ -256,7 +256,9 @@ class MemrayWindow(StepHook):
 
     The training window is ``memray.train_steps`` steps from ``memray.train_start``, moved
     earlier in a loop too short for it (:func:`fit_window`), so that it opens in every epoch
-    :class:`EpochWindows` picks. A validation or test capture ends after ``memray.eval_batches``
+    :class:`EpochWindows` picks. A loop that stops before its window opens (a ``break``, a step
+    cap, a length not known in advance) hands it on: the next loop gets one (reason
+    ``replaces``), fitted to the steps the stopped loop ran. A validation or test capture ends after ``memray.eval_batches``
     batches. One capture at a time: an ask to open a second while one runs is refused. A
     process forked while a capture is open (a DataLoader worker) is tracked until it closes.
     """
@@ -279,6 +281,10 @@ class MemrayWindow(StepHook):
         self.reason: str | None = None  # why this loop's epoch has a training window (None: it has none)
         self._total = -1  # the coming loop's length (expect_steps), -1 when unknown
         self._last_steps: int | None = None  # steps the previous training loop ran
+        self._last_short = False  # the previous loop stopped before its known length (break, a cap)
+        self._loop_total = -1  # this loop's length as told
+        self._opened = False  # this loop's training window opened
+        self._missed = False  # a window planned for an earlier loop never opened: the next replaces it
         self._section: str | None = None  # the running section's capture, while it is open
         self.section_stop = NEVER  # the batch count at which the running section's capture closes
 
@@ -301,12 +307,17 @@ class MemrayWindow(StepHook):
         """The training steps ``[start, stop)`` to capture in ``epoch`` for a loop of ``total`` steps.
 
         ``total`` -1 (unknown): planned for as many steps as the previous training loop ran, or,
-        in the first, as configured. See :func:`fit_window`.
+        in the first, as configured; so is a loop whose predecessor stopped before its own known
+        length (a ``break``, a step cap), when it ran fewer steps than ``total``. See
+        :func:`fit_window`.
         """
-        if self.train_reason(epoch) is None:
+        if self.train_reason(epoch) is None and not self._missed:
             return None
         cfg = self._cfg
-        return fit_window(cfg.train_start, cfg.train_steps, total if total >= 0 else self._last_steps)
+        last = self._last_steps
+        if total < 0 or (self._last_short and last is not None and last < total):
+            total = -1 if last is None else last
+        return fit_window(cfg.train_start, cfg.train_steps, total if total >= 0 else None)
 
     def epoch_end(self, epoch: int, rss: int) -> None:
         """Epoch ``epoch`` ended with the main process at ``rss`` bytes: maybe a window in the next."""
@@ -383,10 +394,15 @@ class MemrayWindow(StepHook):
         self._epoch = epoch
         self._train = None
         total, self._total = self._total, -1  # told for this loop only
+        self._loop_total = total
+        self._opened = False
         self.reason = self.train_reason(epoch)
+        if self.reason is None and self._missed and self._cfg.mode == "windows":
+            self.reason = "replaces"  # the window an earlier loop ended before, fitted to this one
         window = self.train_window(epoch, total)
         if window is None:
             return None
+        self._missed = False
         self._window = window
         if window[0] == 0:
             # Open before iter() forks the DataLoader workers, so memray follows them.
@@ -399,6 +415,7 @@ class MemrayWindow(StepHook):
         if self.open(name, epoch=self._epoch, step=step, section=None, reason=self.reason,
                      growth=growth):
             self._train = name
+            self._opened = True
 
     def begin(self, step: int) -> None:
         if step == self._window[0]:
@@ -411,8 +428,11 @@ class MemrayWindow(StepHook):
     def finish(self, steps: int) -> None:
         if self._train is not None and self._open is not None and self._open[0] == self._train:
             self.close(epoch=self._epoch, step=steps)
+        if self.reason is not None and not self._opened and steps > 0:
+            self._missed = True  # the loop stopped first: the next loop gets a window that fits
         self._train = None
         self._last_steps = steps
+        self._last_short = 0 <= steps < self._loop_total
 
 
 class DeviceReader(StepHook):
