@@ -269,3 +269,13 @@ def test_an_endless_iterable_with_a_step_cap_gets_epochs_from_its_evaluations(
     assert ran.sections == [("validate", 1), ("validate", 2)]
     assert ran.windows == [("main-e1-train", 5, 15, "first"), ("main-e2-train", 5, 15, "first")]
     assert Counter(ran.marks)["data"] == 60
+
+
+def test_an_evaluation_inside_a_pass_of_known_length_does_not_end_the_epoch(tmp_path: Path) -> None:
+    # GIVEN the 20-step epochs of a 200-batch loader, with a no_grad evaluation of 3 held-out
+    # batches after steps 8 and 16, and the validation loader after the break
+    ran = run_script(tmp_path, "steps_break.py", "--epochs", "2", "--cut", "20", "--every", "8")
+    # THEN the epochs are still the loader's passes; each holds 3 evaluations
+    assert ran.loops == [(1, 20), (2, 20)]
+    assert ran.sections == [("validate", 1)] * 3 + [("validate", 2)] * 3
+    assert ran.windows == [("main-e1-train", 5, 15, "first"), ("main-e2-train", 5, 15, "first")]

@@ -78,11 +78,19 @@ def _after_fork_in_child() -> None:
 
 
 def _living(cls: type) -> list[Any]:
-    """The objects of ``cls`` (or a subclass) alive now.
+    """The objects of ``cls`` (or a subclass) alive now: a walk of every object the collector
+    tracks (a few hundred milliseconds in a large process).
 
-    ``type()``, not ``isinstance``: an object's ``__class__`` property may warn or raise.
+    By ``type()``, not ``isinstance``: an object's ``__class__`` property may warn or raise.
     """
-    return [o for o in gc.get_objects() if issubclass(type(o), cls)]
+    classes: set[type] = set()
+    todo = [cls]
+    while todo:
+        c = todo.pop()
+        if c not in classes:
+            classes.add(c)
+            todo.extend(c.__subclasses__())
+    return [o for o in gc.get_objects() if type(o) in classes]
 
 
 def _has_parameters(module: Any) -> bool:
@@ -180,6 +188,8 @@ class AutoPhases:
         # steps: one an optimizer step (of the lead optimizer), or a backward where none exists
         self._optimizer_refs: weakref.WeakSet[Any] = weakref.WeakSet()  # the script's optimizers
         self._holds: tuple[tuple[int, int], bool] | None = None  # _has_optimizer's last answer
+        self._optimizer_cls: type = object  # torch.optim.Optimizer, once installed
+        self._scanned = False  # the optimizers made before install are known
         self._lead: weakref.ref[Any] | None = None  # the optimizer whose steps are the steps
         self._closures = 0  # nesting of optimizer.step(closure)'s closure calls
         self._loop: Any = None  # the live probe's StepLoop while training steps run
@@ -191,6 +201,7 @@ class AutoPhases:
         self._block: contextlib.AbstractContextManager[None] | None = None  # its open section
         self._block_of: tuple[int, bool] | None = None  # (id of its model, grad enabled)
         self._evaluated = False  # an evaluation ended since this epoch's training began
+        self._mid_pass = False  # the open block runs inside a training pass of known length
 
     # -- installing and removing ----------------------------------------------------------
     def install(self, fresh: bool = False) -> None:
@@ -224,8 +235,8 @@ class AutoPhases:
         self._wrap(torch.Tensor, "backward", self._tensor_backward)
         self._wrap(torch.autograd, "backward", self._autograd_backward)
         self._wrap(optim_module.Optimizer, "__init__", self._optimizer_init)
-        if not fresh:  # torch ran before the hooks (a function workload, a test)
-            self._optimizer_refs.update(_living(optim_module.Optimizer))
+        self._optimizer_cls = optim_module.Optimizer
+        self._scanned = fresh  # torch was imported just now: no optimizer exists from before
         iter_cls = dataloader._BaseDataLoaderIter
         self._wrap(iter_cls, "__next__", self._loader_next)
         self._previous = probe._active
@@ -406,14 +417,20 @@ class AutoPhases:
         model = self._model() if self._model is not None else None
         key = (id(model), len(self._optimizer_refs))
         if self._holds is None or self._holds[0] != key:
-            if model is None:
-                held = len(self._optimizer_refs) > 0
-            else:
-                ids = {id(p) for p in model.parameters()}
-                held = any(id(p) in ids for opt in list(self._optimizer_refs)
-                           for group in opt.param_groups for p in group["params"])
-            self._holds = (key, held)
+            held = self._held(model)
+            if not held and not self._scanned:  # torch ran before the hooks: made before?
+                self._scanned = True
+                self._optimizer_refs.update(_living(self._optimizer_cls))
+                held = self._held(model)
+            self._holds = ((id(model), len(self._optimizer_refs)), held)
         return self._holds[1]
+
+    def _held(self, model: Any) -> bool:
+        if model is None:
+            return len(self._optimizer_refs) > 0
+        ids = {id(p) for p in model.parameters()}
+        return any(id(p) in ids for opt in list(self._optimizer_refs)
+                   for group in opt.param_groups for p in group["params"])
 
     def _optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def __init__(opt: Any, *args: Any, **kwargs: Any) -> Any:
@@ -639,10 +656,20 @@ class AutoPhases:
 
     # -- evaluation without a loader ------------------------------------------------------
     def _open_block(self, module: Any, grad: bool) -> None:
-        """Forwards without backward, outside a loader's pass: an evaluation, as a section."""
-        self._close_loop()
+        """Forwards without backward, outside a loader's pass: an evaluation, as a section.
+
+        It ends the epoch, unless it runs in the middle of a training loader's pass of known
+        length (an evaluation every so many steps: the pass's end ends the epoch).
+        """
+        p = self._pass
+        self._mid_pass = False
+        if p is not None and p.state == TRAIN:
+            with contextlib.suppress(TypeError):
+                self._mid_pass = p.fetched < len(p.it)
+        if not self._mid_pass:
+            self._close_loop()
         name = self._section_name(module, "validate")
-        if name == "test":
+        if name == "test" and not self._mid_pass:
             self._end_epoch()  # a test pass belongs to no epoch
         self._block_of = (id(module), grad)
         self._block = self.live.section(name)
@@ -655,7 +682,7 @@ class AutoPhases:
             return
         self.quiet = self.child
         block.__exit__(None, None, None)
-        if self._epoch_cm is not None:
+        if self._epoch_cm is not None and not self._mid_pass:
             self._evaluated = True  # the epoch ends with its evaluation
 
     def _end_pass(self) -> None:

@@ -32,7 +32,7 @@ for epoch in range(args.epochs):
     for step in range(args.steps):
         x, y = X[step * 16:(step + 1) * 16], Y[step * 16:(step + 1) * 16]
 
-        def closure() -> torch.Tensor:
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
             opt.zero_grad()
             loss = F.mse_loss(model(x), y)
             loss.backward()
