@@ -18,9 +18,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import WORKLOADS, read_events
+import yaml
+from conftest import WORKLOADS, latest_run, read_events
 
 from harness import probe
+from harness.analysis.load import load_run
+from harness.analysis.windows import unopened_windows
 from harness.layout import CELL_FILE, PROBE_CONFIG_FILE
 from harness.probe import auto
 from harness.probe import cell as cellmod
@@ -279,3 +282,41 @@ def test_an_evaluation_inside_a_pass_of_known_length_does_not_end_the_epoch(tmp_
     assert ran.loops == [(1, 20), (2, 20)]
     assert ran.sections == [("validate", 1)] * 3 + [("validate", 2)] * 3
     assert ran.windows == [("main-e1-train", 5, 15, "first"), ("main-e2-train", 5, 15, "first")]
+
+
+# -- under harness run --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_lstm_example_under_harness_run_gets_epochs_validations_and_captures(
+        tmp_path: Path, cli: Any) -> None:
+    # GIVEN the LSTM example's shape (no loader, no optimizer), 2 epochs of 120 steps, default keys
+    scenario = {"name": "lstm", "stages": ["main"], "sampling": {"full_hz": 1},
+                "tensors": {"trace_steps": 2, "trace_every": 0}, "train": {"threads": 1},
+                "workload": {"entry": str(WORKLOADS / "steps_manual.py"),
+                             "args": ["--epochs", "2", "--steps", "120"]}}
+    path = tmp_path / "lstm.yaml"
+    path.write_text(yaml.safe_dump(scenario), encoding="utf-8")
+    code, _, err = cli("run", str(path), "--reports", str(tmp_path / "r"), "--quiet")
+    assert code == 0, err
+    run = latest_run(tmp_path / "r")
+    events = read_events(run / "stages/main")
+
+    def of(kind: str) -> list[dict[str, Any]]:
+        return [e for e in events if e["kind"] == kind]
+
+    # THEN 2 epochs of 120 steps, a validation in each, the test after them
+    assert [e["epoch"] for e in of("epoch_end")] == [1, 2]
+    assert [(e["epoch"], e["steps"]) for e in of("loop_end")] == [(1, 120), (2, 120)]
+    assert [(e["section"], e["epoch"]) for e in of("section_start")][:2] == [("validate", 1),
+                                                                            ("validate", 2)]
+    assert [e["section"] for e in of("section_start")][2:] == ["test"]
+    # a training capture in each planned epoch: steps 100-119 of the first (its length unknown),
+    # then one fitted to the 120 steps it ran; the memray files are there
+    starts = [(e["capture"], e["step"]) for e in of("memray_start") if e["section"] is None]
+    assert starts == [("main-e1-train", 100), ("main-e2-train", 0)]
+    assert {p.name for p in (run / "stages/main/memray").glob("main-e*-train.bin")} == {
+        "main-e1-train.bin", "main-e2-train.bin"}
+    # the traced steps are whole steps: forward to backward, no optimizer, no loader
+    traced = of("traced_step")
+    assert traced and all(e["phases"] == ["forward", "loss", "backward"] for e in traced)
+    # and no epoch is noted for a window that did not open
+    assert unopened_windows(load_run(run)) == []

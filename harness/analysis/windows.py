@@ -70,13 +70,14 @@ def _why(loops: list[LoopEnd], asked: _Asked) -> str:
     steps = max(ran)
     loop = f"its training loop ran {steps} step{'s' if steps != 1 else ''}"
     if all(t < 0 for t in totals):
-        return (f"{loop} from a loader without len(), so its window was planned before its length "
-                f"was known ({asked.keys}); later epochs' windows fit the steps it ran")
+        return (f"{loop}, its length not known in advance (no loader, or a loader without len()), "
+                f"so its window was planned as configured ({asked.keys}); later epochs' windows fit "
+                "the steps it ran")
     for done, total in zip(ran, totals):
         window = fit_window(asked.start, asked.steps, total) if total >= 0 else None
         if window is not None and done <= window[0]:
             return (f"{loop} of {total}: the workload left the loop before the window's first "
-                    f"step ({window[0]})")
+                    f"step ({window[0]}); the next loop's window fits the steps it ran")
     return f"{loop}, yet no training capture was opened (another memray capture was running?)"
 
 

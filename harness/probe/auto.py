@@ -9,8 +9,19 @@ one place that installs it (:meth:`AutoPhases.install`) and one that removes it
   a loss module, having no parameters, is not a forward);
 - ``loss``     from the end of a grad-enabled outermost forward until backward;
 - ``backward`` ``Tensor.backward`` or ``torch.autograd.backward``;
-- ``optimizer`` the optimizer's step;
+- ``optimizer`` the optimizer's step; with ``optimizer.step(closure)``, the end of each call of
+  the closure (its forward and backward keep their own phases);
 - ``data``     while the DataLoader iterator's ``__next__`` waits for a batch.
+
+A *training step* is a step of the optimizer (the first one stepped, while it lives: a second
+optimizer stepped in the same iteration, a GAN's, is the same step), whatever drives the loop:
+a DataLoader, tensors sliced by hand, an endless iterator. Several backwards before it (gradient
+accumulation, an LBFGS closure) are one step. Where no optimizer holds the trained model's
+parameters (updated by hand: ``p.data.add_(p.grad, alpha=-lr)``), each backward is a step. Steps
+drive the live probe's step hooks (:meth:`LiveProbe.train_steps`: memray training windows,
+traced steps, device readings): a step begins when the one before ends. The stage's first step
+is known to be one only once it is done, so the first loop begins at step 1; a loop begun at a
+training loader's pass begins at step 0, before the pass's first batch.
 
 A *pass* is one iteration over a DataLoader (keyed by the loader's index sampler, which a loader
 keeps for life). A pass whose batches are followed by a backward or an optimizer step trains;
@@ -20,8 +31,7 @@ a stage named test, or over a second evaluation loader). How a pass is told apar
 - a loader known from an earlier pass keeps its kind from its first batch;
 - the first loader of the stage is taken for training once its first batch saw a backward or an
   optimizer step; otherwise (or when its first forward runs without grad or in eval mode) it
-  evaluates from its second batch on. Its first batch is recorded with plain phases, outside the
-  step machinery: the training loop's step hooks begin at step 1 of the first epoch;
+  evaluates from its second batch on. Its first batch is recorded with plain phases;
 - a new loader after a training loader is known is taken for evaluation from its first batch,
   until a backward or optimizer step says otherwise (then it trains from its next batch).
 
@@ -34,10 +44,19 @@ separate averaged copy of its model, an EMA, gets ``test`` for that pass; a scri
 the very model it trained, after its last epoch, gets ``validate`` in that epoch: which training
 pass is the last is not known when the pass begins.)
 
-Each pass of the training loader starts an epoch (the previous one ends then, and at the stage's
-end); a training pass goes through :meth:`LiveProbe.train_pass`, the same step machinery as
-``probe.iterate`` (steps, memray training windows, traced steps, device readings). The first
-outermost module with parameters seen under grad, and the first optimizer stepped, are watched.
+Evaluation without a loader: outside a loader's pass (or inside a training pass), forwards of one
+model in one grad mode with no backward or optimizer step between them evaluate, from the second
+under no_grad and from the third with grad enabled (a training step may run one monitoring
+forward before its own). The evaluation is a section, named as above, that ends at the next
+backward or optimizer step, at a forward of another model or in the other grad mode, or at the
+training loader's next batch.
+
+Epochs: each pass of the training loader starts one (the previous one ends then, and at the
+stage's end). Without a training loader, or within one pass that never ends, training after an
+evaluation starts the next: a block of steps followed by forwards without backward is an epoch
+ending in its evaluation. An evaluation inside a training pass of known length (every so many
+steps) ends no epoch. The first outermost module with parameters seen under grad, and the first
+optimizer stepped, are watched.
 
 A workload that calls the probe itself (``phase``, ``iterate``, ``epoch``, ``section``, ``watch``)
 keeps its own marks: the first such call removes the hooks, ends what they opened, and the
