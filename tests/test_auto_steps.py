@@ -318,5 +318,7 @@ def test_the_lstm_example_under_harness_run_gets_epochs_validations_and_captures
     # the traced steps are whole steps: forward to backward, no optimizer, no loader
     traced = of("traced_step")
     assert traced and all(e["phases"] == ["forward", "loss", "backward"] for e in traced)
+    # the update by hand after the backward (clipping's norms) is the backward's, not "idle"
+    assert all(set(e["tensors"]) <= {"forward", "loss", "backward"} for e in traced)
     # and no epoch is noted for a window that did not open
     assert unopened_windows(load_run(run)) == []

@@ -56,7 +56,7 @@ RECORDS: list[DocRecord] = [
     DocRecord("probe.json", ProbeConfig, nested=False),
     DocRecord("events.jsonl", HarnessEvent | WorkloadEvent, words=frozenset({
         *Event, *PHASES, "zero_grad",  # the kinds, the phases
-        "first", "spaced", "regrow", "listed", "every", "rest", "null",  # reason, span values
+        "first", "spaced", "regrow", "listed", "every", "replaces", "rest", "null",  # reason, span values
         "loss", "val_accuracy", "test_accuracy", "correct",  # the built-in workload's metrics
         "cuda_allocated", "cuda_reserved"})),  # samples' columns
 ]

@@ -79,7 +79,8 @@ class LiveProbe:
         if cfg.on_cuda:
             self._device = DeviceReader(cfg.cuda, self.device, self._cell)
             history = HistoryWindow(cfg.cuda, self.stage, self.device, self.dir, self.events)
-        self._tracer = TensorTracer(cfg.tensors, self.events, self._watched_tensors, self._device)
+        self._tracer = TensorTracer(cfg.tensors, self.events, self._watched_tensors, self._device,
+                                    lambda: PHASES[self._cur])
         self._hooks: tuple[StepHook, ...] = tuple(
             h for h in (self._tracer, self._memray, self._device, history) if h is not None
         )

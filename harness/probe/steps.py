@@ -518,13 +518,16 @@ class TensorTracer(StepHook):
 
     def __init__(
         self, cfg: TensorsConfig, events: Events, seeds: Callable[[], Iterable[Any]],
-        device: DeviceReader | None = None,
+        device: DeviceReader | None = None, running: Callable[[], str] | None = None,
     ) -> None:
         self._first = cfg.trace_steps
         self._every = cfg.trace_every
         self._events = events
         self._seeds = seeds  # the tensors alive before the step (parameters, gradients, state)
         self._device = device  # on CUDA, whose readings the step's event carries
+        # the phase running as a step begins: what it allocates before its first phase is that
+        # phase's (a step begun at the last one's optimizer step, before its next batch)
+        self._running = running
         self._tracer: AllocationTracer | None = None
         self._epoch = 0
         self._span: dict[str, dict[str, int]] = {}  # per phase, summed over this span's steps
@@ -541,6 +544,8 @@ class TensorTracer(StepHook):
 
         tracer = AllocationTracer()
         tracer.seed(list(self._seeds()))
+        if self._running is not None:
+            tracer.phase = self._running()
         tracer.__enter__()  # type: ignore[no-untyped-call]
         self._tracer = tracer
 
