@@ -244,6 +244,26 @@ def test_memray_window_told_the_length_of_one_loop_only(tmp_path: Path) -> None:
     assert drive(window, 3, 30) == Steps(at=frozenset({10, 14}))
 
 
+@pytest.mark.parametrize(("epochs", "reason"), [((1,), "replaces"), (None, "first")])
+def test_memray_window_a_loop_stopped_before_is_replaced_in_the_next(
+        tmp_path: Path, epochs: tuple[int, ...] | None, reason: str) -> None:
+    # GIVEN loops of a 200-step loader each left with `break` after 20 steps; a window asked for
+    # in epoch 1 only (or by the default policy: epochs 1 and 2, not 3)
+    window, trackers, events = _window(tmp_path, epochs=epochs)
+    # WHEN epoch 1 runs THEN its window is planned for the last 150 of 200 steps and never opens
+    window.expect_steps(200)
+    assert drive(window, 1, 20) == Steps(at=frozenset({50, 199}))
+    assert trackers.log == []
+    # WHEN epoch 2 runs, told 200 steps again THEN its window fits the 20 steps epoch 1 ran
+    window.expect_steps(200)
+    assert drive(window, 2, 20) == Steps(at=frozenset({0, 149}))
+    assert trackers.log == ["open train-e2-train.bin", "close train-e2-train.bin"]
+    assert [e["reason"] for e in events.of("memray_start")] == [reason]
+    # WHEN epoch 3 runs THEN the window opened in epoch 2: nothing is owed
+    window.expect_steps(200)
+    assert drive(window, 3, 20) is None
+
+
 @pytest.mark.parametrize(
     "cfg",
     [{"epochs": (2,)}, {"train_steps": 0}, {"mode": "off"}, {"mode": "full"}],
