@@ -322,3 +322,16 @@ def test_the_lstm_example_under_harness_run_gets_epochs_validations_and_captures
     assert all(set(e["tensors"]) <= {"forward", "loss", "backward"} for e in traced)
     # and no epoch is noted for a window that did not open
     assert unopened_windows(load_run(run)) == []
+
+
+# -- no false steps, no false evaluations -------------------------------------------------------
+@LEAK
+def test_two_optimizers_an_iteration_and_a_monitoring_forward_are_one_step_and_no_evaluation(
+        tmp_path: Path, leak: tuple[str, ...]) -> None:
+    # GIVEN a GAN's 20 iterations: two optimizers stepped each, the discriminator run twice before
+    # its backward, a no_grad sample of the generator every 5 iterations
+    ran = run_script(tmp_path, "steps_gan.py", "--steps", "20", *leak)
+    # THEN 20 steps in one epoch, no evaluation section
+    assert ran.loops == [(1, 20)]
+    assert ran.sections == []
+    assert Counter(ran.marks)["optimizer"] == 40
