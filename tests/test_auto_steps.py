@@ -295,7 +295,7 @@ def test_the_lstm_example_under_harness_run_gets_epochs_validations_and_captures
                              "args": ["--epochs", "2", "--steps", "120"]}}
     path = tmp_path / "lstm.yaml"
     path.write_text(yaml.safe_dump(scenario), encoding="utf-8")
-    code, _, err = cli("run", str(path), "--reports", str(tmp_path / "r"), "--quiet")
+    code, _, err = cli("run", str(path), "--reports", str(tmp_path / "r"), "--quiet", "--no-report")
     assert code == 0, err
     run = latest_run(tmp_path / "r")
     events = read_events(run / "stages/main")
