@@ -93,7 +93,7 @@ class Event(StrEnum):
 # for a loop outside any epoch), <stage>-e<N>-<section> or, outside epochs, <stage>-<section> (a
 # validation or test pass).
 TRAIN_WINDOW = "train"
-SECTIONS = ("validate", "test")
+SECTIONS = ("sanity_check", "validate", "test")
 _EPOCH_PART = re.compile(r"^e(\d+)$")
 _CAPTURE_FILE = re.compile(r"^(?P<name>.+)\.bin(?:\.(?P<pid>\d+))?$")
 

@@ -25,6 +25,9 @@ _LIBRARY_DIRS = tuple(
 # Library markers, checked innermost frame first: the first frame that matches decides.
 _LIBRARY_RULES: tuple[tuple[str, str], ...] = (
     ("/torch/autograd/", "backward"),
+    # Lightning runs training_step inside optimizer.step(closure): its closure is the forward
+    ("/lightning/pytorch/loops/optimization/", "forward"),
+    ("/pytorch_lightning/loops/optimization/", "forward"),
     ("/torch/optim/", "optimizer"),
     ("/torch/nn/modules/loss.py", "loss"),
     ("/torch/utils/data/", "data"),

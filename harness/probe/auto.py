@@ -75,6 +75,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from harness.probe.frameworks import Frameworks
+
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
 
@@ -221,6 +223,8 @@ class AutoPhases:
         self._block_of: tuple[int, bool] | None = None  # (id of its model, grad enabled)
         self._evaluated = False  # an evaluation ended since this epoch's training began
         self._mid_pass = False  # the open block runs inside a training pass of known length
+        self.inner = 0  # inside a framework loader's own fetch: the DataLoader beneath it is not seen
+        self.frameworks = Frameworks(self)  # Lightning's and Accelerate's adapters
 
     # -- installing and removing ----------------------------------------------------------
     def install(self, fresh: bool = False) -> None:
@@ -261,6 +265,7 @@ class AutoPhases:
         self._previous = probe._active
         self._proxy = _StandAside(self, self.live)
         probe._active = self._proxy
+        self.frameworks.install()
 
     def _wrap(self, owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
         original = getattr(owner, name)
@@ -280,6 +285,7 @@ class AutoPhases:
         from harness import probe
 
         self.installed = False
+        self.frameworks.uninstall()
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -296,6 +302,7 @@ class AutoPhases:
     def finish(self) -> None:
         """End of the workload: end the open pass, evaluation, loop and epoch, then uninstall."""
         try:
+            self.frameworks.end()  # a Trainer still running (it raised): its section, its epoch
             self._end_pass()
             self._close_block()
             self._close_loop()
@@ -547,13 +554,22 @@ class AutoPhases:
     # -- DataLoader passes ----------------------------------------------------------------
     def _loader_next(self, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def __next__(it: Any) -> Any:
-            if self.child:
+            if self.child or self.inner:
                 return original(it)
-            return self._fetch(it, original)
+            if self.frameworks.driver is not None:  # a framework's loop says what the pass is
+                if not self.quiet:
+                    self._mark("data")
+                return original(it)
+            return self.fetch(it, original)
 
         return __next__
 
-    def _fetch(self, it: Any, original: Callable[[Any], Any]) -> Any:
+    def fetch(self, it: Any, original: Callable[[Any], Any]) -> Any:
+        """The next batch of iterator ``it`` (fetched with ``original(it)``), read as a pass.
+
+        ``it`` is a DataLoader iterator, or anything with its ``_index_sampler`` (a key that
+        lives as long as the loader), ``_num_yielded`` and ``len()`` (:mod:`harness.probe.frameworks`).
+        """
         p = self._pass
         if p is None and it._num_yielded and self._ended is not None and self._ended() is it:
             return original(it)  # asked again after it ran out: no new pass
@@ -719,6 +735,47 @@ class AutoPhases:
         cm, self._epoch_cm = self._epoch_cm, None
         if cm is not None:
             cm.__exit__(None, None, None)
+
+    # -- a framework's loop (harness.probe.frameworks) ----------------------------------------
+    def end_generic(self) -> None:
+        """A framework takes over the loop: end the pass, evaluation and epoch the hooks opened."""
+        self._end_pass()
+        self._close_block()
+        self._end_epoch()
+
+    def begin_epoch(self, number: int) -> None:
+        """The framework's epoch ``number`` begins (the previous one ends)."""
+        self._end_epoch()
+        self._epoch = number - 1
+        self._new_epoch()
+
+    def end_epoch(self) -> None:
+        self._end_epoch()
+
+    def begin_steps(self, start: int, total: int) -> None:
+        """The framework's training steps (re)start at ``start`` of ``total`` (-1: unknown); each
+        optimizer step ends one, as in any loop."""
+        self._close_loop()
+        self._loop = self.live.train_steps(start, total)
+        self._loop.begin()
+
+    def end_steps(self) -> None:
+        self._close_loop()
+
+    @property
+    def running_steps(self) -> bool:
+        return self._loop is not None
+
+    @property
+    def watched_model(self) -> bool:
+        return self._watched_model
+
+    def watch_model(self, model: Any) -> None:
+        """Watch ``model`` as the trained one (a framework knows it before its first forward)."""
+        self._watched_model = True
+        with contextlib.suppress(TypeError):
+            self._model = weakref.ref(model)
+        self.live.watch(model=model)
 
 
 class _AfterTorchImport(importlib.abc.MetaPathFinder):

@@ -12,6 +12,7 @@ PHASES: tuple[str, ...] = (
     "loss",
     "backward",
     "optimizer",
+    "sanity_check",  # a framework's validation batches before training (Lightning's sanity check)
     "validate",
     "test",
     "teardown",
