@@ -1,0 +1,52 @@
+"""Datasets for the worker-tracking tests (harness.probe.workers): each planted variant keeps a
+known number of bytes in its DataLoader worker per sample, its clean twin keeps nothing.
+
+Importable by name, so spawned and forkserver workers unpickle them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+SAMPLE_BYTES = 64 * 1024  # each augmented sample: 16,384 float32
+
+
+class Augmenting(Dataset[torch.Tensor]):
+    """``n`` samples, each augmented on the fly; ``keep``: every augmented sample is kept."""
+
+    def __init__(self, n: int, keep: bool) -> None:
+        self.n = n
+        self.keep = keep
+        self.kept: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = torch.full((SAMPLE_BYTES // 4,), float(i)) * 0.5  # the augmentation
+        if self.keep:
+            self.kept.append(x.clone())  # planted: every augmented sample stays
+        return x[:4]
+
+
+class Worker0Cache(Dataset[torch.Tensor]):
+    """A cache of decoded samples that grows only in worker 0 (``grow``); others cache nothing."""
+
+    def __init__(self, n: int, grow: bool) -> None:
+        self.n = n
+        self.grow = grow
+        self.cache: dict[tuple[int, int], Any] = {}
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        info = get_worker_info()
+        decoded = bytearray(SAMPLE_BYTES)
+        if self.grow and info is not None and info.id == 0:
+            self.cache[(len(self.cache), i)] = decoded  # planted: keyed anew every time
+        return torch.tensor([i])
