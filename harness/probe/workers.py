@@ -92,11 +92,15 @@ def _patch() -> None:
     worker._worker_loop = worker_loop
 
 
+_WORKER_MODULE = "torch.utils.data._utils.worker"
+
+
 class _AfterTorchImport(importlib.abc.MetaPathFinder):
-    """Patches torch once ``import torch`` has run."""
+    """Patches torch once its worker module is imported (with ``import torch``). Keyed on that
+    module, not on ``torch``, which the automatic phases' finder (harness.probe.auto) wraps."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
-        if name != "torch":
+        if name != _WORKER_MODULE:
             return None
         self.remove()  # once; and the finders below find torch itself
         spec = importlib.util.find_spec(name)
@@ -185,8 +189,9 @@ class WorkerWindows:
         self._cell: Any = None
         self._cell_map: Any = None
         self._events: Any = None
-        self._epoch = -1  # the epoch whose batches come now (-1: not yet read)
-        self._window: tuple[int, int] | None = None  # [start, stop) batch indices of this epoch
+        self._epoch = 0  # the epoch whose batches come now: the cell's, or one past the last
+        self._resumed = False  # a persistent worker told of its next epoch, no batch of it yet
+        self._stop = 0  # the open window's end: the first batch index past it
         self._open: tuple[str, AbstractContextManager[Any], int, int] | None = None  # name, tracker, first idx, batches
         self._done: set[tuple[int, str]] = set()  # (epoch, window) captured already
         self._previous_handler: Any = None
@@ -209,37 +214,32 @@ class WorkerWindows:
             return
         if not isinstance(message, tuple) or len(message) != 2 or not isinstance(message[0], int):
             self.close()  # _ResumeIteration: a persistent worker's next epoch
-            self._epoch = -1
+            self._resumed = True
             return
         idx = message[0]
-        if self._epoch < 0:
-            self._start_epoch()
+        epoch, total, phase = self._read_cell()
+        if self._resumed:  # the main process may not have marked the new epoch yet
+            epoch = max(epoch, self._epoch + 1)
+            self._resumed = False
+        self._epoch = epoch = max(epoch, self._epoch)
         if self._open is not None:
             name, tracker, first, batches = self._open
-            if self._window is None or idx >= self._window[1] or idx < first:
-                self.close(stop=idx)
-            else:
+            if first <= idx < self._stop:
                 self._open = (name, tracker, first, batches + 1)
                 return
-        window = self._window
-        if window is not None and window[0] <= idx < window[1]:
-            self._start(idx)
-
-    def _start_epoch(self) -> None:
-        epoch, total, _phase = self._read_cell()
-        self._epoch = epoch
+            self.close(stop=idx)
         m = self.cfg.memray
-        if self._epochs.reason(epoch) is None:
-            self._window = None
+        window = fit_window(m.train_start, m.train_steps, total if total > 0 else None)
+        if window is None or not window[0] <= idx < window[1]:
             return
-        self._window = fit_window(m.train_start, m.train_steps, total if total > 0 else None)
-
-    def _start(self, idx: int) -> None:
-        _epoch, _total, phase = self._read_cell()
+        reason = self._epochs.reason(epoch)
         kind = phase if phase in SECTIONS else TRAIN_WINDOW
-        if (self._epoch, kind) in self._done:
+        if reason is None or (epoch, kind) in self._done:
             return
-        self._done.add((self._epoch, kind))
+        self._done.add((epoch, kind))
+        self._start(idx, window[1], kind, reason)
+
+    def _start(self, idx: int, stop: int, kind: str, reason: str) -> None:
         name = capture_name(self.cfg.stage, self._epoch, kind, worker=self.worker)
         (self.dir / MEMRAY_DIR).mkdir(exist_ok=True)
         path = self.dir / MEMRAY_DIR / f"{name}.bin.{self.pid}"
@@ -251,11 +251,12 @@ class WorkerWindows:
                 path.unlink()
             return
         self._open = (name, tracker, idx, 1)
+        self._stop = stop
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._write(MemrayStart(
             t=time.time(), capture=name, file=f"{MEMRAY_DIR}/{path.name}", epoch=self._epoch,
-            step=idx, section=kind if kind in SECTIONS else None,
-            reason=self._epochs.reason(self._epoch), worker=self.worker, pid=self.pid))
+            step=idx, section=kind if kind in SECTIONS else None, reason=reason,
+            worker=self.worker, pid=self.pid))
 
     def close(self, stop: int | None = None) -> None:
         """End the open window, if any; ``stop``: the first batch index past it."""

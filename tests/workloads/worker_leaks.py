@@ -50,3 +50,38 @@ class Worker0Cache(Dataset[torch.Tensor]):
         if self.grow and info is not None and info.id == 0:
             self.cache[(len(self.cache), i)] = decoded  # planted: keyed anew every time
         return torch.tensor([i])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A script run unchanged (no probe calls): a linear model trained over a DataLoader whose
+    persistent workers run one of the datasets above, planted (``--keep``) or clean."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", choices=("augmenting", "worker0"), default="augmenting")
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--start-method", default="fork")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--persistent", type=int, default=1)
+    args = parser.parse_args(argv)
+    from torch.utils.data import DataLoader
+
+    data: Dataset[torch.Tensor] = (Augmenting(args.samples, args.keep) if args.dataset == "augmenting"
+                                   else Worker0Cache(args.samples, args.keep))
+    loader = DataLoader(data, batch_size=4, num_workers=args.workers,
+                        persistent_workers=bool(args.persistent),
+                        multiprocessing_context=args.start_method)
+    model = torch.nn.Linear(4 if args.dataset == "augmenting" else 1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(args.epochs):
+        for batch in loader:
+            loss = model(batch.float().view(batch.shape[0], -1)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+if __name__ == "__main__":
+    main()
