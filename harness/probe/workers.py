@@ -164,7 +164,16 @@ class _Indices:
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         message = self._queue.get(*args, **kwargs)
-        self._windows.on_message(message)
+        windows = self._windows
+        if windows.enabled:
+            try:
+                windows.on_message(message)
+            except Exception as exc:  # the probe never fails the workload: untracked from here
+                windows.enabled = False
+                print(f"harness: DataLoader worker {windows.worker}: memray window stopped: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                with contextlib.suppress(Exception):
+                    windows.close()
         return message
 
     def __getattr__(self, name: str) -> Any:
@@ -244,9 +253,12 @@ class WorkerWindows:
         (self.dir / MEMRAY_DIR).mkdir(exist_ok=True)
         path = self.dir / MEMRAY_DIR / f"{name}.bin.{self.pid}"
         tracker = self._tracker_of(path, self.cfg.memray.model_copy(update={"follow_fork": False}))
+        self._writer()  # opened outside the window: the worker's own bookkeeping is not its leak
         try:
             tracker.__enter__()
-        except RuntimeError:  # tracked already: forked while a main capture was open
+        except (RuntimeError, AssertionError):
+            # forked while a main capture was open: tracked already (follow_fork), or, not
+            # followed, memray's state says a tracker runs (it asserts): no window of its own
             with contextlib.suppress(OSError):
                 path.unlink()
             return
@@ -276,9 +288,12 @@ class WorkerWindows:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def _write(self, event: MemrayStart | MemrayStop) -> None:
+    def _writer(self) -> Any:
         from harness.probe.steps import EventWriter
 
         if self._events is None:
             self._events = EventWriter(self.dir / EVENTS_FILE)
-        self._events.write(event)
+        return self._events
+
+    def _write(self, event: MemrayStart | MemrayStop) -> None:
+        self._writer().write(event)
