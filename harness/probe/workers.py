@@ -237,16 +237,26 @@ class WorkerWindows:
                 self._open = (name, tracker, first, batches + 1)
                 return
             self.close(stop=idx)
-        m = self.cfg.memray
-        window = fit_window(m.train_start, m.train_steps, total if total > 0 else None)
-        if window is None or not window[0] <= idx < window[1]:
-            return
-        reason = self._epochs.reason(epoch)
         kind = phase if phase in SECTIONS else TRAIN_WINDOW
-        if reason is None or (epoch, kind) in self._done:
+        window, reason = self._plan(kind, epoch, total)
+        if window is None or reason is None or not window[0] <= idx < window[1]:
+            return
+        if (epoch, kind) in self._done:
             return
         self._done.add((epoch, kind))
         self._start(idx, window[1], kind, reason)
+
+    def _plan(self, kind: str, epoch: int, total: int) -> tuple[tuple[int, int] | None, str | None]:
+        """The main process's window for a loop of ``kind`` in ``epoch`` (``total`` batches, -1
+        unknown), and why it has one: a training loop's steps ``train_start``.., a validation or
+        test pass's first ``eval_batches``, where the main process tracks those passes."""
+        m = self.cfg.memray
+        if kind == TRAIN_WINDOW:
+            reason = self._epochs.reason(epoch)
+            return fit_window(m.train_start, m.train_steps, total if total > 0 else None), reason
+        wanted = (m.validation and (m.validation_epochs is None or epoch in m.validation_epochs)
+                  if kind == "validate" else m.test)
+        return ((0, m.eval_batches or 2**62), kind) if wanted else (None, None)
 
     def _start(self, idx: int, stop: int, kind: str, reason: str) -> None:
         name = capture_name(self.cfg.stage, self._epoch, kind, worker=self.worker)
@@ -267,7 +277,8 @@ class WorkerWindows:
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._write(MemrayStart(
             t=time.time(), capture=name, file=f"{MEMRAY_DIR}/{path.name}", epoch=self._epoch,
-            step=idx, section=kind if kind in SECTIONS else None, reason=reason,
+            step=idx, section=kind if kind in SECTIONS else None,
+            reason=reason if kind == TRAIN_WINDOW else None,
             worker=self.worker, pid=self.pid))
 
     def close(self, stop: int | None = None) -> None:
