@@ -37,6 +37,7 @@ from harness.probe.live import LiveProbe
 from harness.records.events import EpochEnd, EpochStart, MemrayStart, MemrayStop, StageEnd, StageStart
 from harness.records.probe_config import ProbeConfig
 from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
+from harness.records.vocab import PHASES
 
 SOURCE = Path(worker_leaks.__file__).name
 KEPT = 8 * SAMPLE_BYTES  # a planted dataset's bytes kept in one worker's window
@@ -340,3 +341,59 @@ def test_unchanged_script_clean_workers_no_worker_finding(script_runs: dict[str,
     names = sorted(p.name.split(".bin")[0] for p in (script_runs["clean"] / "stages" / "main" / "memray").iterdir())
     assert [n for n in names if "-w" in n] == [f"main-e{e}-train-w{w}" for e in (1, 2, 3) for w in (0, 1)]
 
+
+
+class _Trackers:
+    """Fake memray trackers: the files opened and closed, in order."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def __call__(self, path: Path, cfg: MemrayConfig) -> Any:
+        log = self.log
+
+        class Tracker:
+            def __enter__(self) -> None:
+                log.append(f"open {path.name}")
+
+            def __exit__(self, *exc: object) -> None:
+                log.append(f"close {path.name}")
+
+        return Tracker()
+
+
+def test_worker_windows_follow_the_main_process_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a worker's windows over messages as its index queue gives them, the main process's
+    # epoch, loop length and phase in the cell; training window 4-11 (train_start 4, 8 steps),
+    # validation passes tracked in epoch 1 only, their first 3 batches (eval_batches)
+    stage = _stage(tmp_path, monkeypatch, eval_batches=3, validation_epochs=(1,))
+    _mm, cell = cellmod.open_cell(stage / CELL_FILE)
+    trackers = _Trackers()
+    w = workers.WorkerWindows(stage, worker_id=1, tracker=trackers)
+    pid = os.getpid()
+
+    def loop(epoch: int, phase: str, indices: range, total: int = 16) -> None:
+        cell.epoch, cell.total, cell.phase = epoch, total, PHASES.index(phase)
+        for idx in indices:
+            w.on_message((idx, [2 * idx, 2 * idx + 1]))
+
+    loop(1, "data", range(1, 16, 2))  # worker 1 of 2: odd batches
+    loop(1, "validate", range(0, 8, 2))  # a persistent validation loader's worker, same id
+    w.on_message(object())  # _ResumeIteration: the training loader's next epoch ...
+    loop(1, "data", range(1, 16, 2))  # ... before the main process marked epoch 2
+    loop(2, "validate", range(0, 8, 2))  # not tracked in epoch 2
+    loop(3, "data", range(1, 5, 2), total=4)  # a 4-batch epoch: the window fits it, 0-3
+    w.on_message(None)  # told to exit inside it
+    assert trackers.log == [
+        f"open train-e1-train-w1.bin.{pid}", f"close train-e1-train-w1.bin.{pid}",
+        f"open train-e1-validate-w1.bin.{pid}", f"close train-e1-validate-w1.bin.{pid}",
+        f"open train-e2-train-w1.bin.{pid}", f"close train-e2-train-w1.bin.{pid}",
+        f"open train-e3-train-w1.bin.{pid}", f"close train-e3-train-w1.bin.{pid}",
+    ]
+    events = read_events(stage / EVENTS_FILE, [])
+    stops = [(e.capture, e.step, e.batches) for e in events if isinstance(e, MemrayStop)]
+    assert stops == [("train-e1-train-w1", 13, 4), ("train-e1-validate-w1", 4, 2),
+                     ("train-e2-train-w1", 13, 4), ("train-e3-train-w1", 4, 2)]
+    starts = [(e.capture, e.step, e.section, e.reason) for e in events if isinstance(e, MemrayStart)]
+    assert starts == [("train-e1-train-w1", 5, None, "every"), ("train-e1-validate-w1", 0, "validate", None),
+                      ("train-e2-train-w1", 5, None, "every"), ("train-e3-train-w1", 1, None, "every")]

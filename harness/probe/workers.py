@@ -201,6 +201,7 @@ class WorkerWindows:
         self._epoch = 0  # the epoch whose batches come now: the cell's, or one past the last
         self._resumed = False  # a persistent worker told of its next epoch, no batch of it yet
         self._stop = 0  # the open window's end: the first batch index past it
+        self._last = 0  # the last batch index fetched in the open window
         self._open: tuple[str, AbstractContextManager[Any], int, int] | None = None  # name, tracker, first idx, batches
         self._done: set[tuple[int, str]] = set()  # (epoch, window) captured already
         self._previous_handler: Any = None
@@ -235,6 +236,7 @@ class WorkerWindows:
             name, tracker, first, batches = self._open
             if first <= idx < self._stop:
                 self._open = (name, tracker, first, batches + 1)
+                self._last = idx
                 return
             self.close(stop=idx)
         kind = phase if phase in SECTIONS else TRAIN_WINDOW
@@ -274,6 +276,7 @@ class WorkerWindows:
             return
         self._open = (name, tracker, idx, 1)
         self._stop = stop
+        self._last = idx
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._write(MemrayStart(
             t=time.time(), capture=name, file=f"{MEMRAY_DIR}/{path.name}", epoch=self._epoch,
@@ -290,7 +293,7 @@ class WorkerWindows:
         with contextlib.suppress(ValueError):  # not the main thread: nothing was set
             signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
         self._write(MemrayStop(t=time.time(), capture=name, epoch=self._epoch,
-                               step=stop if stop is not None else first + batches,
+                               step=stop if stop is not None else self._last + 1,
                                batches=batches, worker=self.worker, pid=self.pid))
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
