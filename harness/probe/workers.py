@@ -288,7 +288,7 @@ class WorkerWindows:
         """End the open window, if any; ``stop``: the first batch index past it."""
         if self._open is None:
             return
-        (name, tracker, first, batches), self._open = self._open, None
+        (name, tracker, _first, batches), self._open = self._open, None
         tracker.__exit__(None, None, None)
         with contextlib.suppress(ValueError):  # not the main thread: nothing was set
             signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
