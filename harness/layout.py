@@ -35,7 +35,7 @@ SAMPLES_FILE = "samples.csv"  # the same rows in one CSV: run directories from b
 EVENTS_FILE = "events.jsonl"  # the probe's events, one JSON object a line
 PROBE_CONFIG_FILE = "probe.json"  # the probe's settings, written by the runner
 CELL_FILE = "probe.cell"  # the shared-memory cell: phase, epoch, step (harness.probe.cell)
-MEMRAY_DIR = "memray"  # memray captures: <capture>.bin, forked workers <capture>.bin.<pid>
+MEMRAY_DIR = "memray"  # memray captures: <capture>.bin, workers' <capture>.bin.<pid> (below)
 SNAPSHOTS_DIR = "snapshots"  # epoch snapshots: <label>.json
 COMPOSITION_FILE = "composition.jsonl"  # what each process's RSS is made of (harness.records.composition)
 CUDA_HISTORY_DIR = "cuda"  # CUDA allocator history windows: <stage>-e<N>-steps<a>-<b>.pickle
@@ -91,10 +91,14 @@ class Event(StrEnum):
 
 # Capture names: <stage> (a whole-stage capture), <stage>-e<N>-train (a training window; N is 0
 # for a loop outside any epoch), <stage>-e<N>-<section> or, outside epochs, <stage>-<section> (a
-# validation or test pass).
+# validation or test pass). A DataLoader worker's file is <capture>.bin.<pid>: a worker memray
+# followed from a main capture (follow_fork) writes under that capture's name; a worker that
+# tracks a window of its own batches (harness.probe.workers) under its own,
+# <stage>-e<N>-<window>-w<id>, id the DataLoader's worker id.
 TRAIN_WINDOW = "train"
 SECTIONS = ("sanity_check", "validate", "test")
 _EPOCH_PART = re.compile(r"^e(\d+)$")
+_WORKER_PART = re.compile(r"^w(\d+)$")
 _CAPTURE_FILE = re.compile(r"^(?P<name>.+)\.bin(?:\.(?P<pid>\d+))?$")
 
 
@@ -105,19 +109,23 @@ class CaptureName:
 
     epoch: int | None
     window: str | None
+    worker: int | None = None  # the DataLoader worker id of a worker's own window
 
     @property
     def section(self) -> str | None:
         return self.window if self.window in SECTIONS else None
 
 
-def capture_name(stage: str, epoch: int | None = None, window: str | None = None) -> str:
+def capture_name(stage: str, epoch: int | None = None, window: str | None = None,
+                 worker: int | None = None) -> str:
     """The name of a capture of ``stage``; see :class:`CaptureName`."""
     parts = [stage]
     if epoch or window == TRAIN_WINDOW:
         parts.append(f"e{epoch or 0}")
     if window:
         parts.append(window)
+    if worker is not None:
+        parts.append(f"w{worker}")
     return "-".join(parts)
 
 
@@ -126,13 +134,17 @@ def parse_capture_name(stage: str, name: str) -> CaptureName:
     rest = name.removeprefix(stage).lstrip("-").split("-") if name.startswith(stage) else name.split("-")
     epoch = None
     window = None
+    worker = None
     for part in [p for p in rest if p]:
         m = _EPOCH_PART.match(part)
+        w = _WORKER_PART.match(part)
         if m and epoch is None and window is None:
             epoch = int(m.group(1))
+        elif w and window is not None and worker is None:
+            worker = int(w.group(1))
         else:
             window = part
-    return CaptureName(epoch, window)
+    return CaptureName(epoch, window, worker)
 
 
 def parse_capture_file(filename: str) -> tuple[str, int | None] | None:

@@ -151,9 +151,13 @@ def _cow_rows(worker_rss: list[int], worker_uss: list[int], parent_rss: list[int
     return rows
 
 
+# the ticks above fall while the stage runs (t 2000-2003)
+COW_EVENTS = [StageStart(t=1999.0, stage="train", pid=100), StageEnd(t=2010.0, stage="train")]
+
+
 def test_copy_on_read_when_worker_uss_grows_and_its_rss_does_not(tmp_path: Path) -> None:
     rows = _cow_rows([400, 400, 401, 401], [10, 30, 50, 60], [600, 601, 600, 602])
-    run = load_run(write_run(tmp_path, rows=rows))
+    run = load_run(write_run(tmp_path, rows=rows, events=COW_EVENTS))
     f = findings.copy_on_read(run, [])
     assert f is not None
     (w,) = f.numbers["workers"]
@@ -163,12 +167,27 @@ def test_copy_on_read_when_worker_uss_grows_and_its_rss_does_not(tmp_path: Path)
 
 def test_no_copy_on_read_for_a_worker_allocating_its_own_memory(tmp_path: Path) -> None:
     rows = _cow_rows([400, 420, 440, 460], [10, 30, 50, 70], [600, 600, 600, 600])
-    assert findings.copy_on_read(load_run(write_run(tmp_path, rows=rows)), []) is None
+    assert findings.copy_on_read(load_run(write_run(tmp_path, rows=rows, events=COW_EVENTS)), []) is None
 
 
 def test_no_copy_on_read_when_the_parent_grows_too(tmp_path: Path) -> None:
     rows = _cow_rows([400, 400, 400, 400], [10, 30, 50, 60], [600, 640, 680, 700])
-    assert findings.copy_on_read(load_run(write_run(tmp_path, rows=rows)), []) is None
+    assert findings.copy_on_read(load_run(write_run(tmp_path, rows=rows, events=COW_EVENTS)), []) is None
+
+
+def test_no_copy_on_read_from_ticks_after_stage_end_or_in_teardown(tmp_path: Path) -> None:
+    # GIVEN the worker of the first test, its copying seen only as the main process exits: the
+    # stage ended at t 2001.5 (ticks 2002, 2003 after it), or the workload had returned (teardown)
+    rows = _cow_rows([400, 400, 401, 401], [10, 10, 50, 60], [600, 601, 600, 602])
+    ended = [StageStart(t=1999.0, stage="train", pid=100), StageEnd(t=2001.5, stage="train")]
+    assert findings.copy_on_read(load_run(write_run(tmp_path / "a", rows=rows, events=ended)), []) is None
+    for row in rows[4:]:
+        row[-1] = "teardown"
+    assert findings.copy_on_read(load_run(write_run(tmp_path / "b", rows=rows, events=COW_EVENTS)), []) is None
+    # THEN the same ticks while the workload runs are copy-on-read
+    for row in rows[4:]:
+        row[-1] = "data"
+    assert findings.copy_on_read(load_run(write_run(tmp_path / "c", rows=rows, events=COW_EVENTS)), []) is not None
 
 
 def test_rss_heap_gap_explained_at_the_main_process_largest_rss(tmp_path: Path) -> None:

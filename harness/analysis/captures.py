@@ -52,6 +52,8 @@ class Window:
     stop_step: int | None
     t_start: float | None
     t_stop: float | None
+    worker: int | None = None  # a worker's own window (harness.probe.workers): its DataLoader worker id
+    batches: int | None = None  # ... and the batches it fetched in the window
 
     @property
     def steps(self) -> int | None:
@@ -99,6 +101,8 @@ def windows(stage: Stage) -> dict[str, Window]:
             stop_step=sp.step if sp is not None else None,
             t_start=st.t,
             t_stop=sp.t if sp is not None else None,
+            worker=st.worker,
+            batches=sp.batches if sp is not None else None,
         )
     return out
 
@@ -106,7 +110,7 @@ def windows(stage: Stage) -> dict[str, Window]:
 def _guess_window(capture: Capture) -> Window:
     """For a capture without events (a crash before memray_start was flushed): from its name."""
     name = parse_capture_name(capture.stage, capture.name)
-    return Window(name.epoch, name.section, None, None, None, None)
+    return Window(name.epoch, name.section, None, None, None, None, worker=name.worker)
 
 
 def aggregate_sites(

@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness.analysis import device
 from harness.analysis import trend as _trend  # noqa: F401 - registers the trend detector
+from harness.analysis import workers as _workers  # noqa: F401 - registers the worker_leak detector
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding, detectors, finding, mib
 from harness.analysis.load import Run
@@ -190,7 +191,9 @@ def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
     Workers of any start method are looked at but those of a spawn-only stage: exec'd, they share
     no pages with the parent to copy.
     """
-    s = run.samples
+    # only while the workload ran: a tick as the main process exits (its workers' pages freed
+    # unevenly, the parent gone) is no reading of a worker copying pages
+    s = running_ticks(run, run.samples)
     if s.empty:
         return None
     methods = _start_methods(run)

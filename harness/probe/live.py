@@ -20,6 +20,7 @@ import psutil
 from pydantic import ValidationError
 
 from harness.layout import CELL_FILE, EVENTS_FILE, SNAPSHOTS_DIR, Event
+from harness.probe import workers
 from harness.probe.steps import (
     NEVER,
     CellWriter,
@@ -96,6 +97,8 @@ class LiveProbe:
             self._oom.attach()
         self.events.write(StageStart(t=time.time(), stage=self.stage, pid=os.getpid()))
         self._memray.start_stage()
+        if workers.wanted(cfg):  # each DataLoader worker tracks a window of its own batches
+            workers.install()
 
     # -- the hot path ---------------------------------------------------------------------
     def phase(self, name: str) -> None:
@@ -323,6 +326,7 @@ class LiveProbe:
         self._flush_phases("rest")
         self.snapshot("end")
         self._memray.close(epoch=self._epoch, step=self._cell.step)
+        workers.uninstall()
         if not failed:
             self._cell.phase = PHASE_CODE["idle"]
         self.events.write(StageEnd(t=time.time(), stage=self.stage))

@@ -189,6 +189,8 @@ class MemrayStart(BaseEvent):
     section: str | None = None  # None outside one
     reason: str | None = _where_it_applies()  # a training window: first, spaced, regrow, listed, every
     growth: int | None = _where_it_applies()  # a regrow window: the RSS growth (bytes) that asked for it
+    worker: int | None = _where_it_applies()  # a worker's own window: its DataLoader worker id
+    pid: int | None = _where_it_applies()  # a worker's own window: the worker's pid
 
 
 class MemrayStop(BaseEvent):
@@ -196,6 +198,9 @@ class MemrayStop(BaseEvent):
     capture: str
     epoch: int
     step: int  # a validation or test capture: the batches it covered
+    batches: int | None = _where_it_applies()  # a worker's own window: the batches it fetched in it
+    worker: int | None = _where_it_applies()
+    pid: int | None = _where_it_applies()
 
 
 class TracedStep(BaseEvent):

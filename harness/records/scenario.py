@@ -121,6 +121,10 @@ class MemrayConfig(_Section):
     native_traces: Annotated[bool, _CAPTURING] = False
     # DataLoader workers forked while a capture is open are tracked until it closes
     follow_fork: Annotated[bool, _CAPTURING] = True
+    # each DataLoader worker (fork, spawn or forkserver) tracks the batches of the training window
+    # it fetches, train_start.. of the window's epochs, with a tracker of its own
+    # (harness.probe.workers): persistent and spawned workers too, which follow_fork never reaches
+    workers: Annotated[bool, _WINDOWS] = True
     # first tracked training step of each epoch (0: from the loader's start, so its forked
     # workers are tracked too, for the window's steps)
     train_start: Annotated[int, Field(ge=0), _WINDOWS] = 100

@@ -1,0 +1,177 @@
+"""DataLoader workers that grow from epoch to epoch, each named by the line that keeps the memory.
+
+Each worker's USS at the end of each epoch comes from the samples (the sampler reads a worker's
+USS at ``sampling.full_hz``, the epoch is the probe cell's); only the ticks while the workload
+ran count (before ``stage_end``, not in ``teardown``). A worker grows in an epoch when its USS
+at the epoch's last tick is above that at the previous epoch's last tick (the same process: a
+persistent worker) or, for a worker started in the epoch, above its first tick in it. The lines
+come from the workers' own memray windows (:mod:`harness.probe.workers`): the allocations made in
+a window that are still alive when it closes, grouped by the worker's source line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.captures import CaptureData
+from harness.analysis.finding import Finding, finding, mib
+from harness.analysis.load import Run
+from harness.analysis.peaks import running_ticks
+from harness.records.events import MemrayStart
+from harness.sizes import MiB
+
+# worker_leak: a worker's USS grows by at least this in every epoch after its first ...
+WORKER_LEAK_MIN_EPOCH_GROWTH = 8 * MiB
+WORKER_LEAK_MIN_EPOCHS = 2  # ... in at least this many epochs (the first, warm-up, not counted),
+WORKER_LEAK_MIN_ANON_SHARE = 0.5  # at least this share of it in anonymous RSS (not copy-on-read)
+WORKER_LEAK_MAX_LINES = 3  # lines named per worker
+
+
+@dataclass(frozen=True)
+class WorkerGrowth:
+    """One worker process's growth in each epoch it was sampled through (epoch -> bytes)."""
+
+    stage: str
+    pid: int
+    role: str  # the sampler's: worker N (N its slot), rank R worker N
+    worker: int | None  # the DataLoader's worker id, where a window of its own says it
+    uss: dict[int, float]  # USS at the epoch's last tick
+    uss_growth: dict[int, float]
+    anon_growth: dict[int, float]
+
+    def leaking(self) -> bool:
+        """USS up by WORKER_LEAK_MIN_EPOCH_GROWTH, mostly anonymous, in every epoch after the
+        first it was sampled through, and in at least WORKER_LEAK_MIN_EPOCHS of them."""
+        later = self.later_epochs
+        if len(later) < WORKER_LEAK_MIN_EPOCHS:
+            return False
+        return all(self.uss_growth[e] >= WORKER_LEAK_MIN_EPOCH_GROWTH
+                   and self.anon_growth[e] >= WORKER_LEAK_MIN_ANON_SHARE * self.uss_growth[e]
+                   for e in later)
+
+    @property
+    def later_epochs(self) -> list[int]:
+        """The epochs after the worker's first (its warm-up) and after epoch 1."""
+        return [e for e in sorted(self.uss_growth)[1:] if e >= 2]
+
+    @property
+    def per_epoch(self) -> float:
+        """The median growth over :attr:`later_epochs`."""
+        later = [self.uss_growth[e] for e in self.later_epochs]
+        return float(pd.Series(later).median()) if later else 0.0
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.worker}" if self.worker is not None else self.role
+
+
+def _worker_ids(run: Run) -> dict[tuple[str, int], int]:
+    """(stage, pid) -> DataLoader worker id, from the workers' own windows."""
+    out: dict[tuple[str, int], int] = {}
+    for st in run.stages:
+        for ev in st.events_of(MemrayStart):
+            if ev.worker is not None and ev.pid is not None:
+                out[(st.name, ev.pid)] = ev.worker
+    return out
+
+
+def worker_growth(run: Run) -> list[WorkerGrowth]:
+    """Each DataLoader worker's USS growth, epoch by epoch, while the workload ran."""
+    s = run.samples
+    if s.empty or "uss" not in s.columns:
+        return []
+    s = running_ticks(run, s)
+    s = s[s["role"].astype(str).str.contains("worker") & s["uss"].notna() & (s["epoch"] >= 1)]
+    if s.empty:
+        return []
+    s = s.sort_values("t", kind="stable").assign(anon=s["rss"] - s["shared"].fillna(0))
+    ids = _worker_ids(run)
+    out = []
+    for (stage, pid), rows in s.groupby(["stage", "pid"], sort=False):
+        first = rows.groupby("epoch").first()
+        last = rows.groupby("epoch").last()
+        uss: dict[int, float] = {}
+        d_uss: dict[int, float] = {}
+        d_anon: dict[int, float] = {}
+        previous: int | None = None
+        for epoch in sorted(int(e) for e in last.index):
+            end = last.loc[epoch]
+            base = last.loc[previous] if previous == epoch - 1 else first.loc[epoch]
+            uss[epoch] = float(end["uss"])
+            d_uss[epoch] = float(end["uss"] - base["uss"])
+            d_anon[epoch] = float(end["anon"] - base["anon"])
+            previous = epoch
+        out.append(WorkerGrowth(str(stage), int(pid), str(rows["role"].iloc[-1]),
+                                ids.get((str(stage), int(pid))), uss, d_uss, d_anon))
+    return out
+
+
+def worker_lines(captures: list[CaptureData], stage: str, pid: int) -> list[dict[str, Any]]:
+    """The lines whose allocations a worker's own windows found alive at their end, most first:
+    bytes and allocations per batch the worker fetched, over its windows of epoch 2 and later
+    (all its windows when it has none of those)."""
+    own = [c for c in captures if c.capture.stage == stage and c.pid == pid and not c.error
+           and c.window.worker is not None and c.leaks_read and c.window.batches]
+    later = [c for c in own if (c.window.epoch or 0) >= 2]
+    rows = []
+    for c in later or own:
+        sites = c.sites[c.sites["leaked_bytes"] > 0]
+        for r in sites.itertuples(index=False):
+            where = r.workload_line or r.site
+            rows.append({"where": where, "source": r.source, "capture": c.capture.name,
+                         "epoch": c.window.epoch, "batches": c.window.batches,
+                         "leaked_bytes": int(r.leaked_bytes),
+                         "leaked_allocations": int(r.leaked_allocations)})
+    if not rows:
+        return []
+    df = pd.DataFrame(rows)
+    per = df.groupby("where", sort=False).agg(
+        source=("source", "first"), leaked_bytes=("leaked_bytes", "sum"),
+        leaked_allocations=("leaked_allocations", "sum"), windows=("capture", "nunique")).reset_index()
+    batches = df.drop_duplicates("capture")["batches"].sum()
+    per = per.assign(bytes_per_batch=per["leaked_bytes"] / batches,
+                     allocations_per_batch=per["leaked_allocations"] / batches,
+                     batches=int(batches))
+    return list(per.sort_values("leaked_bytes", ascending=False).to_dict(orient="records"))
+
+
+@finding("worker_leak", severity="warning", doc="reports.md#worker_leak",
+         title="a DataLoader worker grows from epoch to epoch", order=12)
+def worker_leak(run: Run, captures: list[CaptureData]) -> Finding | None:
+    """DataLoader workers whose USS grows in every epoch after the first, with the lines that keep it."""
+    hits = [g for g in worker_growth(run) if g.leaking()]
+    if not hits:
+        return None
+    said = []
+    workers = []
+    for g in hits:
+        lines = worker_lines(captures, g.stage, g.pid)[:WORKER_LEAK_MAX_LINES]
+        epochs = g.later_epochs
+        text = (f"{g.name} (pid {g.pid}, {g.stage}) grows {mib(g.per_epoch)} an epoch "
+                f"(USS {', '.join(mib(g.uss[e]) for e in sorted(g.uss))} at the ends of epochs "
+                f"{', '.join(str(e) for e in sorted(g.uss))})")
+        if lines:
+            text += "; " + "; ".join(
+                f"line {ln['where']}{' `' + ln['source'] + '`' if ln['source'] else ''} keeps "
+                f"{ln['bytes_per_batch']:,.0f} bytes ({ln['allocations_per_batch']:.1f} allocations) "
+                f"a batch it fetches" for ln in lines)
+        else:
+            text += "; no window of its own names a line (memray.workers off, or its epochs untracked)"
+        said.append(text)
+        workers.append({"stage": g.stage, "pid": g.pid, "role": g.role, "worker": g.worker,
+                        "growth_per_epoch": g.per_epoch, "epochs": epochs,
+                        "uss_growth": {str(e): v for e, v in g.uss_growth.items()},
+                        "anon_rss_growth": {str(e): v for e, v in g.anon_growth.items()},
+                        "lines": lines})
+    return Finding(
+        kind="worker_leak",
+        title="DataLoader workers grow from epoch to epoch (a leak in the worker)",
+        text=("Memory a DataLoader worker keeps, in every epoch after the first: "
+              + ". ".join(said) + ". A worker holds its own copy of the Dataset: whatever "
+              "__getitem__ stores on it (a list of samples, a cache) grows in that worker only, "
+              "unseen by the main process."),
+        numbers={"workers": workers},
+    )
