@@ -96,6 +96,15 @@ class Event(StrEnum):
 # tracks a window of its own batches (harness.probe.workers) under its own,
 # <stage>-e<N>-<window>-w<id>, id the DataLoader's worker id.
 TRAIN_WINDOW = "train"
+# The function the probe calls at the end of each step of an open training window
+# (harness.probe.steps.memray_step_mark): its one allocation in the capture marks where the step
+# ended, so the analysis can tell in which step each allocation still held at the end was made.
+STEP_MARK_FUNCTION = "memray_step_mark"
+STEP_MARK_FILE = "harness/probe/steps.py"  # the file it is defined in, as a stack frame ends
+# The mark's size in bytes, as memray records it: above pymalloc's 512-byte limit, so a malloc,
+# which memray records without tracing Python's own allocator; only records of this size are
+# looked at to find the marks.
+STEP_MARK_SIZE = 1021
 SECTIONS = ("sanity_check", "validate", "test")
 _EPOCH_PART = re.compile(r"^e(\d+)$")
 _WORKER_PART = re.compile(r"^w(\d+)$")

@@ -190,6 +190,27 @@ def test_no_copy_on_read_from_ticks_after_stage_end_or_in_teardown(tmp_path: Pat
     assert findings.copy_on_read(load_run(write_run(tmp_path / "c", rows=rows, events=COW_EVENTS)), []) is not None
 
 
+@pytest.mark.parametrize("late", ["after_stage_end", "teardown", "both"])
+def test_no_copy_on_read_from_a_reading_taken_as_the_workload_ends(tmp_path: Path, late: str) -> None:
+    # GIVEN a clean worker (USS flat while the workload ran) read once more as the main process
+    # exits: its USS 60 MiB up, its RSS flat (the shared pages turned private as the parent left)
+    rows = _cow_rows([400, 400, 400, 401], [10, 10, 11, 70], [600, 600, 600, 600])
+    end = 2002.5  # after the third tick
+    if late in ("teardown", "both"):
+        for row in rows[-2:]:
+            row[15] = "teardown"
+    events = [StageStart(t=2000.0, stage="train", pid=100),
+              StageEnd(t=end if late != "teardown" else 2010.0, stage="train")]
+    run = load_run(write_run(tmp_path, rows=rows, events=events))
+    # THEN no copy-on-read: that reading is the shutdown's
+    assert findings.copy_on_read(run, []) is None
+    # (the same readings with the workload still running at the last one are a finding)
+    run = load_run(write_run(tmp_path / "running", rows=_cow_rows([400, 400, 400, 401],
+                                                                  [10, 10, 11, 70], [600] * 4),
+                             events=COW_EVENTS))
+    assert findings.copy_on_read(run, []) is not None
+
+
 def test_rss_heap_gap_explained_at_the_main_process_largest_rss(tmp_path: Path) -> None:
     run = load_run(write_run(tmp_path))
     tk = ticks(run.samples)

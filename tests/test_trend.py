@@ -39,10 +39,29 @@ def test_theil_sen_without_a_pair_in_time() -> None:
     assert trend.theil_sen(np.array([1.0, 1.0]), np.array([0.0, 5.0])) is None
 
 
-def _rows(main_mib: list[float], dt: float = 0.1, start: float = 1000.0) -> list[list[Any]]:
-    """samples.csv rows of a main process only, one every ``dt`` s, in no phase of its own."""
-    return [[f"{start + i * dt:.4f}", 100, 0, "main", int(m * MiB), 0, 40 * MiB, 4096, 0, "", "",
-             "", "train", 0, 0, "setup"] for i, m in enumerate(main_mib)]
+def _rows(main_mib: list[float], dt: float = 0.1, start: float = 1000.0, *, steps_per_tick: int = 0,
+          ticks_per_epoch: int = 0, file_mib: list[float] | None = None,
+          shmem_mib: list[float] | None = None) -> list[list[Any]]:
+    """samples rows of a main process only, one every ``dt`` s. ``steps_per_tick`` 0: in no phase of
+    its own (no steps); else in a training loop (phase ``data``) that does that many steps a tick,
+    its step counter starting again every ``ticks_per_epoch`` ticks (0: never). ``file_mib`` and
+    ``shmem_mib``: RSS's file-backed and shared parts (the rest anonymous); None: not read."""
+    rows = []
+    for i, m in enumerate(main_mib):
+        f = file_mib[i] if file_mib is not None else None
+        sh = shmem_mib[i] if shmem_mib is not None else 0.0
+        parts: list[Any] = ["", "", ""]
+        if f is not None:
+            parts = [int((m - f - sh) * MiB), int(f * MiB), int(sh * MiB)]
+        if steps_per_tick:
+            epoch = i // ticks_per_epoch + 1 if ticks_per_epoch else 0
+            step = (i % ticks_per_epoch if ticks_per_epoch else i) * steps_per_tick
+            cell = [epoch, step, "data"]
+        else:
+            cell = [0, 0, "setup"]
+        rows.append([f"{start + i * dt:.4f}", 100, 0, "main", int(m * MiB), 0, 40 * MiB, 4096, 0,
+                     "", "", "", "train", *cell, "", "", *parts])
+    return rows
 
 
 def _events(n: int, dt: float = 0.1, start: float = 1000.0,
@@ -55,49 +74,92 @@ def _events(n: int, dt: float = 0.1, start: float = 1000.0,
     return events + [{"t": start + n * dt, "kind": "stage_end", "stage": "train"}]
 
 
-def _trend(tmp_path: Path, main_mib: list[float], epoch_s: float | None = None) -> Finding | None:
-    run = load_run(write_run(tmp_path, rows=_rows(main_mib), snapshots=[],
-                             events=_events(len(main_mib), epoch_s=epoch_s)))
+def _trend(tmp_path: Path, main_mib: list[float], epoch_s: float | None = None, dt: float = 0.1,
+           **rows: Any) -> Finding | None:
+    run = load_run(write_run(tmp_path, rows=_rows(main_mib, dt, **rows), snapshots=[],
+                             events=_events(len(main_mib), dt, epoch_s=epoch_s)))
     found = [f for f in findings.all_findings(run, ticks(run.samples), []) if f.kind == "trend"]
     return found[0] if found else None
 
 
-def test_a_staircase_of_20_mib_an_epoch_is_a_trend(tmp_path: Path) -> None:
-    # GIVEN 8 "epochs" of 5 s, the main process 20 MiB higher after each, with sampling noise
+def _main_fit(f: Finding) -> dict[str, Any]:
+    (fit,) = [s for s in f.numbers["series"] if s["series"] == "main_rss"]
+    return fit
+
+
+def test_a_staircase_of_20_mib_an_epoch_is_a_trend_counted_per_epoch(tmp_path: Path) -> None:
+    # GIVEN 8 epochs of 50 ticks, 2 steps a tick (100 steps an epoch), the main process 20 MiB
+    # higher after each epoch (flat between: an evaluation pass that keeps its outputs), with noise
     rng = np.random.default_rng(1)
     main = [500 + 20 * (i // 50) + rng.normal(0, 2) for i in range(400)]
     # WHEN the findings are drawn
-    f = _trend(tmp_path, main)
-    # THEN the trend is found at 20 MiB / 5 s = 240 MiB a minute
+    f = _trend(tmp_path, main, steps_per_tick=2, ticks_per_epoch=50)
+    # THEN the trend is found at 20 MiB an epoch of 100 steps: 0.2 MiB a step
     assert f is not None
-    (main_fit,) = [s for s in f.numbers["series"] if s["series"] == "main_rss"]
-    assert main_fit["per_minute"] / MiB == pytest.approx(240, rel=0.15)
-    assert main_fit["per_epoch"] is None  # no epoch events
-    assert "main process's RSS grew" in f.text
+    fit = _main_fit(f)
+    assert fit["axis"] == "steps"
+    assert fit["steps_per_epoch"] == pytest.approx(100, rel=0.05)
+    assert fit["per_epoch"] / MiB == pytest.approx(20, rel=0.15)
+    assert fit["per_step"] / MiB == pytest.approx(0.2, rel=0.15)
+    assert "MiB an epoch of" in f.text
 
 
-def test_the_trend_per_epoch_where_epochs_are_known(tmp_path: Path) -> None:
-    rng = np.random.default_rng(3)
-    main = [500 + 20 * (i // 50) + rng.normal(0, 2) for i in range(400)]
-    f = _trend(tmp_path, main, epoch_s=5.0)
+@pytest.mark.parametrize("dt", [0.05, 0.1, 0.4])
+def test_the_same_leak_on_a_fast_and_a_slow_machine_is_the_same_per_step(tmp_path: Path,
+                                                                       dt: float) -> None:
+    # GIVEN one leak of 64 KiB a step, 4 steps a tick, sampled on machines 8 times apart in speed
+    # (the same steps take 20 s or 160 s): per minute it would be 8 times apart
+    rng = np.random.default_rng(5)
+    main = [400 + i * 4 * 64 / 1024 + rng.normal(0, 1.5) for i in range(400)]
+    f = _trend(tmp_path, main, dt=dt, steps_per_tick=4)
+    # THEN each finds it, at the same 64 KiB a step (no epochs: the per-step threshold applies)
     assert f is not None
-    (main_fit,) = [s for s in f.numbers["series"] if s["series"] == "main_rss"]
-    assert main_fit["per_epoch"] / MiB == pytest.approx(20, rel=0.15)
-    assert "per epoch" in f.text
+    fit = _main_fit(f)
+    assert fit["per_step"] / 1024 == pytest.approx(64, rel=0.1)
+    assert fit["per_epoch"] is None
+
+
+def test_a_slow_drift_per_step_is_no_trend(tmp_path: Path) -> None:
+    # 30 MiB over 24,000 steps after warm-up: 1.3 KiB a step, under the 8 KiB threshold, however
+    # fast or slow the machine ran them
+    main = [500 + 40 * i / 400 for i in range(400)]
+    assert _trend(tmp_path, main, steps_per_tick=80) is None
+
+
+@pytest.mark.parametrize("stairs", [(150, 300), (130, 340), (200, 260, 330)])
+def test_a_staircase_of_two_or_three_steps_is_a_trend_wherever_they_fall(
+        tmp_path: Path, stairs: tuple[int, ...]) -> None:
+    main = [500.0 + sum(40 for s in stairs if i >= s) for i in range(400)]
+    f = _trend(tmp_path, main, steps_per_tick=1)
+    assert f is not None, stairs
+
+
+def test_a_staircase_of_seven_epochs_is_found_on_a_loaded_machine(tmp_path: Path) -> None:
+    # GIVEN 7 epochs, each a training pass whose steps run slowly (a loaded machine: 3 s a tick)
+    # and an evaluation pass (no steps) that keeps 75 MiB; the step counter starts again each epoch
+    rng = np.random.default_rng(7)
+    main, epochs = [], 7
+    for e in range(epochs):
+        main += [600 + 75 * e + rng.normal(0, 3) for _ in range(40)]
+    f = _trend(tmp_path, main, dt=3.0, steps_per_tick=5, ticks_per_epoch=40)
+    assert f is not None
+    assert _main_fit(f)["per_epoch"] / MiB == pytest.approx(75, rel=0.2)
 
 
 def test_flat_memory_with_noise_is_no_trend(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     main = [500 + rng.normal(0, 4) + (30 if i % 97 == 0 else 0) for i in range(400)]
     assert _trend(tmp_path, main) is None
+    assert _trend(tmp_path / "steps", main, steps_per_tick=3) is None
 
 
 @pytest.mark.parametrize("at", [175, 250, 325])
-def test_one_step_up_is_no_trend(tmp_path: Path, at: int) -> None:
+@pytest.mark.parametrize("steps_per_tick", [0, 1])
+def test_one_step_up_is_no_trend(tmp_path: Path, at: int, steps_per_tick: int) -> None:
     # a single rise of 60 MiB after warm-up (the first 100 ticks), flat before and after; in the
     # middle, half the pairs of points straddle it and the median slope is steep
     main = [500.0 if i < at else 560.0 for i in range(400)]
-    assert _trend(tmp_path, main) is None
+    assert _trend(tmp_path, main, steps_per_tick=steps_per_tick) is None
 
 
 def test_two_steps_up_are_a_trend(tmp_path: Path) -> None:
@@ -108,8 +170,43 @@ def test_two_steps_up_are_a_trend(tmp_path: Path) -> None:
 def test_growth_after_the_workload_ended_is_left_out(tmp_path: Path) -> None:
     # flat while running; the shutdown after stage_end climbs steeply
     main = [500.0] * 300 + [500.0 + 2 * i for i in range(100)]
-    run = load_run(write_run(tmp_path, rows=_rows(main), events=_events(300), snapshots=[]))
+    run = load_run(write_run(tmp_path, rows=_rows(main, steps_per_tick=1), events=_events(300),
+                             snapshots=[]))
     assert not [f for f in findings.all_findings(run, ticks(run.samples), []) if f.kind == "trend"]
+
+
+@pytest.mark.parametrize("shape", ["linear", "stairs", "fast"])
+def test_a_memory_mapped_file_being_read_is_no_trend(tmp_path: Path, shape: str) -> None:
+    # GIVEN a clean reader of a memory-mapped data set: RSS climbs 300 MiB, all of it file-backed
+    # pages faulted in as the file is read (anonymous memory flat), in three shapes
+    n = 400
+    if shape == "linear":
+        file = [10 + 300 * i / n for i in range(n)]
+    elif shape == "stairs":
+        file = [10 + 100 * (i // 100) for i in range(n)]
+    else:  # read once, fast, over the first half
+        file = [10 + 300 * min(i / 200, 1.0) for i in range(n)]
+    main = [400 + f for f in file]
+    assert _trend(tmp_path, main, steps_per_tick=1, file_mib=file) is None
+    # (the same RSS without its parts recorded, as in older run directories, was a trend)
+    assert shape == "fast" or _trend(tmp_path / "old", main, steps_per_tick=1) is not None
+
+
+@pytest.mark.parametrize(("part", "kind"), [("anon", "anonymous"), ("shmem", "shared memory")])
+def test_the_trend_says_which_kind_of_memory_grew(tmp_path: Path, part: str, kind: str) -> None:
+    n = 400
+    growth = [120 * i / n for i in range(n)]
+    file = [50 + 20 * i / n for i in range(n)]  # file-backed pages grow a little too: not counted
+    shmem = growth if part == "shmem" else [0.0] * n
+    main = [400 + g + f for g, f in zip(growth, file)]
+    f = _trend(tmp_path, main, steps_per_tick=2, file_mib=file, shmem_mib=shmem)
+    assert f is not None
+    fit = _main_fit(f)
+    assert fit["kind"] == kind
+    assert fit["less_file"] is True
+    assert fit["parts"]["file"] / MiB == pytest.approx(10, abs=2)
+    assert f"the memory that grew is {kind}" in f.text
+    assert "less its file-backed pages" in f.text
 
 
 def _marked(keep: str) -> int:

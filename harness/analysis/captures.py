@@ -12,7 +12,7 @@ import os
 import struct
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,14 @@ from harness.analysis.attribution import (
     workload_frame,
 )
 from harness.analysis.load import Capture, Stage
-from harness.layout import MEMRAY_DIR, STAGES_DIR, parse_capture_name
+from harness.layout import (
+    MEMRAY_DIR,
+    STAGES_DIR,
+    STEP_MARK_FILE,
+    STEP_MARK_FUNCTION,
+    STEP_MARK_SIZE,
+    parse_capture_name,
+)
 from harness.records.events import MemrayStart, MemrayStop
 from harness.records.text import printable_lines
 
@@ -40,6 +47,11 @@ SITE_COLUMNS = (
     "stage", "capture", "process", "pid", "phase", "site", "workload_line", "source",
     "bytes_at_peak", "allocations_at_peak", "leaked_bytes", "leaked_allocations",
 )
+# What a training window kept, step by step: per site and window step (0-based, from the window's
+# first), the bytes and allocations made in that step and still held when the window closed.
+STEP_COLUMNS = ("site", "workload_line", "source", "phase", "step", "bytes", "allocations")
+# memray's allocator kinds that give memory back (memray.AllocatorType: PYMALLOC_FREE, FREE, MUNMAP)
+_DEALLOCATORS = frozenset({"PYMALLOC_FREE", "FREE", "MUNMAP"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,9 @@ class CaptureData:
     sites: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SITE_COLUMNS))
     error: str | None = None
     leaks_read: bool = False  # False: the sites' leaked_* columns were not computed
+    # the window's steps as the probe marked them (memray_step_mark); None: not read or no marks
+    marked_steps: int | None = None
+    step_sites: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STEP_COLUMNS))
 
 
 @dataclass
@@ -113,6 +128,90 @@ def _guess_window(capture: Capture) -> Window:
     return Window(name.epoch, name.section, None, None, None, None, worker=name.worker)
 
 
+def _site_keys(process: str, section: str | None) -> Any:
+    """A cached function: a stack's frames -> (site, workload line, its source, phase)."""
+    role = "main" if process == "main" else "worker"
+    cache: dict[tuple[Frame, ...], tuple[str, str, str, str]] = {}
+
+    def key_of(frames: Sequence[Frame]) -> tuple[str, str, str, str]:
+        t = tuple(frames)
+        hit = cache.get(t)
+        if hit is None:
+            where = workload_frame(t)
+            site = describe(site_frame(t)) if t else "(no Python frame)"
+            hit = (site, describe(where), source_line(where) if where else "",
+                   phase_of(t, section=section, role=role))
+            cache[t] = hit
+        return hit
+
+    return key_of
+
+
+def is_step_mark(frames: Sequence[Frame]) -> bool:
+    """Whether a stack is the probe's step mark (``harness.probe.steps.memray_step_mark``)."""
+    if not frames:
+        return False
+    function, filename, _line = frames[0]
+    return function == STEP_MARK_FUNCTION and filename.replace("\\", "/").endswith(STEP_MARK_FILE)
+
+
+def kept_by_step(records: Iterable[Any], frames: Any) -> tuple[int, dict[tuple[int, int], list[int]]]:
+    """What a capture kept, by the step it was made in: ``(marked steps, {(stack id, step):
+    [bytes, allocations]})``, over memray allocation records in the order they were made.
+
+    Each step mark (:func:`is_step_mark`) ends a step; what is allocated after the last mark (the
+    window closing) is left out. An allocation counts when nothing freed its address before the
+    capture ended (a realloc is memray's free of the old address and an allocation of the new).
+    ``frames(record)`` resolves a record's stack (and keeps it, for :func:`step_sites`): it is
+    asked for the marks' stacks and for those of the allocations counted.
+    """
+    import memray
+
+    dealloc = frozenset(int(a) for a in memray.AllocatorType if a.name in _DEALLOCATORS)
+    marks: dict[int, bool] = {}
+    alive: dict[int, tuple[int, Any]] = {}  # address -> (step, its record)
+    step = 0
+    for r in records:
+        if int(r.allocator) in dealloc:
+            alive.pop(r.address, None)
+            continue
+        if r.size == STEP_MARK_SIZE:
+            sid = r.stack_id
+            if sid not in marks:
+                marks[sid] = is_step_mark(frames(r))
+            if marks[sid]:
+                step += 1
+                continue
+        alive[r.address] = (step, r)
+    out: dict[tuple[int, int], list[int]] = {}
+    for made, r in alive.values():
+        if made >= step:
+            continue
+        acc = out.get((r.stack_id, made))
+        if acc is None:
+            frames(r)  # its stack, for step_sites
+            acc = out[(r.stack_id, made)] = [0, 0]
+        acc[0] += r.size
+        acc[1] += 1
+    return step, out
+
+
+def step_sites(kept: Mapping[tuple[int, int], list[int]], stacks: Mapping[int, Sequence[Frame]], *,
+               process: str, section: str | None) -> pd.DataFrame:
+    """:func:`kept_by_step`'s counts as rows of :data:`STEP_COLUMNS`, by site and step."""
+    key_of = _site_keys(process, section)
+    acc: dict[tuple[str, str, int], list[Any]] = {}
+    for (sid, made), (size, count) in kept.items():
+        site, where, text, phase = key_of(stacks.get(sid, []))
+        row = acc.get((site, where, made))
+        if row is None:
+            row = acc[(site, where, made)] = [text, phase, 0, 0]
+        row[2] += size
+        row[3] += count
+    rows = [(site, where, v[0], v[1], made, v[2], v[3]) for (site, where, made), v in acc.items()]
+    return pd.DataFrame(rows, columns=STEP_COLUMNS)
+
+
 def aggregate_sites(
     peak: Iterable[tuple[Sequence[Frame], int, int]],
     leaked: Iterable[tuple[Sequence[Frame], int, int]],
@@ -128,21 +227,8 @@ def aggregate_sites(
     A site is the innermost Python frame; the workload line is the innermost frame in the
     workload's own code (what a person would change).
     """
-    role = "main" if process == "main" else "worker"
+    key_of = _site_keys(process, section)
     acc: dict[tuple[str, str], list[Any]] = {}
-    cache: dict[tuple[Frame, ...], tuple[str, str, str, str]] = {}
-
-    def key_of(frames: Sequence[Frame]) -> tuple[str, str, str, str]:
-        t = tuple(frames)
-        hit = cache.get(t)
-        if hit is None:
-            where = workload_frame(t)
-            site = describe(site_frame(t)) if t else "(no Python frame)"
-            hit = (site, describe(where), source_line(where) if where else "",
-                   phase_of(t, section=section, role=role))
-            cache[t] = hit
-        return hit
-
     for column, records in ((0, peak), (2, leaked)):
         for frames, size, count in records:
             site, where, text, phase = key_of(frames)
@@ -301,6 +387,17 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
             leaked = (list(reader.get_leaked_allocation_records(merge_threads=True))
                       if wants_leaks(win) else [])
             snaps = list(reader.get_memory_snapshots())
+            stacks: dict[int, list[Frame]] = {}
+
+            def frames(r: Any) -> list[Frame]:
+                # Records of one Python stack differ by thread, allocator or native stack: read it once.
+                got = stacks.get(r.stack_id)
+                if got is None:
+                    got = stacks[r.stack_id] = r.stack_trace(MAX_FRAMES)
+                return got
+
+            by_step = (kept_by_step(reader.get_allocation_records(), frames)
+                       if wants_leaks(win) else None)
     except (OSError, RuntimeError, ValueError) as exc:
         # A capture cut short by a kill may not parse: say so and go on with the rest.
         data.error = f"{where}: unreadable ({exc})"
@@ -318,16 +415,11 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
     data.total_allocations = int(meta.total_allocations)
     data.memray_samples = [(s.time / 1000.0, int(s.rss), int(s.heap)) for s in snaps]
     data.leaks_read = wants_leaks(win)
-    stacks: dict[int, list[Frame]] = {}
-
-    def frames(r: Any) -> list[Frame]:
-        # Records of one Python stack differ by thread, allocator or native stack: read it once.
-        got = stacks.get(r.stack_id)
-        if got is None:
-            got = stacks[r.stack_id] = r.stack_trace(MAX_FRAMES)
-        return got
-
     with _gc_paused():
+        if by_step is not None and by_step[0] > 0:
+            data.marked_steps = by_step[0]
+            data.step_sites = step_sites(by_step[1], stacks, process=capture.role,
+                                         section=win.section)
         data.sites = aggregate_sites(
             ((frames(r), r.size, r.n_allocations) for r in peak),
             ((frames(r), r.size, r.n_allocations) for r in leaked),

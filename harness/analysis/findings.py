@@ -29,7 +29,7 @@ from harness.analysis.peaks import (
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
 from harness.layout import HARNESS_PHASES, Event
 from harness.records.events import LoopEnd, SnapshotEvent
-from harness.sizes import MiB
+from harness.sizes import MiB, format_size
 
 # leak: the main process's live tensors or RSS up at every one of >= 2 epoch boundaries (the
 # LEAK_MIN_* of harness.analysis.snapshot_metrics, where growth is defined for the gate too), or
@@ -37,6 +37,12 @@ LEAK_MIN_SITE_RATE = 1.0  # a site that keeps this many allocations per step of 
 LEAK_MIN_WINDOW_STEPS = 20  # (in a window of at least this many steps, in epoch 2 or later)
 LEAK_MIN_SITE_WINDOWS = 2  # windows of different epochs a site must keep memory in to be a
 # finding on its own (with one window, it only names the sites behind a snapshot growth)
+# (those two for captures without step marks; where the probe marked each step's end, a window
+# is read step by step:) a line that kept memory made in steps throughout one training window,
+LEAK_MIN_MARKED_STEPS = 8  # of at least this many marked steps,
+LEAK_STEP_PARTS = 4  # made in each of this many equal parts of its steps (growth, not one fill),
+LEAK_MIN_KEPT_STEPS = 4  # in at least this many of its steps,
+LEAK_MIN_STEP_BYTES = 512  # at least this many bytes a step on average (a loss kept with its graph: ~9 KB)
 # copy-on-read: a worker's private memory grows ...
 COW_MIN_USS_GROWTH = 32 * MiB  # ... by at least this,
 COW_MIN_SHARE_FROM_SHARED = 0.5  # mostly in pages it already had (its anonymous RSS flat),
@@ -52,8 +58,50 @@ def _steps_per_epoch(run: Run, stage: str) -> int | None:
     return None
 
 
+def step_leaks(captures: list[CaptureData]) -> pd.DataFrame:
+    """Lines that keep memory step after step: in a training window whose steps the probe marked,
+    what each line (the workload's own, else the site) allocated and still held when the window
+    closed, counted by the step it was made in.
+
+    A line counts when what it kept was made in at least :data:`LEAK_MIN_KEPT_STEPS` of the
+    window's steps, spread over all :data:`LEAK_STEP_PARTS` parts of them (a cache filled once, at
+    warm-up or at the last step, is in one part), at :data:`LEAK_MIN_STEP_BYTES` a step or more.
+    Any epoch counts, the first too: warm-up keeps its memory once, not in every part. One row a
+    (capture, line): ``kept_steps`` of ``window_steps``, ``bytes_per_step``, largest first.
+    """
+    rows = []
+    for c in captures:
+        n = c.marked_steps
+        if c.error or c.window.section or n is None or n < LEAK_MIN_MARKED_STEPS or c.step_sites.empty:
+            continue
+        s = c.step_sites
+        s = s.assign(where=s["workload_line"].where(s["workload_line"] != "", s["site"]),
+                     part=(s["step"] * LEAK_STEP_PARTS) // n)
+        for where, g in s.groupby("where", sort=False):
+            kept_steps = int(g["step"].nunique())
+            total = int(g["bytes"].sum())
+            if (kept_steps < LEAK_MIN_KEPT_STEPS or g["part"].nunique() < LEAK_STEP_PARTS
+                    or total < LEAK_MIN_STEP_BYTES * n):
+                continue
+            top = g.groupby("site", sort=False)["bytes"].sum().idxmax()
+            first = g[g["site"] == top].iloc[0]
+            rows.append({
+                "stage": c.capture.stage, "capture": c.capture.name, "process": c.capture.role,
+                "pid": c.pid, "epoch": c.window.epoch, "where": str(where), "site": str(top),
+                "workload_line": str(first["workload_line"]), "source": str(first["source"]),
+                "phase": str(first["phase"]), "window_steps": int(n), "kept_steps": kept_steps,
+                "kept_bytes": total, "kept_allocations": int(g["allocations"].sum()),
+                "bytes_per_step": total / n, "allocations_per_step": float(g["allocations"].sum()) / n,
+            })
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("bytes_per_step", ascending=False, ignore_index=True)
+    return df
+
+
 def growing_sites(captures: list[CaptureData]) -> pd.DataFrame:
-    """Sites that kept at least LEAK_MIN_SITE_RATE allocations per step of a training window.
+    """Sites that kept at least LEAK_MIN_SITE_RATE allocations per step of a training window
+    whose steps were not marked (older run directories; :func:`step_leaks` reads the others).
 
     Only windows of epoch 2 and later count: the first epoch's warm-up (caches, optimizer
     state, first-call registrations) legitimately keeps memory once.
@@ -63,6 +111,8 @@ def growing_sites(captures: list[CaptureData]) -> pd.DataFrame:
         w = c.window
         steps = w.steps
         if c.error or w.section or steps is None or steps < LEAK_MIN_WINDOW_STEPS:
+            continue
+        if c.marked_steps is not None:
             continue
         if w.epoch is None or w.epoch < 2 or c.sites.empty:
             continue
@@ -146,6 +196,25 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
         evidence.append("allocation sites that kept memory at every step of a training window: "
                         + "; ".join(lines))
         numbers["sites"] = top.to_dict(orient="records")
+    kept = step_leaks(captures)
+    if not kept.empty:
+        top_kept = kept.drop_duplicates(["process", "where"]).head(5)
+        lines = []
+        for r in top_kept.itertuples(index=False):
+            code = f" `{r.source}`" if r.source else ""
+            epoch_steps = _steps_per_epoch(run, r.stage)
+            epoch_text = (f", about {mib(r.bytes_per_step * epoch_steps)} per epoch of "
+                          f"{epoch_steps} steps" if epoch_steps else "")
+            lines.append(f"{r.where}{code} [{r.process}, phase {r.phase}] keeps "
+                         f"~{format_size(r.bytes_per_step)} a step ({r.kept_steps} of "
+                         f"{r.window_steps} steps of capture {r.capture}){epoch_text}")
+        evidence.append("lines that keep, step after step, memory they allocated (made in steps "
+                        "throughout a training window, still held when it closed): "
+                        + "; ".join(lines))
+        numbers["step_sites"] = top_kept.to_dict(orient="records")
+        numbers["step_thresholds"] = {"min_marked_steps": LEAK_MIN_MARKED_STEPS,
+                                      "parts": LEAK_STEP_PARTS, "min_kept_steps": LEAK_MIN_KEPT_STEPS,
+                                      "min_bytes_per_step": LEAK_MIN_STEP_BYTES}
     if not evidence:
         return None
     if not snapshot_evidence:
@@ -155,7 +224,8 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
                             "per epoch (growth_per_epoch, the figure `harness check` gates), "
                             "too little, or at too few boundaries, to count as a leak on its own")
             numbers["growth_per_epoch"] = gate
-    processes = sorted({"main"} | (set(sites["process"]) if not sites.empty else set()))
+    processes = sorted({"main"} | (set(sites["process"]) if not sites.empty else set())
+                       | (set(kept["process"]) if not kept.empty else set()))
     numbers["processes"] = processes
     return Finding(
         kind="leak",

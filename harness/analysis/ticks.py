@@ -10,7 +10,10 @@ NO_PHASE = "none"  # ticks of a workload that makes no probe calls
 TICK_COLUMNS = (
     "stage", "t", "dt", "epoch", "step", "phase", "main_rss", "main_uss", "main_shared",
     "tree_rss", "workers_rss", "workers_uss", "workers", "cuda_allocated", "cuda_reserved",
+    "main_anon", "main_file", "main_shmem", "workers_anon", "workers_file", "workers_shmem",
 )
+# RSS's three parts (/proc/<pid>/status RssAnon, RssFile, RssShmem): the ticks' suffix -> column
+RSS_PARTS = {"anon": "rss_anon", "file": "rss_file", "shmem": "rss_shmem"}
 
 
 def phase_order(phase: str) -> int:
@@ -18,7 +21,8 @@ def phase_order(phase: str) -> int:
 
 
 def ticks(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per (stage, tick): main RSS/USS, tree RSS, workers' RSS and USS summed, the cell's state.
+    """Per (stage, tick): main RSS/USS, tree RSS, workers' RSS and USS summed, the cell's state,
+    and the RSS's anonymous, file-backed and shared-memory parts (main's, and workers' summed).
 
     ``dt`` is the time to the stage's next tick (0 for its last), so summing it over a phase
     gives the time spent in it as the sampler saw it. ``workers_uss`` is set on ticks that read a
@@ -38,6 +42,8 @@ def ticks(samples: pd.DataFrame) -> pd.DataFrame:
     out["main_shared"] = main["shared"]
     out["cuda_allocated"] = main["cuda_allocated"]  # CUDA only, on the main process's rows
     out["cuda_reserved"] = main["cuda_reserved"]
+    for part, column in RSS_PARTS.items():  # empty in run directories from before the columns
+        out[f"main_{part}"] = main[column]
     # The cell state is the same for every row of a tick; take it from any row.
     first = grouped[["epoch", "step", "phase"]].first()
     out["epoch"] = first["epoch"].fillna(0).astype(int)
@@ -47,6 +53,8 @@ def ticks(samples: pd.DataFrame) -> pd.DataFrame:
     workers = workers.assign(latest_uss=workers.groupby(["stage", "pid"])["uss"].ffill())
     wg = workers.groupby(key)
     out["workers_rss"] = wg["rss"].sum()
+    for part, column in RSS_PARTS.items():  # summed where every worker of the tick has it
+        out[f"workers_{part}"] = wg[column].sum().where(wg[column].count() == wg["pid"].size())
     # Where all workers were read in one tick (run directories before the rotation) this is the
     # sum of that tick's readings, as it always was.
     read = (wg["uss"].count() > 0) & (wg["latest_uss"].count() == wg["pid"].size())

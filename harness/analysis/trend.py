@@ -3,24 +3,34 @@
 The per-epoch leak finding (:func:`harness.analysis.findings.leak`) needs epoch-end snapshots,
 which a script without probe calls does not have. This one fits a line to what the sampler and
 memray recorded anyway: the main process's RSS, its workers' RSS (summed over the workers of each
-tick), and memray's heap of the main process where a capture recorded it. Each series is cut to
-the time the workload ran (up to its stage's ``stage_end``: the shutdown after it is not the
-workload's) less a warm-up, thinned to at most :data:`TREND_MAX_POINTS` points and fitted with
-the Theil–Sen estimator (the median of the slopes between every pair of points), which a spike,
-a garbage collection or a worker restarting moves no more than any single point.
+tick), and memray's heap of the main process where a capture recorded it. RSS is fitted less its
+file-backed pages (a memory-mapped file being read, libraries' code: the page cache's, given back
+under pressure, not a leak) where the sampler read them; the finding says how much of the growth
+was anonymous memory and how much shared memory (and what the file-backed pages did, beside it).
 
-A series is a trend when its slope is at least :data:`TREND_MIN_SLOPE` and the growth is there in
-the data, not only in the line: the median of its last quarter exceeds the median of its first
-by :data:`TREND_MIN_RISE`, and by at least :data:`TREND_MIN_EXPLAINED` of what the line predicts
-between those quarters, with growth in each half (the second quarter above the first
-and the fourth above the third by :data:`TREND_MIN_HALF` of the line's), so that one step up
-between two plateaus does not fire it. The thresholds come from
-clean and leaking runs measured as docs/reports.md (findings) tells.
+Each series is cut to the time the workload ran (up to its stage's ``stage_end``: the shutdown
+after it is not the workload's) less a warm-up, and fitted against the training steps done (the
+probe's step counter, summed over the epochs' loops), not against time: the same leak keeps the
+same bytes a step on a fast machine and on a slow one, busy or idle. A stage with too few steps
+is fitted against time, and then no slope threshold applies (only the rises in bytes). The fit is
+the Theil–Sen estimator (the median of the slopes between every pair of points, thinned to at most
+:data:`TREND_MAX_POINTS`), which a spike, a garbage collection or a worker restarting moves no more
+than any single point.
+
+A series is a trend when it grows at least :data:`TREND_MIN_EPOCH_SLOPE` an epoch (where the
+stage's steps per epoch are known; else :data:`TREND_MIN_STEP_SLOPE` a step; the rate is the rise
+between its first and last quarters' medians over the steps between them, which a staircase
+has as much as a line), and the growth is in the data, not only in the fitted line: the median of its last quarter exceeds the median of its first by
+:data:`TREND_MIN_RISE`, and by at least :data:`TREND_MIN_EXPLAINED` of what the line predicts
+between those quarters, and the rise is spread: of the rises between the medians of
+:data:`TREND_SEGMENTS` consecutive parts of the series, none is more than :data:`TREND_MAX_ONE_RISE`
+of the whole, so one step up between two plateaus does not fire it, while a staircase (memory
+rising at each evaluation pass, flat between) of two steps or more does, wherever its steps fall.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,23 +41,29 @@ from harness.analysis.finding import Finding, finding, mib
 from harness.analysis.load import Run
 from harness.analysis.peaks import after_stage_end
 from harness.layout import HARNESS_PHASES, capture_name
-from harness.records.events import EpochEnd, EpochStart
-from harness.sizes import MiB
+from harness.records.events import LoopEnd
+from harness.records.vocab import TRAINING_STEP_PHASES
+from harness.sizes import KiB, MiB, format_size
 
 TREND_MAX_POINTS = 400  # a series is thinned to this many points: ~80,000 pairs to take slopes of
-WARMUP_FRACTION = 0.25  # the first quarter of the running time is warm-up (imports, first batches,
-WARMUP_MIN_S = 2.0  # the allocator's and the optimizer's first-use growth), and at least this
+WARMUP_FRACTION = 0.25  # the first quarter of the running steps (time, without steps) is warm-up
+# (imports, first batches, the allocator's and the optimizer's first-use growth), and at least
+WARMUP_MIN_S = 2.0  # this many seconds
 TREND_MIN_POINTS = 20  # points a series needs after warm-up, and
 TREND_MIN_SPAN_S = 5.0  # seconds they must span (a smoke test pass's 2 s rose 23 MiB: start-up)
-TREND_MIN_SLOPE = 12 * MiB  # bytes per minute, at least (clean runs: main RSS at most 7.3)
+TREND_MIN_STEPS = 20  # training steps a stage needs to be fitted against steps (else: time)
+TREND_MIN_EPOCH_SLOPE = 4 * MiB  # bytes an epoch, at least, where epochs are known (a clean
+# JPEG baseline's epoch-end RSS moves <= 1.4 MiB an epoch), else
+TREND_MIN_STEP_SLOPE = 8 * KiB  # bytes a step, at least
 TREND_MIN_RISE = 24 * MiB  # last-quarter median minus first-quarter median, at least (clean: 17)
 TREND_MIN_EXPLAINED = 0.5  # ... and at least this share of the fitted line's rise between the
 # quarters' middles: the growth is in the data, not only in the line. (It may be more: a staircase
 # of a few epochs has most pairs of points on one step, and its Theil-Sen slope is low.)
-TREND_MIN_HALF = 0.25  # in each half, the later quarter's median above the earlier's by this share
-# of the line's rise between them: growth in both halves, so one step between plateaus is no trend
+TREND_SEGMENTS = 8  # the series cut into this many parts, each part's median: no rise between
+TREND_MAX_ONE_RISE = 0.6  # two consecutive ones more than this share of the first-to-last rise
 TREND_MAX_SITES = 5  # sites named in the finding
 IMPORT_LINE = r"\s*(import|from)\s"  # a workload line that imports: what it keeps is a module
+KINDS = {"anon": "anonymous", "shmem": "shared memory", "file": "file-backed"}
 
 
 def theil_sen(t: np.ndarray, y: np.ndarray, max_points: int = TREND_MAX_POINTS) -> float | None:
@@ -71,74 +87,149 @@ def theil_sen(t: np.ndarray, y: np.ndarray, max_points: int = TREND_MAX_POINTS) 
 
 @dataclass(frozen=True)
 class Trend:
-    """One series' fit: slope in bytes per second, and how its quarters moved."""
+    """One series' fit: its slope, and how its parts moved."""
 
     stage: str
     series: str  # main_rss | workers_rss | heap
     capture: str | None  # the memray capture a heap series is from
+    axis: str  # "steps": fitted against the training steps done; "seconds": against time
     t0: float
     t1: float
+    x0: float  # the fitted span on its axis
+    x1: float
     points: int
-    slope: float  # bytes per second
+    slope: float  # Theil-Sen's, bytes a step (axis "steps") or a second (axis "seconds")
     rise: float  # last-quarter median minus first-quarter median, bytes
+    quarters_apart: float  # the first and last quarters' middles apart on the axis
     fitted_rise: float  # what the line predicts between the two quarters' middles, bytes
-    half_rises: tuple[float, float]  # second minus first quarter's median, fourth minus third's
-    fitted_half_rises: tuple[float, float]  # what the line predicts for each
-    per_epoch: float | None  # bytes per epoch, where epochs are known
+    segment_rises: tuple[float, ...]  # between the medians of consecutive segments, bytes
+    steps_per_epoch: float | None  # where epochs are known
+    parts: dict[str, float] = field(default_factory=dict)  # anon/file/shmem: each part's rise
+    less_file: bool = False  # RSS fitted less its file-backed pages
 
     @property
-    def per_minute(self) -> float:
-        return self.slope * 60.0
+    def rate(self) -> float:
+        """The growth's rate: the rise between the first and last quarters' medians over the
+        distance between their middles, bytes a step (or a second). Theil-Sen's slope is the
+        line's, and a staircase's is low (most pairs of points lie on one of its steps)."""
+        return self.rise / self.quarters_apart if self.quarters_apart > 0 else 0.0
+
+    @property
+    def per_step(self) -> float | None:
+        return self.rate if self.axis == "steps" else None
+
+    @property
+    def per_epoch(self) -> float | None:
+        if self.axis != "steps" or not self.steps_per_epoch:
+            return None
+        return self.rate * self.steps_per_epoch
+
+    @property
+    def steep(self) -> bool:
+        """The rate's threshold: per epoch where epochs are known, else per step; none on time."""
+        if self.axis != "steps":
+            return True
+        if self.per_epoch is not None:
+            return self.per_epoch >= TREND_MIN_EPOCH_SLOPE
+        return self.rate >= TREND_MIN_STEP_SLOPE
+
+    @property
+    def spread(self) -> bool:
+        """No single rise between consecutive segments makes most of the growth."""
+        total = sum(self.segment_rises)
+        return total > 0 and max(self.segment_rises) <= TREND_MAX_ONE_RISE * total
 
     @property
     def grows(self) -> bool:
-        """Steep enough, and the data (not only the line) rose between its first and last quarter."""
-        return (self.per_minute >= TREND_MIN_SLOPE and self.rise >= TREND_MIN_RISE
-                and self.rise >= TREND_MIN_EXPLAINED * self.fitted_rise
-                and all(r >= TREND_MIN_HALF * f for r, f in zip(self.half_rises, self.fitted_half_rises)))
+        """Steep enough, and the data (not only the line) rose, spread over the run."""
+        return (self.steep and self.rise >= TREND_MIN_RISE
+                and self.rise >= TREND_MIN_EXPLAINED * self.fitted_rise and self.spread)
+
+    @property
+    def kind(self) -> str:
+        """Which kind of memory grew most: anonymous, shared memory or file-backed (heap: anonymous)."""
+        counted = {k: v for k, v in self.parts.items() if not (self.less_file and k == "file")}
+        if not counted:
+            return KINDS["anon"] if self.series == "heap" else "resident (parts not recorded)"
+        return KINDS[max(counted, key=lambda k: counted[k])]
 
 
-def fit(stage: str, series: str, t: np.ndarray, y: np.ndarray, *, capture: str | None = None,
-        epoch_s: float | None = None) -> Trend | None:
-    """Fit one series (already cut to the running time after warm-up); None if too short."""
-    ok = ~(np.isnan(t) | np.isnan(y))
-    t, y = t[ok], y[ok]
-    if len(t) < TREND_MIN_POINTS or t[-1] - t[0] < TREND_MIN_SPAN_S:
+def fit(stage: str, series: str, t: np.ndarray, y: np.ndarray, *, x: np.ndarray | None = None,
+        capture: str | None = None, steps_per_epoch: float | None = None,
+        parts: dict[str, np.ndarray] | None = None) -> Trend | None:
+    """Fit one series (already cut to the running time after warm-up) against ``x`` (training
+    steps done; None: against ``t``); None if too short. ``parts``: RSS's parts at the same
+    points, whose rises the trend reports."""
+    xs = t if x is None else x
+    ok = ~(np.isnan(t) | np.isnan(y) | np.isnan(xs))
+    t, y, xs = t[ok], y[ok], xs[ok]
+    if len(t) < TREND_MIN_POINTS or t[-1] - t[0] < TREND_MIN_SPAN_S or xs[-1] - xs[0] <= 0:
         return None
-    slope = theil_sen(t, y)
+    slope = theil_sen(xs, y)
     if slope is None:
         return None
-    quarters = [(tq, yq) for tq, yq in zip(np.array_split(t, 4), np.array_split(y, 4))]
-    mt = [float(np.median(tq)) for tq, _ in quarters]
-    my = [float(np.median(yq)) for _, yq in quarters]
-    return Trend(stage=stage, series=series, capture=capture, t0=float(t[0]), t1=float(t[-1]),
-                 points=int(len(t)), slope=slope, rise=my[3] - my[0],
-                 fitted_rise=slope * (mt[3] - mt[0]),
-                 half_rises=(my[1] - my[0], my[3] - my[2]),
-                 fitted_half_rises=(slope * (mt[1] - mt[0]), slope * (mt[3] - mt[2])),
-                 per_epoch=slope * epoch_s if epoch_s else None)
-
-
-def _epoch_seconds(run: Run, stage: str) -> float | None:
-    """The stage's mean epoch length, from its epoch_start/epoch_end events (None: no epochs)."""
-    for st in run.stages:
-        if st.name != stage:
+    mx = [float(np.median(q)) for q in np.array_split(xs, 4)]
+    my = [float(np.median(q)) for q in np.array_split(y, 4)]
+    seg = [float(np.median(q)) for q in np.array_split(y, TREND_SEGMENTS) if len(q)]
+    rises = {}
+    for name, values in (parts or {}).items():
+        v = values[ok]
+        if np.isnan(v).any() or not len(v):
             continue
-        starts = {e.epoch: e.t for e in st.events_of(EpochStart)}
-        spans = [e.t - starts[e.epoch] for e in st.events_of(EpochEnd) if e.epoch in starts]
-        spans = [s for s in spans if s > 0]
-        return sum(spans) / len(spans) if spans else None
-    return None
+        q = np.array_split(v, 4)
+        rises[name] = float(np.median(q[-1]) - np.median(q[0]))
+    return Trend(stage=stage, series=series, capture=capture,
+                 axis="seconds" if x is None else "steps", t0=float(t[0]), t1=float(t[-1]),
+                 x0=float(xs[0]), x1=float(xs[-1]), points=int(len(t)), slope=slope,
+                 rise=my[3] - my[0], quarters_apart=mx[3] - mx[0],
+                 fitted_rise=slope * (mx[3] - mx[0]),
+                 segment_rises=tuple(max(b - a, 0.0) for a, b in zip(seg, seg[1:])),
+                 steps_per_epoch=steps_per_epoch if x is not None else None,
+                 parts=rises, less_file=parts is not None and "file" in rises)
 
 
-def _warm(t: pd.Series, phase: pd.Series | None = None) -> float:
-    """When warm-up ends for a series running over ``t``: after a fraction of its time, and
-    after the stage's setup where the workload marks phases of its own (its imports, model
-    and data set-up are not the training loop's growth)."""
-    t0, t1 = float(t.min()), float(t.max())
-    cut = t0 + max(WARMUP_FRACTION * (t1 - t0), WARMUP_MIN_S)
+def steps_done(g: pd.DataFrame) -> np.ndarray:
+    """The training steps done by each tick of one stage (in time order): the probe's step counter
+    summed over the training loops (it starts again at each loop's first step), held through the
+    ticks outside a training step (validation, test, setup)."""
+    done = np.empty(len(g))
+    total = 0.0
+    prev = 0.0
+    for i, (phase, step) in enumerate(zip(g["phase"], g["step"].fillna(0))):
+        if phase in TRAINING_STEP_PHASES:
+            total += step - prev if step >= prev else step
+            prev = step
+        done[i] = total
+    return done
+
+
+def _steps_per_epoch(run: Run, stage: str, g: pd.DataFrame) -> float | None:
+    """The stage's training steps an epoch: its loops' (loop_end events), else the steps over the
+    epochs its ticks saw; None without epochs."""
+    for st in run.stages:
+        if st.name == stage:
+            loops = [e.steps for e in st.events_of(LoopEnd) if e.epoch]
+            if loops:
+                return float(np.median(loops))
+    epochs = g.loc[g["phase"].isin(TRAINING_STEP_PHASES), "epoch"]
+    epochs = epochs[epochs > 0]
+    if epochs.empty:
+        return None
+    return float(g["done"].max()) / epochs.nunique()
+
+
+def _cut(x: pd.Series, t: pd.Series, phase: pd.Series | None = None) -> float:
+    """Where warm-up ends on axis ``x``: after a fraction of the span and at least
+    :data:`WARMUP_MIN_S` in, and after the stage's setup where the workload marks phases of its
+    own (its imports, model and data set-up are not the training loop's growth)."""
+    x0, x1 = float(x.min()), float(x.max())
+    cut = x0 + WARMUP_FRACTION * (x1 - x0)
+    t = t.reset_index(drop=True)
+    xs = x.reset_index(drop=True)
+    late = xs[t >= float(t.min()) + WARMUP_MIN_S]
+    cut = max(cut, float(late.min()) if not late.empty else x1)
     if phase is not None:
-        own = t[~phase.isin(HARNESS_PHASES)]
+        own = xs[~phase.reset_index(drop=True).isin(HARNESS_PHASES)]
         if not own.empty:
             cut = max(cut, float(own.min()))
     return cut
@@ -155,25 +246,39 @@ def trends(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Tren
         g = g[~g["phase"].isin(("teardown", "idle"))].sort_values("t")
         if g.empty:
             continue
-        cut = _warm(g["t"], g["phase"])
+        g = g.assign(done=steps_done(g))
+        by_steps = float(g["done"].max()) >= TREND_MIN_STEPS
+        axis = "done" if by_steps else "t"
+        per_epoch = _steps_per_epoch(run, stage, g) if by_steps else None
+        cut = _cut(g[axis], g["t"], g["phase"])
         end = float(g["t"].max())
-        epoch_s = _epoch_seconds(run, stage)
-        w = g[g["t"] >= cut]
+        w = g[g[axis] >= cut]
         t = w["t"].to_numpy(dtype=float)
-        for column in ("main_rss", "workers_rss"):
-            found = fit(stage, column, t, w[column].to_numpy(dtype=float), epoch_s=epoch_s)
+        x = w["done"].to_numpy(dtype=float) if by_steps else None
+        for who in ("main", "workers"):
+            column = f"{who}_rss"
+            rss = w[column].to_numpy(dtype=float)
+            parts = {p: w[f"{who}_{p}"].to_numpy(dtype=float) for p in KINDS}
+            file_pages = parts["file"]
+            has_parts = not np.isnan(file_pages).all()
+            y = rss - np.nan_to_num(file_pages) if has_parts else rss
+            found = fit(stage, column, t, y, x=x, steps_per_epoch=per_epoch,
+                        parts=parts if has_parts else None)
             if found is not None:
                 out.append(found)
         for c in captures:
             if c.capture.stage != stage or c.capture.pid is not None or c.error or not c.memray_samples:
                 continue
             h = pd.DataFrame(c.memray_samples, columns=["t", "rss", "heap"])
-            h = h[(h["t"] <= end)]
+            h = h[(h["t"] <= end) & (h["t"] >= float(g["t"].min()))].sort_values("t")
             if h.empty:
                 continue
-            h = h[h["t"] >= max(cut, _warm(h["t"]))]
+            hx = np.interp(h["t"], g["t"], g["done"]) if by_steps else h["t"].to_numpy()
+            h = h.assign(x=hx)
+            h = h[h["x"] >= max(cut, _cut(h["x"], h["t"]))]
             found = fit(stage, "heap", h["t"].to_numpy(dtype=float), h["heap"].to_numpy(dtype=float),
-                        capture=c.capture.name, epoch_s=epoch_s)
+                        x=h["x"].to_numpy(dtype=float) if by_steps else None,
+                        capture=c.capture.name, steps_per_epoch=per_epoch)
             if found is not None:
                 out.append(found)
     return out
@@ -222,11 +327,23 @@ SERIES_NAMES = {"main_rss": "the main process's RSS", "workers_rss": "its worker
 
 def _describe(tr: Trend) -> str:
     name = SERIES_NAMES[tr.series] + (f" (capture {tr.capture})" if tr.capture else "")
-    text = f"{name} grew {mib(tr.per_minute)} per minute"
-    if tr.per_epoch is not None:
-        text += f" ({mib(tr.per_epoch)} per epoch)"
-    return text + (f" over {tr.t1 - tr.t0:.0f} s after warm-up, {mib(tr.rise)} from the first "
-                   "quarter of that time to the last")
+    if tr.less_file:
+        name += " less its file-backed pages"
+    if tr.axis == "steps":
+        text = f"{name} grew {format_size(tr.rate)} a step"
+        if tr.per_epoch is not None:
+            text += f" ({mib(tr.per_epoch)} an epoch of {tr.steps_per_epoch:,.0f} steps)"
+        text += f" over {tr.x1 - tr.x0:,.0f} steps after warm-up ({tr.t1 - tr.t0:.0f} s)"
+    else:
+        text = (f"{name} grew over {tr.t1 - tr.t0:.0f} s after warm-up (too few training steps "
+                "to count it by the step)")
+    text += f", {mib(tr.rise)} from the first quarter of that span to the last"
+    counted = {k: v for k, v in tr.parts.items() if not (tr.less_file and k == "file")}
+    if counted:
+        text += ": " + ", ".join(f"{KINDS[k]} {mib(v)}" for k, v in counted.items())
+        if tr.less_file and "file" in tr.parts:
+            text += f" (file-backed pages, not counted: {mib(tr.parts['file'])})"
+    return text + f"; the memory that grew is {tr.kind}"
 
 
 @finding("trend", severity="warning", doc="reports.md#trend",
@@ -239,11 +356,14 @@ def trend(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | 
     if not growing:
         return None
     evidence = []
-    numbers: dict[str, Any] = {"series": [asdict(tr) | {"per_minute": tr.per_minute}
+    numbers: dict[str, Any] = {"series": [asdict(tr) | {"per_step": tr.per_step,
+                                                        "per_epoch": tr.per_epoch, "kind": tr.kind}
                                           for tr in growing],
-                               "thresholds": {"min_slope_per_minute": TREND_MIN_SLOPE,
+                               "thresholds": {"min_slope_per_epoch": TREND_MIN_EPOCH_SLOPE,
+                                              "min_slope_per_step": TREND_MIN_STEP_SLOPE,
                                               "min_rise": TREND_MIN_RISE,
-                                              "min_explained": TREND_MIN_EXPLAINED}}
+                                              "min_explained": TREND_MIN_EXPLAINED,
+                                              "max_one_rise": TREND_MAX_ONE_RISE}}
     sites_out: list[dict[str, Any]] = []
     for stage in dict.fromkeys(tr.stage for tr in growing):
         mine = [tr for tr in growing if tr.stage == stage]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from harness.layout import (
     CUDA_HISTORY_DIR,
     MEMRAY_DIR,
+    STEP_MARK_SIZE,
     capture_name,
     cuda_history_name,
 )
@@ -241,6 +242,20 @@ class _ForkedTracking:
 
 
 _forking: _ForkedTracking | None = None  # the open capture's, for a child forked now
+_marking = False  # a training window is open: memray_step_mark marks its steps
+
+
+def memray_step_mark() -> None:
+    """Mark, in the open training window's capture, that a step ended: one allocation, freed at
+    once, whose stack is this function (``harness.layout.STEP_MARK_FUNCTION``). The analysis cuts
+    the capture's records at these marks, so that what a window kept is counted step by step.
+
+    Whatever drives the steps calls it at each step's end (the ``probe.iterate`` loop through
+    :meth:`MemrayWindow.end`; another step source may call it directly): it does nothing but
+    while a training window is open, and costs one small allocation a step while one is.
+    """
+    if _marking:
+        bytearray(STEP_MARK_SIZE - 1)  # and its terminating zero byte
 _fork_handler = False
 
 
@@ -340,7 +355,7 @@ class MemrayWindow(StepHook):
              reason: str | None = None, growth: int | None = None) -> bool:
         """Start capture ``name``; False if one is running already. A training window's
         ``reason`` (and ``growth``) go into its event."""
-        global _forking, _fork_handler
+        global _forking, _fork_handler, _marking
         if self._open is not None:
             return False
         self._dir.mkdir(exist_ok=True)
@@ -356,13 +371,15 @@ class MemrayWindow(StepHook):
         self._events.write(MemrayStart(t=time.time(), capture=name, file=f"{MEMRAY_DIR}/{path.name}",
                                        epoch=epoch, step=step, section=section, reason=reason,
                                        growth=growth))
+        _marking = section is None and name != capture_name(self._stage)
         return True
 
     def close(self, *, epoch: int, step: int) -> None:
         """Stop the running capture, if any, and the tracking of the processes forked meanwhile."""
-        global _forking
+        global _forking, _marking
         if self._open is None:
             return
+        _marking = False
         (name, tracker), self._open = self._open, None
         self._section, self.section_stop = None, NEVER
         tracker.__exit__(None, None, None)
@@ -407,7 +424,8 @@ class MemrayWindow(StepHook):
         if window[0] == 0:
             # Open before iter() forks the DataLoader workers, so memray follows them.
             self._open_train(0)
-        return Steps(at=frozenset({window[0], window[1] - 1}))
+        # Every step of the window: each one's end is marked in the capture (memray_step_mark).
+        return Steps(at=frozenset(range(window[0], window[1])))
 
     def _open_train(self, step: int) -> None:
         name = capture_name(self._stage, self._epoch, "train")
@@ -422,6 +440,7 @@ class MemrayWindow(StepHook):
             self._open_train(step)
 
     def end(self, step: int) -> None:
+        memray_step_mark()
         if step + 1 == self._window[1]:
             self.finish(step + 1)
 
