@@ -125,6 +125,11 @@ def test_probe_json_holds_the_scenario_sections_and_reads_back_typed(tmp_path: P
 
 
 # -- MemrayWindow --------------------------------------------------------------------------------
+def _span(start: int, stop: int) -> Steps:
+    """A training window's steps ``[start, stop)``: each one's end is marked in its capture."""
+    return Steps(at=frozenset(range(start, stop)))
+
+
 class Trackers:
     """Stands in for memray.Tracker: keeps what was entered and exited, in order."""
 
@@ -154,8 +159,8 @@ def test_memray_window_opens_at_train_start_and_closes_after_train_steps(tmp_pat
     window, trackers, events = _window(tmp_path, train_start=2, train_steps=3)
     calls: list[str] = []
     plan = drive(window, 1, 10, calls)
-    assert plan == Steps(at=frozenset({2, 4}))
-    assert calls == ["begin 2", "begin 4"]  # told of no other step
+    assert plan == _span(2, 5)
+    assert calls == ["begin 2", "begin 3", "begin 4"]  # each step of the window, no other
     assert trackers.log == ["open train-e1-train.bin", "close train-e1-train.bin"]
     assert events.of("memray_start") == [{"capture": "train-e1-train", "file": "memray/train-e1-train.bin",
                                           "epoch": 1, "step": 2, "section": None, "reason": "first"}]
@@ -206,7 +211,7 @@ def test_memray_window_fits_a_64_step_epoch_from_step_zero(tmp_path: Path) -> No
     window.expect_steps(64)
     # WHEN the loop starts THEN the window opens at once, before the loader forks its workers
     plan = drive(window, 1, 64)
-    assert plan == Steps(at=frozenset({0, 149}))
+    assert plan == _span(0, 150)
     assert trackers.log == ["open train-e1-train.bin", "close train-e1-train.bin"]
     assert [e["step"] for e in events.of("memray_start")] == [0]
     assert events.of("memray_stop")[0]["step"] == 64
@@ -216,8 +221,8 @@ def test_memray_window_as_configured_in_a_long_loop(tmp_path: Path) -> None:
     window, trackers, events = _window(tmp_path)
     window.expect_steps(1000)
     calls: list[str] = []
-    assert drive(window, 1, 1000, calls) == Steps(at=frozenset({100, 249}))
-    assert calls == ["begin 100", "begin 249"]
+    assert drive(window, 1, 1000, calls) == _span(100, 250)
+    assert calls == [f"begin {step}" for step in range(100, 250)]
     assert [e["step"] for e in events.of("memray_start")] == [100]
     assert [e["step"] for e in events.of("memray_stop")] == [250]
 
@@ -226,22 +231,22 @@ def test_memray_window_of_an_unknown_length_loop_learns_from_the_epoch_before(tm
     # GIVEN a loader without len(): 64 steps an epoch, unknown beforehand
     window, trackers, events = _window(tmp_path)
     # WHEN epoch 1 runs THEN its window is planned as configured and never opens
-    assert drive(window, 1, 64) == Steps(at=frozenset({100, 249}))
+    assert drive(window, 1, 64) == _span(100, 250)
     assert trackers.log == []
     # WHEN epoch 2 runs THEN it is planned for the 64 steps epoch 1 ran: from step 0
     window.expect_steps(-1)
-    assert drive(window, 2, 64) == Steps(at=frozenset({0, 149}))
+    assert drive(window, 2, 64) == _span(0, 150)
     assert trackers.log == ["open train-e2-train.bin", "close train-e2-train.bin"]
 
 
 def test_memray_window_told_the_length_of_one_loop_only(tmp_path: Path) -> None:
     window, _, _ = _window(tmp_path, train_start=10, train_steps=5, epochs="every")
     window.expect_steps(8)
-    assert drive(window, 1, 8) == Steps(at=frozenset({3, 7}))
+    assert drive(window, 1, 8) == _span(3, 8)
     # the next loop is not told: planned for the 8 steps the last one ran, not told twice
-    assert drive(window, 2, 30) == Steps(at=frozenset({3, 7}))
+    assert drive(window, 2, 30) == _span(3, 8)
     window.expect_steps(30)
-    assert drive(window, 3, 30) == Steps(at=frozenset({10, 14}))
+    assert drive(window, 3, 30) == _span(10, 15)
 
 
 @pytest.mark.parametrize(("epochs", "reason"), [((1,), "replaces"), (None, "first")])

@@ -39,7 +39,7 @@ LEAK_MIN_SITE_WINDOWS = 2  # windows of different epochs a site must keep memory
 # finding on its own (with one window, it only names the sites behind a snapshot growth)
 # (those two for captures without step marks; where the probe marked each step's end, a window
 # is read step by step:) a line that kept memory made in steps throughout one training window,
-LEAK_MIN_MARKED_STEPS = 8  # of at least this many marked steps,
+LEAK_MIN_MARKED_STEPS = 8  # of at least this many marked steps (its first left out: first calls),
 LEAK_STEP_PARTS = 4  # made in each of this many equal parts of its steps (growth, not one fill),
 LEAK_MIN_KEPT_STEPS = 4  # in at least this many of its steps,
 LEAK_MIN_STEP_BYTES = 512  # at least this many bytes a step on average (a loss kept with its graph: ~9 KB)
@@ -66,17 +66,21 @@ def step_leaks(captures: list[CaptureData]) -> pd.DataFrame:
     A line counts when what it kept was made in at least :data:`LEAK_MIN_KEPT_STEPS` of the
     window's steps, spread over all :data:`LEAK_STEP_PARTS` parts of them (a cache filled once, at
     warm-up or at the last step, is in one part), at :data:`LEAK_MIN_STEP_BYTES` a step or more.
-    Any epoch counts, the first too: warm-up keeps its memory once, not in every part. One row a
-    (capture, line): ``kept_steps`` of ``window_steps``, ``bytes_per_step``, largest first.
+    Any epoch counts, the first too: warm-up keeps its memory once, not in every part. The
+    window's first step is left out (a window opened with the loop sees the first calls of its
+    code: lazy initialisation, caches filled once). One row a (capture, line): ``kept_steps`` of
+    ``window_steps`` (the steps counted), ``bytes_per_step``, largest first.
     """
     rows = []
     for c in captures:
-        n = c.marked_steps
-        if c.error or c.window.section or n is None or n < LEAK_MIN_MARKED_STEPS or c.step_sites.empty:
+        marked = c.marked_steps
+        if (c.error or c.window.section or marked is None or marked < LEAK_MIN_MARKED_STEPS
+                or c.step_sites.empty):
             continue
-        s = c.step_sites
+        n = marked - 1
+        s = c.step_sites[c.step_sites["step"] >= 1]
         s = s.assign(where=s["workload_line"].where(s["workload_line"] != "", s["site"]),
-                     part=(s["step"] * LEAK_STEP_PARTS) // n)
+                     part=((s["step"] - 1) * LEAK_STEP_PARTS) // n)
         for where, g in s.groupby("where", sort=False):
             kept_steps = int(g["step"].nunique())
             total = int(g["bytes"].sum())
