@@ -1,0 +1,68 @@
+"""A training loop over batches sliced from one tensor (no DataLoader) that can keep memory.
+
+``--keep`` chooses what is kept from every step:
+
+- ``none``: nothing (the clean script);
+- ``loss``: the loss of each step with its graph, for a running mean (~11 KB a step), on the
+  line marked ``# kept: loss``;
+- ``numpy``: a numpy copy of each batch, 1 MiB, in a dict keyed by the step (never read back),
+  on the line marked ``# kept: numpy``;
+- ``eval``: each epoch's evaluation pass, run with grad enabled, keeps its outputs (with their
+  graphs): memory rises at each evaluation pass and stays flat between (a staircase), on the
+  line marked ``# kept: eval``.
+
+The loop goes through ``probe.iterate`` (over a plain list) so that the harness sees its steps
+and opens its training windows without any DataLoader. ``--pause`` sleeps a step (data loading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from harness import probe
+
+MiB = 1 << 20
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--keep", choices=["none", "loss", "numpy", "eval"], default="none")
+ap.add_argument("--epochs", type=int, default=3)
+ap.add_argument("--steps", type=int, default=40)
+ap.add_argument("--pause", type=float, default=0.02)
+args = ap.parse_args()
+
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+data = torch.randn(args.steps * 8, 32)
+labels = torch.randint(0, 4, (args.steps * 8,))
+batches = [(data[i:i + 8], labels[i:i + 8]) for i in range(0, len(data), 8)]
+held = torch.randn(512, 4096)  # the evaluation pass's inputs: 8 MiB of activations a pass
+probe_net = torch.nn.Linear(4096, 4096)
+losses: list[torch.Tensor] = []
+cache: dict[int, np.ndarray] = {}
+outputs: list[torch.Tensor] = []
+step = 0
+for epoch in range(1, args.epochs + 1):
+    with probe.epoch(epoch):
+        for x, y in probe.iterate(batches):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(x), y)  # kept: loss
+            loss.backward()
+            opt.step()
+            if args.keep == "loss":
+                losses.append(loss)
+            elif args.keep == "numpy":
+                cache[step] = np.ones(MiB // 8) * x[0, 0].item()  # kept: numpy
+            step += 1
+            time.sleep(args.pause)
+        with probe.section("validate"):
+            for _ in range(4):
+                out = probe_net(held)  # kept: eval
+                if args.keep == "eval":
+                    outputs.append(out)
+                time.sleep(0.2)
+print(f"done: {len(losses)} losses, {len(cache)} copies, {len(outputs)} outputs")
