@@ -393,3 +393,32 @@ def test_a_new_detector_registered_in_a_test_reaches_the_report(
     assert page.count('<div class="finding warning">\n  <h3>' + ("rank 0: " if distributed else "")
                       + "Planted &lt;b&gt;here&lt;/b&gt;</h3>") == 1
     assert "docs/reports.md#findings-harnessanalysisfindingspy" in page
+
+
+def _rss_parts_run(tmp_path: Path, grows: str) -> Run:
+    """Epoch-end snapshots whose main RSS grows 40 MiB an epoch, and the sampler's ticks at them
+    with RSS's parts: the growth ``anon`` (allocations) or ``file`` (a memory-mapped file read)."""
+    snaps = [snapshot(f"epoch-{i + 1}", i + 1, 1000.0 + i, other=80, count=20, main_rss=300 + 40 * i,
+                      main_uss=250 + 40 * i, heap=10, gc=[0, 0, 0]) for i in range(3)]
+    rows = []
+    for i in range(3):
+        anon, file = (200 + 40 * i, 100) if grows == "anon" else (200, 100 + 40 * i)
+        rows.append([f"{1000.0 + i:.4f}", 100, 0, "main", (300 + 40 * i) * MiB, 0, 40 * MiB, 0, 0,
+                     "", "", "", "train", i + 1, 10, "data", "", "", anon * MiB, file * MiB, 0])
+    return load_run(write_run(tmp_path, rows=rows, snapshots=snaps))
+
+
+def test_a_leak_says_which_part_of_rss_grew(tmp_path: Path) -> None:
+    run = _rss_parts_run(tmp_path, "anon")
+    f = findings.leak(run, [], ticks(run.samples))
+    assert f is not None
+    assert "the memory that grew is anonymous" in f.text
+    assert f.numbers["stages"]["train"]["kinds_per_epoch"] == {
+        "anonymous": 40 * MiB, "file-backed": 0.0, "shared memory": 0.0}
+
+
+def test_rss_grown_by_a_memory_mapped_file_being_read_is_no_leak(tmp_path: Path) -> None:
+    run = _rss_parts_run(tmp_path, "file")
+    assert findings.leak(run, [], ticks(run.samples)) is None
+    # without the ticks' parts (an older run directory) the same RSS growth was a leak
+    assert findings.leak(run, []) is not None

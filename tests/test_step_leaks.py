@@ -18,7 +18,7 @@ import pytest
 import torch
 from _synthetic import write_run
 
-from harness.analysis import findings
+from harness.analysis import findings, trend
 from harness.analysis.captures import CaptureData, read_capture, windows
 from harness.analysis.load import Capture, load_run
 from harness.layout import capture_name
@@ -72,7 +72,7 @@ def _line(marker: str) -> str:
 
 
 def _found(data: CaptureData, marker: str) -> pd.Series | None:
-    hits = findings.step_leaks([data])
+    hits = trend.step_leaks([data])
     if hits.empty:
         return None
     mine = hits[hits["where"].str.endswith(_line(marker))]
@@ -198,7 +198,7 @@ def test_a_small_block_kept_each_step_is_counted_by_the_byte(planted: CaptureDat
 
 def test_a_loss_kept_with_its_graph_is_found(planted: CaptureData) -> None:
     hit = _found(planted, "watched")
-    assert hit is not None, findings.step_leaks([planted])
+    assert hit is not None, trend.step_leaks([planted])
     assert (hit["kept_steps"], hit["window_steps"]) == (STEPS - 1, STEPS - 1)
     # the activations of an 8x32 -> 8x64 -> 8x4 forward, the loss, the graph's nodes: ~10.8 KB
     assert 4 * KiB <= hit["bytes_per_step"] <= 32 * KiB
@@ -220,7 +220,7 @@ def test_logits_kept_every_fourth_step_are_growth_too(planted: CaptureData) -> N
 
 
 def test_the_clean_twins_keep_nothing_step_after_step(clean: CaptureData) -> None:
-    assert findings.step_leaks([clean]).empty, findings.step_leaks([clean])
+    assert trend.step_leaks([clean]).empty, trend.step_leaks([clean])
     # what they do keep: the bounded cache's last 2 copies, the warm-up cache's one fill
     s = clean.step_sites
     numpy = s[s["workload_line"].str.endswith(_line("numpy"))]

@@ -245,15 +245,17 @@ def aggregate_sites(
     return df.sort_values(["bytes_at_peak", "leaked_bytes"], ascending=False, ignore_index=True)
 
 
-def wants_leaks(window: Window) -> bool:
-    """Leaks are read for training windows only.
+def wants_leaks(window: Window, role: str = "main") -> bool:
+    """Leaks are read for training windows, and for the main process's validation and test
+    captures.
 
     Reading them is a full pass over the file, the dearest of the three; a training window's
-    leaks are what the leak finding compares from epoch to epoch, while a validation or test
-    capture spans its whole pass and its workers' whole lives, so nearly everything it keeps
-    is freed with them.
+    leaks are what the leak finding compares from epoch to epoch, and what a main process's
+    evaluation pass still holds at its capture's end is what a staircase (memory rising at each
+    evaluation pass) keeps. A worker's validation or test capture spans its whole life, so nearly
+    everything it keeps is freed with it.
     """
-    return window.section is None
+    return window.section is None or role == "main"
 
 
 @contextlib.contextmanager
@@ -384,8 +386,8 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
             reader = _open_reader(capture.path)
             meta = reader.metadata
             peak = list(reader.get_high_watermark_allocation_records(merge_threads=True))
-            leaked = (list(reader.get_leaked_allocation_records(merge_threads=True))
-                      if wants_leaks(win) else [])
+            leaks = wants_leaks(win, capture.role)
+            leaked = list(reader.get_leaked_allocation_records(merge_threads=True)) if leaks else []
             snaps = list(reader.get_memory_snapshots())
             stacks: dict[int, list[Frame]] = {}
 
@@ -396,8 +398,9 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
                     got = stacks[r.stack_id] = r.stack_trace(MAX_FRAMES)
                 return got
 
+            # what a training window kept, step by step (its steps marked by the probe)
             by_step = (kept_by_step(reader.get_allocation_records(), frames)
-                       if wants_leaks(win) else None)
+                       if win.section is None else None)
     except (OSError, RuntimeError, ValueError) as exc:
         # A capture cut short by a kill may not parse: say so and go on with the rest.
         data.error = f"{where}: unreadable ({exc})"
@@ -414,7 +417,7 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
     data.peak_memory = int(meta.peak_memory)
     data.total_allocations = int(meta.total_allocations)
     data.memray_samples = [(s.time / 1000.0, int(s.rss), int(s.heap)) for s in snaps]
-    data.leaks_read = wants_leaks(win)
+    data.leaks_read = leaks
     with _gc_paused():
         if by_step is not None and by_step[0] > 0:
             data.marked_steps = by_step[0]

@@ -13,7 +13,6 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import device
-from harness.analysis import trend as _trend  # noqa: F401 - registers the trend detector
 from harness.analysis import workers as _workers  # noqa: F401 - registers the worker_leak detector
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding, detectors, finding, mib
@@ -27,6 +26,13 @@ from harness.analysis.peaks import (
     tick_peak,
 )
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
+from harness.analysis.trend import (  # importing it registers the trend detector
+    LEAK_MIN_KEPT_STEPS,
+    LEAK_MIN_MARKED_STEPS,
+    LEAK_MIN_STEP_BYTES,
+    LEAK_STEP_PARTS,
+    step_leaks,
+)
 from harness.layout import HARNESS_PHASES, Event
 from harness.records.events import LoopEnd, SnapshotEvent
 from harness.sizes import MiB, format_size
@@ -38,11 +44,9 @@ LEAK_MIN_WINDOW_STEPS = 20  # (in a window of at least this many steps, in epoch
 LEAK_MIN_SITE_WINDOWS = 2  # windows of different epochs a site must keep memory in to be a
 # finding on its own (with one window, it only names the sites behind a snapshot growth)
 # (those two for captures without step marks; where the probe marked each step's end, a window
-# is read step by step:) a line that kept memory made in steps throughout one training window,
-LEAK_MIN_MARKED_STEPS = 8  # of at least this many marked steps (its first left out: first calls),
-LEAK_STEP_PARTS = 4  # made in each of this many equal parts of its steps (growth, not one fill),
-LEAK_MIN_KEPT_STEPS = 4  # in at least this many of its steps,
-LEAK_MIN_STEP_BYTES = 512  # at least this many bytes a step on average (a loss kept with its graph: ~9 KB)
+# is read step by step: harness.analysis.trend.step_leaks and its LEAK_* thresholds)
+LEAK_FILE_SHARE = 0.5  # RSS growth at least this share file-backed pages is a file read, no leak
+RSS_KINDS = {"anonymous": "main_anon", "file-backed": "main_file", "shared memory": "main_shmem"}
 # copy-on-read: a worker's private memory grows ...
 COW_MIN_USS_GROWTH = 32 * MiB  # ... by at least this,
 COW_MIN_SHARE_FROM_SHARED = 0.5  # mostly in pages it already had (its anonymous RSS flat),
@@ -58,49 +62,25 @@ def _steps_per_epoch(run: Run, stage: str) -> int | None:
     return None
 
 
-def step_leaks(captures: list[CaptureData]) -> pd.DataFrame:
-    """Lines that keep memory step after step: in a training window whose steps the probe marked,
-    what each line (the workload's own, else the site) allocated and still held when the window
-    closed, counted by the step it was made in.
-
-    A line counts when what it kept was made in at least :data:`LEAK_MIN_KEPT_STEPS` of the
-    window's steps, spread over all :data:`LEAK_STEP_PARTS` parts of them (a cache filled once, at
-    warm-up or at the last step, is in one part), at :data:`LEAK_MIN_STEP_BYTES` a step or more.
-    Any epoch counts, the first too: warm-up keeps its memory once, not in every part. The
-    window's first step is left out (a window opened with the loop sees the first calls of its
-    code: lazy initialisation, caches filled once). One row a (capture, line): ``kept_steps`` of
-    ``window_steps`` (the steps counted), ``bytes_per_step``, largest first.
-    """
-    rows = []
-    for c in captures:
-        marked = c.marked_steps
-        if (c.error or c.window.section or marked is None or marked < LEAK_MIN_MARKED_STEPS
-                or c.step_sites.empty):
+def _grown_kinds(run: Run, tk: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per stage, how much each part of the main process's RSS (anonymous, file-backed, shared
+    memory: the sampler's tick nearest each epoch-end snapshot) grew an epoch, from the first
+    epoch-end snapshot to the last; stages whose ticks lack the parts are left out."""
+    out: dict[str, dict[str, float]] = {}
+    if tk.empty:
+        return out
+    for st in run.stages:
+        snaps = sorted((s.epoch, s.t) for label, s in st.snapshots.items() if is_epoch_snapshot(label))
+        mine = tk[tk["stage"] == st.name]
+        if len(snaps) < 2 or mine.empty:
             continue
-        n = marked - 1
-        s = c.step_sites[c.step_sites["step"] >= 1]
-        s = s.assign(where=s["workload_line"].where(s["workload_line"] != "", s["site"]),
-                     part=((s["step"] - 1) * LEAK_STEP_PARTS) // n)
-        for where, g in s.groupby("where", sort=False):
-            kept_steps = int(g["step"].nunique())
-            total = int(g["bytes"].sum())
-            if (kept_steps < LEAK_MIN_KEPT_STEPS or g["part"].nunique() < LEAK_STEP_PARTS
-                    or total < LEAK_MIN_STEP_BYTES * n):
-                continue
-            top = g.groupby("site", sort=False)["bytes"].sum().idxmax()
-            first = g[g["site"] == top].iloc[0]
-            rows.append({
-                "stage": c.capture.stage, "capture": c.capture.name, "process": c.capture.role,
-                "pid": c.pid, "epoch": c.window.epoch, "where": str(where), "site": str(top),
-                "workload_line": str(first["workload_line"]), "source": str(first["source"]),
-                "phase": str(first["phase"]), "window_steps": int(n), "kept_steps": kept_steps,
-                "kept_bytes": total, "kept_allocations": int(g["allocations"].sum()),
-                "bytes_per_step": total / n, "allocations_per_step": float(g["allocations"].sum()) / n,
-            })
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        df = df.sort_values("bytes_per_step", ascending=False, ignore_index=True)
-    return df
+        (e0, t0), (e1, t1) = snaps[0], snaps[-1]
+        at = [mine.loc[(mine["t"] - t).abs().idxmin()] for t in (t0, t1)]
+        grew = {kind: (float(at[1][c]) - float(at[0][c])) / max(e1 - e0, 1)
+                for kind, c in RSS_KINDS.items() if pd.notna(at[0][c]) and pd.notna(at[1][c])}
+        if grew:
+            out[st.name] = grew
+    return out
 
 
 def growing_sites(captures: list[CaptureData]) -> pd.DataFrame:
@@ -139,7 +119,7 @@ def growing_sites(captures: list[CaptureData]) -> pd.DataFrame:
 
 @finding("leak", severity="warning", doc="reports.md#leak", title="memory grows from epoch to epoch",
          order=10)
-def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
+def leak(run: Run, captures: list[CaptureData], tk: pd.DataFrame | None = None) -> Finding | None:
     """Memory that grows from epoch to epoch after the first: how much, where, which sites.
 
     Growth is :func:`harness.analysis.snapshot_metrics.epoch_growth`'s, the figure the gate's
@@ -147,9 +127,12 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
     """
     evidence: list[str] = []
     numbers: dict[str, Any] = {"stages": {}}
+    kinds = _grown_kinds(run, tk if tk is not None else pd.DataFrame())
     for g in epoch_growth(run):
-        if not (g.tensor_leak or g.rss_leak):
-            continue
+        grew = kinds.get(g.stage, {})
+        file_backed = grew.get("file-backed", 0.0) >= LEAK_FILE_SHARE * max(g.main_rss_per_epoch, 1.0)
+        if not (g.tensor_leak or (g.rss_leak and not file_backed)):
+            continue  # RSS grown by file-backed pages (a memory-mapped file read): no leak
         per_epoch: dict[str, Any] = {
             "epochs": [g.boundaries[0].from_epoch] + [b.to_epoch for b in g.boundaries],
             "boundaries": len(g.boundaries),
@@ -167,6 +150,11 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
                         f"({per_epoch['tensor_bytes_per_epoch']:,.0f} bytes of tensor data)")
         what.append(f"RSS {mib(per_epoch['main_rss_per_epoch'])} (growth_per_epoch, the figure "
                     f"`harness check` gates), USS {mib(per_epoch['main_uss_per_epoch'])}")
+        if grew:
+            per_epoch["kinds_per_epoch"] = grew
+            top = max(grew, key=lambda k: grew[k])
+            what.append("by RSS's parts " + ", ".join(f"{k} {mib(v)}" for k, v in grew.items())
+                        + f": the memory that grew is {top}")
         evidence.append(
             f"in stage {g.stage!r} the main process grew at each of the {len(g.boundaries)} epoch "
             f"boundaries after the first: per epoch {'; '.join(what)}"
@@ -213,8 +201,8 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
                          f"~{format_size(r.bytes_per_step)} a step ({r.kept_steps} of "
                          f"{r.window_steps} steps of capture {r.capture}){epoch_text}")
         evidence.append("lines that keep, step after step, memory they allocated (made in steps "
-                        "throughout a training window, still held when it closed): "
-                        + "; ".join(lines))
+                        "throughout a training window, still held when it closed; allocations, so "
+                        "anonymous memory): " + "; ".join(lines))
         numbers["step_sites"] = top_kept.to_dict(orient="records")
         numbers["step_thresholds"] = {"min_marked_steps": LEAK_MIN_MARKED_STEPS,
                                       "parts": LEAK_STEP_PARTS, "min_kept_steps": LEAK_MIN_KEPT_STEPS,
@@ -233,7 +221,8 @@ def leak(run: Run, captures: list[CaptureData]) -> Finding | None:
     numbers["processes"] = processes
     return Finding(
         kind="leak",
-        title="Memory grows from epoch to epoch (a leak)",
+        title=("Memory grows from epoch to epoch (a leak)" if snapshot_evidence or kept.empty
+               else "A line keeps memory step after step (a leak)"),
         text="Memory that is not given back: " + ". Also, ".join(evidence) + ".",
         numbers=numbers,
     )

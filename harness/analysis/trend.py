@@ -62,6 +62,12 @@ TREND_MIN_EXPLAINED = 0.5  # ... and at least this share of the fitted line's ri
 TREND_SEGMENTS = 8  # the series cut into this many parts, each part's median: no rise between
 TREND_MAX_ONE_RISE = 0.6  # two consecutive ones more than this share of the first-to-last rise
 TREND_MAX_SITES = 5  # sites named in the finding
+# Leaks counted per step (step_leaks; the leak finding and this one name them): a line that kept
+# memory made in steps throughout one training window whose step ends the probe marked,
+LEAK_MIN_MARKED_STEPS = 8  # of at least this many marked steps (its first left out: first calls),
+LEAK_STEP_PARTS = 4  # made in each of this many equal parts of its steps (growth, not one fill),
+LEAK_MIN_KEPT_STEPS = 4  # in at least this many of its steps,
+LEAK_MIN_STEP_BYTES = 512  # at least this many bytes a step on average (a loss kept with its graph: ~9 KB)
 IMPORT_LINE = r"\s*(import|from)\s"  # a workload line that imports: what it keeps is a module
 KINDS = {"anon": "anonymous", "shmem": "shared memory", "file": "file-backed"}
 
@@ -284,6 +290,51 @@ def trends(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Tren
     return out
 
 
+def step_leaks(captures: list[CaptureData]) -> pd.DataFrame:
+    """Lines that keep memory step after step: in a training window whose steps the probe marked,
+    what each line (the workload's own, else the site) allocated and still held when the window
+    closed, counted by the step it was made in.
+
+    A line counts when what it kept was made in at least :data:`LEAK_MIN_KEPT_STEPS` of the
+    window's steps, spread over all :data:`LEAK_STEP_PARTS` parts of them (a cache filled once, at
+    warm-up or at the last step, is in one part), at :data:`LEAK_MIN_STEP_BYTES` a step or more.
+    Any epoch counts, the first too: warm-up keeps its memory once, not in every part. The
+    window's first step is left out (a window opened with the loop sees the first calls of its
+    code: lazy initialisation, caches filled once). One row a (capture, line): ``kept_steps`` of
+    ``window_steps`` (the steps counted), ``bytes_per_step``, largest first.
+    """
+    rows = []
+    for c in captures:
+        marked = c.marked_steps
+        if (c.error or c.window.section or marked is None or marked < LEAK_MIN_MARKED_STEPS
+                or c.step_sites.empty):
+            continue
+        n = marked - 1
+        s = c.step_sites[c.step_sites["step"] >= 1]
+        s = s.assign(where=s["workload_line"].where(s["workload_line"] != "", s["site"]),
+                     part=((s["step"] - 1) * LEAK_STEP_PARTS) // n)
+        for where, g in s.groupby("where", sort=False):
+            kept_steps = int(g["step"].nunique())
+            total = int(g["bytes"].sum())
+            if (kept_steps < LEAK_MIN_KEPT_STEPS or g["part"].nunique() < LEAK_STEP_PARTS
+                    or total < LEAK_MIN_STEP_BYTES * n):
+                continue
+            top = g.groupby("site", sort=False)["bytes"].sum().idxmax()
+            first = g[g["site"] == top].iloc[0]
+            rows.append({
+                "stage": c.capture.stage, "capture": c.capture.name, "process": c.capture.role,
+                "pid": c.pid, "epoch": c.window.epoch, "where": str(where), "site": str(top),
+                "workload_line": str(first["workload_line"]), "source": str(first["source"]),
+                "phase": str(first["phase"]), "window_steps": int(n), "kept_steps": kept_steps,
+                "kept_bytes": total, "kept_allocations": int(g["allocations"].sum()),
+                "bytes_per_step": total / n, "allocations_per_step": float(g["allocations"].sum()) / n,
+            })
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("bytes_per_step", ascending=False, ignore_index=True)
+    return df
+
+
 def kept_sites(captures: list[CaptureData], stage: str) -> pd.DataFrame:
     """Sites allocated inside a capture of ``stage`` and still held at its end, largest first.
 
@@ -368,6 +419,16 @@ def trend(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | 
     for stage in dict.fromkeys(tr.stage for tr in growing):
         mine = [tr for tr in growing if tr.stage == stage]
         evidence.append(f"in stage {stage!r}, " + "; ".join(_describe(tr) for tr in mine))
+        kept = step_leaks([c for c in captures if c.capture.stage == stage])
+        if not kept.empty:
+            kept = kept.drop_duplicates(["process", "where"]).head(TREND_MAX_SITES)
+            evidence.append("Lines that keep memory step after step (made in steps throughout a "
+                            "training window, still held when it closed): " + "; ".join(
+                                f"{r.where}" + (f" `{r.source}`" if r.source else "")
+                                + f" [{r.process}] ~{format_size(r.bytes_per_step)} a step "
+                                f"({r.kept_steps} of {r.window_steps} steps)"
+                                for r in kept.itertuples(index=False)))
+            numbers.setdefault("step_sites", []).extend(kept.to_dict(orient="records"))
         sites = kept_sites(captures, stage).head(TREND_MAX_SITES)
         if sites.empty:
             continue
@@ -377,7 +438,8 @@ def trend(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | 
             at = f" (site {r.site})" if r.site != r.where else ""
             lines.append(f"{r.where}{code}{at} [{r.process}]: {mib(r.kept_bytes)} in "
                          f"{int(r.kept_allocations):,} allocations")
-        evidence.append(f"Sites allocated inside the memray capture(s) of stage {stage!r} and still "
+        evidence.append(f"Sites allocated inside the memray capture(s) of stage {stage!r} (its "
+                        "training windows, its main process's evaluation passes) and still "
                         "held when they closed (a whole-stage capture: at its heap's peak), largest "
                         "first: " + "; ".join(lines))
         sites_out += [{"stage": stage, **rec} for rec in sites.to_dict(orient="records")]

@@ -11,6 +11,10 @@
   graphs): memory rises at each evaluation pass and stays flat between (a staircase), on the
   line marked ``# kept: eval``.
 
+``--memmap MB`` (clean, with any ``--keep``): each step also reads its own slice of a
+memory-mapped file of MB megabytes (np.memmap), so the file's pages fault in step by step: RSS
+grows by file-backed pages, which is no leak.
+
 The loop goes through ``probe.iterate`` (over a plain list) so that the harness sees its steps
 and opens its training windows without any DataLoader. ``--pause`` sleeps a step (data loading).
 """
@@ -18,6 +22,8 @@ and opens its training windows without any DataLoader. ``--pause`` sleeps a step
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -32,7 +38,15 @@ ap.add_argument("--keep", choices=["none", "loss", "numpy", "eval"], default="no
 ap.add_argument("--epochs", type=int, default=3)
 ap.add_argument("--steps", type=int, default=40)
 ap.add_argument("--pause", type=float, default=0.02)
+ap.add_argument("--memmap", type=int, default=0, help="MB of a memory-mapped file read step by step")
 args = ap.parse_args()
+
+mapped = None
+if args.memmap:
+    path = os.path.join(tempfile.mkdtemp(), "data.f32")
+    np.ones(args.memmap * MiB // 4, dtype=np.float32).tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r")
+    chunk = len(mapped) // (args.epochs * args.steps)
 
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
@@ -49,6 +63,8 @@ step = 0
 for epoch in range(1, args.epochs + 1):
     with probe.epoch(epoch):
         for x, y in probe.iterate(batches):
+            if mapped is not None:  # touch every page of this step's slice: file-backed pages
+                float(mapped[step * chunk:(step + 1) * chunk:1024].sum())
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(net(x), y)  # kept: loss
             loss.backward()
