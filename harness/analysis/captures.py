@@ -34,6 +34,7 @@ from harness.layout import (
     STEP_MARK_FILE,
     STEP_MARK_FUNCTION,
     STEP_MARK_SIZE,
+    capture_name,
     parse_capture_name,
 )
 from harness.records.events import MemrayStart, MemrayStop
@@ -258,6 +259,13 @@ def wants_leaks(window: Window, role: str = "main") -> bool:
     return window.section is None or role == "main"
 
 
+def marks_steps(capture: Capture, window: Window) -> bool:
+    """Whether the probe marked the steps of this capture (``memray_step_mark``): a training
+    window of the main process, not a whole-stage capture (``memray.mode: full``)."""
+    return (window.section is None and capture.pid is None
+            and capture.name != capture_name(capture.stage))
+
+
 @contextlib.contextmanager
 def _memray_complaints() -> Iterator[list[str]]:
     """Collect what memray logs meanwhile: a capture it can read only in part ends its records
@@ -398,9 +406,10 @@ def read_capture(capture: Capture, window: Window | None) -> tuple[CaptureData, 
                     got = stacks[r.stack_id] = r.stack_trace(MAX_FRAMES)
                 return got
 
-            # what a training window kept, step by step (its steps marked by the probe)
+            # what a training window kept, step by step (the probe marks its steps in the main
+            # process's windows; a whole-stage capture and a worker's have no marks)
             by_step = (kept_by_step(reader.get_allocation_records(), frames)
-                       if win.section is None else None)
+                       if marks_steps(capture, win) else None)
     except (OSError, RuntimeError, ValueError) as exc:
         # A capture cut short by a kill may not parse: say so and go on with the rest.
         data.error = f"{where}: unreadable ({exc})"

@@ -20,6 +20,7 @@ the device reader's last reading is in before the tracer's event carries it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -379,6 +380,12 @@ class MemrayWindow(StepHook):
         global _forking, _marking
         if self._open is None:
             return
+        if _marking:
+            # What the window's steps left to the cyclic garbage collector (a batch in a reference
+            # cycle, freed at some later collection) is no more held than what they freed: collect
+            # it while the capture still sees the frees, so "still held when the window closed"
+            # means still reachable.
+            gc.collect()
         _marking = False
         (name, tracker), self._open = self._open, None
         self._section, self.section_stop = None, NEVER
