@@ -243,3 +243,39 @@ def test_the_leak_finding_says_bytes_a_step_and_in_how_many_steps(
     assert {_line(m).rsplit(":", 1)[1] for m in ("blocks", "watched", "numpy", "monitor")} <= lines
     # the same run with the clean twins: nothing
     assert findings.leak(run, [clean]) is None
+
+
+# -- on small synthetic step tables ---------------------------------------------------------------
+def _window(epoch: int, rows: list[tuple[str, str, int, int, int]], steps: int = STEPS) -> CaptureData:
+    """A marked training window of ``steps`` steps whose kept allocations are ``rows``:
+    (site, workload line, step, bytes, allocations)."""
+    from harness.analysis.captures import STEP_COLUMNS, Window
+
+    name = capture_name("train", epoch, "train")
+    table = pd.DataFrame([(site, where, "", "data", step, size, count)
+                          for site, where, step, size, count in rows], columns=STEP_COLUMNS)
+    return CaptureData(Capture("train", name, Path("x.bin"), None, 1),
+                       Window(epoch, None, 0, steps, None, None), pid=1, marked_steps=steps,
+                       step_sites=table)
+
+
+LOOP = "train (/work/train.py:12)"
+RECEIVE = "rebuild_storage_fd (torch/multiprocessing/reductions.py:543)"
+
+
+def test_a_line_must_keep_memory_so_in_every_window_of_its_stage() -> None:
+    every = [("append (x.py:3)", LOOP, i, 2048, 1) for i in range(STEPS)]
+    assert not trend.step_leaks([_window(1, every), _window(2, every)]).empty
+    # a cache bounded above a window's steps: fills through one window, not the next
+    assert trend.step_leaks([_window(1, every), _window(2, every[:3])]).empty
+    assert not trend.step_leaks([_window(1, every)]).empty  # one window: it alone decides
+
+
+def test_torchs_shared_cache_of_received_batches_is_no_leak_but_kept_batches_are() -> None:
+    # GIVEN a window keeping, at each step, two 96-byte entries of torch's SharedCache (clean) and
+    # another keeping a received batch's pages with them (a script holding on to its batches)
+    bookkeeping = [(RECEIVE, LOOP, i, 2 * 96, 2) for i in range(STEPS)]
+    batches = [(RECEIVE, LOOP, i, 49152 + 2 * 96, 3) for i in range(STEPS)]
+    assert trend.step_leaks([_window(1, bookkeeping)]).empty
+    (hit,) = trend.step_leaks([_window(1, batches)]).itertuples()
+    assert (hit.where, hit.kept_steps, hit.bytes_per_step) == (LOOP, STEPS - 1, 49152 + 2 * 96)

@@ -68,6 +68,8 @@ LEAK_MIN_MARKED_STEPS = 8  # of at least this many marked steps (its first left 
 LEAK_STEP_PARTS = 4  # made in each of this many equal parts of its steps (growth, not one fill),
 LEAK_MIN_KEPT_STEPS = 4  # in at least this many of its steps,
 LEAK_MIN_STEP_BYTES = 512  # at least this many bytes a step on average (a loss kept with its graph: ~9 KB)
+SHARED_CACHE_SITE = "torch/multiprocessing/reductions.py"  # torch's SharedCache (step_leaks)
+SHARED_CACHE_MAX_ENTRY = 4096  # bytes an allocation there, under which it is its bookkeeping
 IMPORT_LINE = r"\s*(import|from)\s"  # a workload line that imports: what it keeps is a module
 KINDS = {"anon": "anonymous", "shmem": "shared memory", "file": "file-backed"}
 
@@ -300,17 +302,28 @@ def step_leaks(captures: list[CaptureData]) -> pd.DataFrame:
     warm-up or at the last step, is in one part), at :data:`LEAK_MIN_STEP_BYTES` a step or more.
     Any epoch counts, the first too: warm-up keeps its memory once, not in every part. The
     window's first step is left out (a window opened with the loop sees the first calls of its
-    code: lazy initialisation, caches filled once). One row a (capture, line): ``kept_steps`` of
-    ``window_steps`` (the steps counted), ``bytes_per_step``, largest first.
+    code: lazy initialisation, caches filled once). A line must be found so in every such window
+    of its stage (``windows``): a bounded cache can fill through one. One row a (capture, line):
+    ``kept_steps`` of ``window_steps`` (the steps counted), ``bytes_per_step``, largest first.
     """
     rows = []
+    eligible: dict[str, int] = {}  # per stage, its main-process windows read step by step
     for c in captures:
         marked = c.marked_steps
         if (c.error or c.window.section or marked is None or marked < LEAK_MIN_MARKED_STEPS
-                or c.step_sites.empty):
+                or c.capture.pid is not None):
+            continue
+        eligible[c.capture.stage] = eligible.get(c.capture.stage, 0) + 1
+        if c.step_sites.empty:
             continue
         n = marked - 1
         s = c.step_sites[c.step_sites["step"] >= 1]
+        # torch's SharedCache keeps a small entry per tensor received from a DataLoader worker until
+        # it holds 128 (then drops the dead ones): bookkeeping, kept step after step within a
+        # window. The received batches' own pages (a kept batch) are allocated there too, in pages.
+        cache = (s["site"].str.contains(SHARED_CACHE_SITE, regex=False)
+                 & (s["bytes"] < SHARED_CACHE_MAX_ENTRY * s["allocations"]))
+        s = s[~cache]
         s = s.assign(where=s["workload_line"].where(s["workload_line"] != "", s["site"]),
                      part=((s["step"] - 1) * LEAK_STEP_PARTS) // n)
         for where, g in s.groupby("where", sort=False):
@@ -330,9 +343,16 @@ def step_leaks(captures: list[CaptureData]) -> pd.DataFrame:
                 "bytes_per_step": total / n, "allocations_per_step": float(g["allocations"].sum()) / n,
             })
     df = pd.DataFrame(rows)
-    if not df.empty:
-        df = df.sort_values("bytes_per_step", ascending=False, ignore_index=True)
-    return df
+    if df.empty:
+        return df
+    # A line must keep memory so in every window of its stage that was read step by step: a cache
+    # bounded above a window's steps (torch's SharedCache of received DataLoader batches, cleaned
+    # at 128 entries) fills through one window and not the next.
+    key = ["stage", "process", "where"]
+    df = df.assign(windows=df.groupby(key)["capture"].transform("nunique"),
+                   of_windows=df["stage"].map(eligible))
+    df = df[df["windows"] >= df["of_windows"]]
+    return df.sort_values("bytes_per_step", ascending=False, ignore_index=True)
 
 
 def kept_sites(captures: list[CaptureData], stage: str) -> pd.DataFrame:
