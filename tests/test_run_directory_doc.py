@@ -23,6 +23,7 @@ import pytest
 from pydantic import BaseModel
 
 from harness.layout import Event
+from harness.records.composition import Moment
 from harness.records.events import HarnessEvent, WorkloadEvent
 from harness.records.manifest import Manifest
 from harness.records.probe_config import ProbeConfig
@@ -53,6 +54,9 @@ RECORDS: list[DocRecord] = [
         "parameters", "gradients", "optimizer_state", "other", "ddp_buckets",  # tensor_bytes' keys
         "anonymous", "heap", "stack", "file", "special",  # map kinds
         "main", "true", "null", "traced_step"})),
+    DocRecord("composition.jsonl", Moment, words=frozenset({
+        "start", "epoch", "peak", "end", "inside", "outside",  # when, source
+        "uordblks", "hblkhd", "fordblks", "memfd", "null"})),
     DocRecord("probe.json", ProbeConfig, nested=False),
     DocRecord("events.jsonl", HarnessEvent | WorkloadEvent, words=frozenset({
         *Event, *PHASES, "zero_grad",  # the kinds, the phases

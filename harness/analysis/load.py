@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import ScenarioError, UsageError
 from harness.layout import (
+    COMPOSITION_FILE,
     EVENTS_FILE,
     MANIFEST_FILE,
     MEMRAY_DIR,
@@ -40,6 +41,7 @@ from harness.layout import (
 )
 from harness.records import jsonio
 from harness.records import scenario as scenario_mod
+from harness.records.composition import Moment
 from harness.records.events import EVENT_ADAPTER, BaseEvent, EventRecord, StageEnd
 from harness.records.manifest import Manifest, StageOutcome, parse_manifest
 from harness.records.problems import error_line
@@ -85,6 +87,8 @@ class Stage:
     rank: int | None = None
     node: int | None = None
     ranks: list[Stage] = field(default_factory=list)  # the stage's ranks, on the stage itself
+    # composition.jsonl: what each process's RSS is made of at the stage's moments, in order
+    composition: list[Moment] = field(default_factory=list)
 
     @overload
     def events_of(self, kind: type[E]) -> list[E]: ...
@@ -418,6 +422,30 @@ def read_events(path: Path, problems: list[str]) -> list[EventRecord]:
     return out
 
 
+def read_composition(path: Path, problems: list[str]) -> list[Moment]:
+    """composition.jsonl, one :class:`Moment` a line, in the order written; a line torn, not
+    JSON or not a moment is skipped and noted (a killed stage may leave its last line half)."""
+    if not path.is_file():
+        return []
+    where = _where(path)
+    out: list[Moment] = []
+    bad: list[tuple[int, str]] = []
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = jsonio.loads(line, where)
+        except jsonio.RecordError as exc:
+            bad.append((n, exc.detail))
+            continue
+        try:
+            out.append(Moment.model_validate(raw))
+        except ValidationError as exc:
+            bad.append((n, error_line(exc)))
+    _note_lines(problems, where, bad, "unreadable line skipped")
+    return out
+
+
 def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, Snapshot]:
     """The stage's snapshots by label, in the order they were taken; a damaged one is skipped."""
     snap_dir = sdir / SNAPSHOTS_DIR
@@ -567,6 +595,7 @@ def load_run(run_dir: Path) -> Run:
             snapshots=read_snapshots(sdir, problems),
             captures=list_captures(name, sdir, problems),
             ranks=ranks,
+            composition=read_composition(sdir / COMPOSITION_FILE, problems),
         ))
     problems += record_gaps(run_dir, manifest, stages)
     return Run(run_dir, manifest, stages, problems, _node_manifests(run_dir, problems), scenario)
@@ -623,7 +652,8 @@ def _rank_stage(name: str, rdir: Path, rank: int, outcome: StageOutcome | None,
     return Stage(name=name, dir=rdir, outcome=outcome, samples=own,
                  events=read_events(rdir / EVENTS_FILE, problems),
                  snapshots=read_snapshots(rdir, problems),
-                 captures=list_captures(name, rdir, problems, rank), rank=rank, node=node)
+                 captures=list_captures(name, rdir, problems, rank), rank=rank, node=node,
+                 composition=read_composition(rdir / COMPOSITION_FILE, problems))
 
 
 def _node_manifests(run_dir: Path, problems: list[str]) -> dict[int, Manifest]:

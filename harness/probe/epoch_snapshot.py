@@ -129,10 +129,12 @@ def take(
     optimizer: Any,
     device: str,
     memray_active: bool,
+    storages: tensor_census.StorageSink | None = None,
 ) -> Snapshot:
-    """Take one snapshot; :meth:`Snapshot.write` writes it."""
+    """Take one snapshot; :meth:`Snapshot.write` writes it. ``storages`` is told of every tensor
+    the census finds (the composition's, from the same walk)."""
     t0 = time.time()
-    records = tensor_census.census(model, optimizer)
+    records = tensor_census.census(model, optimizer, storages)
     maps = read_maps()
     tensor_map = []
     holding: dict[int, Mapping] = {}
@@ -155,7 +157,7 @@ def take(
         epoch=epoch,
         t=t0,
         pid=os.getpid(),
-        rank=_rank(),
+        rank=global_rank(),
         tensor_bytes=tensor_bytes,
         ddp=ddp,
         tensor_count=len(records),
@@ -175,7 +177,7 @@ def take(
     )
 
 
-def _rank() -> int | None:
+def global_rank() -> int | None:
     """The global rank of this process in a torchrun job; None outside one."""
     raw = os.environ.get("RANK")
     return int(raw) if raw and raw.isdigit() and "TORCHELASTIC_RUN_ID" in os.environ else None

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import psutil
 from pydantic import ValidationError
 
-from harness.layout import CELL_FILE, EVENTS_FILE, SNAPSHOTS_DIR, Event
-from harness.probe import workers
+from harness.layout import CELL_FILE, COMPOSITION_FILE, EVENTS_FILE, SNAPSHOTS_DIR, Event
+from harness.probe import composition, workers
 from harness.probe.steps import (
     NEVER,
     CellWriter,
@@ -32,6 +32,7 @@ from harness.probe.steps import (
     Steps,
     TensorTracer,
 )
+from harness.records.composition import When
 from harness.records.events import (
     EVENT_ADAPTER,
     EpochEnd,
@@ -95,6 +96,10 @@ class LiveProbe:
             self._oom = OomObserver(self.events.write, self._where, self.stage,
                                     self.dir / CUDA_HISTORY_DIR, int(cfg.cuda.history_max_mb * MiB))
             self._oom.attach()
+        # The composition (composition.jsonl): a moment at the first step's start, each epoch
+        # snapshot, near the peak (RSS read at each step boundary) and the stage's end.
+        self._rss = composition.RssWatch()
+        self._started = False  # the ``start`` moment is taken
         self.events.write(StageStart(t=time.time(), stage=self.stage, pid=os.getpid()))
         self._memray.start_stage()
         if workers.wanted(cfg):  # each DataLoader worker tracks a window of its own batches
@@ -171,6 +176,8 @@ class LiveProbe:
         total = self._start_loop(loader, limit)
         loop = StepLoop(self, total, start)  # before iter(): a memray window at step 0 must see the fork
         it = iter(loader)
+        if not self._started:  # after iter(): the DataLoader's workers are in the moment
+            self._moment("start")
         try:
             while loop.step != limit:
                 loop.begin()
@@ -214,7 +221,7 @@ class LiveProbe:
             rss = self._process.memory_info().rss
             self._memray.epoch_end(number, rss)  # grown: a training window in the next epoch
             self.events.write(EpochEnd(t=time.time(), epoch=number, rss=rss))
-            self.snapshot(f"epoch-{number}")
+            self.snapshot(f"epoch-{number}", "epoch")
 
     @contextlib.contextmanager
     def section(self, name: str) -> Iterator[None]:
@@ -294,11 +301,15 @@ class LiveProbe:
         self._seconds = [0.0] * len(PHASES)
         self._counts = [0] * len(PHASES)
 
-    def snapshot(self, label: str) -> None:
+    def snapshot(self, label: str, when: When) -> None:
+        """The snapshot ``label`` (if the scenario takes them) and the composition's moment
+        ``when``, from the same tensor census."""
         if not self.cfg.tensors.snapshots:
+            self._moment(when)
             return
         from harness.probe import epoch_snapshot as snapshot
 
+        storages = composition.Storages()
         snap = snapshot.take(
             label,
             stage=self.stage,
@@ -307,12 +318,30 @@ class LiveProbe:
             optimizer=self._optimizer,
             device=self.device,
             memray_active=self._memray.active,
+            storages=storages,
         )
         path = snap.write(self.dir / SNAPSHOTS_DIR)
         self.events.write(SnapshotEvent(
             t=time.time(), label=label, epoch=self._epoch, file=f"{SNAPSHOTS_DIR}/{path.name}",
             tensor_bytes=snap.tensor_bytes,
         ))
+        self._moment(when, storages)
+
+    def _moment(self, when: When, storages: composition.Storages | None = None) -> None:
+        """Take the composition's moment ``when`` and append it to composition.jsonl;
+        ``storages``: the CPU tensors a census just found (else one is taken now)."""
+        from harness.probe.epoch_snapshot import global_rank
+
+        if storages is None:
+            storages = composition.cpu_storages(self._model, self._optimizer)
+        moment = composition.take(
+            when, stage=self.stage, stage_dir=self.dir, storages=storages, device=self.device,
+            epoch=self._epoch, step=self._cell.step, phase=PHASES[self._cur], rank=global_rank())
+        composition.append(self.dir / COMPOSITION_FILE, moment)
+        if when == "start":
+            self._started = True
+        if when in ("start", "peak"):
+            self._rss.arm(moment.processes[0].rss)
 
     def _where(self) -> tuple[int, int, str]:
         return self._epoch, self._cell.step, PHASES[self._cur]
@@ -324,7 +353,10 @@ class LiveProbe:
         if not failed:
             self.phase("teardown")
         self._flush_phases("rest")
-        self.snapshot("end")
+        if not self._started:  # the stage never stepped: its start is its end
+            self._moment("start")
+        self.snapshot("end", "end")
+        self._rss.close()
         self._memray.close(epoch=self._epoch, step=self._cell.step)
         workers.uninstall()
         if not failed:
@@ -366,6 +398,8 @@ class StepLoop:
         cell = self._probe._cell
         cell.step = self.step
         cell.heartbeat += 1
+        if self._probe._rss.passed():  # one read of /proc/self/statm: a composition near the peak
+            self._probe._moment("peak")
         if self._live:
             ending, self._live = self._live, ()
             self._probe._end_step(ending, self.step - 1)

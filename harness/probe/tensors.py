@@ -18,7 +18,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -90,11 +90,23 @@ def watched_tensors(
     return [_record(c, n, t) for c, n, t in watched(model, optimizer)]
 
 
+class StorageSink(Protocol):
+    """Told of every tensor a census finds, the watched ones first (the composition's storages)."""
+
+    def add(self, category: str, tensor: torch.Tensor) -> None: ...
+
+
 def census(
-    model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None
+    model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
+    storages: StorageSink | None = None,
 ) -> list[TensorRecord]:
-    """Every live tensor: the watched ones by category, then the rest the GC can find as 'other'."""
-    records = watched_tensors(model, optimizer)
+    """Every live tensor: the watched ones by category, then the rest the GC can find as 'other'.
+    ``storages``, if given, is told of each tensor listed (one walk serves both)."""
+    records = []
+    for category, name, t in watched(model, optimizer):
+        records.append(_record(category, name, t))
+        if storages is not None:
+            storages.add(category, t)
     seen = {r.address for r in records}
     with warnings.catch_warnings():
         # isinstance() on some deprecated torch objects warns; the census only asks the type.
@@ -112,6 +124,8 @@ def census(
             continue
         seen.add(addr)
         records.append(_record("other", "", obj))
+        if storages is not None:
+            storages.add("other", obj)
     return records
 
 
