@@ -34,9 +34,14 @@ class FakeProbe:
         self.section_batches = 0  # the last count the hooks gave the running section
         self.log: list[tuple[str, Any]] = []
         self.loops: list[FakeLoop] = []
+        self.starts = 0  # composition_start calls: before each pass's first batch
 
     def phase(self, name: str) -> None:
         self.marks.append(name)
+
+    def composition_start(self) -> None:
+        if not self.log and not self.marks:  # nothing marked yet: before the first step
+            self.starts += 1
 
     @contextlib.contextmanager
     def epoch(self, number: int) -> Iterator[None]:
@@ -133,6 +138,7 @@ def test_tutorial_loop_gets_steps_epochs_and_validation_without_eval_or_no_grad(
             for x, y in val:
                 torch.nn.CrossEntropyLoss()(net(x), y)
     # THEN each step is marked once per phase, nested modules and the loss module included
+    assert fake.starts == 1  # the composition's start: before the first batch, nothing marked
     assert fake.marks[:5] == STEP
     assert fake.marks.count("forward") == 6  # only training forwards: validation is one section
     assert fake.marks.count("backward") == 6  # Tensor.backward calls torch.autograd.backward: one mark

@@ -602,6 +602,9 @@ class AutoPhases:
 
     def _start_pass(self, it: Any) -> _Pass:
         self._end_pass()
+        # Before the first batch of the first pass (its workers running): the composition's
+        # start, before any training step — which this pass may turn out to be.
+        self.live.composition_start()
         key = self._key(it._index_sampler)
         kind = self._kinds.get(key)
         if kind is None and self._train_key is not None:

@@ -366,8 +366,12 @@ class Storages:
     by_address: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def add(self, category: str, tensor: Any) -> None:
+        """Count ``tensor``'s storage under ``category`` unless counted; a parameter no one
+        named (a script's model before the automatic phases watch it) is a parameter still."""
         if tensor.device.type != "cpu" or tensor.is_meta:
             return
+        if category == "other" and isinstance(tensor, _parameter_type()):
+            category = "parameters"
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # a wrapper with no storage of its own
@@ -375,6 +379,13 @@ class Storages:
         address, nbytes = storage.data_ptr(), storage.nbytes()
         if address and nbytes and address not in self.by_address:
             self.by_address[address] = (category, nbytes)
+
+
+@functools.cache
+def _parameter_type() -> type:
+    import torch
+
+    return torch.nn.Parameter
 
 
 def cpu_storages(model: Any, optimizer: Any) -> Storages:

@@ -176,8 +176,7 @@ class LiveProbe:
         total = self._start_loop(loader, limit)
         loop = StepLoop(self, total, start)  # before iter(): a memray window at step 0 must see the fork
         it = iter(loader)
-        if not self._started:  # after iter(): the DataLoader's workers are in the moment
-            self._moment("start")
+        self.composition_start()  # after iter(): the DataLoader's workers are in the moment
         try:
             while loop.step != limit:
                 loop.begin()
@@ -326,6 +325,11 @@ class LiveProbe:
             tensor_bytes=snap.tensor_bytes,
         ))
         self._moment(when, storages)
+
+    def composition_start(self) -> None:
+        """The composition's ``start`` moment, unless taken: before the first training step."""
+        if not self._started:
+            self._moment("start")
 
     def _moment(self, when: When, storages: composition.Storages | None = None) -> None:
         """Take the composition's moment ``when`` and append it to composition.jsonl;
