@@ -355,9 +355,10 @@ def test_a_worker_is_read_from_outside(child_with_a_mapped_file: tuple[int, int]
 
 # -- the probe takes the moments -----------------------------------------------------------------
 
-def _live(tmp_path: Path, snapshots: bool) -> LiveProbe:
+def _live(tmp_path: Path, snapshots: bool, composition: bool = True) -> LiveProbe:
     cfg = ProbeConfig(stage="train", device="cpu", memray=MemrayConfig(mode="off"),
-                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=snapshots),
+                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=snapshots,
+                                            composition=composition),
                       cuda=CudaConfig())
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
     cellmod.create(tmp_path / CELL_FILE)
@@ -393,6 +394,15 @@ def test_a_stage_that_never_steps_takes_its_start_at_its_end(tmp_path: Path) -> 
     p.close()
     moments = read_composition(tmp_path / COMPOSITION_FILE, [])
     assert [m.when for m in moments] == ["start", "end"]
+
+
+def test_tensors_composition_false_writes_no_moment(tmp_path: Path) -> None:
+    p = _live(tmp_path, snapshots=False, composition=False)
+    with p.epoch(1):
+        for _ in p.iterate(range(3)):
+            pass
+    p.close()
+    assert not (tmp_path / COMPOSITION_FILE).exists()
 
 
 def test_peak_moments_need_the_margin_and_are_bounded() -> None:

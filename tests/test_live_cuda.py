@@ -70,7 +70,7 @@ def _probe(tmp_path: Path) -> LiveProbe:
     cfg = ProbeConfig(
         stage="train", device="cuda",
         memray=MemrayConfig(mode="off"),
-        tensors=TensorsConfig(trace_steps=2, trace_every=0, snapshots=False),
+        tensors=TensorsConfig(trace_steps=2, trace_every=0, snapshots=False, composition=False),
         cuda=CudaConfig(sample_every=3, history_epoch=1, history_start=2, history_steps=3),
     )
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))

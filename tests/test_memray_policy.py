@@ -211,7 +211,7 @@ class _Memory:
 
 def _live(tmp_path: Path, **memray: Any) -> tuple[LiveProbe, Trackers, _Memory]:
     cfg = ProbeConfig(stage="train", device="cpu", memray=MemrayConfig(**memray),
-                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False),
+                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False, composition=False),
                       cuda=CudaConfig())
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
     cellmod.create(tmp_path / CELL_FILE)

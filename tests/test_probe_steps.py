@@ -486,7 +486,7 @@ def _live(tmp_path: Path, tensors: TensorsConfig) -> LiveProbe:
 
 
 def test_live_probe_calls_hooks_only_on_their_steps_in_a_fixed_order(tmp_path: Path) -> None:
-    p = _live(tmp_path, TensorsConfig(trace_steps=0, trace_every=0, snapshots=False))
+    p = _live(tmp_path, TensorsConfig(trace_steps=0, trace_every=0, snapshots=False, composition=False))
     log: list[str] = []
     p._hooks = (Recorder("a", Steps(at=frozenset({1})), log),
                 Recorder("b", Steps(at=frozenset({1, 3})), log))
@@ -503,7 +503,7 @@ def test_live_probe_calls_hooks_only_on_their_steps_in_a_fixed_order(tmp_path: P
 
 
 def test_live_probe_abandons_a_step_the_loader_never_gave(tmp_path: Path) -> None:
-    p = _live(tmp_path, TensorsConfig(trace_steps=0, trace_every=0, snapshots=False))
+    p = _live(tmp_path, TensorsConfig(trace_steps=0, trace_every=0, snapshots=False, composition=False))
     log: list[str] = []
     p._hooks = (Recorder("a", Steps(every=(2,)), log),)
     for _ in p.iterate(range(2)):
@@ -513,7 +513,7 @@ def test_live_probe_abandons_a_step_the_loader_never_gave(tmp_path: Path) -> Non
 
 
 def test_live_probe_traced_steps_and_phase_totals(tmp_path: Path) -> None:
-    p = _live(tmp_path, TensorsConfig(trace_steps=2, trace_every=3, snapshots=False))
+    p = _live(tmp_path, TensorsConfig(trace_steps=2, trace_every=3, snapshots=False, composition=False))
     with p.epoch(1):
         for _ in p.iterate(range(6)):  # step 6 would be traced: the loader ends first
             p.phase("forward")
@@ -533,7 +533,7 @@ def test_live_probe_traced_steps_and_phase_totals(tmp_path: Path) -> None:
 
 def _live_memray(tmp_path: Path) -> tuple[LiveProbe, Trackers]:
     cfg = ProbeConfig(stage="train", device="cpu", memray=MemrayConfig(),
-                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False),
+                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False, composition=False),
                       cuda=CudaConfig())
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
     cellmod.create(tmp_path / CELL_FILE)

@@ -63,7 +63,7 @@ def test_metric_may_name_its_own_epoch(tmp_path) -> None:  # type: ignore[no-unt
     from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
 
     cfg = {"stage": "s", "device": "cpu", "memray": MemrayConfig(mode="off").model_dump(mode="json"),
-           "tensors": TensorsConfig(snapshots=False).model_dump(mode="json"),
+           "tensors": TensorsConfig(snapshots=False, composition=False).model_dump(mode="json"),
            "cuda": CudaConfig().model_dump(mode="json")}
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg))
     cellmod.create(tmp_path / CELL_FILE)

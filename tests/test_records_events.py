@@ -195,7 +195,7 @@ def test_a_field_of_the_wrong_type_is_a_problem_naming_file_line_and_field(
 
 def _live(tmp_path: Path) -> LiveProbe:
     cfg = ProbeConfig(stage="train", device="cpu", memray=MemrayConfig(mode="off"),
-                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False),
+                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False, composition=False),
                       cuda=CudaConfig())
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
     cellmod.create(tmp_path / CELL_FILE)

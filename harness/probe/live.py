@@ -98,7 +98,8 @@ class LiveProbe:
             self._oom.attach()
         # The composition (composition.jsonl): a moment at the first step's start, each epoch
         # snapshot, near the peak (RSS read at each step boundary) and the stage's end.
-        self._rss = composition.RssWatch()
+        self._rss = composition.RssWatch(
+            composition.PEAK_MOMENTS if cfg.tensors.composition else 0)
         self._started = False  # the ``start`` moment is taken
         self.events.write(StageStart(t=time.time(), stage=self.stage, pid=os.getpid()))
         self._memray.start_stage()
@@ -336,6 +337,8 @@ class LiveProbe:
         ``storages``: the CPU tensors a census just found (else one is taken now)."""
         from harness.probe.epoch_snapshot import global_rank
 
+        if not self.cfg.tensors.composition:
+            return
         if storages is None:
             storages = composition.cpu_storages(self._model, self._optimizer)
         moment = composition.take(

@@ -183,6 +183,7 @@ class TensorsConfig(_Section):
     trace_steps: int = Field(10, ge=0)  # first steps of each epoch traced per phase
     trace_every: int = Field(1000, ge=0)  # and every Nth step after (0: never)
     snapshots: bool = True  # epoch-boundary snapshots with a tensor map
+    composition: bool = True  # composition.jsonl: what RSS is made of at start, epochs, peaks, end
 
 
 class CudaConfig(_Section):
