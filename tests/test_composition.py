@@ -7,8 +7,10 @@ that the difference lands in its own part. Tolerances, and why:
   or take one page for other file mappings touched meanwhile (none expected: ``PAGE``);
 - tensors: their storage bytes exactly (a storage is counted once, resident bytes only: a
   tensor written whole is resident whole);
-- malloc: the freed block within 2 MiB (the chunks' headers, holes reused, and the arena's top
-  chunk, which is free but may not be resident);
+- malloc: the freed block within 2 MiB (the chunks' headers, holes reused, the arena's top
+  chunk, free but maybe not resident), less the bytes in use elsewhere that were never written
+  (measured: ``malloc_free`` is free bytes only as far as the arenas' resident pages exceed the
+  bytes in use, so untouched bytes in use hide as much; the test requires them under a quarter);
 - shared memory: the segment rounded up to pages, exactly;
 - stacks: one stack mapping per thread (a thread's guard page then its stack), exactly.
 """
@@ -204,7 +206,7 @@ def _libc() -> Any:
     return libc
 
 
-def _malloc_and_free(chunk: int, total: int, out: dict[str, ProcessComposition]) -> None:
+def _malloc_and_free(chunk: int, total: int, out: dict[str, Any]) -> None:
     """Malloc ``total`` bytes in chunks below the mmap threshold, write them, compose, free all
     but the last (which keeps the freed block from being the arena's top: nothing is trimmed),
     compose again."""
@@ -214,6 +216,12 @@ def _malloc_and_free(chunk: int, total: int, out: dict[str, ProcessComposition])
     for p in ptrs:
         ctypes.memset(p, 1, chunk)
     out["held"] = _now()
+    # bytes in use that are not resident (allocated elsewhere, never written): they hide as much
+    # free space from malloc_free, which counts the arenas' resident pages beyond those in use
+    m = comp.mallinfo()
+    vmas = comp.read_smaps()
+    assert m is not None
+    out["deficit"] = max(m.in_use - comp.arena_resident(comp.split_mappings(vmas).anonymous, vmas), 0)
     for p in ptrs[:-1]:
         libc.free(p)
     out["freed"] = _now()
@@ -230,7 +238,7 @@ def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_
     libc = _libc()
     libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD; -3 M_MMAP_THRESHOLD: fixed, not dynamic
     libc.mallopt(-3, 128 * 1024)
-    out: dict[str, ProcessComposition] = {}
+    out: dict[str, Any] = {}
     if in_thread:
         t = threading.Thread(target=_malloc_and_free, args=(chunk, total, out))
         t.start()
@@ -244,9 +252,15 @@ def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_
     # in use after), and malloc_free being fordblks capped by the arenas' resident pages not in
     # use (a top chunk never touched is not resident).
     assert abs(held.parts.native_heap - before.parts.native_heap - total - chunk) <= 2 * MiB
-    assert abs(freed.parts.malloc_free - before.parts.malloc_free - total) <= 2 * MiB
+    # malloc_free counts free bytes only as far as the arenas' resident pages exceed the bytes in
+    # use: bytes in use never written (not resident) hide as much of the freed block; the free
+    # holes there were before may have been filled by the new chunks
+    deficit = out["deficit"]
+    assert deficit < total // 4
+    assert total - deficit - 2 * MiB <= freed.parts.malloc_free
+    assert freed.parts.malloc_free <= before.parts.malloc_free + total + 2 * MiB
     assert abs(freed.parts.native_heap - before.parts.native_heap) <= 2 * MiB
-    assert abs(freed.parts.unexplained - before.parts.unexplained) <= 2 * MiB
+    assert abs(freed.parts.unexplained - before.parts.unexplained) <= 2 * MiB + deficit
 
 
 @pytest.mark.parametrize("size", [4 * MiB, 1 * MiB + 4])
