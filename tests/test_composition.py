@@ -25,6 +25,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -38,7 +39,7 @@ from harness.analysis.load import read_composition
 from harness.layout import CELL_FILE, COMPOSITION_FILE, PROBE_CONFIG_FILE
 from harness.probe import cell as cellmod
 from harness.probe import composition as comp
-from harness.probe import tensors
+from harness.probe import processes, tensors
 from harness.probe.live import LiveProbe
 from harness.records.composition import PART_KEYS, Moment, ProcessComposition
 from harness.records.probe_config import ProbeConfig
@@ -349,6 +350,9 @@ def child_with_a_mapped_file(tmp_path: Path) -> Iterator[tuple[int, int]]:
     proc.start()
     try:
         assert ready.wait(30)
+        # a child running its parent's command line gets its role (worker 0) once it is older
+        # than a fork on its way to exec could be
+        time.sleep(processes.FORK_EXEC_GRACE_S + 0.05)
         yield proc.pid or 0, size
     finally:
         done.set()
