@@ -191,3 +191,19 @@ def test_check_holds_device_memory_to_budgets_and_baselines(
     assert any(line.split()[2:4] == ["peak_cuda_allocated", "backward"] for line in failed)
     assert any(line.split()[2] == "peak_cuda_reserved" for line in failed)
     assert cli.main(["check", str(runs["bs4"]), "--baseline", str(base)]) == 0
+
+
+def test_the_composition_carries_the_device_at_each_moment(runs: dict[str, Path]) -> None:
+    # the replayed allocator at the stage's start (after the first phase's stats: 79,360 bytes
+    # in the small pool's 2 MiB segment) and at each epoch's end (the replay's last step);
+    # the context is the recorded device use beyond what the allocator reserved
+    run = load_run(runs["bs4"])
+    moments = run.stages[0].composition
+    assert [m.when for m in moments] == ["start", "epoch", "epoch", "end"]
+    free, total = 84_465_090_560, H100
+    for m in moments:
+        assert m.cuda is not None
+        assert m.cuda.allocated <= m.cuda.reserved
+        assert m.cuda.context == total - free - m.cuda.reserved
+        assert m.processes[0].parts.total() == m.processes[0].rss
+    assert (moments[0].cuda.allocated, moments[0].cuda.reserved) == (79_360, 2_097_152)  # type: ignore[union-attr]

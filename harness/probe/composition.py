@@ -475,9 +475,26 @@ def read_cuda(device: str) -> CudaComposition | None:
         return None
     dev = torch.device(device)
     free, total = torch.cuda.mem_get_info(dev)
-    return cuda_composition(torch.cuda.memory_stats(dev),
-                            torch.cuda.memory_snapshot(),  # type: ignore[no-untyped-call]
-                            total - free)
+    return cuda_composition(torch.cuda.memory_stats(dev), _segments(), total - free)
+
+
+def _segments() -> list[dict[str, Any]] | None:
+    """The caching allocator's segments, without the allocation history's traces where this
+    torch can leave them out (a history window may be recording: its traces are large); None
+    if the allocator cannot say."""
+    import inspect
+
+    import torch
+
+    try:
+        if "include_traces" in inspect.signature(torch.cuda.memory_snapshot).parameters:
+            return list(torch.cuda.memory_snapshot(include_traces=False))  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        pass
+    try:
+        return list(torch.cuda.memory._snapshot()["segments"])
+    except (RuntimeError, KeyError, TypeError):
+        return None
 
 
 def own_paths(stage_dir: str | os.PathLike[str]) -> tuple[str, ...]:
