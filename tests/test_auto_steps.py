@@ -79,7 +79,8 @@ def run_script(tmp_path: Path, script: str, *args: str, stage: str = "main",
     """``script`` run as ``__main__`` under the automatic phases and a live probe writing ``tmp_path``."""
     cfg = ProbeConfig(stage=stage, device="cpu",
                       memray=MemrayConfig(**(SMALL if memray is None else memray)),
-                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False),
+                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False,
+                                            composition=False),
                       cuda=CudaConfig())
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
     cellmod.create(tmp_path / CELL_FILE)
