@@ -261,7 +261,9 @@ def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_
     assert total - deficit - 2 * MiB <= freed.parts.malloc_free
     assert freed.parts.malloc_free <= before.parts.malloc_free + total + 2 * MiB
     assert abs(freed.parts.native_heap - before.parts.native_heap) <= 2 * MiB
-    assert abs(freed.parts.unexplained - before.parts.unexplained) <= 2 * MiB + deficit
+    # the freed block is not left unexplained (free bytes the estimate hid before may show now,
+    # so unexplained may fall)
+    assert freed.parts.unexplained - before.parts.unexplained <= 2 * MiB + deficit
 
 
 @pytest.mark.parametrize("size", [4 * MiB, 1 * MiB + 4])
