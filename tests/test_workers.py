@@ -47,7 +47,8 @@ OVERHEAD = 16 * 1024  # what memray counts besides the samples' data (tensor and
 def _stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **memray: Any) -> Path:
     memray = {"train_start": 4, "train_steps": 8, "epochs": "every", **memray}
     cfg = ProbeConfig(stage="train", device="cpu", memray=MemrayConfig(**memray),
-                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False),
+                      tensors=TensorsConfig(trace_steps=0, trace_every=0, snapshots=False,
+                                            composition=False),
                       cuda=CudaConfig())
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / PROBE_CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
