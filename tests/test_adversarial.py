@@ -323,7 +323,7 @@ def test_the_heap_of_a_capture_cut_short_is_a_lower_bound_not_0_mib() -> None:
     summary["peaks"]["heap"]["capture"] = "main-e1-train"
     summary["metrics"] = {"final": {}, "series": []}
     text = summary_text(summary, Path("r.html"), {"main-e1-train": "killed"})
-    assert "memray heap ≥ 33.7 KiB (main-e1-train, cut short: killed)" in text
+    assert "memray heap inside the capture windows ≥ 33.7 KiB (main-e1-train, cut short: killed)" in text
     assert "0 MiB (main-e1-train" not in summary_text(summary, Path("r.html"))
 
 

@@ -87,7 +87,8 @@ def test_terminal_and_peak_finding_agree_and_say_whose_memory_it_is(tmp_path: Pa
     run = load_run(write_run(tmp_path, rows=_shutdown_rows((200, 230))))
     s = _summary(run).to_dict()
     text = summary_text(s, Path("report.html"))
-    assert "peak RSS   main 160 MiB (train, epoch 2, backward), tree 271 MiB (train, epoch 2, backward)" in text
+    assert ("peak RSS   main 160 MiB (train, epoch 2, backward), summed over processes 271 MiB "
+            "(train, epoch 2, backward)") in text
     assert "teardown   main 340 MiB, 1.0 s after train's stage_end (+200 MiB, 190 MiB of it file-backed)\n" in text
     (f,) = [f for f in s["findings"] if f["kind"] == "peak_phase"]
     assert f["title"] == "The peak is in phase backward"

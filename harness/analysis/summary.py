@@ -58,7 +58,7 @@ def _int(v: Any) -> int | None:
     return None if n is None else int(n)
 
 
-def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
+def _peak_heap(captures: list[CaptureData], scope: str | None = None) -> dict[str, Any] | None:
     best: CaptureData | None = None
     for c in captures:
         if c.error or c.peak_memory is None:
@@ -69,7 +69,7 @@ def _peak_heap(captures: list[CaptureData]) -> dict[str, Any] | None:
         return None
     return {"bytes": int(best.peak_memory or 0), "stage": best.capture.stage,
             "capture": best.capture.name, "process": best.capture.role, "pid": best.pid,
-            "rank": best.capture.rank}
+            "rank": best.capture.rank, "scope": scope}
 
 
 def _peak_in_phases(phases: pd.DataFrame, column: str,
@@ -122,7 +122,8 @@ def _metrics(run: Run) -> dict[str, Any]:
 
 
 def _sampled_peaks(run: Run, tk: pd.DataFrame) -> dict[str, Any]:
-    return {"main_rss": running_peak(run, tk, "main_rss"), "tree_rss": running_peak(run, tk, "tree_rss"),
+    return {"footprint": running_peak(run, tk, "tree_footprint"),
+            "main_rss": running_peak(run, tk, "main_rss"), "tree_rss": running_peak(run, tk, "tree_rss"),
             "workers_uss": running_peak(run, tk, "workers_uss"),
             "main_rss_teardown": teardown_peak(run, tk, "main_rss"),
             "tree_rss_teardown": teardown_peak(run, tk, "tree_rss")}
@@ -131,6 +132,14 @@ def _sampled_peaks(run: Run, tk: pd.DataFrame) -> dict[str, Any]:
 def _largest(peaks: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     found = [p for p in peaks if p is not None]
     return max(found, key=lambda p: p["bytes"]) if found else None
+
+
+def _heap_scope(run: Run) -> str | None:
+    """What memray's heap figure covers: ``full`` (the whole stage) or ``windows`` (only what the
+    capture windows saw); None when the scenario is unknown."""
+    if run.scenario is None:
+        return None
+    return "full" if run.scenario.memray.mode == "full" else "windows"
 
 
 def _rank_sections(views: list[RankView], phases: pd.DataFrame,
@@ -145,7 +154,7 @@ def _rank_sections(views: list[RankView], phases: pd.DataFrame,
             phases[phases["rank"] == v.rank] if "rank" in phases.columns else phases.iloc[0:0])
         rows.append({"rank": v.rank, "node": v.node, "peaks": {
             **sampled,
-            "heap": _peak_heap([c for c in captures if c.capture.rank == v.rank]),
+            "heap": _peak_heap([c for c in captures if c.capture.rank == v.rank], _heap_scope(v.run)),
             "live_tensor_bytes": _peak_in_phases(own, "peak_live_tensor_bytes"),
             "cuda_allocated": _peak_in_phases(own, "cuda_peak_allocated"),
             "cuda_reserved": _peak_in_phases(own, "cuda_peak_reserved", "cuda_peak_allocated"),
@@ -174,7 +183,7 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
     ranks = rank_rows if any(v.rank is not None for v in views) else None
     first = views[0].run  # the lowest rank: rank 0 logs the metrics and times the epochs
     growth = [{**g, "rank": v.rank, "node": v.node} for v in views for g in _growth(v.run)]
-    order = ("main_rss", "tree_rss", "workers_uss", "heap", "live_tensor_bytes", "cuda_allocated",
+    order = ("footprint", "main_rss", "tree_rss", "workers_uss", "heap", "live_tensor_bytes", "cuda_allocated",
              "cuda_reserved", "main_rss_teardown", "tree_rss_teardown")
     peaks = {k: peaks[k] for k in order}
     stages: list[dict[str, Any]] = []
@@ -193,6 +202,7 @@ def build_summary(run: Run, tk: pd.DataFrame, phases: pd.DataFrame,
         "stage": str(r.stage), "epoch": int(r.epoch), "phase": str(r.phase),
         "seconds": round(float(r.seconds), 4), "time_share": round(float(r.time_share), 4),
         "main_rss_max": _int(r.main_rss_max), "tree_rss_max": _int(r.tree_rss_max),
+        "footprint_max": _int(r.footprint_max),
         "workers_uss_max": _int(r.workers_uss_max),
         "peak_live_tensor_bytes": _int(r.peak_live_tensor_bytes),
         "cuda_peak_allocated": _int(r.cuda_peak_allocated),

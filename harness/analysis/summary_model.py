@@ -156,6 +156,10 @@ class HeapPeak(_Section):
     capture: str
     process: Process
     pid: int | None
+    scope: Literal["windows", "full"] | None = Field(
+        None, description="windows: the heap inside the capture windows only (memray.mode "
+                          "windows: what was allocated before a window opened is not in it); "
+                          "full: the whole stage")
     rank: Count | SkipJsonSchema[None] = _rank_field()
     node: Count | SkipJsonSchema[None] = _node_field()
 
@@ -174,8 +178,12 @@ class PhasePeak(_Section):
 class Peaks(_Section):
     """The run's peaks, each with where it was (null: not measured)."""
 
+    footprint: Peak | None = Field(
+        None, description="the process tree's footprint, shared pages counted once (per process: "
+                          "its last PSS reading plus its RSS change since), while the workload ran")
     main_rss: Peak | None = Field(description="the main process's RSS while the workload ran")
-    tree_rss: Peak | None = Field(description="RSS summed over the process tree while the workload ran")
+    tree_rss: Peak | None = Field(description="RSS summed over the process tree while the workload "
+                                              "ran: a page shared by N processes counts N times")
     workers_uss: Peak | None = Field(description="the workers' USS summed over a full tick")
     heap: HeapPeak | None
     live_tensor_bytes: PhasePeak | None = Field(
@@ -203,6 +211,8 @@ class PhaseRow(_Section):
     time_share: Share
     main_rss_max: Bytes | None
     tree_rss_max: Bytes | None
+    footprint_max: Bytes | None = Field(
+        None, description="the tree's footprint (shared pages once), the phase's highest tick")
     workers_uss_max: Bytes | None
     peak_live_tensor_bytes: Bytes | None
     cuda_peak_allocated: Bytes | None = Field(

@@ -17,7 +17,7 @@ from harness.records.events import TracedStep
 PHASE_COLUMNS = (
     "stage", "epoch", "phase", "seconds", "time_share", "ticks",
     "main_rss_min", "main_rss_mean", "main_rss_max",
-    "tree_rss_min", "tree_rss_mean", "tree_rss_max",
+    "tree_rss_min", "tree_rss_mean", "tree_rss_max", "footprint_max",
     "workers_uss_mean", "workers_uss_max", "cuda_peak_allocated", "cuda_peak_reserved",
     "traced_steps", "tensor_allocations_per_step", "tensor_bytes_per_step", "peak_live_tensor_bytes",
 )
@@ -76,7 +76,7 @@ def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
             main_rss_min=("main_rss", "min"), main_rss_mean=("main_rss", "mean"),
             main_rss_max=("main_rss", "max"),
             tree_rss_min=("tree_rss", "min"), tree_rss_mean=("tree_rss", "mean"),
-            tree_rss_max=("tree_rss", "max"),
+            tree_rss_max=("tree_rss", "max"), footprint_max=("tree_footprint", "max"),
             workers_uss_mean=("workers_uss", "mean"), workers_uss_max=("workers_uss", "max"),
         ).reset_index()
         total = base.groupby(["stage", "epoch"])["seconds"].transform("sum")

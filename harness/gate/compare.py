@@ -146,6 +146,7 @@ _RUN_COLUMNS = [Column(d.key, d.label, "bytes", d.noise_floor) for d in m.RUN_ME
     Column("wall_s", "wall time", "seconds")]
 # The phase rows' peaks; an epoch's are the largest of its phases'.
 _PEAK_COLUMNS = [
+    Column("footprint_max", "footprint", "bytes", _floor("peak_footprint")),
     Column("main_rss_max", "main RSS", "bytes", _floor("peak_main_rss")),
     Column("tree_rss_max", "tree RSS", "bytes", _floor("peak_tree_rss")),
     Column("workers_uss_max", "workers' USS", "bytes", _floor("peak_workers_uss")),

@@ -40,7 +40,7 @@ WIDTH = 100  # columns of the default text: a CI log, an 80-to-100-column termin
 # ANSI select-graphic-rendition codes
 RED, GREEN, BOLD_RED = "31", "32", "1;31"
 # Narrow text shows a section's metrics in this order, as many as fit; the rest need --wide.
-_NARROW_ORDER = ("main_rss_max", "peak_live_tensor_bytes", "cuda_peak_allocated", "growth",
+_NARROW_ORDER = ("footprint_max", "main_rss_max", "peak_live_tensor_bytes", "cuda_peak_allocated", "growth",
                  "peak_rss", "peak_uss", "tree_rss_max", "workers_uss_max", "cuda_peak_reserved",
                  "seconds", "processes", "peak_pss")
 _HEX_DIGEST = re.compile(r"^([0-9a-f]{12})[0-9a-f]{28,}(-dirty)?$")  # a git revision, a sha256

@@ -167,7 +167,8 @@ _UNIT_NAMES = {
 _WRITTEN = re.compile(r"^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*([A-Za-z]*)\s*$")
 _CODE_LINE = re.compile(r"^(?P<func>.*) \((?P<file>.+):(?P<line>\d+)\)$")
 # The sampler's per-tick figure behind each process-memory metric.
-_TICK_COLUMNS = {"peak_main_rss": "main_rss", "peak_tree_rss": "tree_rss", "peak_workers_uss": "workers_uss"}
+_TICK_COLUMNS = {"peak_main_rss": "main_rss", "peak_tree_rss": "tree_rss", "peak_workers_uss": "workers_uss",
+                 "peak_footprint": "tree_footprint"}
 
 
 def budget_texts(budgets: Mapping[str, Any] | None) -> dict[str, str]:
@@ -344,7 +345,7 @@ def top_sites(sites: pd.DataFrame, key: str, phase: str | None, where: Where | N
     from harness.layout import parse_capture_name
 
     column = "leaked_bytes" if key == "growth_per_epoch" else "bytes_at_peak"
-    process = {"peak_workers_uss": "workers", "peak_tree_rss": None}.get(key, "main")
+    process = {"peak_workers_uss": "workers", "peak_tree_rss": None, "peak_footprint": None}.get(key, "main")
     if where is not None and where.process:
         process = where.process
 

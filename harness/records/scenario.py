@@ -249,6 +249,7 @@ def _size_or_none(v: Any) -> Any:
 class PhaseBudget(_Section):
     """Limits on one phase's figures (bytes): the largest over every stage and epoch."""
 
+    peak_footprint: int | None = None  # the tree's footprint, shared pages counted once
     peak_main_rss: int | None = None  # RSS of the stage's main process
     peak_tree_rss: int | None = None  # RSS summed over the stage's process tree
     peak_workers_uss: int | None = None  # USS summed over the DataLoader workers
@@ -265,8 +266,9 @@ class PhaseBudget(_Section):
 class BudgetsConfig(_Section):
     """What ``harness check`` holds a run to (bytes); unset keys are not checked."""
 
+    peak_footprint: int | None = None  # the tree's footprint, shared pages counted once (PSS)
     peak_main_rss: int | None = None
-    peak_tree_rss: int | None = None
+    peak_tree_rss: int | None = None  # RSS summed over the tree's processes
     peak_workers_uss: int | None = None
     peak_heap: int | None = None  # memray's high-water mark, largest over the captures
     peak_live_tensor_bytes: int | None = None

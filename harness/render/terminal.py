@@ -59,9 +59,13 @@ def summary_text(summary: dict[str, Any], report_html: Path, cut_short: Mapping[
                  + ("" if run["complete"] else " (INCOMPLETE)"))
     for reason in run["incomplete_reasons"]:
         lines.append(f"  incomplete: {reason}")
+    foot = peaks.get("footprint")
+    if foot:
+        lines.append(f"  footprint  {_mib(foot['bytes'])}{_where(foot)}: the process tree, "
+                     "shared pages counted once")
     lines.append(f"  peak RSS   main {_mib((peaks['main_rss'] or {}).get('bytes'))}"
-                 f"{_where(peaks['main_rss'])}, tree {_mib((peaks['tree_rss'] or {}).get('bytes'))}"
-                 f"{_where(peaks['tree_rss'])}")
+                 f"{_where(peaks['main_rss'])}, summed over processes "
+                 f"{_mib((peaks['tree_rss'] or {}).get('bytes'))}{_where(peaks['tree_rss'])}")
     teardown = _teardown(peaks)
     if teardown:
         lines.append("  teardown   " + teardown)
@@ -71,7 +75,8 @@ def summary_text(summary: dict[str, Any], report_html: Path, cut_short: Mapping[
     if peaks["heap"]:
         capture = peaks["heap"]["capture"]
         stopped = (cut_short or {}).get(capture)
-        extra.append(f"memray heap {'≥ ' if stopped else ''}{_heap(peaks['heap']['bytes'])} ({capture}"
+        where = "whole stage" if peaks["heap"].get("scope") == "full" else "inside the capture windows"
+        extra.append(f"memray heap {where} {'≥ ' if stopped else ''}{_heap(peaks['heap']['bytes'])} ({capture}"
                      + (f", cut short: {stopped})" if stopped else ")"))
     if peaks["live_tensor_bytes"]:
         extra.append(f"live tensors {format_size(peaks['live_tensor_bytes']['bytes'])}")
