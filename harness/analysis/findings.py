@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import device
+from harness.analysis import account, device
 from harness.analysis import workers as _workers  # noqa: F401 - registers the worker_leak detector
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding, detectors, finding, mib
@@ -34,6 +34,7 @@ from harness.analysis.trend import (  # importing it registers the trend detecto
     step_leaks,
 )
 from harness.layout import HARNESS_PHASES, Event
+from harness.records.composition import PART_KEYS, Moment, ProcessComposition
 from harness.records.events import LoopEnd, SnapshotEvent
 from harness.sizes import MiB, format_size
 
@@ -330,8 +331,10 @@ def _parent_change(s: pd.DataFrame, captures: list[CaptureData], stage: str,
 
 @finding("rss_heap_gap", severity="info", doc="reports.md#rss_heap_gap",
          title="why RSS is larger than the heap", order=40)
-def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | None:
-    """Explain RSS minus the memray heap at the main process's largest RSS under a capture."""
+def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData], run: Run | None = None) -> Finding | None:
+    """Explain RSS minus the memray heap at the main process's largest RSS under a capture: from
+    the account (composition.jsonl) nearest to it where there is one, else from the sampler's
+    file-backed figure."""
     best: tuple[int, int, float, CaptureData] | None = None
     for c in captures:
         if c.capture.pid is not None or c.error:
@@ -353,6 +356,10 @@ def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | Non
     workers_rss = float(row["workers_rss"]) if pd.notna(row["workers_rss"]) else 0.0
     wu = _nearest(near, t, "workers_uss") if workers_rss else None
     windowed = cap.window.start_step is not None and (cap.window.section or cap.window.epoch)
+    moment = account.nearest(run, cap.capture.stage, t) if run is not None else None
+    main = account.main_process(moment) if moment is not None else None
+    if moment is not None and main is not None:
+        return _gap_from_account(cap, rss, heap, t, moment, main, bool(windowed), row, near)
     text = (f"At its largest RSS under capture {cap.capture.name} ({mib(rss)}), the main "
             f"process's memray heap was {mib(heap)}: {mib(gap)} of RSS is not live heap. "
             f"{mib(shared)} of it is file-backed pages (shared libraries such as libtorch, mapped "
@@ -377,6 +384,66 @@ def rss_heap_gap(tk: pd.DataFrame, captures: list[CaptureData]) -> Finding | Non
                  "file_backed": shared, "anonymous_outside_heap": untracked,
                  "windowed_capture": bool(windowed), "workers_rss": workers_rss,
                  "workers_uss": wu},
+    )
+
+
+# memray's heap is what was allocated while a capture was open and still live: the parts it can
+# hold, in the order its bytes are taken from them (activations first, then Python's, native)
+_HEAP_PARTS = ("tensor_other", "python_objects", "native_heap")
+_TENSORS_BEFORE = ("tensor_parameters", "tensor_gradients", "tensor_optimizer_state")
+
+
+def _gap_parts(parts: dict[str, int], heap: int, windowed: bool) -> list[tuple[str, float]]:
+    """What is not in the heap, part by part: (words, bytes), largest first, unexplained last."""
+    left = dict(parts)
+    rest = float(heap)
+    for k in _HEAP_PARTS:
+        take = min(max(left[k], 0), rest)
+        left[k] -= int(take)
+        rest -= take
+    tensors = sum(left[k] for k in _TENSORS_BEFORE)
+    named = ", ".join(f"{account.GROWTH_WORDS[k]} {mib(left[k])}" for k in _TENSORS_BEFORE if left[k] >= MiB)
+    when = " allocated before the capture" if windowed else ""
+    out: list[tuple[str, float]] = []
+    if tensors:
+        out.append((f"tensors{when}" + (f" ({named})" if named else ""), float(tensors)))
+    for k in PART_KEYS:
+        if k in _TENSORS_BEFORE or k == "unexplained":
+            continue
+        words = account.PART_LABELS[k] + (" outside the heap" if k in _HEAP_PARTS else "")
+        out.append((words, float(left[k])))
+    out = sorted((w for w in out if w[1] >= MiB), key=lambda w: -w[1])
+    return [*out, ("unexplained", float(left["unexplained"] - rest))]  # a heap larger than its parts
+
+
+def _gap_from_account(cap: CaptureData, rss: int, heap: int, t: float, moment: Moment,
+                      main: ProcessComposition, windowed: bool, row: pd.Series,
+                      near: pd.DataFrame) -> Finding:
+    parts = main.parts.model_dump()
+    gap = float(main.rss - heap)
+    listed = _gap_parts(parts, heap, windowed)
+    scope = "inside the capture windows" if windowed else "of the capture"
+    text = (f"{mib(gap)} are not in the heap: "
+            + ", ".join(f"{mib(b)} {w}" for w, b in listed) + ". "
+            f"From the account at {account.moment_label(moment)} (the main process's RSS "
+            f"{mib(main.rss)}, {abs(moment.t - t):.1f} s from the largest RSS under capture "
+            f"{cap.capture.name}, {mib(rss)}), less memray's peak heap {scope} ({mib(heap)}).")
+    if windowed:
+        text += (" A windowed capture sees only what is allocated while it is open: the tensors "
+                 "and objects made before it are outside its heap.")
+    workers_rss = float(row["workers_rss"]) if pd.notna(row["workers_rss"]) else 0.0
+    wu = _nearest(near, t, "workers_uss") if workers_rss else None
+    if workers_rss and wu is not None:
+        text += (f" Beyond the main process, its {int(row['workers'])} worker(s) hold "
+                 f"{mib(workers_rss)} of RSS, {mib(wu)} of it private (USS).")
+    return Finding(
+        kind="rss_heap_gap",
+        title="Why RSS is larger than the heap",
+        text=text,
+        numbers={"capture": cap.capture.name, "t": t, "rss": rss, "heap": heap,
+                 "gap": gap, "account": account.moment_label(moment), "account_rss": main.rss,
+                 "not_in_heap": {w: b for w, b in listed}, "windowed_capture": windowed,
+                 "workers_rss": workers_rss, "workers_uss": wu},
     )
 
 
@@ -414,6 +481,16 @@ def _where(p: dict[str, Any]) -> str:
     return f"phase {p['phase']} (stage {p['stage']}{epoch}, step {p['step']})"
 
 
+def _parts_grown(run: Run | None, p: dict[str, Any]) -> str | None:
+    """Which parts of the account grew in the peak's phase and epoch (None: no account moment
+    near the peak in that phase): :func:`harness.analysis.account.phase_growth`."""
+    if run is None:
+        return None
+    g = account.phase_growth(run)
+    g = g[(g["stage"] == p["stage"]) & (g["epoch"] == p["epoch"]) & (g["phase"] == p["phase"])]
+    return None if g.empty else str(g["grew"].iloc[-1])
+
+
 @finding("peak_phase", severity="info", doc="reports.md#peak_phase",
          title="the phase holding the peak", order=50)
 def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
@@ -445,6 +522,9 @@ def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
         text += (f", {mib(margin)} above the largest RSS of any other phase" if margin >= MiB
                  else ", level (within 1 MiB) with the other phases: no phase stands out")
     text += f". The whole process tree peaked at {mib(tr['bytes'])} in {_where(tr)}."
+    grew = _parts_grown(run, m)
+    if grew is not None:
+        text += f" In the account, {m['phase']} grew {grew}."
     near = _instrument_near(run, m["stage"], m["t"])
     if near:
         text += (f" Within {INSTRUMENT_NEAR_S:g} s of that peak the harness {' and '.join(near)}: "
@@ -466,7 +546,8 @@ def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
                  "names it (peak_main_rss_teardown).")
     return Finding(kind="peak_phase", title=f"The peak is in phase {m['phase']}", text=text,
                    numbers={"main": m, "tree": tr, "main_other_phases_max": other_max,
-                            "harness_actions_near_peak": near, "after_workload": shutdown})
+                            "harness_actions_near_peak": near, "after_workload": shutdown,
+                            "parts_grown": grew})
 
 
 def all_findings(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Finding]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis import device
+from harness.analysis import account, device
 from harness.analysis.captures import SITE_COLUMNS, CaptureData
 from harness.analysis.load import Run, Stage
 from harness.analysis.peaks import after_stage_end
@@ -20,6 +20,7 @@ PHASE_COLUMNS = (
     "tree_rss_min", "tree_rss_mean", "tree_rss_max", "footprint_max",
     "workers_uss_mean", "workers_uss_max", "cuda_peak_allocated", "cuda_peak_reserved",
     "traced_steps", "tensor_allocations_per_step", "tensor_bytes_per_step", "peak_live_tensor_bytes",
+    "parts_grown",
 )
 PROCESS_COLUMNS = (
     "stage", "pid", "ppid", "role", "start_s", "end_s", "lifetime_s", "samples",
@@ -55,7 +56,9 @@ def _tensor_stats(stages: list[Stage]) -> pd.DataFrame:
 def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per stage x epoch x phase: time share, RSS of main and tree, workers' USS, tensor bytes,
     and on CUDA the device's peaks (allocated, reserved; each phase its own, see
-    :func:`harness.analysis.device.device_table`).
+    :func:`harness.analysis.device.device_table`). ``parts_grown``: for a phase holding a moment
+    near the peak, which parts of the main process's account grew since the moment before
+    (:func:`harness.analysis.account.phase_growth`).
 
     Times are the sampler's: each tick counts until the next one. Epoch 0 is what came before
     the first epoch (setup) or a stage without epochs (test).
@@ -87,6 +90,10 @@ def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
         dev = dev[[*key, "peak_allocated", "peak_reserved"]].rename(columns={
             "peak_allocated": "cuda_peak_allocated", "peak_reserved": "cuda_peak_reserved"})
         df = df.merge(dev, on=key, how="outer")
+    grew = account.phase_growth(run)
+    if not grew.empty:
+        grew = grew.drop(columns="rank").rename(columns={"grew": "parts_grown"})
+        df = df.merge(grew.drop_duplicates(key, keep="last"), on=key, how="left")
     order = {s.name: i for i, s in enumerate(run.stages)}
     df["_s"] = df["stage"].map(order).fillna(len(order))
     df["_p"] = df["phase"].map(phase_order)

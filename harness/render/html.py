@@ -18,6 +18,8 @@ import jinja2
 import pandas as pd
 
 from harness.analysis.finding import Finding
+from harness.records.composition import PART_KEYS
+from harness.render.account import AccountView
 from harness.sizes import KiB, MiB, format_size
 
 TEMPLATE = "report.html.j2"
@@ -60,6 +62,7 @@ class ReportPage:
     problems: list[str] = field(default_factory=list)
     cuda: dict[str, Any] | None = None  # summary.json's ``cuda`` (CUDA runs)
     cuda_history: list[Link] = field(default_factory=list)  # the allocator-history pickles
+    account: AccountView | None = None  # what each process's RSS is made of (composition.jsonl)
 
 
 def fmt_bytes(v: Any) -> str:
@@ -86,8 +89,9 @@ def _formatter(column: str) -> Any:
         return lambda v: "" if pd.isna(v) else f"{float(v):,.2f}"
     if column in ("tensor_allocations_per_step",):
         return fmt_number
-    if any(k in column for k in ("rss", "uss", "pss", "swap", "bytes", "allocated", "reserved",
-                                 "inactive_split")):
+    if column in PART_KEYS or any(k in column for k in (
+            "rss", "uss", "pss", "swap", "bytes", "allocated", "reserved", "inactive_split",
+            "footprint")):
         return fmt_bytes
     return lambda v: "" if v is None or (not isinstance(v, str) and pd.isna(v)) else (
         fmt_number(v) if isinstance(v, (int, float)) else str(v))

@@ -31,6 +31,7 @@ from harness.records.atomic import disk_full_as_error, write_atomic
 from harness.records.manifest import WorkloadProvenance
 from harness.records.scenario import Scenario, unread_keys
 from harness.records.text import printable
+from harness.render import account as account_view
 from harness.render import csvs, flamegraphs, html, terminal, timeline
 from harness.report import signals, staging
 from harness.report import tables as report_tables
@@ -328,6 +329,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
                                    else "") + ")" + (f"; unreadable: {w.error}" if w.error else ""))
                       for w in history],
         flamegraphs=links,
+        account=account_view.view(built["account"]),
         provenance=_provenance(run),
         scenario_text=scenario_text(run),
         problems=run.problems + notes,  # the notes are not damage: the run stays complete

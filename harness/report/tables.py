@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.analysis import ranks
+from harness.analysis import account, ranks
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run
 
@@ -57,6 +57,12 @@ TABLES: tuple[Table, ...] = (
           "Each snapshot as a column; a Δ column is the change from the previous snapshot of "
           "the same stage.",
           lambda i: ranks.epoch_table(i.views), index=True),
+    Table("account", "account.csv", "The account: what each process's RSS is made of",
+          "One row per process per moment (start: before the first step; each epoch; near the "
+          "peak; the end), its parts in bytes, adding up to its RSS; unexplained is the "
+          "remainder. The tree row counts shared pages once: the main process whole, every "
+          "other process's private pages (USS), given to its anonymous parts first.",
+          lambda i: account.account_table(i.run), when_empty=False),
     Table("processes", "processes.csv", "By process",
           "Every process the sampler saw; USS is the process's private memory, PSS its "
           "share of the pages it shares (so workers' copies show apart from the parent).",
