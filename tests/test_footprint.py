@@ -1,7 +1,8 @@
-"""The process tree's footprint counts a shared page once (issue 24, item 2): the sum of PSS, each
-process's last PSS reading carried forward by its RSS change since (PSS is read one process a
-tick in rotation). Known answers on the synthetic run (tests/_synthetic.py) and on a real tree of
-forked processes sharing most of their pages with their parent."""
+"""The process tree's footprint counts a shared page once (issue 24, item 2): every process's
+private pages (USS, its last reading carried forward by its RSS change since: USS is read one
+process a tick in rotation) and the largest shared set (RSS − USS) of any one of them. Known
+answers on the synthetic run (tests/_synthetic.py) and on a real tree of forked processes sharing
+most of their pages with their parent."""
 
 from __future__ import annotations
 
@@ -21,33 +22,33 @@ from harness.analysis.ticks import footprint, ticks
 from harness.control.sampler import read_rollup, read_status
 from harness.gate import metrics as m
 from harness.gate.check import check
-from harness.records.samples import SAMPLE_COLUMNS
 from harness.records.scenario import BudgetsConfig
 from harness.render.terminal import summary_text
 
 
-def test_footprint_of_the_synthetic_ticks_carries_each_pss_forward_by_rss(tmp_path: Path) -> None:
-    # GIVEN the synthetic run: the main process's PSS is USS + 20 MiB, a worker's USS + 50 MiB,
-    # and at t 1002 neither was read (main last read at 1001: PSS 90, RSS 120; now RSS 150)
+def test_footprint_of_the_synthetic_ticks_carries_each_uss_forward_by_rss(tmp_path: Path) -> None:
+    # GIVEN the synthetic run, where at t 1002 no process was read (main last read at 1001: USS
+    # 70, RSS 120, now RSS 150; worker 0: USS 10 of RSS 110)
     run = load_run(write_run(tmp_path))
     tk = ticks(run.samples)
     got = dict(zip(tk["t"], tk["tree_footprint"] / MiB))
-    # THEN the footprint is PSS where read, PSS + RSS change where not: at 1002 main 90 + 30,
-    # worker 0 60 + 0; at 1005 worker 0 leaving (RSS 0) counts nothing, not a negative share
-    assert got == {1000.0: 80, 1001.0: 150, 1002.0: 180, 1004.0: 159, 1005.0: 155,
-                   1006.0: 172, 1007.0: 100}
+    # THEN the footprint is the private pages summed plus the largest shared set: at 1002 main
+    # 70 + 30 and worker 0 10 private, the worker's 100 shared; at 1005 worker 0 leaving (RSS 0)
+    # counts nothing, not a negative share
+    assert got == {1000.0: 100, 1001.0: 180, 1002.0: 210, 1004.0: 187, 1005.0: 185,
+                   1006.0: 201, 1007.0: 140}
     assert list(tk["tree_rss"] / MiB) == [100, 230, 260, 242, 240, 271, 140]
-    # AND the summary's peak is the running one (180 MiB in backward), under the RSS sum's 271
+    # AND the summary's peak is the running one (210 MiB in backward), under the RSS sum's 271
     s = build_summary(run, tk, phase_table(run, tk), [], findings.all_findings(run, tk, []))
     assert s.peaks.footprint is not None and s.peaks.tree_rss is not None
     assert (s.peaks.footprint.bytes, s.peaks.footprint.phase, s.peaks.footprint.epoch) == (
-        180 * MiB, "backward", 1)
+        210 * MiB, "backward", 1)
     assert s.peaks.tree_rss.bytes == 271 * MiB  # peak_tree_rss keeps its meaning
-    assert {(p.epoch, p.phase): p.footprint_max for p in s.phases}[(2, "backward")] == 172 * MiB
+    assert {(p.epoch, p.phase): p.footprint_max for p in s.phases}[(2, "backward")] == 201 * MiB
     # AND budgets and baselines carry it, run-wide and per phase
     got_m = m.from_summary(s)
-    assert got_m["peak_footprint"] == 180 * MiB
-    assert got_m["phases.backward.peak_footprint"] == 180 * MiB
+    assert got_m["peak_footprint"] == 210 * MiB
+    assert got_m["phases.backward.peak_footprint"] == 210 * MiB
     assert "peak_footprint" in m.for_baseline(got_m)
     res = check(got_m, budgets=BudgetsConfig.model_validate(
         {"peak_footprint": "170 MiB", "phases": {"forward": {"peak_footprint": "200 MiB"}}}))
@@ -55,24 +56,24 @@ def test_footprint_of_the_synthetic_ticks_carries_each_pss_forward_by_rss(tmp_pa
         ("peak_footprint", "FAIL"), ("phases.forward.peak_footprint", "pass")]
     # AND the terminal names each so they cannot be confused
     text = summary_text(s.to_dict(), Path("report.html"))
-    assert ("  footprint  180 MiB (train, epoch 1, backward): the process tree, shared pages "
+    assert ("  footprint  210 MiB (train, epoch 1, backward): the process tree, shared pages "
             "counted once\n") in text
     assert "summed over processes 271 MiB (train, epoch 2, backward)" in text
 
 
-def test_a_tick_waits_for_every_process_s_first_pss_reading() -> None:
+def test_a_tick_waits_for_every_process_s_first_uss_reading() -> None:
     # GIVEN two processes, the second born at t 2 and first read at t 3
-    rows = [
-        {"stage": "s", "t": 1.0, "pid": 1, "rss": 100, "pss": 60},
-        {"stage": "s", "t": 2.0, "pid": 1, "rss": 110, "pss": None},
-        {"stage": "s", "t": 2.0, "pid": 2, "rss": 90, "pss": None},
-        {"stage": "s", "t": 3.0, "pid": 1, "rss": 110, "pss": None},
-        {"stage": "s", "t": 3.0, "pid": 2, "rss": 90, "pss": 30},
-    ]
-    got = footprint(pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).assign(
-        **{c: pd.DataFrame(rows)[c] for c in ("stage", "t", "pid", "rss", "pss")}))
+    rows = pd.DataFrame([
+        {"stage": "s", "t": 1.0, "pid": 1, "rss": 100, "uss": 60},
+        {"stage": "s", "t": 2.0, "pid": 1, "rss": 110, "uss": None},
+        {"stage": "s", "t": 2.0, "pid": 2, "rss": 90, "uss": None},
+        {"stage": "s", "t": 3.0, "pid": 1, "rss": 110, "uss": None},
+        {"stage": "s", "t": 3.0, "pid": 2, "rss": 90, "uss": 30},
+    ])
+    got = footprint(rows)
     assert got.isna().tolist() == [False, True, False]
-    assert got.dropna().tolist() == [60, 100]  # 60 + 10 of RSS since, and 30
+    # t 1: the one process whole; t 3: private 60 + 10 (RSS since) and 30, shared max(40, 60)
+    assert got.dropna().tolist() == [100, 160]
 
 
 def _touched(nbytes: int) -> bytearray:
@@ -100,20 +101,23 @@ def test_forked_children_sharing_the_parent_s_pages_add_little_to_the_footprint(
         for pid in [os.getpid(), *children]:
             status, rollup = read_status(pid), read_rollup(pid)
             assert status is not None and rollup is not None
-            rows.append({"stage": "s", "t": 1.0, "pid": pid, "rss": status[b"VmRSS"], "pss": rollup[1]})
+            rows.append({"stage": "s", "t": 1.0, "pid": pid, "rss": status[b"VmRSS"], "uss": rollup[0],
+                         "pss": rollup[1]})
         df = pd.DataFrame(rows)
         rss_sum = int(df["rss"].sum())
         foot = int(footprint(df).iloc[0])
+        pss_sum = int(df["pss"].sum())
         parent_rss = int(df["rss"].iloc[0])
     finally:
         for pid in children:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     del held
-    # THEN the RSS sum counts the 64 MiB four times; the footprint once, with the children's
-    # few private pages (their stacks, the pages the fork and the sleep wrote: < 4 MiB each)
-    # (the footprint may be under the parent's RSS: its libraries' pages are shared with other
-    # processes on the machine, and PSS divides them among those too)
+    # THEN the RSS sum counts the 64 MiB four times; the footprint once: the parent's RSS and the
+    # children's few private pages (the pages the fork and the sleep wrote: < 4 MiB each)
     assert rss_sum >= 4 * 64 * MiB
-    assert 64 * MiB <= foot <= parent_rss + 3 * 4 * MiB
+    assert parent_rss <= foot <= parent_rss + 3 * 4 * MiB
     assert rss_sum - foot >= 3 * 64 * MiB
+    # the sum of PSS would also count the 64 MiB once, but it divides the parent's library pages
+    # with every other process on the machine that maps them: never above the footprint
+    assert pss_sum <= foot

@@ -179,8 +179,9 @@ class Peaks(_Section):
     """The run's peaks, each with where it was (null: not measured)."""
 
     footprint: Peak | None = Field(
-        None, description="the process tree's footprint, shared pages counted once (per process: "
-                          "its last PSS reading plus its RSS change since), while the workload ran")
+        None, description="the process tree's footprint, shared pages counted once (every "
+                          "process's USS and the largest RSS - USS of any one: a main process's "
+                          "RSS plus its forked workers' USS), while the workload ran")
     main_rss: Peak | None = Field(description="the main process's RSS while the workload ran")
     tree_rss: Peak | None = Field(description="RSS summed over the process tree while the workload "
                                               "ran: a page shared by N processes counts N times")

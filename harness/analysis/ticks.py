@@ -77,24 +77,32 @@ def ticks(samples: pd.DataFrame) -> pd.DataFrame:
 def footprint(samples: pd.DataFrame) -> pd.Series:
     """Per (stage, t): the tree's memory with every shared page counted once.
 
-    The sum of PSS over a tree's processes counts a page shared by N of them as N shares of 1/N:
-    once. PSS is read one process a tick in rotation (``sampling.full_hz`` each), RSS every tick;
-    so each process contributes its last PSS reading plus its RSS change since that reading (a
-    page it touched since is counted whole: private until another process maps it). A tick is
-    NaN until every process in it has had a PSS reading (a worker born this tick waits for its
-    first, at most a few ticks: a new process is read first).
+    Every process's private pages (its USS) once, and the pages the processes share once: the
+    largest shared set of any one process (RSS − USS), on the view that the processes' shared
+    pages nest in it (a forked worker shares the pages of the process it was forked from, and
+    every process maps the same libraries). For a main process and its forked DataLoader
+    workers this is the main process's RSS plus the workers' USS. Unlike the sum of PSS it
+    never falls below the RSS of any process of the tree and does not move with what else runs
+    on the machine: PSS divides a library's pages among every process that maps them, the
+    harness's and other jobs' included (docs/reports.md).
+
+    USS is read one process a tick in rotation (``sampling.full_hz`` each), RSS every tick: each
+    process's private pages are its last USS reading plus its RSS change since (a page touched
+    since is private until another process maps it), kept between 0 and its RSS. A tick is NaN
+    until every process in it has had a reading (a new process is read first, within a few ticks).
     """
     key = ["stage", "t"]
-    if "pss" not in samples.columns or samples.empty:
+    if "uss" not in samples.columns or samples.empty:
         return pd.Series(dtype="float64", index=pd.MultiIndex.from_tuples([], names=key))
-    s = samples[["stage", "t", "pid", "rss", "pss"]]
-    pss = pd.to_numeric(s["pss"], errors="coerce")
+    s = samples[["stage", "t", "pid", "rss", "uss"]]
+    uss = pd.to_numeric(s["uss"], errors="coerce")
     rss = pd.to_numeric(s["rss"], errors="coerce")
-    at_read = rss.where(pss.notna())
     by_pid = [s["stage"], s["pid"]]
-    last_pss = pss.groupby(by_pid).ffill()
-    rss_then = at_read.groupby(by_pid).ffill()
-    # PSS is never more than RSS nor less than nothing (a process leaving has RSS 0)
-    own = np.minimum((last_pss + (rss - rss_then)).clip(lower=0), rss)
-    g = own.groupby([s["stage"], s["t"]], sort=True)
-    return g.sum().where(g.count() == g.size())
+    last_uss = uss.groupby(by_pid).ffill()
+    rss_then = rss.where(uss.notna()).groupby(by_pid).ffill()
+    private = np.minimum((last_uss + (rss - rss_then)).clip(lower=0), rss)
+    shared = rss - private
+    tick = [s["stage"], s["t"]]
+    g = private.groupby(tick, sort=True)
+    total = g.sum() + shared.groupby(tick, sort=True).max()
+    return total.where(g.count() == g.size())

@@ -41,7 +41,7 @@ class MetricDef:
 # moves by a few MiB from run to run (allocator arenas, page cache, when the sampler looks);
 # memray's heap and the traced tensor bytes are nearly deterministic.
 RUN_METRICS: tuple[MetricDef, ...] = (
-    # the tree's footprint, shared pages counted once (sum of PSS): moves like the tree's RSS
+    # the tree's footprint, shared pages counted once (analysis/ticks.py): moves like the tree's RSS
     MetricDef("peak_footprint", "peak footprint, process tree (shared pages once)", 32 * MiB),
     MetricDef("peak_main_rss", "peak RSS, main process", 16 * MiB),
     MetricDef("peak_tree_rss", "peak RSS summed over processes", 32 * MiB),

@@ -266,7 +266,7 @@ class PhaseBudget(_Section):
 class BudgetsConfig(_Section):
     """What ``harness check`` holds a run to (bytes); unset keys are not checked."""
 
-    peak_footprint: int | None = None  # the tree's footprint, shared pages counted once (PSS)
+    peak_footprint: int | None = None  # the tree's footprint, shared pages counted once
     peak_main_rss: int | None = None
     peak_tree_rss: int | None = None  # RSS summed over the tree's processes
     peak_workers_uss: int | None = None
