@@ -93,7 +93,8 @@ def test_the_start_moment_is_broken_down_in_a_newcomer_s_words(run: Run) -> None
     v = account_view.view(account.account_table(run))
     assert v is not None
     assert v.start_total == 100 * MiB
-    got = dict(v.start)
+    got = {what: n for what, n, _ in v.start}
+    assert v.start[0][2].startswith("torch's libraries 40.0 MiB, CUDA libraries 0.0 MiB, Python and")
     assert got["imports and libraries"] == (40 + 10 + 12 + 8) * MiB
     assert got["model (parameters)"] == 5 * MiB and got["held free by malloc"] == 6 * MiB
     assert got["unexplained"] == 15 * MiB

@@ -61,19 +61,26 @@ def test_footprint_of_the_synthetic_ticks_carries_each_uss_forward_by_rss(tmp_pa
     assert "summed over processes 271 MiB (train, epoch 2, backward)" in text
 
 
-def test_a_tick_waits_for_every_process_s_first_uss_reading() -> None:
-    # GIVEN two processes, the second born at t 2 and first read at t 3
+def test_a_tick_waits_until_every_process_is_read_since_the_tree_last_changed() -> None:
+    # GIVEN a process holding 100 MiB, all private, that forks a child at t 2: from then on its
+    # pages are shared, but its last reading (t 1) still says private until it is read again
     rows = pd.DataFrame([
-        {"stage": "s", "t": 1.0, "pid": 1, "rss": 100, "uss": 60},
-        {"stage": "s", "t": 2.0, "pid": 1, "rss": 110, "uss": None},
+        {"stage": "s", "t": 1.0, "pid": 1, "rss": 100, "uss": 100},
+        {"stage": "s", "t": 2.0, "pid": 1, "rss": 100, "uss": None},
         {"stage": "s", "t": 2.0, "pid": 2, "rss": 90, "uss": None},
-        {"stage": "s", "t": 3.0, "pid": 1, "rss": 110, "uss": None},
-        {"stage": "s", "t": 3.0, "pid": 2, "rss": 90, "uss": 30},
+        {"stage": "s", "t": 3.0, "pid": 1, "rss": 100, "uss": None},
+        {"stage": "s", "t": 3.0, "pid": 2, "rss": 90, "uss": 10},
+        {"stage": "s", "t": 4.0, "pid": 1, "rss": 110, "uss": 20},
+        {"stage": "s", "t": 4.0, "pid": 2, "rss": 90, "uss": None},
+        {"stage": "s", "t": 5.0, "pid": 1, "rss": 110, "uss": None},
     ])
     got = footprint(rows)
-    assert got.isna().tolist() == [False, True, False]
-    # t 1: the one process whole; t 3: private 60 + 10 (RSS since) and 30, shared max(40, 60)
-    assert got.dropna().tolist() == [100, 160]
+    # THEN t 2 (the child unread) and t 3 (the parent's reading from before the fork, which would
+    # count its 100 MiB as private and again as the child's shared 80) are left empty; at t 4:
+    # private 20 + 10, shared max(90, 80); at t 5 the child has gone, the parent's reading is
+    # from before: empty again
+    assert got.isna().tolist() == [False, True, True, False, True]
+    assert got.dropna().tolist() == [100, 120]
 
 
 def _touched(nbytes: int) -> bytearray:

@@ -521,7 +521,11 @@ def peak_phase(tk: pd.DataFrame, run: Run | None = None) -> Finding | None:
         margin = m["bytes"] - other_max
         text += (f", {mib(margin)} above the largest RSS of any other phase" if margin >= MiB
                  else ", level (within 1 MiB) with the other phases: no phase stands out")
-    text += f". The whole process tree peaked at {mib(tr['bytes'])} in {_where(tr)}."
+    text += f". The RSS summed over the tree's processes peaked at {mib(tr['bytes'])} in {_where(tr)}"
+    fp = tick_peak(running.dropna(subset=["tree_footprint"]), "tree_footprint") \
+        if "tree_footprint" in running.columns else None
+    text += (f"; its footprint, shared pages counted once, at {mib(fp['bytes'])} in {_where(fp)}."
+             if fp is not None else ".")
     grew = _parts_grown(run, m)
     if grew is not None:
         text += f" In the account, {m['phase']} grew {grew}."

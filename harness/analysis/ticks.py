@@ -88,8 +88,11 @@ def footprint(samples: pd.DataFrame) -> pd.Series:
 
     USS is read one process a tick in rotation (``sampling.full_hz`` each), RSS every tick: each
     process's private pages are its last USS reading plus its RSS change since (a page touched
-    since is private until another process maps it), kept between 0 and its RSS. A tick is NaN
-    until every process in it has had a reading (a new process is read first, within a few ticks).
+    since is private until another process maps it), kept between 0 and its RSS. Which pages
+    are shared changes when a process joins or leaves the tree (a fork shares all of the parent's
+    pages at once, an exit hands them back), so a reading from before the tree last changed is
+    stale: a tick is NaN until every process in it has been read since then (at most
+    ``1/full_hz`` after a worker starts or ends).
     """
     key = ["stage", "t"]
     if "uss" not in samples.columns or samples.empty:
@@ -105,4 +108,12 @@ def footprint(samples: pd.DataFrame) -> pd.Series:
     tick = [s["stage"], s["t"]]
     g = private.groupby(tick, sort=True)
     total = g.sum() + shared.groupby(tick, sort=True).max()
-    return total.where(g.count() == g.size())
+    # when each tick's set of processes began, and each tick's oldest reading
+    members = s.groupby(tick, sort=True)["pid"].agg(lambda p: tuple(sorted(p)))
+    changed = (members != members.groupby(level="stage").shift()).to_numpy()
+    t_index = members.index.get_level_values("t").to_series(index=members.index)
+    since = t_index.where(changed).groupby(level="stage").ffill()
+    read_at = s["t"].where(uss.notna()).groupby(by_pid).ffill()
+    oldest = read_at.groupby(tick, sort=True).min()
+    fresh = (g.count() == g.size()) & (oldest >= since)
+    return total.where(fresh)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from harness.analysis import account
 from harness.records.composition import PART_KEYS, PARTS
+from harness.sizes import MiB
 
 # One colour per part, keyed by the record's part names (PARTS): file-backed pages in blues,
 # tensors in reds and oranges, the interpreter's and libraries' heap in greens, what no one
@@ -56,7 +57,8 @@ class AccountView:
 
     legend: list[tuple[str, str]]  # (words, colour), in PARTS' order
     start_title: str = ""
-    start: list[tuple[str, int]] = field(default_factory=list)  # (what, bytes) before the first step
+    # (what, bytes, its parts in words) before the first step
+    start: list[tuple[str, int, str]] = field(default_factory=list)
     start_total: int = 0
     bars: list[Bar] = field(default_factory=list)
 
@@ -88,7 +90,10 @@ def view(table: pd.DataFrame) -> AccountView | None:
     first = next((r for r in rows if r["when"] == "start" and r["role"] != account.TREE_ROLE), None)
     if first is not None:
         parts = {k: int(first[k]) for k in PART_KEYS}
-        out.start = [(what, sum(parts[k] for k in keys)) for what, keys in account.START_GROUPS]
+        out.start = [(what, sum(parts[k] for k in keys),
+                      ", ".join(f"{account.PART_LABELS[k]} {parts[k] / MiB:,.1f} MiB" for k in keys)
+                      if len(keys) > 1 else "")
+                     for what, keys in account.START_GROUPS]
         out.start_total = int(first["rss"])
         out.start_title = f"stage {first['stage']}, {first['role']} process (pid {first['pid']})"
     return out
