@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 ROLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("peak_footprint", "footprint (shared pages once)"),  # empty where the harness records none
     ("peak_main_rss", "main process RSS"),
-    ("peak_tree_rss", "process tree RSS"),
+    ("peak_tree_rss", "RSS summed over processes"),
     ("peak_worker_rss", "largest worker's RSS"),
     ("peak_workers_uss", "workers' USS, summed"),
 )
