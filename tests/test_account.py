@@ -162,3 +162,29 @@ def test_the_report_draws_the_account_and_writes_its_table(run: Run) -> None:
     assert [int(r["rss"]) for r in rows] == [100 * MiB, 150 * MiB, 110 * MiB, 160 * MiB, 160 * MiB]
     summary = res.summary.read_text(encoding="utf-8")
     assert '"footprint"' in summary
+
+
+def test_a_torchrun_run_s_account_is_per_rank(tmp_path: Path) -> None:
+    import _synthetic_ranks
+
+    from harness.analysis import ranks
+
+    # GIVEN two ranks, each with a start and a peak moment in backward (rank 1's gradients grow
+    # by 8 MiB, rank 0's by 4)
+    run_dir = _synthetic_ranks.write_run(tmp_path)
+    for rank in (0, 1):
+        with open(run_dir / "stages" / "train" / f"rank{rank}" / COMPOSITION_FILE, "w", encoding="utf-8") as fh:
+            for m in (MOMENTS[0], {**MOMENTS[1], "processes": [_process(
+                    100 + rank, f"rank {rank}", "inside", {**PEAK, "tensor_gradients": 4 + 4 * rank,
+                                                           "tensor_other": 0})]}):
+                fh.write(Moment.model_validate({**m, "rank": rank}).model_dump_json() + "\n")
+    run = load_run(run_dir)
+    # THEN the account table has a rank column, each rank's moments apart ...
+    df = account.account_table(run)
+    assert list(zip(df["rank"], df["moment"])) == [
+        (0, "start"), (0, "peak e1 s2 backward"), (1, "start"), (1, "peak e1 s2 backward")]
+    # ... and each rank's phases table says what grew in its own process
+    phases = ranks.phase_table(run, ranks.views(run))
+    grew = phases[phases["parts_grown"].notna()]
+    assert [(r.rank, r.phase) for r in grew.itertuples()] == [(0, "backward"), (1, "backward")]
+    assert "+gradients 8.0 MiB" in grew["parts_grown"].iloc[1]
