@@ -222,3 +222,32 @@ def nearest(run: Run, stage: str, t: float, rank: int | None = None) -> Moment |
     found = [m for st in run.stages if st.name == stage for m in _stage_entries(st)
              if rank is None or m.rank == rank]
     return min(found, key=lambda m: abs(m.t - t)) if found else None
+
+
+def sampled_growth(tk: pd.DataFrame) -> pd.DataFrame:
+    """Per stage, for the phase holding the main process's largest RSS (the teardown aside),
+    what the sampler saw grow from the last tick before that phase began to the peak tick: the
+    anonymous and the file-backed and shared parts of RSS (``/proc/<pid>/status``). What the
+    phases table says where no account moment was taken near the peak. Columns stage, epoch,
+    phase, grew."""
+    rows = []
+    for stage, g in tk[tk["phase"] != "teardown"].dropna(subset=["main_rss"]).groupby("stage", sort=False):
+        g = g.sort_values("t", kind="stable").reset_index(drop=True)
+        i = int(g["main_rss"].idxmax())
+        j = i
+        while j > 0 and g.at[j - 1, "phase"] == g.at[i, "phase"]:
+            j -= 1
+        if j == 0:
+            continue  # the stage began in that phase: nothing before it to compare with
+        a, b = g.loc[j - 1], g.loc[i]
+        if pd.isna(a["main_shared"]) or pd.isna(b["main_shared"]):
+            continue
+        shared = float(b["main_shared"] - a["main_shared"])
+        anon = float(b["main_rss"] - a["main_rss"]) - shared
+        words = ", ".join(f"{v / MiB:+,.1f} MiB {what}" for what, v in
+                          (("anonymous", anon), ("file-backed and shared", shared)))
+        if abs(anon) < GREW_MIN_BYTES and abs(shared) < GREW_MIN_BYTES:
+            words = "level (the peak is a plateau reached before this phase)"
+        rows.append({"stage": stage, "epoch": int(b["epoch"]), "phase": str(b["phase"]),
+                     "grew": f"since {a['phase']} (sampled, step {int(a['step'])}): {words}"})
+    return pd.DataFrame(rows, columns=["stage", "epoch", "phase", "grew"])

@@ -90,10 +90,13 @@ def phase_table(run: Run, tk: pd.DataFrame | None = None) -> pd.DataFrame:
         dev = dev[[*key, "peak_allocated", "peak_reserved"]].rename(columns={
             "peak_allocated": "cuda_peak_allocated", "peak_reserved": "cuda_peak_reserved"})
         df = df.merge(dev, on=key, how="outer")
-    grew = account.phase_growth(run)
+    grew = account.phase_growth(run).drop(columns="rank")
+    sampled = account.sampled_growth(tk)
+    # the account's words where a moment was taken in the phase, else what the sampler saw
+    grew = pd.concat([grew, sampled[~sampled.set_index(key).index.isin(grew.set_index(key).index)]])
     if not grew.empty:
-        grew = grew.drop(columns="rank").rename(columns={"grew": "parts_grown"})
-        df = df.merge(grew.drop_duplicates(key, keep="last"), on=key, how="left")
+        grew = grew.rename(columns={"grew": "parts_grown"})
+        df = df.merge(grew.drop_duplicates(key, keep="first"), on=key, how="left")
     order = {s.name: i for i, s in enumerate(run.stages)}
     df["_s"] = df["stage"].map(order).fillna(len(order))
     df["_p"] = df["phase"].map(phase_order)
