@@ -260,10 +260,16 @@ def memray_step_mark() -> None:
 _fork_handler = False
 
 
+# This process was forked while a capture following forks was open: memray tracks it already,
+# to its end or the capture's (harness.probe.workers then starts no window of its own in it).
+followed = False
+
+
 def _after_fork_in_child() -> None:
-    global _forking
+    global _forking, followed
     forked, _forking = _forking, None
     if forked is not None:
+        followed = True
         forked.in_child()
 
 

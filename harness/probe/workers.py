@@ -136,7 +136,11 @@ def worker_loop(*args: Any, **kwargs: Any) -> None:
 
         original = worker._worker_loop
     stage_dir = os.environ.get(STAGE_DIR_ENV)
-    if not stage_dir or len(args) <= _WORKER_ID_ARG:
+    from harness.probe import steps
+
+    # forked under a capture that follows forks: memray tracks this worker already, and a
+    # tracker of its own would fail to start and spoil that capture's ending
+    if not stage_dir or len(args) <= _WORKER_ID_ARG or steps.followed:
         original(*args, **kwargs)
         return
     try:
