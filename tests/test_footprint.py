@@ -32,23 +32,24 @@ def test_footprint_of_the_synthetic_ticks_carries_each_uss_forward_by_rss(tmp_pa
     run = load_run(write_run(tmp_path))
     tk = ticks(run.samples)
     got = dict(zip(tk["t"], tk["tree_footprint"] / MiB))
-    # THEN the footprint is the private pages summed plus the largest shared set: at 1002 main
-    # 70 + 30 and worker 0 10 private, the worker's 100 shared; at 1005 worker 0 leaving (RSS 0)
-    # counts nothing, not a negative share
-    assert got == {1000.0: 100, 1001.0: 180, 1002.0: 210, 1004.0: 187, 1005.0: 185,
-                   1006.0: 201, 1007.0: 140}
+    # THEN the footprint is the private pages summed plus the main process's shared set: at 1002
+    # main 70 + 30 private and 50 shared, worker 0 its last 10 private (its shared pages nest in
+    # the main's): the main RSS plus the workers' USS; at 1005 worker 0 leaving (RSS 0) counts
+    # nothing, not a negative share
+    assert got == {1000.0: 100, 1001.0: 130, 1002.0: 160, 1004.0: 144, 1005.0: 140,
+                   1006.0: 172, 1007.0: 140}
     assert list(tk["tree_rss"] / MiB) == [100, 230, 260, 242, 240, 271, 140]
-    # AND the summary's peak is the running one (210 MiB in backward), under the RSS sum's 271
+    # AND the summary's peak is the running one (172 MiB in backward), under the RSS sum's 271
     s = build_summary(run, tk, phase_table(run, tk), [], findings.all_findings(run, tk, []))
     assert s.peaks.footprint is not None and s.peaks.tree_rss is not None
     assert (s.peaks.footprint.bytes, s.peaks.footprint.phase, s.peaks.footprint.epoch) == (
-        210 * MiB, "backward", 1)
+        172 * MiB, "backward", 2)
     assert s.peaks.tree_rss.bytes == 271 * MiB  # peak_tree_rss keeps its meaning
-    assert {(p.epoch, p.phase): p.footprint_max for p in s.phases}[(2, "backward")] == 201 * MiB
+    assert {(p.epoch, p.phase): p.footprint_max for p in s.phases}[(1, "forward")] == 144 * MiB
     # AND budgets and baselines carry it, run-wide and per phase
     got_m = m.from_summary(s)
-    assert got_m["peak_footprint"] == 210 * MiB
-    assert got_m["phases.backward.peak_footprint"] == 210 * MiB
+    assert got_m["peak_footprint"] == 172 * MiB
+    assert got_m["phases.backward.peak_footprint"] == 172 * MiB
     assert "peak_footprint" in m.for_baseline(got_m)
     res = check(got_m, budgets=BudgetsConfig.model_validate(
         {"peak_footprint": "170 MiB", "phases": {"forward": {"peak_footprint": "200 MiB"}}}))
@@ -56,7 +57,7 @@ def test_footprint_of_the_synthetic_ticks_carries_each_uss_forward_by_rss(tmp_pa
         ("peak_footprint", "FAIL"), ("phases.forward.peak_footprint", "pass")]
     # AND the terminal names each so they cannot be confused
     text = summary_text(s.to_dict(), Path("report.html"))
-    assert ("  footprint  210 MiB (train, epoch 1, backward): the process tree, shared pages "
+    assert ("  footprint  172 MiB (train, epoch 2, backward): the process tree, shared pages "
             "counted once\n") in text
     assert "summed over processes 271 MiB (train, epoch 2, backward)" in text
 
@@ -128,3 +129,21 @@ def test_forked_children_sharing_the_parent_s_pages_add_little_to_the_footprint(
     # the sum of PSS would also count the 64 MiB once, but it divides the parent's library pages
     # with every other process on the machine that maps them: never above the footprint
     assert pss_sum <= foot
+
+
+def test_a_worker_mapping_its_parents_pages_after_its_reading_adds_nothing() -> None:
+    # GIVEN a main process (RSS 700, USS 500 MiB) and a forked worker read once at RSS 100 MiB,
+    # USS 10 MiB, whose RSS then rises to 400 MiB by reading memory it inherited (shared pages)
+    import pandas as pd
+
+    from harness.analysis.ticks import footprint
+
+    rows = [("train", 1.0, 1, "main", 700, 500), ("train", 1.0, 2, "worker 0", 100, 10),
+            ("train", 2.0, 1, "main", 700, None), ("train", 2.0, 2, "worker 0", 400, None),
+            ("train", 3.0, 1, "main", 720, None), ("train", 3.0, 2, "worker 0", 400, None)]
+    s = pd.DataFrame(rows, columns=["stage", "t", "pid", "role", "rss", "uss"])
+    s[["rss", "uss"]] = s[["rss", "uss"]].astype("float64") * MiB
+    got = footprint(s) / MiB
+    # THEN the worker counts its 10 private MiB, not the 300 it mapped since; the main process's
+    # own growth (+20) is private until another process maps it
+    assert list(got) == [710, 710, 730]

@@ -3,9 +3,10 @@
 The host's limit is the one each stage recorded (``memory_limit`` in the manifest: the stage's own
 memory cgroup under ``limits.memory``, else the cgroup the harness ran in, else the machine's
 memory). The footprint held against it is the most the stage's cgroup was charged where the
-harness made one (what the kernel compares with the limit), else the stage's peak tree RSS (the
-sum of its processes' RSS, which counts a page shared by several processes once per process, so it
-can pass a limit the kernel never reached). Each CUDA device's figure is its total memory against
+harness made one (what the kernel compares with the limit), else the stage's peak footprint (the
+process tree with shared pages counted once: ``tree_footprint`` of :mod:`harness.analysis.ticks`),
+else its peak tree RSS (the sum of its processes' RSS, which counts a page shared by several
+processes once per process, so it can pass a limit the kernel never reached). Each CUDA device's figure is its total memory against
 the allocator's peak reserved bytes.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 
 from harness.analysis.finding import Finding, finding, mib
 from harness.analysis.load import Run
+from harness.analysis.peaks import running_ticks
+from harness.analysis.ticks import ticks
 from harness.records.manifest import MemoryLimit
 
 # A peak above this share of its limit is a finding: the next larger batch, a longer sequence or
@@ -32,7 +35,7 @@ class HostHeadroom:
     source: str  # limits.memory | cgroup | machine
     cgroup: str | None
     peak: int | None
-    measure: str  # what ``peak`` is: "cgroup charge" or "tree RSS"
+    measure: str  # what ``peak`` is: "cgroup charge", "footprint" or "tree RSS"
     share: float | None
     main_peak: int | None = None  # the main process's peak RSS
     main_share: float | None = None
@@ -67,10 +70,12 @@ def _share(peak: int | None, limit: int) -> float | None:
 
 
 def host_headroom(stage: str, limit: MemoryLimit, peak_tree_rss: int | None,
-                  peak_main_rss: int | None = None) -> HostHeadroom:
+                  peak_main_rss: int | None = None, peak_footprint: int | None = None) -> HostHeadroom:
     peak: int | None
     if limit.peak_charged is not None:
         peak, measure = limit.peak_charged, "cgroup charge"
+    elif peak_footprint is not None:
+        peak, measure = peak_footprint, "footprint"
     else:
         peak, measure = peak_tree_rss, "tree RSS"
     return HostHeadroom(stage, limit.bytes, limit.source, limit.cgroup, peak, measure,
@@ -79,8 +84,9 @@ def host_headroom(stage: str, limit: MemoryLimit, peak_tree_rss: int | None,
 
 def headroom(run: Run, device_total: int | None = None, cuda_peak_reserved: int | None = None) -> Headroom:
     """Every stage's host headroom (stages that recorded a limit) and the CUDA device's."""
+    footprints = _peak_footprints(run)
     host = [host_headroom(st.name, st.outcome.memory_limit, st.outcome.peak_tree_rss,
-                          st.outcome.peak_main_rss)
+                          st.outcome.peak_main_rss, footprints.get(st.name))
             for st in run.stages if st.outcome is not None and st.outcome.memory_limit is not None]
     cuda = []
     if device_total:
@@ -88,6 +94,17 @@ def headroom(run: Run, device_total: int | None = None, cuda_peak_reserved: int 
         cuda.append(DeviceHeadroom(device, device_total, cuda_peak_reserved,
                                    _share(cuda_peak_reserved, device_total)))
     return Headroom(host, cuda)
+
+
+def _peak_footprints(run: Run) -> dict[str, int]:
+    """Each stage's peak footprint while its workload ran, where the samples give one."""
+    if run.samples.empty or "pss" not in run.samples:
+        return {}
+    tk = running_ticks(run, ticks(run.samples))
+    if "tree_footprint" not in tk or tk["tree_footprint"].isna().all():
+        return {}
+    peaks = tk.groupby("stage")["tree_footprint"].max().dropna()
+    return {str(stage): int(v) for stage, v in peaks.items()}
 
 
 def _sampled_cuda_reserved(run: Run) -> int | None:

@@ -343,8 +343,9 @@ class HostHeadroom(_Section):
                     "harness ran in; machine: MemTotal")
     cgroup: str | None
     peak: Bytes | None
-    measure: Literal["cgroup charge", "tree RSS"] = Field(
-        description="what peak is: the most the stage's cgroup was charged, else its peak tree RSS")
+    measure: Literal["cgroup charge", "footprint", "tree RSS"] = Field(
+        description="what peak is: the most the stage's cgroup was charged, else its peak "
+                    "footprint (shared pages once), else its peak tree RSS")
     share: Annotated[float, Field(ge=0)] | None = Field(description="peak / limit")
     main_peak: Bytes | None = Field(description="the main process's peak RSS")
     main_share: Annotated[float, Field(ge=0)] | None = Field(description="main_peak / limit")

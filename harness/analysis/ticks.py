@@ -86,9 +86,14 @@ def footprint(samples: pd.DataFrame) -> pd.Series:
     on the machine: PSS divides a library's pages among every process that maps them, the
     harness's and other jobs' included (docs/reports.md).
 
-    USS is read one process a tick in rotation (``sampling.full_hz`` each), RSS every tick: each
-    process's private pages are its last USS reading plus its RSS change since (a page touched
-    since is private until another process maps it), kept between 0 and its RSS. Which pages
+    USS is read one process a tick in rotation (``sampling.full_hz`` each), RSS every tick: the
+    main process's (a rank's) private pages are its last USS reading plus its RSS change since (a
+    page it touched since is private until another process maps it); a worker's are its last USS
+    reading, as it was: a forked worker's RSS rises mostly by mapping pages it shares with its
+    parent (reading inherited memory), and carrying that rise as private counted them twice (the
+    baseline's footprint read 922 MiB against the main RSS plus the workers' USS of ~800). Each
+    is kept between 0 and its RSS. The shared set is the largest of the main process's (ranks'):
+    a worker's nests in its parent's. Which pages
     are shared changes when a process joins or leaves the tree (a fork shares all of the parent's
     pages at once, an exit hands them back), so a reading from before the tree last changed is
     stale: a tick is NaN until every process in it has been read since then (at most
@@ -103,8 +108,13 @@ def footprint(samples: pd.DataFrame) -> pd.Series:
     by_pid = [s["stage"], s["pid"]]
     last_uss = uss.groupby(by_pid).ffill()
     rss_then = rss.where(uss.notna()).groupby(by_pid).ffill()
-    private = np.minimum((last_uss + (rss - rss_then)).clip(lower=0), rss)
-    shared = rss - private
+    worker = (samples["role"].astype(str).str.contains("worker") if "role" in samples.columns
+              else pd.Series(False, index=s.index))
+    grown = (rss - rss_then).where(~worker, 0.0)
+    private = np.minimum((last_uss + grown).clip(lower=0), rss)
+    # a worker's shared pages are its parent's (it was forked from it): they nest in the parent's
+    # shared set, and the worker's stale reading must not make them look larger
+    shared = (rss - private).where(~worker, 0.0)
     tick = [s["stage"], s["t"]]
     g = private.groupby(tick, sort=True)
     total = g.sum() + shared.groupby(tick, sort=True).max()

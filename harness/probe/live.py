@@ -175,6 +175,10 @@ class LiveProbe:
 
     def _train(self, loader: Iterable[T], limit: int | None, start: int = 0) -> Iterator[T]:
         total = self._start_loop(loader, limit)
+        if self._window_opens_at_once(total):
+            # the window opens before iter(): the moment's own allocations (the census, smaps)
+            # must not be in the workload's capture, so it comes first, without the workers
+            self.composition_start()
         loop = StepLoop(self, total, start)  # before iter(): a memray window at step 0 must see the fork
         it = iter(loader)
         self.composition_start()  # after iter(): the DataLoader's workers are in the moment
@@ -326,6 +330,13 @@ class LiveProbe:
             tensor_bytes=snap.tensor_bytes,
         ))
         self._moment(when, storages)
+
+    def _window_opens_at_once(self, total: int) -> bool:
+        """Whether this training loop's memray window opens with the loop, at step 0."""
+        if self.cfg.memray.mode != "windows" or self._started:
+            return False
+        window = self._memray.train_window(self._epoch, total)
+        return window is not None and window[0] == 0
 
     def composition_start(self) -> None:
         """The composition's ``start`` moment, unless taken: before the first training step."""
