@@ -67,8 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.abc
-import importlib.util
 import os
 import sys
 import weakref
@@ -76,9 +74,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from harness.probe.frameworks import Frameworks
+from harness.probe.imports import AfterImport
 
 if TYPE_CHECKING:
-    from importlib.machinery import ModuleSpec
 
     from harness.probe.live import LiveProbe
 
@@ -781,38 +779,6 @@ class AutoPhases:
         self.live.watch(model=model)
 
 
-class _AfterTorchImport(importlib.abc.MetaPathFinder):
-    """Calls ``then`` once ``import torch`` has run: a workload that never imports torch gets no torch."""
-
-    def __init__(self, then: Callable[[], None]) -> None:
-        self._then = then
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
-        if name != "torch":
-            return None
-        self.remove()  # once; and the finders below find torch itself
-        spec = importlib.util.find_spec(name)
-        loader = spec.loader if spec is not None else None
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        then = self._then
-
-        def exec_module(module: Any) -> None:
-            del loader.exec_module  # the loader's own again
-            loader.exec_module(module)
-            then()
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-    def add(self) -> None:
-        sys.meta_path.insert(0, self)
-
-    def remove(self) -> None:
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-
 @contextlib.contextmanager
 def phases(stage: str, enabled: bool = True) -> Iterator[AutoPhases | None]:
     """Automatic phases around a workload, when ``enabled`` and the live probe is on.
@@ -827,7 +793,7 @@ def phases(stage: str, enabled: bool = True) -> Iterator[AutoPhases | None]:
         yield None
         return
     auto = AutoPhases(live, stage)
-    watch = _AfterTorchImport(lambda: auto.install(fresh=True))
+    watch = AfterImport("torch", lambda _torch: auto.install(fresh=True))
     if "torch" in sys.modules:
         auto.install()
     else:

@@ -28,55 +28,20 @@ Where neither is imported, nothing here is installed and the generic mechanism s
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.util
+import importlib
 import math
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from importlib.machinery import ModuleSpec
-
     from harness.probe.auto import AutoPhases
+from harness.probe.imports import AfterImport
 
 SANITY_CHECK = "sanity_check"
 # The module that defines Lightning's Trainer, in each of its two distributions.
 LIGHTNING_TRAINERS = ("lightning.pytorch.trainer.trainer", "pytorch_lightning.trainer.trainer")
 ACCELERATE_LOADERS = "accelerate.data_loader"
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Calls ``then(module)`` once module ``name`` has been executed."""
-
-    def __init__(self, name: str, then: Callable[[Any], None]) -> None:
-        self.name = name
-        self._then = then
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
-        if name != self.name:
-            return None
-        self.remove()  # once; and the finders below find the module itself
-        spec = importlib.util.find_spec(name)
-        loader = spec.loader if spec is not None else None
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        then = self._then
-
-        def exec_module(module: Any) -> None:
-            del loader.exec_module  # the loader's own again
-            loader.exec_module(module)
-            then(module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-    def add(self) -> None:
-        sys.meta_path.insert(0, self)
-
-    def remove(self) -> None:
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
 
 
 class Frameworks:
@@ -86,7 +51,7 @@ class Frameworks:
     def __init__(self, auto: AutoPhases) -> None:
         self.auto = auto
         self.driver: _LightningDriver | None = None  # the Trainer running now, if any
-        self._finders: list[_AfterImport] = []
+        self._finders: list[AfterImport] = []
         self._patched: list[tuple[Any, str, Any]] = []  # (owner, name, original)
 
     def install(self) -> None:
@@ -114,7 +79,7 @@ class Frameworks:
         if module is not None:
             then(module)
             return
-        finder = _AfterImport(name, then)
+        finder = AfterImport(name, then)
         finder.add()
         self._finders.append(finder)
 

@@ -23,14 +23,11 @@ tracking: memray runs one tracker a process.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.util
 import os
 import signal
 import sys
 import time
 from contextlib import AbstractContextManager
-from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,6 +41,7 @@ from harness.layout import (
     TRAIN_WINDOW,
     capture_name,
 )
+from harness.probe.imports import AfterImport
 from harness.records.events import MemrayStart, MemrayStop
 from harness.records.probe_config import ProbeConfig
 from harness.records.vocab import PHASES
@@ -95,37 +93,9 @@ def _patch() -> None:
 _WORKER_MODULE = "torch.utils.data._utils.worker"
 
 
-class _AfterTorchImport(importlib.abc.MetaPathFinder):
-    """Patches torch once its worker module is imported (with ``import torch``). Keyed on that
-    module, not on ``torch``, which the automatic phases' finder (harness.probe.auto) wraps."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
-        if name != _WORKER_MODULE:
-            return None
-        self.remove()  # once; and the finders below find torch itself
-        spec = importlib.util.find_spec(name)
-        loader = spec.loader if spec is not None else None
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-
-        def exec_module(module: Any) -> None:
-            del loader.exec_module  # the loader's own again
-            loader.exec_module(module)
-            _patch()
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-    def add(self) -> None:
-        if self not in sys.meta_path:
-            sys.meta_path.insert(0, self)
-
-    def remove(self) -> None:
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-
-_AFTER_TORCH = _AfterTorchImport()
+# Keyed on torch's worker module, not on ``torch``, which the automatic phases' finder
+# (harness.probe.auto) takes out of the import path once it has run.
+_AFTER_TORCH = AfterImport(_WORKER_MODULE, lambda _module: _patch())
 
 
 def worker_loop(*args: Any, **kwargs: Any) -> None:
