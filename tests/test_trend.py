@@ -241,3 +241,13 @@ def test_a_plain_script_that_keeps_memory_gets_the_trend_naming_its_line(
 def test_the_same_script_without_the_leak_gets_no_trend(tmp_path: Path, cli: Any) -> None:
     summary = _run(tmp_path, cli, "none")
     assert not [f for f in summary["findings"] if f["kind"] == "trend"]
+
+
+@pytest.mark.parametrize("at", [0.5, 0.6, 0.7])
+def test_one_step_up_straddling_a_segment_edge_is_no_trend(tmp_path: Path, at: float) -> None:
+    # GIVEN one step up (40 MiB) at one step count, its ticks many (an evaluation pass on a loaded
+    # machine: the steps stand still while the memory rises over ~40 ticks), flat before and after
+    n, up = 400, int(400 * at)
+    main = [500.0 + 40 * min(max((i - up) / 40, 0.0), 1.0) for i in range(n)]
+    # THEN no trend, wherever the rise falls against the segments' edges
+    assert _trend(tmp_path, main, steps_per_tick=1) is None
