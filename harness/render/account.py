@@ -95,5 +95,5 @@ def view(table: pd.DataFrame) -> AccountView | None:
                       if len(keys) > 1 else "")
                      for what, keys in account.START_GROUPS]
         out.start_total = int(first["rss"])
-        out.start_title = f"stage {first['stage']}, {first['role']} process (pid {first['pid']})"
+        out.start_title = f"stage {first['stage']}, {first['role']} process (pid {int(first['pid'])})"
     return out
