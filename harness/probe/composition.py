@@ -29,7 +29,6 @@ bytes in use beyond the tensors (``native_heap``) and the free bytes it holds re
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import re
@@ -252,9 +251,10 @@ class Malloc:
 
 @functools.cache
 def _libc() -> Any:
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    libc = ctypes.CDLL(name, use_errno=True)
-    return libc
+    """The C library this process runs: its own global symbols (``dlopen(NULL)``), not
+    ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a child process (the sampler saw
+    it as one of the stage's processes)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def mallinfo() -> Malloc | None:
