@@ -287,6 +287,7 @@ def pymalloc_stats() -> dict[str, int]:
         try:
             os.dup2(tmp.fileno(), 2)
             debug()
+            _libc().fflush(None)  # a C stderr some library made buffered: its text is in the file
         finally:
             os.dup2(saved, 2)
             os.close(saved)
