@@ -336,6 +336,8 @@ def test_a_generous_limit_is_a_clean_run_with_its_headroom(tmp_path: Path) -> No
 
 @pytest.mark.slow
 @needs_cgroup
+@pytest.mark.xfail(reason="both ranks can die by SIGKILL in one second and torchrun's tie goes to "
+                          "rank 0 (issue 25 stays open for it)", strict=False)
 def test_rank_killed_by_the_oom_killer(tmp_path: Path) -> None:
     run_dir, _ = _run(tmp_path, "oomrank", ["--where", "rank1", "--mib", "16", "--pause", "0.01"],
                       "900 MiB", 137, distributed={"nproc_per_node": 2})
