@@ -29,7 +29,10 @@ def test_script_without_probe_gets_the_process_timeline_and_memray(tmp_path: Pat
     run = latest_run(tmp_path / "r")
     assert "noprobe done 40" in out
     s = stage_samples(run / "stages/main")
-    assert set(s.role) == {"main"} and s.phase.dropna().isin(["setup", "teardown", "idle"]).all()
+    # torch's import runs `/sbin/ldconfig -p` in a child (cuda.pathfinder's find_library("dl")): the
+    # sampler may see it for a tick; no worker, no other role
+    assert {"main"} <= set(s.role) <= {"main", "child"}
+    assert s.phase.dropna().isin(["setup", "teardown", "idle"]).all()
     # the script's 10 MiB of bytearrays show in RSS
     assert s.rss.max() - s.rss.iloc[0] > 10 * 1024 * 1024
     assert (run / "stages/main/memray/main.bin").exists()  # a full capture of the stage

@@ -276,27 +276,55 @@ def pymalloc_stats() -> dict[str, int]:
     """``sys._debugmallocstats()``'s totals (``arenas * bytes/arena``, ``bytes in allocated
     blocks``, ...) by their text, bytes; {} where Python has no pymalloc.
 
-    The function writes to the C ``stderr``: fd 2 is pointed at a temporary file for the call.
+    The text is written by ``_PyObject_DebugMallocStats(FILE *)`` into a stream of its own, so
+    neither fd 2 nor the C ``stderr`` is touched: pointing fd 2 elsewhere for the call raced with
+    any other thread writing there, and once read 0 in a long test process. Where the C function
+    is not exported, fd 2 is pointed at a temporary file for ``sys._debugmallocstats``.
     """
-    debug = getattr(sys, "_debugmallocstats", None)
-    if debug is None:
-        return {}
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
-        try:
-            os.dup2(tmp.fileno(), 2)
-            debug()
-            _libc().fflush(None)  # a C stderr some library made buffered: its text is in the file
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+        if not _debug_malloc_stats_into(tmp.fileno()):
+            debug = getattr(sys, "_debugmallocstats", None)
+            if debug is None:
+                return {}
+            sys.stderr.flush()
+            saved = os.dup(2)
+            try:
+                os.dup2(tmp.fileno(), 2)
+                debug()
+                _libc().fflush(None)  # a C stderr some library made buffered
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
         tmp.seek(0)
         text = tmp.read().decode("utf-8", errors="replace")
     out: dict[str, int] = {}
     for key, value in _STAT.findall(text):
         out[key.strip()] = int(value.replace(",", ""))
     return out
+
+
+def _debug_malloc_stats_into(fd: int) -> bool:
+    """Write pymalloc's statistics to ``fd`` through a C stream of their own; False where the
+    interpreter does not export ``_PyObject_DebugMallocStats`` (the text is then not written)."""
+    try:
+        fn = ctypes.pythonapi._PyObject_DebugMallocStats
+        libc = _libc()
+        fdopen, fclose = libc.fdopen, libc.fclose
+    except AttributeError:
+        return False
+    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+    fdopen.argtypes, fdopen.restype = [ctypes.c_int, ctypes.c_char_p], ctypes.c_void_p
+    fclose.argtypes, fclose.restype = [ctypes.c_void_p], ctypes.c_int
+    dup = os.dup(fd)
+    stream = fdopen(dup, b"w")
+    if not stream:
+        os.close(dup)
+        return False
+    try:
+        fn(stream)
+    finally:
+        fclose(stream)  # flushes the text and closes ``dup``
+    return True
 
 
 def python_objects(stats: Mapping[str, int]) -> tuple[int, int]:
@@ -319,14 +347,21 @@ def _is_arena_heap(v: Vma, nxt: Vma | None) -> bool:
             and nxt.end - v.start == ARENA_HEAP_MAX)
 
 
-def arena_resident(anonymous: Sequence[Vma], all_vmas: Sequence[Vma]) -> int:
-    """Resident bytes of malloc's arenas: ``[heap]`` and the thread arenas' heaps."""
+def arena_resident(anonymous: Sequence[Vma], all_vmas: Sequence[Vma], arena_bytes: int = 0) -> int:
+    """Resident bytes of malloc's arenas: ``[heap]`` and the thread arenas' heaps, plus the bytes
+    the arenas hold (``arena_bytes``, mallinfo2's ``arena``) beyond those mappings' size.
+
+    The main arena grows by ``brk`` while it can; once something is mapped just above ``[heap]``
+    (a long-running process maps many libraries and buffers) glibc extends it with plain anonymous
+    mappings instead, which nothing marks. Those bytes are counted as resident: an upper bound, as
+    the count is a cap on the free bytes malloc holds."""
     following = {v.start: v for v in all_vmas}
-    total = 0
+    resident = mapped = 0
     for v in anonymous:
         if v.path == "[heap]" or _is_arena_heap(v, following.get(v.end)):
-            total += v.rss
-    return total
+            resident += v.rss
+            mapped += v.end - v.start
+    return resident + max(arena_bytes - mapped, 0)
 
 
 class _Residency:
@@ -437,7 +472,7 @@ def inside(role: str, storages: Storages, own: Sequence[str] = ()) -> ProcessCom
         # their own: what malloc holds in use beyond them is the libraries' native heap.
         parts["native_heap"] = max(m.in_use + m.mmapped - tensor_alloc, 0)
         # Free bytes count where they are resident: the arenas' resident pages not in use.
-        arenas = arena_resident(split.anonymous, vmas)
+        arenas = arena_resident(split.anonymous, vmas, m.arena)
         parts["malloc_free"] = max(min(m.free, arenas - m.in_use), 0)
     parts["unexplained"] = split.rss - sum(parts.values())
     return ProcessComposition(pid=os.getpid(), role=role, source="inside", rss=split.rss,
