@@ -454,6 +454,9 @@ def test_the_probe_writes_start_epoch_peak_and_end(tmp_path: Path) -> None:
             for step in p.iterate(range(6)):
                 if epoch == 2 and step == 2:  # grow RSS past the margin: one peak moment
                     held.append(torch.ones(int(1.2 * comp.peak_margin(p._rss.peak)) // 4))
+            with p.section("validate"):  # 4 batches: an epoch's moment keeps its 6 steps
+                for _ in p.iterate(range(4)):
+                    pass
     p.close()
     problems: list[str] = []
     moments = read_composition(tmp_path / COMPOSITION_FILE, problems)

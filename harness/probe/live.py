@@ -101,6 +101,7 @@ class LiveProbe:
         self._rss = composition.RssWatch(
             composition.PEAK_MOMENTS if cfg.tensors.composition else 0)
         self._started = False  # the ``start`` moment is taken
+        self._trained = 0  # steps done by the latest training loop (an evaluation pass leaves it)
         self.events.write(StageStart(t=time.time(), stage=self.stage, pid=os.getpid()))
         self._memray.start_stage()
         if workers.wanted(cfg):  # each DataLoader worker tracks a window of its own batches
@@ -352,9 +353,12 @@ class LiveProbe:
             return
         if storages is None:
             storages = composition.cpu_storages(self._model, self._optimizer)
+        # An epoch's (and the end's) moment comes after its evaluation pass, whose batches the
+        # cell counts: its step is the training loop's, the steps the epoch trained.
+        step = self._cell.step if when in ("start", "peak") else self._trained
         moment = composition.take(
             when, stage=self.stage, stage_dir=self.dir, storages=storages, device=self.device,
-            epoch=self._epoch, step=self._cell.step, phase=PHASES[self._cur], rank=global_rank())
+            epoch=self._epoch, step=step, phase=PHASES[self._cur], rank=global_rank())
         composition.append(self.dir / COMPOSITION_FILE, moment)
         if when == "start":
             self._started = True
@@ -413,6 +417,7 @@ class StepLoop:
     def end(self) -> None:
         """The running step is done."""
         self.step += 1
+        self._probe._trained = self.step
         cell = self._probe._cell
         cell.step = self.step
         cell.heartbeat += 1
