@@ -211,6 +211,41 @@ def test_no_copy_on_read_from_a_reading_taken_as_the_workload_ends(tmp_path: Pat
     assert findings.copy_on_read(run, []) is not None
 
 
+def _sibling_rows(uss0: list[int], uss1: list[int], ends: tuple[int, int],
+                  start: int = 0) -> list[list]:  # type: ignore[type-arg]
+    """Main (pid 100) and a loader's two workers (201, 202) over ticks t 2000+i: worker k's RSS
+    flat at 400 MiB, its USS as given while it lives (ticks < ends[k], from ``start``)."""
+    rows = []
+    for i in range(max(ends)):
+        t = f"{2000.0 + i:.4f}"
+        rows.append([t, 100, 0, "main", 600 * MiB, 0, 40 * MiB, 0, 0, 50 * MiB, 60 * MiB, 0, "train",
+                     1, i, "data"])
+        for k, (pid, uss) in enumerate(((201, uss0), (202, uss1))):
+            if start <= i < ends[k]:
+                rows.append([t, pid, 100, f"worker {k}", 400 * MiB, 0, 100 * MiB, 0, 0,
+                             uss[i - start] * MiB, (uss[i - start] + 10) * MiB, 0, "train", 1, i, "data"])
+    return rows
+
+
+def test_a_sibling_s_exit_is_no_copy_on_read(tmp_path: Path) -> None:
+    # GIVEN two workers of one loader, USS flat at 10 MiB, and worker 0 read once more as worker 1
+    # ends (the pages the two shared, which the main process had stopped sharing, now its own)
+    rows = _sibling_rows([10, 10, 10, 10, 10, 90], [10, 10, 10, 10, 10, 10], ends=(6, 6))
+    run = load_run(write_run(tmp_path / "a", rows=rows, events=COW_EVENTS))
+    # THEN that reading is the loader's shutdown: no copy-on-read, and no 80 MiB workers' peak
+    assert findings.copy_on_read(run, []) is None
+    assert ticks(run.samples)["workers_uss"].max() == 20 * MiB
+    # and a tick later than the sibling's last is the shutdown too
+    rows = _sibling_rows([10, 10, 10, 10, 10, 10, 90], [10] * 6, ends=(7, 6))
+    assert findings.copy_on_read(load_run(write_run(tmp_path / "b", rows=rows, events=COW_EVENTS)), []) is None
+    # WHEN the same rise comes while both live (copying as it reads), or the worker lives on long
+    # after its sibling died (killed): THEN it is copy-on-read
+    rows = _sibling_rows([10, 30, 50, 70, 90, 90], [10] * 6, ends=(6, 6))
+    assert findings.copy_on_read(load_run(write_run(tmp_path / "c", rows=rows, events=COW_EVENTS)), []) is not None
+    rows = _sibling_rows([10, 10, 10, 50, 70, 90, 90, 90], [10, 10], ends=(8, 2))
+    assert findings.copy_on_read(load_run(write_run(tmp_path / "d", rows=rows, events=COW_EVENTS)), []) is not None
+
+
 def test_rss_heap_gap_explained_at_the_main_process_largest_rss(tmp_path: Path) -> None:
     run = load_run(write_run(tmp_path))
     tk = ticks(run.samples)

@@ -26,6 +26,7 @@ from harness.analysis.peaks import (
     tick_peak,
 )
 from harness.analysis.snapshot_metrics import epoch_growth, growth_per_epoch, is_epoch_snapshot
+from harness.analysis.ticks import settled
 from harness.analysis.trend import (  # importing it registers the trend detector
     LEAK_MIN_KEPT_STEPS,
     LEAK_MIN_MARKED_STEPS,
@@ -256,8 +257,9 @@ def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
     no pages with the parent to copy.
     """
     # only while the workload ran: a tick as the main process exits (its workers' pages freed
-    # unevenly, the parent gone) is no reading of a worker copying pages
-    s = running_ticks(run, run.samples)
+    # unevenly, the parent gone) is no reading of a worker copying pages; nor one as its
+    # siblings exit (the pages they shared become its own: ticks.loader_shutdown_readings)
+    s = running_ticks(run, settled(run.samples))
     if s.empty:
         return None
     methods = _start_methods(run)

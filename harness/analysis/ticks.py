@@ -22,6 +22,67 @@ def phase_order(phase: str) -> int:
     return PHASES.index(phase) if phase in PHASES else len(PHASES)
 
 
+LOADER_SHUTDOWN_TICKS = 3  # a worker ending this many of the stage's ticks after a sibling ends with it
+
+
+def loader_shutdown_readings(samples: pd.DataFrame) -> np.ndarray:
+    """Which rows are a worker's USS read as its DataLoader's workers were ending: from the last
+    tick of the first of its siblings to go, when it went itself within
+    :data:`LOADER_SHUTDOWN_TICKS` of the stage's ticks after.
+
+    Pages the main process stopped sharing (its writes gave it copies: a tensor census or a
+    garbage collection writes every object's header) stay shared by its workers, in no one's USS;
+    when one worker exits they become its siblings' own, and a sibling's USS jumps by all of them
+    (~80 MiB on the CIFAR-10 baseline) in the ticks before it exits too. A worker's siblings are
+    the other workers (another role) whose lifetime (rows with pages) overlaps its own. A row of
+    the tick in which a sibling was last seen counts as the shutdown: the sampler may read it
+    after that sibling let go of its pages. A worker that lives on after a sibling died (killed)
+    keeps its readings.
+    """
+    none = np.zeros(len(samples), dtype=bool)
+    if samples.empty or "role" not in samples:
+        return none
+    is_worker = samples["role"].astype(str).str.startswith("worker").to_numpy()
+    if not is_worker.any():
+        return none
+    workers = samples[is_worker]
+    alive = workers[workers["rss"] > 0] if "rss" in workers else workers
+    span = alive.groupby(["stage", "pid"]).agg(first=("t", "min"), last=("t", "max"),
+                                              role=("role", "first")).reset_index()
+    out = none.copy()
+    cuts: dict[tuple[object, object], float] = {}
+    for stage, group in span.groupby("stage"):
+        times = np.unique(samples.loc[samples["stage"] == stage, "t"].to_numpy(dtype=float))
+        rows = list(group.itertuples(index=False))
+        for w in rows:
+            went = [v.last for v in rows if v.role != w.role and v.first <= w.last
+                    and w.first <= v.last and v.last <= w.last]
+            if not went:
+                continue
+            cut = min(went)
+            after = np.searchsorted(times, w.last, side="right") - np.searchsorted(times, cut, side="right")
+            if after <= LOADER_SHUTDOWN_TICKS:
+                cuts[(stage, w.pid)] = cut
+    if not cuts:
+        return out
+    cut = np.array([cuts.get(k, np.inf) for k in zip(workers["stage"], workers["pid"])], dtype=float)
+    out[is_worker] = workers["t"].to_numpy(dtype=float) >= cut
+    return out
+
+
+def settled(samples: pd.DataFrame) -> pd.DataFrame:
+    """``samples`` without the workers' USS and PSS read in their loader's shutdown
+    (:func:`loader_shutdown_readings`): the peaks, the footprint and the findings read these."""
+    mask = loader_shutdown_readings(samples)
+    if not mask.any():
+        return samples
+    out = samples.copy()
+    for column in ("uss", "pss"):
+        if column in out:
+            out[column] = out[column].mask(mask)
+    return out
+
+
 def ticks(samples: pd.DataFrame) -> pd.DataFrame:
     """Per (stage, tick): main RSS/USS, tree RSS, workers' RSS and USS summed, the cell's state,
     and the RSS's anonymous, file-backed and shared-memory parts (main's, and workers' summed).
@@ -38,7 +99,7 @@ def ticks(samples: pd.DataFrame) -> pd.DataFrame:
     if samples.empty:
         return pd.DataFrame({c: pd.Series(dtype="object" if c in ("stage", "phase") else "float64")
                              for c in TICK_COLUMNS})
-    s = samples
+    s = settled(samples)
     key = ["stage", "t"]
     grouped = s.groupby(key, sort=True)
     out = grouped["rss"].sum().rename("tree_rss").to_frame()
