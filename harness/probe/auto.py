@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from harness.probe.frameworks import Frameworks
-from harness.probe.imports import AfterImport
+from harness.probe.imports import AfterImport, Patches
 
 if TYPE_CHECKING:
 
@@ -185,7 +185,7 @@ class AutoPhases:
         self._mark: Callable[[str], None] = live.phase
         self._cell = getattr(live, "_cell", None)
         self._handles: list[Any] = []
-        self._patched: list[tuple[Any, str, Any]] = []  # (owner, name, original)
+        self._patches = Patches()
         self._grad_enabled: Callable[[], bool] = lambda: True  # torch.is_grad_enabled, once installed
         self._depth = 0  # nesting of module calls
         self._has_params: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -267,13 +267,7 @@ class AutoPhases:
 
     def _wrap(self, owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
         original = getattr(owner, name)
-        wrapper = make(original)
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        for attr in ("__name__", "__qualname__", "__doc__"):
-            with contextlib.suppress(AttributeError, TypeError):
-                setattr(wrapper, attr, getattr(original, attr))
-        setattr(owner, name, wrapper)
-        self._patched.append((owner, name, original))
+        self._patches.wrap(owner, name, make(original), original)
 
     def uninstall(self) -> None:
         """Remove every hook and wrapper ``install`` put in place; the probe's target is as before."""
@@ -287,10 +281,7 @@ class AutoPhases:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for owner, name, original in reversed(self._patched):
-            if getattr(owner, name).__wrapped__ is original:  # nobody wrapped ours since
-                setattr(owner, name, original)
-        self._patched = []
+        self._patches.undo()
         if probe._active is self._proxy:
             probe._active = self._previous
         self._proxy = None

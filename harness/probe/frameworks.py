@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.probe.auto import AutoPhases
-from harness.probe.imports import AfterImport
+from harness.probe.imports import AfterImport, Patches
 
 SANITY_CHECK = "sanity_check"
 # The module that defines Lightning's Trainer, in each of its two distributions.
@@ -52,7 +52,7 @@ class Frameworks:
         self.auto = auto
         self.driver: _LightningDriver | None = None  # the Trainer running now, if any
         self._finders: list[AfterImport] = []
-        self._patched: list[tuple[Any, str, Any]] = []  # (owner, name, original)
+        self._patches = Patches()
 
     def install(self) -> None:
         for name in LIGHTNING_TRAINERS:
@@ -69,10 +69,7 @@ class Frameworks:
             finder.remove()
         self._finders = []
         self.end()
-        for owner, name, original in reversed(self._patched):
-            if getattr(owner, name).__wrapped__ is original:  # nobody wrapped ours since
-                setattr(owner, name, original)
-        self._patched = []
+        self._patches.undo()
 
     def _when_imported(self, name: str, then: Callable[[Any], None]) -> None:
         module = sys.modules.get(name)
@@ -84,13 +81,7 @@ class Frameworks:
         self._finders.append(finder)
 
     def _wrap(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
-        original = owner.__dict__[name]
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        for attr in ("__name__", "__qualname__", "__doc__"):
-            with contextlib.suppress(AttributeError, TypeError):
-                setattr(wrapper, attr, getattr(original, attr))
-        setattr(owner, name, wrapper)
-        self._patched.append((owner, name, original))
+        self._patches.wrap(owner, name, wrapper, owner.__dict__[name])
 
     # -- Lightning ------------------------------------------------------------------------
     def _patch_lightning(self, module: Any) -> None:

@@ -1,9 +1,11 @@
 """Run a function once a module has been imported: how the probe patches what a workload imports
 later (torch for the automatic phases, torch's DataLoader worker module for the workers' own
-captures, Lightning and Accelerate for their adapters) without importing it itself."""
+captures, Lightning and Accelerate for their adapters) without importing it itself; and the
+wrappers it puts there, each undone."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
 import sys
@@ -47,3 +49,25 @@ class AfterImport(importlib.abc.MetaPathFinder):
     def remove(self) -> None:
         if self in sys.meta_path:
             sys.meta_path.remove(self)
+
+
+class Patches:
+    """The wrappers the probe put on attributes of code it does not own (``__wrapped__`` names the
+    original); :meth:`undo` restores each original, unless someone wrapped ours since."""
+
+    def __init__(self) -> None:
+        self._patched: list[tuple[Any, str, Any]] = []  # (owner, name, original)
+
+    def wrap(self, owner: Any, name: str, wrapper: Callable[..., Any], original: Any) -> None:
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        for attr in ("__name__", "__qualname__", "__doc__"):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(wrapper, attr, getattr(original, attr))
+        setattr(owner, name, wrapper)
+        self._patched.append((owner, name, original))
+
+    def undo(self) -> None:
+        for owner, name, original in reversed(self._patched):
+            if getattr(owner, name).__wrapped__ is original:  # nobody wrapped ours since
+                setattr(owner, name, original)
+        self._patched = []
