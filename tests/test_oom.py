@@ -20,7 +20,7 @@ from harness.analysis import headroom as headroom_mod
 from harness.analysis.load import load_run
 from harness.analysis.oom import post_mortems
 from harness.control import memlimit
-from harness.control.runner import OomKilled, classify_outcome, find_oom_victim
+from harness.control.runner import classify_outcome, find_oom_victim
 from harness.records.composition import Moment, Parts, ProcessComposition
 from harness.records.manifest import AgentRecord, MemoryLimit, OomPostMortem, OomVictim
 from harness.records.vocab import Status
@@ -90,7 +90,7 @@ def _record(**kw: Any) -> OomPostMortem:
 
 
 def test_an_oom_kill_outranks_the_exit_code_but_not_the_harness_being_stopped() -> None:
-    oom = OomKilled(_record(victim=OomVictim(pid=4242, role="worker 0")))
+    oom = _record(victim=OomVictim(pid=4242, role="worker 0"))
     verdict = classify_outcome(1, oom=oom)
     assert verdict.status == Status.OOM_KILLED
     assert verdict.message == ("the kernel's OOM killer killed worker 0 (pid 4242) under a memory "

@@ -241,22 +241,14 @@ _WORKER_KILLED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?(\d+)[^)]*\) "
                             r"(?:is killed by signal: Killed|exited unexpectedly)")
 
 
-@dataclass(frozen=True)
-class OomKilled:
-    """The kernel's OOM killer killed a process of the stage: the post-mortem's facts."""
-
-    record: OomPostMortem
-
-    status = Status.OOM_KILLED
-
-    def message(self) -> str:
-        r = self.record
-        pid = f" (pid {r.victim.pid})" if r.victim.pid is not None else ""
-        text = f"the kernel's OOM killer killed {r.victim.role}{pid}"
-        if r.limit is not None:
-            text += f" under a memory limit of {format_size(r.limit.bytes, unit='MiB', digits=0)}"
-            text += f" ({r.limit.source}{': ' + r.limit.cgroup if r.limit.cgroup else ''})"
-        return text
+def _oom_message(r: OomPostMortem) -> str:
+    """The one line for a stage whose process the kernel's OOM killer killed."""
+    pid = f" (pid {r.victim.pid})" if r.victim.pid is not None else ""
+    text = f"the kernel's OOM killer killed {r.victim.role}{pid}"
+    if r.limit is not None:
+        text += f" under a memory limit of {format_size(r.limit.bytes, unit='MiB', digits=0)}"
+        text += f" ({r.limit.source}{': ' + r.limit.cgroup if r.limit.cgroup else ''})"
+    return text
 
 
 def find_oom_victim(
@@ -322,7 +314,7 @@ def classify_outcome(
     last_output: str | None = None,
     agent: AgentRecord | None = None,
     rank_error: StageError | None = None,
-    oom: OomKilled | None = None,
+    oom: OomPostMortem | None = None,
 ) -> Classified:
     """How a stage ended, from the facts alone (no file read, nothing parsed back).
 
@@ -341,7 +333,7 @@ def classify_outcome(
     if limit is not None:
         return Classified(limit.status, limit.message())
     if oom is not None:
-        return Classified(oom.status, oom.message())
+        return Classified(Status.OOM_KILLED, _oom_message(oom))
     if rc == 0:
         return Classified(Status.OK, "")
     if agent is not None:
@@ -480,7 +472,7 @@ class StageProcess:
             raise ScenarioError(f"limits.memory: cannot move the stage into {cgroup.dir}: "
                                 f"{exc.strerror or exc}") from None
 
-    def oom_post_mortem(self, agent: AgentRecord | None) -> OomKilled | None:
+    def oom_post_mortem(self, agent: AgentRecord | None) -> OomPostMortem | None:
         """The OOM kill's facts, when the counter rose and a process of the stage was killed."""
         if self.oom_kills <= 0 or self.stopped_by is not None or self.limit is not None:
             return None
@@ -494,7 +486,7 @@ class StageProcess:
         if self.sampler is not None and victim.pid is not None:
             row = self.sampler.last_rows.get(victim.pid)
         assert self.oom_counter is not None
-        return OomKilled(OomPostMortem(
+        return OomPostMortem(
             victim=victim,
             epoch=row.epoch if row is not None else None,
             step=row.step if row is not None else None,
@@ -505,7 +497,7 @@ class StageProcess:
             counter=self.oom_counter.name,
             oom_kills=self.oom_kills,
             evidence=evidence,
-        ))
+        )
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -665,7 +657,7 @@ def run_stage(
         cpu_s=sp.cpu_s,
         after_exit_s=sp.after_exit_s,
         memory_limit=sp.memory_limit,
-        oom=oom.record if oom is not None else None,
+        oom=oom,
     )
 
 
