@@ -14,28 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_auto_phases
 import torch
 import yaml
 from conftest import WORKLOADS, latest_run, read_events
 from test_auto_phases import FakeProbe
 from torch.utils.data import DataLoader, TensorDataset
 
-from harness import probe
 from harness.probe import auto
 
 STEP = ["data", "forward", "loss", "backward", "optimizer"]
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeProbe]:
-    """A fake live probe as harness.probe's target (as in tests/test_auto_phases.py)."""
-    f = FakeProbe()
-    probe._active = f
-    try:
-        yield f
-        assert probe._active is f  # the hooks put the target back
-    finally:
-        probe._active = probe.NullProbe()
+fake = test_auto_phases.fake  # the fixture: a FakeProbe as harness.probe's target
 
 
 def _loader(batches: int, seed: int = 0, batch: int = 2) -> DataLoader[Any]:
