@@ -8,6 +8,8 @@ captures and the leak finding. Each skips without its framework (the ``framework
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,25 +146,14 @@ def test_lightning_without_validation_epochs_from_max_epochs(fake: FakeProbe) ->
 
 
 def _accelerate_loop(accum: int, batches: int, epochs: int = 2) -> None:
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accum)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    model, opt, train, val = accelerator.prepare(model, opt, _loader(batches), _loader(3, 1))
-    for _ in range(epochs):
-        model.train()
-        for x, y in train:
-            with accelerator.accumulate(model):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                accelerator.backward(loss)
-                opt.step()
-                opt.zero_grad()
-        model.eval()
-        with torch.no_grad():
-            for x, _ in val:
-                model(x)
+    """accelerate_loop.py in this process: ``batches`` training batches, 3 validation batches an epoch."""
+    argv = sys.argv
+    sys.argv = ["accelerate_loop.py", "--accum", str(accum), "--batches", str(batches),
+                "--val-batches", "3", "--epochs", str(epochs)]
+    try:
+        runpy.run_path(str(WORKLOADS / "accelerate_loop.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
 
 
 @pytest.mark.parametrize("accum", [1, 3])

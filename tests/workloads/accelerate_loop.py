@@ -4,7 +4,8 @@ model, optimizer and loaders, ``accelerator.backward``, a validation pass under 
 ``--accum N``: ``accelerator.accumulate(model)`` over N batches a step (1: no accumulation; the
 prepared optimizer skips its ``step`` on the other batches). ``--keep`` (or the stage being named ``planted``) plants a leak: each
 batch's outputs (16 x 512 float32, 32 KiB a batch) kept on the line marked ``# the leak``.
-``--epochs N`` (3); 40 batches an epoch.
+``--epochs N`` (3); ``--batches N`` (40) training and ``--val-batches N`` (4) validation batches an
+epoch.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--accum", type=int, default=1)
 ap.add_argument("--keep", action="store_true")
 ap.add_argument("--epochs", type=int, default=3)
+ap.add_argument("--batches", type=int, default=40)
+ap.add_argument("--val-batches", type=int, default=4)
 args = ap.parse_args()
 keep = args.keep or os.environ.get("HARNESS_STAGE") == "planted"
 
-BATCH, CLASSES, BATCHES = 16, 512, 40
+BATCH, CLASSES = 16, 512
 torch.manual_seed(0)
 
 
@@ -35,8 +38,8 @@ def loader(n: int, shuffle: bool) -> DataLoader[tuple[torch.Tensor, ...]]:
 accelerator = Accelerator(cpu=True, gradient_accumulation_steps=args.accum)
 model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, CLASSES))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-model, optimizer, train, val = accelerator.prepare(model, optimizer, loader(BATCHES, True),
-                                                   loader(4, False))
+model, optimizer, train, val = accelerator.prepare(model, optimizer, loader(args.batches, True),
+                                                   loader(args.val_batches, False))
 kept = []
 for epoch in range(args.epochs):
     model.train()
