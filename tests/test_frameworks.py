@@ -11,7 +11,6 @@ import json
 import runpy
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,15 +179,17 @@ def test_accelerate_prepared_loaders_epochs_validation_and_accumulation(fake: Fa
 # ---- under harness run ----------------------------------------------------------------------
 
 
-def _run(tmp_path: Path, cli: Any, script: str, args: list[str], steps: int) -> Path:
+def _run(tmp_path: Path, script: str, args: list[str], steps: int) -> Path:
+    """``harness run`` (in this process) of ``script``'s planted and clean stages."""
+    from harness.cli import main
+
     s = {"name": "frameworks", "stages": ["planted", "clean"],
          "workload": {"entry": str(WORKLOADS / script), "args": args},
          "memray": {"train_start": 0, "train_steps": steps, "epochs": [2, 3], "validation": False},
          "tensors": {"trace_steps": 2, "trace_every": 0}}
     path = tmp_path / "frameworks.yaml"
     path.write_text(yaml.safe_dump(s), encoding="utf-8")
-    code, _, err = cli("run", str(path), "--reports", str(tmp_path / "r"), "--quiet")
-    assert code == 0, err
+    assert main(["run", str(path), "--reports", str(tmp_path / "r"), "--quiet"]) == 0
     return latest_run(tmp_path / "r")
 
 
@@ -223,16 +224,9 @@ def _assert_epochs_and_captures(run: Path, stage: str, sections: list[str], step
 
 
 @pytest.fixture(scope="module")
-def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("lightning.pytorch")
-    from harness.cli import main
-
-    tmp = tmp_path_factory.mktemp("lightning")
-
-    def cli(*args: str) -> tuple[int, str, str]:
-        return main(list(args)), "", ""
-
-    yield _run(tmp, cli, "lightning_fit.py", [], 22)
+    return _run(tmp_path_factory.mktemp("lightning"), "lightning_fit.py", [], 22)
 
 
 @pytest.mark.slow
@@ -257,16 +251,9 @@ def test_lightning_fit_under_harness_run(lightning_run: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def accelerate_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def accelerate_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("accelerate")
-    from harness.cli import main
-
-    tmp = tmp_path_factory.mktemp("accelerate")
-
-    def cli(*args: str) -> tuple[int, str, str]:
-        return main(list(args)), "", ""
-
-    yield _run(tmp, cli, "accelerate_loop.py", ["--accum", "2"], 20)
+    return _run(tmp_path_factory.mktemp("accelerate"), "accelerate_loop.py", ["--accum", "2"], 20)
 
 
 @pytest.mark.slow
