@@ -248,7 +248,9 @@ needs_cgroup = pytest.mark.skipif(_cgroup_reason() is not None,
 
 
 def _run(tmp_path: Path, name: str, args: list[str], limit: str, expect: int,
-         report: bool = False, **sections: Any) -> tuple[Path, str]:
+         report: bool = False, **sections: Any) -> tuple[Path, dict[str, Any]]:
+    """``harness run`` of oom_grow.py under ``limits.memory: limit``: its run directory and its
+    one stage's manifest entry."""
     from harness import cli
 
     scenario = {"name": name, "stages": ["main"],
@@ -262,23 +264,18 @@ def _run(tmp_path: Path, name: str, args: list[str], limit: str, expect: int,
     argv = ["run", str(path), "--reports", str(reports), "--quiet"] + ([] if report else ["--no-report"])
     assert cli.main(argv) == expect
     (run_dir,) = (reports / name).iterdir()
-    return run_dir, ""
-
-
-def _stage(run_dir: Path) -> dict[str, Any]:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == manifest["stages"][0]["status"]
-    return manifest["stages"][0]  # type: ignore[no-any-return]
+    return run_dir, manifest["stages"][0]
 
 
 @pytest.mark.slow
 @needs_cgroup
 def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a memray window open from step 3: the kill cuts it short, and its lines are read
-    run_dir, _ = _run(tmp_path, "oommain", ["--where", "main", "--mib", "16", "--pause", "0.01"],
-                      "500 MiB", 137, report=True, memray={"train_start": 3, "train_steps": 500})
+    run_dir, stage = _run(tmp_path, "oommain", ["--where", "main", "--mib", "16", "--pause", "0.01"],
+                          "500 MiB", 137, report=True, memray={"train_start": 3, "train_steps": 500})
     out = capsys.readouterr().out
-    stage = _stage(run_dir)
     assert (stage["status"], stage["signal"]) == ("oom_killed", "SIGKILL")
     oom = stage["oom"]
     assert oom["victim"]["role"] == "main" and oom["victim"]["pid"] is not None
@@ -307,9 +304,8 @@ def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.Ca
 @pytest.mark.slow
 @needs_cgroup
 def test_worker_killed_by_the_oom_killer(tmp_path: Path) -> None:
-    run_dir, _ = _run(tmp_path, "oomworker", ["--where", "worker", "--mib", "16", "--pause", "0.01"],
-                      "500 MiB", 137)
-    stage = _stage(run_dir)
+    _, stage = _run(tmp_path, "oomworker", ["--where", "worker", "--mib", "16", "--pause", "0.01"],
+                    "500 MiB", 137)
     assert stage["status"] == "oom_killed" and stage["exit_code"] == 1  # the main saw the worker die
     oom = stage["oom"]
     assert oom["victim"]["role"] == "worker 0"
@@ -321,9 +317,8 @@ def test_worker_killed_by_the_oom_killer(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_cgroup
 def test_a_generous_limit_is_a_clean_run_with_its_headroom(tmp_path: Path) -> None:
-    run_dir, _ = _run(tmp_path, "roomy", ["--where", "worker", "--mib", "4", "--steps", "10"],
-                      "4 GiB", 0)
-    stage = _stage(run_dir)
+    run_dir, stage = _run(tmp_path, "roomy", ["--where", "worker", "--mib", "4", "--steps", "10"],
+                          "4 GiB", 0)
     assert stage["status"] == "ok" and stage["oom"] is None
     limit = stage["memory_limit"]
     assert (limit["bytes"], limit["source"]) == (4 << 30, "limits.memory")
@@ -339,9 +334,8 @@ def test_a_generous_limit_is_a_clean_run_with_its_headroom(tmp_path: Path) -> No
 @pytest.mark.xfail(reason="both ranks can die by SIGKILL in one second and torchrun's tie goes to "
                           "rank 0 (issue 25 stays open for it)", strict=False)
 def test_rank_killed_by_the_oom_killer(tmp_path: Path) -> None:
-    run_dir, _ = _run(tmp_path, "oomrank", ["--where", "rank1", "--mib", "16", "--pause", "0.01"],
-                      "900 MiB", 137, distributed={"nproc_per_node": 2})
-    stage = _stage(run_dir)
+    _, stage = _run(tmp_path, "oomrank", ["--where", "rank1", "--mib", "16", "--pause", "0.01"],
+                    "900 MiB", 137, distributed={"nproc_per_node": 2})
     assert stage["status"] == "oom_killed"
     oom = stage["oom"]
     assert (oom["victim"]["role"], oom["victim"]["rank"]) == ("rank 1", 1)
