@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast, overload
@@ -51,6 +51,7 @@ from harness.records.snapshots import Snapshot
 from harness.records.vocab import Status
 
 E = TypeVar("E", bound=BaseEvent)
+R = TypeVar("R")
 _NUMERIC = tuple(c for c in SAMPLE_COLUMNS if c not in SAMPLE_TEXT_COLUMNS)
 
 
@@ -393,13 +394,15 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
 _UNKNOWN_AT = frozenset({"value"})
 
 
-def read_events(path: Path, problems: list[str]) -> list[EventRecord]:
-    """events.jsonl, each line the model of its kind (:mod:`harness.records.events`); a line torn,
-    not JSON, past the JSON reader's limits or with a field of the wrong type is skipped and noted."""
+def _read_lines(path: Path, problems: list[str], validate: Callable[[Any], R], *,
+                unknown_at: frozenset[str] = frozenset(), skip: int = 0) -> list[R]:
+    """A JSON-lines record, each line ``validate``'d, in the order written; a line torn, not JSON,
+    past the JSON reader's limits or that ``validate`` rejects (a ValidationError, named from its
+    ``skip``'th location part on, or a ValueError's own words) is skipped and noted."""
     if not path.is_file():
         return []
     where = _where(path)
-    out: list[EventRecord] = []
+    out: list[R] = []
     bad: list[tuple[int, str]] = []
     # bytes: only \n ends a line (a JSON string may hold U+2028), and a byte that is not UTF-8
     # is damage to name, not to replace
@@ -407,43 +410,36 @@ def read_events(path: Path, problems: list[str]) -> list[EventRecord]:
         if not line.strip():
             continue
         try:
-            ev = jsonio.loads(line, where, _UNKNOWN_AT)
+            raw = jsonio.loads(line, where, unknown_at)
         except jsonio.RecordError as exc:
             bad.append((n, exc.detail))
             continue
-        if not isinstance(ev, dict):
-            bad.append((n, "not a JSON object"))
-            continue
         try:
-            out.append(EVENT_ADAPTER.validate_python(ev))
+            out.append(validate(raw))
         except ValidationError as exc:
-            bad.append((n, error_line(exc, skip=1)))  # the kind's tag first
+            bad.append((n, error_line(exc, skip=skip)))
+        except ValueError as exc:
+            bad.append((n, str(exc)))
     _note_lines(problems, where, bad, "unreadable line skipped")
     return out
+
+
+def _event(raw: Any) -> EventRecord:
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    return EVENT_ADAPTER.validate_python(raw)
+
+
+def read_events(path: Path, problems: list[str]) -> list[EventRecord]:
+    """events.jsonl, each line the model of its kind (:mod:`harness.records.events`); a line torn,
+    not JSON, past the JSON reader's limits or with a field of the wrong type is skipped and noted."""
+    return _read_lines(path, problems, _event, unknown_at=_UNKNOWN_AT, skip=1)  # the kind's tag first
 
 
 def read_composition(path: Path, problems: list[str]) -> list[Moment]:
     """composition.jsonl, one :class:`Moment` a line, in the order written; a line torn, not
     JSON or not a moment is skipped and noted (a killed stage may leave its last line half)."""
-    if not path.is_file():
-        return []
-    where = _where(path)
-    out: list[Moment] = []
-    bad: list[tuple[int, str]] = []
-    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = jsonio.loads(line, where)
-        except jsonio.RecordError as exc:
-            bad.append((n, exc.detail))
-            continue
-        try:
-            out.append(Moment.model_validate(raw))
-        except ValidationError as exc:
-            bad.append((n, error_line(exc)))
-    _note_lines(problems, where, bad, "unreadable line skipped")
-    return out
+    return _read_lines(path, problems, Moment.model_validate)
 
 
 def read_snapshots(sdir: Path, problems: list[str]) -> dict[str, Snapshot]:
