@@ -503,13 +503,13 @@ def cuda_composition(stats: Mapping[str, Any], segments: Iterable[Mapping[str, A
 
 def read_cuda(device: str) -> CudaComposition | None:
     """The device's composition now; None off CUDA."""
-    if not device.startswith("cuda"):
+    from harness.probe.cuda import usable_device
+
+    dev = usable_device(device)
+    if dev is None:
         return None
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    dev = torch.device(device)
     free, total = torch.cuda.mem_get_info(dev)
     return cuda_composition(torch.cuda.memory_stats(dev), _segments(), total - free)
 

@@ -121,6 +121,14 @@ def _cuda(device: str) -> torch.device:
     return torch.device(device)
 
 
+def usable_device(device: str) -> torch.device | None:
+    """The torch.device for ``device``; None where it is not a CUDA device this machine has."""
+    try:
+        return _cuda(device)
+    except CudaUnavailable:
+        return None
+
+
 def device_sample(device: str, *, driver: bool = True) -> dict[str, Any]:
     """Live allocator figures and the driver's free/total for ``device`` (wall clock ``t``).
 

@@ -102,15 +102,13 @@ def process_tree(pid: int) -> list[ProcessMemory]:
 
 def cuda_stats(device: str) -> SnapshotCuda | None:
     """Device memory for the snapshot: live figures, the full parsed stats, pinned host memory."""
-    if not device.startswith("cuda"):
+    from harness.probe import cuda
+
+    dev = cuda.usable_device(device)
+    if dev is None:
         return None
     import torch
 
-    from harness.probe import cuda
-
-    if not torch.cuda.is_available():
-        return None
-    dev = torch.device(device)
     return SnapshotCuda(
         **cuda.device_sample(device),
         name=torch.cuda.get_device_name(dev),
