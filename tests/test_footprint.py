@@ -84,6 +84,20 @@ def test_a_tick_waits_until_every_process_is_read_since_the_tree_last_changed() 
     assert got.dropna().tolist() == [100, 120]
 
 
+def test_each_rank_s_anonymous_pages_shared_with_its_workers_count_once_per_rank() -> None:
+    # GIVEN two torchrun ranks (exec'd: they share libraries, not anonymous memory), each 500 MiB
+    # RSS: 100 private, 200 anonymous shared with its one forked worker, 200 of libraries; each
+    # worker 250 RSS, 20 of it its own
+    rows = pd.DataFrame([
+        {"stage": "s", "t": 1.0, "pid": pid, "role": role, "rss": rss, "uss": uss, "rss_anon": anon}
+        for pid, role, rss, uss, anon in [(1, "main", 500, 100, 300), (2, "worker 0", 250, 20, 220),
+                                          (3, "main", 500, 100, 300), (4, "worker 0", 250, 20, 220)]])
+    # THEN private 240, each rank's anonymous shared 200 (both), the libraries once: 840
+    assert footprint(rows).tolist() == [840]
+    # (without the anonymous part known, every shared set nests in the largest: 640)
+    assert footprint(rows.drop(columns="rss_anon")).tolist() == [640]
+
+
 def _touched(nbytes: int) -> bytearray:
     buf = bytearray(nbytes)
     for i in range(0, nbytes, 4096):

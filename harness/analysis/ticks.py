@@ -154,7 +154,8 @@ def footprint(samples: pd.DataFrame) -> pd.Series:
     parent (reading inherited memory), and carrying that rise as private counted them twice (the
     baseline's footprint read 922 MiB against the main RSS plus the workers' USS of ~800). Each
     is kept between 0 and its RSS. The shared set is the largest of the main process's (ranks'):
-    a worker's nests in its parent's. Which pages
+    a worker's nests in its parent's; but a rank's anonymous shared pages (shared with its own
+    workers; ranks are exec'd and share no anonymous memory) count for every rank, summed. Which pages
     are shared changes when a process joins or leaves the tree (a fork shares all of the parent's
     pages at once, an exit hands them back), so a reading from before the tree last changed is
     stale: a tick is NaN until every process in it has been read since then (at most
@@ -176,9 +177,19 @@ def footprint(samples: pd.DataFrame) -> pd.Series:
     # a worker's shared pages are its parent's (it was forked from it): they nest in the parent's
     # shared set, and the worker's stale reading must not make them look larger
     shared = (rss - private).where(~worker, 0.0)
+    # Of a main process's (a rank's) shared pages, the anonymous ones are shared with its own
+    # forked workers only (torchrun's ranks are exec'd: they share libraries, not anonymous
+    # memory): each rank's count, summed; the rest (libraries, files, shared memory) nest, the
+    # largest set once. Its private pages are taken as anonymous first.
+    if "rss_anon" in samples.columns:
+        anon = pd.to_numeric(samples["rss_anon"], errors="coerce")
+        anon_shared = np.minimum((anon - private).clip(lower=0), shared).fillna(0.0)
+    else:  # runs from before the column: every shared set nests in the largest
+        anon_shared = pd.Series(0.0, index=s.index)
     tick = [s["stage"], s["t"]]
     g = private.groupby(tick, sort=True)
-    total = g.sum() + shared.groupby(tick, sort=True).max()
+    total = (g.sum() + anon_shared.groupby(tick, sort=True).sum()
+             + (shared - anon_shared).groupby(tick, sort=True).max())
     # when each tick's set of processes began, and each tick's oldest reading
     members = s.groupby(tick, sort=True)["pid"].agg(lambda p: tuple(sorted(p)))
     changed = (members != members.groupby(level="stage").shift()).to_numpy()
