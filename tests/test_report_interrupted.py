@@ -7,6 +7,7 @@ down, its workers terminated, on every way out (issue 13, item 9).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -192,6 +193,38 @@ def test_the_pool_is_shut_down_and_its_workers_gone_when_the_build_is_interrupte
     assert _leftovers(run_dir) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["entering", "started"])
+def test_an_interruption_as_the_pool_starts_leaves_no_worker(
+        reported: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch, moment: str) -> None:
+    # GIVEN captures read by a pool, WHEN Ctrl-C is handled as the with statement that would end the
+    # pool is entered (__enter__'s first line is where Python runs a handler that came just before),
+    # or just after the pool started
+    run_dir, before = reported
+    monkeypatch.setattr(pool, "INLINE_BELOW_BYTES", 0)
+    me = psutil.Process()
+    seen: list[psutil.Process] = []
+    name = {"entering": "__enter__", "started": "start"}[moment]
+    original = getattr(pool.CaptureReading, name)
+
+    def interrupted(self: pool.CaptureReading) -> object:
+        if moment == "started":
+            original(self)
+        seen.extend(p for p in me.children(recursive=True) if not _is_resource_tracker(p))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool.CaptureReading, name, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_report(run_dir, processes=2)
+    # THEN no worker runs on: none was started before the with took the pool, or it was terminated
+    workers = [p for p in me.children(recursive=True) if not _is_resource_tracker(p)]
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []
+    assert bool(seen) == (moment == "started"), seen
+    assert _tree(run_dir / "report") == before
+    assert _leftovers(run_dir) == []
+
+
 def _is_resource_tracker(p: psutil.Process) -> bool:
     try:
         return "resource_tracker" in " ".join(p.cmdline())
@@ -201,6 +234,9 @@ def _is_resource_tracker(p: psutil.Process) -> bool:
 
 # `harness report`, or a program calling build_report, with the capture pool in use and busy.
 REPORT_WITH_SLOW_POOL = '''
+import json
+import os
+import signal
 import sys
 import time
 
@@ -210,6 +246,13 @@ pool.INLINE_BELOW_BYTES = 0  # the pool, whatever the captures' size
 
 
 def slow_read(*args, **kwargs):
+    # The readiness point: this worker has its job. It says so, with the signals it has held
+    # blocked since it was spawned (so while it imported), in a file renamed into place whole.
+    blocked = sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    ready = os.environ["REPORT_WORKER_READING"]
+    with open(ready + ".part", "w", encoding="utf-8") as f:
+        json.dump({"pid": os.getpid(), "blocked": blocked}, f)
+    os.replace(ready + ".part", ready)
     time.sleep(600)  # a capture that takes minutes to read: the worker is busy when the signal comes
 
 
@@ -234,7 +277,9 @@ def test_sigterm_while_the_pool_reads_leaves_no_process_and_the_old_report_whole
     run_dir, before = reported
     script = tmp_path / "report_slow_pool.py"
     script.write_text(REPORT_WITH_SLOW_POOL, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    ready = tmp_path / "worker-reading.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "REPORT_WORKER_READING": str(ready)}
     err_file = tmp_path / "stderr.txt"
     with open(err_file, "w", encoding="utf-8") as err:
         # Output to a file, not a pipe: a worker left behind would hold a pipe open.
@@ -243,18 +288,19 @@ def test_sigterm_while_the_pool_reads_leaves_no_process_and_the_old_report_whole
     children: dict[int, psutil.Process] = {}
     try:
         parent = psutil.Process(proc.pid)
+        # Wait for the worker to say it reads, not for a child to appear: a child seen just after
+        # fork still shows the parent's command line, the resource tracker's included.
         deadline = time.monotonic() + 180  # a cold import of pandas and memray on a busy machine
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                for child in parent.children(recursive=True):
-                    children.setdefault(child.pid, child)
-            except psutil.NoSuchProcess:
-                break
-            if any(not _is_resource_tracker(c) for c in children.values()):
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the report ended before its pool started"
-        assert any(not _is_resource_tracker(c) for c in children.values()), "no pool worker"
+        while time.monotonic() < deadline and proc.poll() is None and not ready.exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, "the report ended before its pool worker read"
+        assert ready.exists(), "no pool worker read within 180 s"
+        worker = json.loads(ready.read_text(encoding="utf-8"))
+        children = {c.pid: c for c in parent.children(recursive=True)}
+        assert worker["pid"] in children, (worker, children)
+        # a Ctrl-C or hangup to the process group is the parent's to act on, even while a worker
+        # still imports: the worker was spawned with both held back
+        assert {signal.SIGINT, signal.SIGHUP} <= set(worker["blocked"]), worker
         # WHEN it is sent SIGTERM
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=120)

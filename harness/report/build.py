@@ -261,6 +261,7 @@ def _write_report(run: Run, run_dir: Path, out: Path, final: Path, processes: in
     # are the first view's, with a line for each rank's RSS. The views' ticks and the tables are
     # computed while the pool reads the captures.
     with CaptureReading(jobs, procs) as reading:
+        reading.start()  # inside the with, so that however the build ends, the workers end with it
         vs = ranks.views(run)
         one = vs[0]
         inputs = report_tables.Inputs(run, vs)

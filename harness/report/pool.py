@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import resource_tracker
 from types import TracebackType
 from typing import Any
 
@@ -71,12 +72,15 @@ def _worker_init() -> None:
 
 
 class CaptureReading:
-    """Reading the captures: the spawned share starts at once, :meth:`collect` reads the rest here.
+    """Reading the captures: :meth:`start` begins the spawned share, :meth:`collect` reads the rest here.
 
-    Started before the sample tables are computed, so the spawned process's start-up (imports)
-    overlaps that work. Use it as a context manager: leaving it normally waits for the pool to
-    finish; leaving it by an exception (KeyboardInterrupt, SignalReceived, an error) terminates
-    the workers at once, whatever they were reading.
+    Use it as a context manager and call :meth:`start` first thing inside, before the sample
+    tables are computed, so that the spawned process's start-up (imports) overlaps that work.
+    Leaving it normally waits for the pool to finish; leaving it by an exception
+    (KeyboardInterrupt, SignalReceived, an error) terminates the workers at once, whatever they
+    were reading. The constructor starts nothing: a signal handled after a constructor that
+    started the pool and before the ``with`` took it (``__enter__``'s first line is such a point)
+    would leave the workers reading, and the interpreter waiting for them at exit.
     """
 
     def __init__(self, jobs: list[CaptureJob], processes: int) -> None:
@@ -84,21 +88,8 @@ class CaptureReading:
         self._pool: ProcessPoolExecutor | None = None
         self._futures: list[Future[Any]] = []
         self._here = jobs
-        if processes > 1 and len(jobs) > 1 and total >= INLINE_BELOW_BYTES:
-            bins = partition(jobs, processes)
-            # spawn, not fork: the caller (harness run) may still hold threads and open files.
-            ctx = multiprocessing.get_context("spawn")
-            try:
-                # deferred: a stop arriving half way through submit() would leave an executor
-                # whose thread never started (shutdown then fails); it is raised once all is up
-                with signals.deferred(signals.ANY_STOP), signals.held(_PARENT_DECIDES):
-                    self._pool = ProcessPoolExecutor(max_workers=len(bins) - 1, mp_context=ctx,
-                                                     initializer=_worker_init)
-                    self._futures = [self._pool.submit(_run_jobs, b) for b in bins[1:]]
-            except BaseException:
-                self.abort()
-                raise
-            self._here = bins[0]
+        self._bins = partition(jobs, processes) \
+            if processes > 1 and len(jobs) > 1 and total >= INLINE_BELOW_BYTES else []
 
     def __enter__(self) -> CaptureReading:
         return self
@@ -109,6 +100,30 @@ class CaptureReading:
             self.close()
         else:
             self.abort()
+
+    def start(self) -> None:
+        """Start the pool on the spawned share (none when the captures are few or small)."""
+        if len(self._bins) < 2 or self._pool is not None:
+            return
+        # spawn, not fork: the caller (harness run) may still hold threads and open files.
+        ctx = multiprocessing.get_context("spawn")
+        # deferred: a stop arriving half way through submit() would leave an executor whose
+        # thread never started (shutdown then fails); it is raised once all is up, and __exit__
+        # (or the except below, outside a with) terminates what started.
+        try:
+            with signals.deferred(signals.ANY_STOP):
+                with signals.held(_PARENT_DECIDES):  # the tracker keeps SIGHUP blocked for good
+                    resource_tracker.ensure_running()
+                # Held again: the tracker's launch unblocks SIGINT and SIGTERM on its way out,
+                # which would let a Ctrl-C kill a worker still importing, with a traceback.
+                with signals.held(_PARENT_DECIDES):
+                    self._pool = ProcessPoolExecutor(max_workers=len(self._bins) - 1, mp_context=ctx,
+                                                     initializer=_worker_init)
+                    self._futures = [self._pool.submit(_run_jobs, b) for b in self._bins[1:]]
+                    self._here = self._bins[0]
+        except BaseException:
+            self.abort()
+            raise
 
     def collect(self) -> tuple[list[CaptureData], list[flamegraphs.Flamegraph]]:
         try:
