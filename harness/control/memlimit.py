@@ -5,7 +5,8 @@ own one (cgroup v1's memory controller, else cgroup v2), so that the kernel's OO
 the stage's process tree alone and the harness that records the death survives it. Every stage
 records the limit in force (:func:`limit_in_force`: that cgroup's, else the smallest limit on the
 harness's own cgroup path, else the machine's memory) and reads an OOM-kill counter before and
-after (:class:`OomCounter`): a SIGKILL while it rose is the OOM killer's.
+after (:class:`OomCounter`): a SIGKILL while it rose is the OOM killer's. Which process it killed,
+the kernel's log says (:class:`KernelLog`, where this process may read it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Larger than any machine's memory: cgroup v1 writes "no limit" as a page-rounded 2**63 - 1.
 _UNLIMITED = 1 << 60
 _OOM_KILL = re.compile(rb"^oom_kill (\d+)$", re.M)
+KMSG = Path("/dev/kmsg")
+# The OOM killer's lines in the kernel's log (mm/oom_kill.c): "oom-kill:...,task_memcg=/a/b,
+# task=python3,pid=123,uid=0" then "Memory cgroup out of memory: Killed process 123 (python3) ..."
+# ("Out of memory: ..." for the machine's own; older kernels "Kill process 123 (python3) score").
+_KILLED = re.compile(rb"(?:^|: )Killed process (\d+) \(([^)]*)\)")
+_TASK_MEMCG = re.compile(rb"^oom-kill:.*?task_memcg=([^,]*),task=.*?,pid=(\d+)")
+_KMSG_PREFIX = re.compile(rb"^\d+,\d+,\d+,[^;]*;")  # /dev/kmsg's "priority,seq,usec,flags;"
 
 
 def _read_text(path: Path) -> str | None:
@@ -145,6 +153,97 @@ def counter_for(cgroup_dir: Path | None) -> OomCounter:
         if counter.read() is not None:
             return counter
     return OomCounter(Path("/proc/vmstat"))
+
+
+# ---- the kernel's log: which process the OOM killer killed ----------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelKill:
+    """A process the kernel's OOM killer killed, as the kernel's log says it."""
+
+    pid: int  # as the kernel numbers it (the machine's pid namespace)
+    task: str  # its name (comm)
+    memcg: str | None  # the memory cgroup it was charged to (``task_memcg``), where the log says
+    line: str  # the kernel's words, up to the name: "Memory cgroup out of memory: Killed process 7 (x)"
+
+
+def parse_kernel_log(data: bytes) -> list[KernelKill]:
+    """The OOM kills in kernel log text, in the order logged: /dev/kmsg's records or dmesg's lines."""
+    memcg: dict[int, str] = {}
+    out = []
+    for raw in data.splitlines():
+        line = _KMSG_PREFIX.sub(b"", raw, count=1)
+        if line.startswith(b"["):  # dmesg's "[  123.456] "
+            line = line.partition(b"] ")[2]
+        match = _TASK_MEMCG.search(line)
+        if match:
+            memcg[int(match.group(2))] = match.group(1).decode("utf-8", "replace")
+            continue
+        match = _KILLED.search(line)
+        if match:
+            pid = int(match.group(1))
+            words = line[:match.end()].decode("utf-8", "replace")
+            out.append(KernelKill(pid=pid, task=match.group(2).decode("utf-8", "replace"),
+                                  memcg=memcg.get(pid), line=words))
+    return out
+
+
+class KernelLog:
+    """The kernel's log from the moment this is made (``/dev/kmsg``, read from its end on).
+
+    Reading it needs CAP_SYSLOG where ``kernel.dmesg_restrict`` is 1 (the usual default) and a
+    /dev/kmsg at all (a container may have none): where it cannot be read, ``error`` says why and
+    :meth:`kills` finds nothing; the victim is then told by weaker evidence (the runner's
+    :func:`~harness.control.runner.find_oom_victim`). The ring buffer is the kernel's: records
+    overwritten before they are read are lost (a read says so with EPIPE and goes on).
+    """
+
+    def __init__(self, path: Path = KMSG) -> None:
+        self.path = path
+        self.error: str | None = None
+        self._fd: int | None = None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            self.error = f"{path}: {exc.strerror or exc}"
+            return
+        try:
+            os.lseek(fd, 0, os.SEEK_END)  # only what is logged from now on
+        except OSError as exc:
+            os.close(fd)
+            self.error = f"{path}: {exc.strerror or exc}"
+            return
+        self._fd = fd
+
+    def read(self) -> bytes:
+        """What was logged since the last read (each /dev/kmsg read returns one record)."""
+        if self._fd is None:
+            return b""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except BlockingIOError:  # nothing more
+                break
+            except BrokenPipeError:  # records overwritten before this read: go on with the rest
+                continue
+            except OSError as exc:
+                self.error = f"{self.path}: {exc.strerror or exc}"
+                break
+            if not chunk:  # a plain file's end
+                break
+            chunks.append(chunk if chunk.endswith(b"\n") else chunk + b"\n")
+        return b"".join(chunks)
+
+    def kills(self) -> list[KernelKill]:
+        """The OOM kills logged since the last read."""
+        return parse_kernel_log(self.read())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # ---- a memory cgroup for one stage ---------------------------------------------------------------

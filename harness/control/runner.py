@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,28 +252,121 @@ def _oom_message(r: OomPostMortem) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class OomWitnesses:
+    """What else saw an OOM kill, beside the stage's log and torchrun: the kernel's log (``kills``
+    since the stage started, or ``kernel_error``: why it could not be read), the stage's memory
+    cgroup as the kernel names it (``cgroup``), when the sampler last saw each process
+    (``last_seen``: pid -> t), and the sampler's last tick before the OOM-kill counter was seen
+    higher and the tick that saw it (``rose_after``, ``rose_at``; None where it was not watched)."""
+
+    kills: tuple[memlimit.KernelKill, ...] = ()
+    kernel_error: str | None = None
+    cgroup: str | None = None
+    last_seen: Mapping[int, float] = field(default_factory=dict)
+    rose_after: float | None = None
+    rose_at: float | None = None
+
+
+def _rank_of_role(role: str) -> int | None:
+    """``rank 1`` and ``rank 1 worker 0`` belong to rank 1."""
+    parts = role.split()
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "rank" and parts[1].isdigit() else None
+
+
+def _victim(pid: int, roles: Mapping[int, str], root: int | None, agent: AgentRecord | None) -> OomVictim:
+    role = roles.get(pid) or ("main" if pid == root and agent is None else "a process of the stage")
+    return OomVictim(pid=pid, role=role, rank=_rank_of_role(role))
+
+
+def _kernel_victim(w: OomWitnesses, roles: Mapping[int, str], root: int | None,
+                   agent: AgentRecord | None) -> tuple[OomVictim, str] | None:
+    """The first process of this stage the kernel's log says its OOM killer killed: a pid of the
+    stage's tree, or one charged to the stage's own cgroup (a process the sampler never saw).
+    Other processes' kills on the machine (other jobs, other stages) are passed over."""
+    ours = set(roles) | ({root} if root is not None else set())
+    if agent is not None and agent.failure is not None:
+        ours.add(agent.failure.pid)
+    for kill in w.kills:
+        if w.cgroup is not None and kill.memcg is not None and kill.memcg != w.cgroup:
+            continue  # another cgroup's process, whatever its pid (a reused one)
+        if kill.pid in ours or (w.cgroup is not None and kill.memcg == w.cgroup):
+            return _victim(kill.pid, roles, root, agent), f"kernel: {kill.line}"
+    return None
+
+
+def _first_rank_gone(w: OomWitnesses, roles: Mapping[int, str],
+                     agent: AgentRecord) -> tuple[OomVictim, str] | None:
+    """The failed rank whose samples stopped first, a tick or more before any other's.
+
+    A rank the sampler no longer saw at the last tick before the OOM-kill counter rose had died
+    before the kill, of something else: it is passed over. Ranks that stopped within one tick of
+    each other cannot be told apart this way (None).
+    """
+    failed = set(agent.failure.ranks_failed) if agent.failure is not None else set()
+    seen = sorted((w.last_seen[pid], rank, pid) for pid, role in roles.items()
+                  if (rank := _rank_of_role(role)) is not None and role == f"rank {rank}"
+                  and pid in w.last_seen and (not failed or rank in failed)
+                  and (w.rose_after is None or w.last_seen[pid] >= w.rose_after))
+    if len(seen) < 2 or seen[0][0] >= seen[1][0]:
+        return None
+    (t, rank, pid), (t_next, other, _) = seen[0], seen[1]
+    text = (f"samples: rank {rank} (pid {pid}) was last seen {t_next - t:.2f} s before "
+            f"rank {other}, the first of the failed ranks to go")
+    if w.rose_at is not None:
+        text += f", {w.rose_at - t:.2f} s before the OOM-kill counter was seen higher"
+    return OomVictim(pid=pid, role=f"rank {rank}", rank=rank), text
+
+
 def find_oom_victim(
     rc: int | None,
     log_lines: list[str],
-    roles: dict[int, str],
+    roles: Mapping[int, str],
     root: int | None,
     agent: AgentRecord | None = None,
+    witnesses: OomWitnesses | None = None,
 ) -> tuple[OomVictim, str] | None:
-    """Which process a SIGKILL ended, and what says so, when an OOM-kill counter rose: a
-    DataLoader worker the log names, a rank torchrun saw killed by SIGKILL, or the stage's main
-    process killed by SIGKILL. ``roles``: pid -> role as the sampler named them. None when nothing
-    was killed (the counter rose for a process of no stage of ours)."""
+    """Which process the OOM killer killed, when an OOM-kill counter rose, and what says so: the one
+    place that decides. ``roles``: pid -> role as the sampler named them.
+
+    The evidence, strongest first: the kernel's own log naming a process of the stage; a DataLoader
+    worker the stage's log names; for a distributed stage, the failed rank whose samples stopped
+    first (torchrun stamps failures to the second and stops the other ranks within it, so its
+    choice of the first is a guess at a tie), else the rank torchrun saw killed by SIGKILL; the
+    stage's main process killed by SIGKILL. None when nothing of the stage was killed (the counter
+    rose for a process of no stage of ours). Where the kernel's log could not be read, the evidence
+    says so.
+    """
+    w = witnesses or OomWitnesses()
+    found = _kernel_victim(w, roles, root, agent)
+    if found is not None:
+        return found
+    found = _log_victim(log_lines, roles) or _signal_victim(rc, roles, root, agent, w)
+    if found is not None and w.kernel_error is not None:
+        return found[0], f"{found[1]} (the kernel's log was not read: {w.kernel_error})"
+    return found
+
+
+def _log_victim(log_lines: list[str], roles: Mapping[int, str]) -> tuple[OomVictim, str] | None:
     for line in reversed(log_lines):
         match = _WORKER_KILLED.search(line)
         if match:
             pid = int(match.group(1))
             role = roles.get(pid, "worker")
-            rank = int(role.split()[1]) if role.startswith("rank ") else None
-            return OomVictim(pid=pid, role=role, rank=rank), match.group(0)
-    if agent is not None and agent.failure is not None and agent.failure.signal == "SIGKILL":
-        f = agent.failure
-        return (OomVictim(pid=f.pid, role=f"rank {f.rank}", rank=f.rank),
-                f"torchrun: {f.describe()}")
+            return OomVictim(pid=pid, role=role, rank=_rank_of_role(role)), match.group(0)
+    return None
+
+
+def _signal_victim(rc: int | None, roles: Mapping[int, str], root: int | None,
+                   agent: AgentRecord | None, w: OomWitnesses) -> tuple[OomVictim, str] | None:
+    if agent is not None and agent.failure is not None:
+        if agent.failure.signal is not None or len(agent.failure.ranks_failed) > 1:
+            found = _first_rank_gone(w, roles, agent)
+            if found is not None:
+                return found
+        if agent.failure.signal == "SIGKILL":
+            f = agent.failure
+            return OomVictim(pid=f.pid, role=f"rank {f.rank}", rank=f.rank), f"torchrun: {f.describe()}"
     if agent is None and rc == -signal.SIGKILL:
         return OomVictim(pid=root, role="main"), "the stage's main process was killed by SIGKILL"
     return None
@@ -393,6 +487,14 @@ class StageProcess:
         self.memory_limit: MemoryLimit | None = None
         self.oom_counter: memlimit.OomCounter | None = None
         self.oom_kills = 0  # by how much the counter rose while the stage ran
+        self.kernel_log: memlimit.KernelLog | None = None
+        self.kernel_kills: list[memlimit.KernelKill] = []
+        # the stage's own cgroup's counter, watched each tick: the ticks either side of its rise
+        self._watched: memlimit.OomCounter | None = None
+        self._oom_before: int | None = None
+        self._tick_t: float | None = None
+        self.rose_after: float | None = None
+        self.rose_at: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._t0 = 0.0
 
@@ -407,6 +509,10 @@ class StageProcess:
         cgroup = self._cgroup()
         watch_read, watch_write = os.pipe()
         before = self.oom_counter.read() if self.oom_counter is not None else None
+        self._oom_before = before
+        if cgroup is not None:
+            self._watched = self.oom_counter
+        self.kernel_log = memlimit.KernelLog()  # from its end: what the kernel logs from now on
         try:
             proc = self._spawn(env, watch_read)
             if cgroup is not None:
@@ -436,6 +542,9 @@ class StageProcess:
             after = self.oom_counter.read() if self.oom_counter is not None else None
             if before is not None and after is not None:
                 self.oom_kills = max(after - before, 0)
+            if self.oom_kills > 0:
+                self.kernel_kills = self.kernel_log.kills()
+            self.kernel_log.close()
             if cgroup is not None:
                 if self.memory_limit is not None:
                     self.memory_limit.peak_charged = cgroup.peak()
@@ -478,7 +587,15 @@ class StageProcess:
             return None
         roles = dict(self.sampler.stats.roles) if self.sampler is not None else {}
         root = self._proc.pid if self._proc is not None else None
-        found = find_oom_victim(self.returncode, _log_lines(self.dir), roles, root, agent)
+        witnesses = OomWitnesses(
+            kills=tuple(self.kernel_kills),
+            kernel_error=self.kernel_log.error if self.kernel_log is not None else None,
+            cgroup=self.memory_limit.cgroup if self.memory_limit is not None
+            and self.memory_limit.source == "limits.memory" else None,
+            last_seen={pid: row.t for pid, row in self.sampler.last_rows.items()}
+            if self.sampler is not None else {},
+            rose_after=self.rose_after, rose_at=self.rose_at)
+        found = find_oom_victim(self.returncode, _log_lines(self.dir), roles, root, agent, witnesses)
         if found is None:
             return None
         victim, evidence = found
@@ -561,7 +678,13 @@ class StageProcess:
             self.console.end_status()
 
     def _on_tick(self, totals: TreeTotals) -> None:
-        """The sampler's every tick: stop the tree once it passes limits.max_rss_mb."""
+        """The sampler's every tick: note when the OOM-kill counter rose; stop the tree once it
+        passes limits.max_rss_mb."""
+        if self._watched is not None and self.rose_at is None and self._oom_before is not None:
+            count = self._watched.read()
+            if count is not None and count > self._oom_before:
+                self.rose_after, self.rose_at = self._tick_t, totals.t
+            self._tick_t = totals.t
         limit_mb = self.scenario.limits.max_rss_mb
         if not limit_mb or totals.tree_rss <= limit_mb * MiB or self.limit is not None:
             return
@@ -632,6 +755,11 @@ def run_stage(
         if instrumented:
             last = rank_last
     oom = sp.oom_post_mortem(agent)
+    if oom is not None and oom.record.victim.rank is not None and oom.record.victim.rank != rank:
+        # the kernel's victim, not torchrun's pick at a same-second tie
+        rank = oom.record.victim.rank
+        if instrumented and ranks is not None:
+            last = ranks.get(str(rank))
     verdict = classify_outcome(rc, stopped_by=sp.stopped_by, limit=sp.limit, stage_error=stage_error,
                                last_output=last_output, agent=agent, rank_error=rank_error, oom=oom)
     return StageOutcome(
