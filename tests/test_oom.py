@@ -20,7 +20,7 @@ from harness.analysis import headroom as headroom_mod
 from harness.analysis.load import load_run
 from harness.analysis.oom import post_mortems
 from harness.control import memlimit
-from harness.control.runner import classify_outcome, find_oom_victim
+from harness.control.runner import OomWitnesses, classify_outcome, find_oom_victim
 from harness.records.composition import Moment, Parts, ProcessComposition
 from harness.records.manifest import AgentRecord, MemoryLimit, OomPostMortem, OomVictim
 from harness.records.vocab import Status
@@ -77,6 +77,109 @@ def test_the_victim_is_named_from_the_signal_the_log_or_torchrun(
 def test_no_victim_without_a_sigkill_or_a_killed_worker(rc: int, log: list[str],
                                                          agent: AgentRecord | None) -> None:
     assert find_oom_victim(rc, log, {}, 77, agent) is None
+
+
+# The kernel's words as /dev/kmsg gives them (one record a read; "priority,seq,usec,flags;"), from
+# this machine's own log: a kill in another job's cgroup, then rank 1's (pid 321) in the stage's.
+OURS, THEIRS = "/jobs/harness-9-train", "/jobs/harness-5-main"
+KMSG = (
+    "6,3270,22885673551,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, "
+    "oom_score_adj=800\n"
+    f"6,3271,22885673800,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed"
+    f"=0,oom_memcg={THEIRS},task_memcg={THEIRS},task=python3,pid=654,uid=0\n"
+    "3,3272,22885673814,-;Memory cgroup out of memory: Killed process 654 (python3) total-vm:3455696kB"
+    ", anon-rss:321592kB, file-rss:240400kB, shmem-rss:0kB, UID:0 pgtables:2060kB oom_score_adj:800\n"
+    " SUBSYSTEM=memory\n"
+    f"6,3280,22891000000,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed"
+    f"=0,oom_memcg={OURS},task_memcg={OURS},task=pt_main_thread,pid=321,uid=0\n"
+    "3,3281,22891000020,-;Memory cgroup out of memory: Killed process 321 (pt_main_thread) total-vm:"
+    "3455696kB, anon-rss:900000kB, file-rss:1kB, shmem-rss:0kB, UID:0 pgtables:2060kB\n"
+)
+
+
+def test_the_kernel_log_s_oom_kills_in_kmsg_and_dmesg_forms() -> None:
+    kills = memlimit.parse_kernel_log(KMSG.encode())
+    assert [(k.pid, k.task, k.memcg) for k in kills] == [(654, "python3", THEIRS),
+                                                         (321, "pt_main_thread", OURS)]
+    assert kills[1].line == "Memory cgroup out of memory: Killed process 321 (pt_main_thread)"
+    # dmesg's lines, and an older kernel's two lines with no oom-kill: line (no cgroup known)
+    dmesg = (b"[21441.634048] Out of memory: Killed process 17765 (pt_data_worker) total-vm:1kB\n"
+             b"[ 9.1] Memory cgroup out of memory: Kill process 42 (python) score 800 or sacrifice child\n"
+             b"[ 9.2] Killed process 42 (python) total-vm:3578888kB, anon-rss:452584kB\n")
+    assert [(k.pid, k.task, k.memcg, k.line) for k in memlimit.parse_kernel_log(dmesg)] == [
+        (17765, "pt_data_worker", None, "Out of memory: Killed process 17765 (pt_data_worker)"),
+        (42, "python", None, "Killed process 42 (python)")]
+
+
+def test_the_kernel_log_is_read_from_when_it_was_opened(tmp_path: Path) -> None:
+    path = tmp_path / "kmsg"
+    path.write_bytes(KMSG.encode())  # logged before the stage: not its
+    log = memlimit.KernelLog(path)
+    assert (log.error, log.kills()) == (None, [])
+    with path.open("ab") as fh:
+        fh.write(KMSG.encode().splitlines(keepends=True)[-1])
+    assert [k.pid for k in log.kills()] == [321]
+    log.close()
+    # where it cannot be opened (no /dev/kmsg, or no CAP_SYSLOG): why, and nothing read
+    gone = memlimit.KernelLog(tmp_path / "none")
+    assert gone.error == f"{tmp_path / 'none'}: No such file or directory" and gone.kills() == []
+
+
+# rank 0 (pid 300) and rank 1 (pid 321) under the agent (pid 10); torchrun named rank 0 at the tie
+RANK_ROLES = {10: "agent", 300: "rank 0", 321: "rank 1", 322: "rank 1 worker 0"}
+TORCHRUN_SAYS_0 = AgentRecord.model_validate({
+    "node_rank": 0, "nnodes": 1, "nproc_per_node": 2, "backend": "gloo",
+    "rdzv_endpoint": "127.0.0.1:1", "pid": 10, "exit_code": 1,
+    "failure": {"rank": 0, "local_rank": 0, "pid": 300, "exit_code": -9, "signal": "SIGKILL",
+                "ranks_failed": [0, 1]}})
+KILLS = tuple(memlimit.parse_kernel_log(KMSG.encode()))
+GONE_1_FIRST = {300: 100.20, 321: 100.04, 322: 100.04, 10: 100.5}
+
+
+@pytest.mark.parametrize(("witnesses", "victim", "evidence"), [
+    # the kernel's log names rank 1's pid; the other cgroup's kill before it is passed over
+    (OomWitnesses(kills=KILLS, cgroup=OURS), (321, "rank 1", 1),
+     "kernel: Memory cgroup out of memory: Killed process 321 (pt_main_thread)"),
+    # no cgroup of the stage's own (no limits.memory): the pid alone says it is ours
+    (OomWitnesses(kills=KILLS), (321, "rank 1", 1), "kernel: "),
+    # a process of the stage's cgroup the sampler never saw
+    (OomWitnesses(kills=(memlimit.KernelKill(999, "x", OURS, "Killed process 999 (x)"),), cgroup=OURS),
+     (999, "a process of the stage", None), "kernel: Killed process 999 (x)"),
+    # no kernel log to read: rank 1's samples stopped 0.16 s before rank 0's, a tick before the
+    # counter was seen higher
+    (OomWitnesses(kernel_error="/dev/kmsg: Operation not permitted", last_seen=GONE_1_FIRST,
+                  rose_after=100.04, rose_at=100.08), (321, "rank 1", 1),
+     "samples: rank 1 (pid 321) was last seen 0.16 s before rank 0, the first of the failed ranks "
+     "to go, 0.04 s before the OOM-kill counter was seen higher (the kernel's log was not read: "
+     "/dev/kmsg: Operation not permitted)"),
+    # a kernel log with only other jobs' kills: the samples decide
+    (OomWitnesses(kills=KILLS[:1], cgroup=OURS, last_seen=GONE_1_FIRST), (321, "rank 1", 1), "samples: "),
+    # gone in the same tick: no telling them apart; torchrun's pick stands, said as its
+    (OomWitnesses(last_seen={300: 100.04, 321: 100.04}), (300, "rank 0", 0), "torchrun: rank 0"),
+    # rank 1 had gone before the counter's last unrisen tick (it died of something else)
+    (OomWitnesses(last_seen=GONE_1_FIRST, rose_after=100.16, rose_at=100.20), (300, "rank 0", 0),
+     "torchrun: rank 0"),
+])
+def test_the_victim_is_who_the_kernel_or_the_samples_say_not_torchrun_s_tie(
+        witnesses: OomWitnesses, victim: tuple[int, str, int | None], evidence: str) -> None:
+    found = find_oom_victim(1, [], RANK_ROLES, 10, TORCHRUN_SAYS_0, witnesses)
+    assert found is not None
+    assert (found[0].pid, found[0].role, found[0].rank) == victim
+    assert found[1].startswith(evidence)
+
+
+def test_the_kernel_s_first_kill_of_the_stage_is_the_victim() -> None:
+    # GIVEN the kernel killed the worker (pid 4242), then the main process (pid 77) in the stage's
+    # cgroup; the main process's exit code alone would name the main process
+    kills = (memlimit.KernelKill(4242, "pt_data_worker", OURS, "Killed process 4242 (pt_data_worker)"),
+             memlimit.KernelKill(77, "python3", OURS, "Killed process 77 (python3)"))
+    found = find_oom_victim(-9, [], {77: "main", 4242: "worker 0"}, 77, None,
+                            OomWitnesses(kills=kills, cgroup=OURS))
+    assert found is not None and (found[0].role, found[0].pid) == ("worker 0", 4242)
+    # AND without the log, the exit code's word, with why the kernel's was not heard
+    found = find_oom_victim(-9, [], {77: "main"}, 77, None, OomWitnesses(kernel_error="/dev/kmsg: x"))
+    assert found is not None and found[0].role == "main"
+    assert found[1] == "the stage's main process was killed by SIGKILL (the kernel's log was not read: /dev/kmsg: x)"
 
 
 def _record(**kw: Any) -> OomPostMortem:
