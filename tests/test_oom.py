@@ -295,6 +295,36 @@ def test_the_post_mortem_gives_the_last_seconds_growth_per_second_and_per_step(t
     assert "made of    (peak, 1 s before) tensor_other 220 MiB, file_torch 40 MiB" in text
 
 
+@pytest.mark.parametrize("before", ["start", "epoch"])
+def test_the_rate_per_step_counts_only_the_loop_s_steps(tmp_path: Path, before: str) -> None:
+    # GIVEN a main process killed 2 s into its loop, 8 MiB a step at 4 steps a second; before the
+    # loop either the stage's start (step 0, RSS rising 40 MiB/s with no step taken) or the end
+    # of the previous epoch (steps 30-38 at 2 MiB a step)
+    rows = []
+    for i in range(12):  # t 1000.0 .. 1002.75
+        t = 1000.0 + i / 4
+        if before == "start":
+            rows.append(sample_row(t=t, pid=100, role="main", rss=(200 + 10 * i) * MiB, stage="train",
+                                   epoch=1, step=0, phase="data"))
+        else:
+            rows.append(sample_row(t=t, pid=100, role="main", rss=(300 + 2 * i) * MiB, stage="train",
+                                   epoch=1, step=30 + i, phase="forward"))
+    for i in range(8):  # t 1003.0 .. 1004.75: steps 1..8 of the loop it died in
+        rows.append(sample_row(t=1003.0 + i / 4, pid=100, role="main", rss=(400 + 8 * i) * MiB,
+                               stage="train", epoch=2 if before == "epoch" else 1, step=i + 1,
+                               phase="forward"))
+    run_dir = write_run(tmp_path, status="oom_killed", rows=rows, events=[], snapshots=[])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["stages"][0].update(status="oom_killed", exit_code=-9, signal="SIGKILL")
+    manifest["stages"][0]["oom"] = _record(victim=OomVictim(pid=100, role="main"), t=1004.75,
+                                           victim_rss=None).model_dump(mode="json")
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    (pm,) = post_mortems(load_run(run_dir))
+    # THEN the 5 s window holds the rows before the loop, but the rate per step is the loop's
+    assert pm.window_s == pytest.approx(4.75)
+    assert pm.mib_per_step == pytest.approx(8.0)
+
+
 def test_a_worker_victim_s_post_mortem_reads_its_own_rows(tmp_path: Path) -> None:
     limit = MemoryLimit(bytes=600 * MiB, source="limits.memory")
     run = load_run(_oom_run(tmp_path, victim=OomVictim(pid=201, role="worker 0"), limit=limit,
@@ -391,10 +421,11 @@ def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.Ca
     assert first.startswith("harness: OOM-KILLED: stage 'main': the kernel's OOM killer killed main (pid ")
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     (pm,) = summary["oom"]
-    # 16 MiB a step planted; read from 25 Hz samples against the cell's step over the last
-    # seconds it reads ~1.0-1.6x that (25.7 measured after issue 26's step marks and issue 24's
-    # composition moments joined the probe: not yet explained), so the bound is loose
-    assert 12 <= pm["mib_per_step"] <= 32
+    # 16 MiB a step planted, read from 25 Hz samples against the cell's step. The kill comes ~2 s
+    # into the loop, so most of the 5 s window is the stage's start at step 0 (RSS rising with no
+    # step taken), which read 20-26 MiB/step while it counted; over the loop's steps alone 16.2.
+    # The rest: a row's step is read just before its RSS, so a row can hold the next step's tensor
+    assert pm["mib_per_step"] == pytest.approx(16, rel=0.1)
     # the line that grew: 16 MiB a step since the window opened, still allocated when it died
     top = pm["lines"][0]
     assert top["line"].endswith(f"oom_grow.py:{GROWTH_LINE})") and top["bytes"] >= 5 * 16 * MiB
