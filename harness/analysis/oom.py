@@ -16,6 +16,7 @@ import pandas as pd
 
 from harness.analysis.captures import CaptureData
 from harness.analysis.load import Run, Stage
+from harness.analysis.summary_model import GrownLine
 from harness.layout import COMPOSITION_FILE
 from harness.records.composition import PART_KEYS, Moment
 from harness.records.events import CudaOom
@@ -25,15 +26,6 @@ from harness.sizes import MiB, format_size
 # "The last seconds": the window growth rates are read over, before the victim's last sample.
 WINDOW_S = 5.0
 TOP_LINES = 5
-
-
-@dataclass(frozen=True)
-class GrownLine:
-    """A workload line that held the most at the end of the last capture."""
-
-    line: str
-    bytes: int
-    allocations: int
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,7 @@ class PostMortem:
     tree_mib_per_s: float | None
     capture: str | None  # the last capture of the victim's process
     lines_measure: str | None  # "still allocated at its end" or "held at its peak"
-    lines: list[GrownLine] = field(default_factory=list)
+    lines: list[GrownLine] = field(default_factory=list)  # the workload lines holding the most
     # the victim's accounted composition at the last moment the probe took before its death
     # (composition.jsonl): when, how long before, and its parts (bytes, the non-zero ones)
     composition_when: str | None = None
@@ -85,6 +77,7 @@ class PostMortem:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["record"] = self.record.model_dump(mode="json")
+        out["lines"] = [line.model_dump(mode="json") for line in self.lines]
         return out
 
 
@@ -142,7 +135,7 @@ def _grown_lines(captures: list[CaptureData], stage: str, pm: OomPostMortem,
         column, count, measure = "bytes_at_peak", "allocations_at_peak", "held at its peak"
     by_line = sites.groupby("workload_line", sort=False)[[column, count]].sum()
     by_line = by_line.sort_values(column, ascending=False, kind="stable").head(TOP_LINES)
-    lines = [GrownLine(str(line), int(row[column]), int(row[count]))
+    lines = [GrownLine(line=str(line), bytes=int(row[column]), allocations=int(row[count]))
              for line, row in by_line.iterrows() if row[column] > 0]
     return last.capture.name, measure, lines
 
