@@ -21,6 +21,7 @@ from harness.analysis.load import load_run
 from harness.analysis.oom import post_mortems
 from harness.control import memlimit
 from harness.control.runner import OomWitnesses, classify_outcome, find_oom_victim
+from harness.layout import STAGE_LOG_FILE
 from harness.records.composition import Moment, Parts, ProcessComposition
 from harness.records.manifest import AgentRecord, MemoryLimit, OomPostMortem, OomVictim
 from harness.records.vocab import Status
@@ -438,13 +439,18 @@ def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.Ca
 @pytest.mark.slow
 @needs_cgroup
 def test_worker_killed_by_the_oom_killer(tmp_path: Path) -> None:
-    _, stage = _run(tmp_path, "oomworker", ["--where", "worker", "--mib", "16", "--pause", "0.01"],
-                    "500 MiB", 137)
+    run_dir, stage = _run(tmp_path, "oomworker", ["--where", "worker", "--mib", "16", "--pause", "0.01"],
+                          "500 MiB", 137)
     assert stage["status"] == "oom_killed" and stage["exit_code"] == 1  # the main saw the worker die
     oom = stage["oom"]
     assert oom["victim"]["role"] == "worker 0"
-    assert f"pid(s) {oom['victim']['pid']})" in oom["evidence"] or \
-        f"pid {oom['victim']['pid']})" in oom["evidence"]
+    pid = oom["victim"]["pid"]
+    if memlimit.KernelLog().error is None:  # the kernel's word first
+        assert oom["evidence"].startswith(f"kernel: Memory cgroup out of memory: Killed process {pid} (")
+    else:  # else the DataLoader's
+        assert f"pid(s) {pid})" in oom["evidence"] or f"pid {pid})" in oom["evidence"]
+    log = (run_dir / "stages" / "main" / STAGE_LOG_FILE).read_text()
+    assert f"DataLoader worker (pid {pid}) is killed by signal" in log or f"pid(s) {pid})" in log
     assert oom["phase"] in ("data", "forward") and oom["epoch"] == 1
 
 
