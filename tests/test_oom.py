@@ -143,6 +143,15 @@ GONE_1_FIRST = {300: 100.20, 321: 100.04, 322: 100.04, 10: 100.5}
      "kernel: Memory cgroup out of memory: Killed process 321 (pt_main_thread)"),
     # no cgroup of the stage's own (no limits.memory): the pid alone says it is ours
     (OomWitnesses(kills=KILLS), (321, "rank 1", 1), "kernel: "),
+    # no cgroup of the stage's own: the harness's (/jobs), the stage's below it
+    (OomWitnesses(kills=KILLS, cgroup="/jobs", stage_cgroup=False), (321, "rank 1", 1), "kernel: "),
+    # the harness in the root cgroup: every cgroup is below it, the pid decides
+    (OomWitnesses(kills=KILLS, cgroup="/", stage_cgroup=False, last_seen=GONE_1_FIRST),
+     (321, "rank 1", 1), "kernel: "),
+    # the kernel names cgroups this process does not see (a container's namespace, where the
+    # pids may be its own too): its kills are passed over, and rank 1 and 0 went in one tick
+    (OomWitnesses(kills=KILLS, cgroup="/docker/abc", stage_cgroup=False,
+                  last_seen={300: 100.04, 321: 100.04}), (300, "rank 0", 0), "torchrun: rank 0"),
     # a process of the stage's cgroup the sampler never saw
     (OomWitnesses(kills=(memlimit.KernelKill(999, "x", OURS, "Killed process 999 (x)"),), cgroup=OURS),
      (999, "a process of the stage", None), "kernel: Killed process 999 (x)"),

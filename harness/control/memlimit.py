@@ -55,6 +55,16 @@ def _own_paths(pid: int | str = "self") -> dict[str, str]:
     return out
 
 
+def own_cgroup() -> str | None:
+    """This process's memory cgroup as the kernel's log names it (``/a/b``): v1's, else v2's."""
+    own = _own_paths()
+    if _v1_mount() is not None and own.get("memory") is not None:
+        return own["memory"]
+    if _v2_mount() is not None and own.get("") is not None:
+        return own[""]
+    return None
+
+
 def _v1_mount() -> Path | None:
     path = CGROUP_ROOT / "memory"
     return path if (path / "memory.limit_in_bytes").exists() else None

@@ -255,14 +255,16 @@ def _oom_message(r: OomPostMortem) -> str:
 @dataclass(frozen=True)
 class OomWitnesses:
     """What else saw an OOM kill, beside the stage's log and torchrun: the kernel's log (``kills``
-    since the stage started, or ``kernel_error``: why it could not be read), the stage's memory
-    cgroup as the kernel names it (``cgroup``), when the sampler last saw each process
+    since the stage started, or ``kernel_error``: why it could not be read), the memory cgroup the
+    stage's processes are charged to as the kernel names it (``cgroup``: the stage's own when
+    ``stage_cgroup``, else the harness's), when the sampler last saw each process
     (``last_seen``: pid -> t), and the sampler's last tick before the OOM-kill counter was seen
     higher and the tick that saw it (``rose_after``, ``rose_at``; None where it was not watched)."""
 
     kills: tuple[memlimit.KernelKill, ...] = ()
     kernel_error: str | None = None
     cgroup: str | None = None
+    stage_cgroup: bool = True
     last_seen: Mapping[int, float] = field(default_factory=dict)
     rose_after: float | None = None
     rose_at: float | None = None
@@ -282,15 +284,20 @@ def _victim(pid: int, roles: Mapping[int, str], root: int | None, agent: AgentRe
 def _kernel_victim(w: OomWitnesses, roles: Mapping[int, str], root: int | None,
                    agent: AgentRecord | None) -> tuple[OomVictim, str] | None:
     """The first process of this stage the kernel's log says its OOM killer killed: a pid of the
-    stage's tree, or one charged to the stage's own cgroup (a process the sampler never saw).
-    Other processes' kills on the machine (other jobs, other stages) are passed over."""
+    stage's tree charged to its cgroup (or one below), or any process charged to the stage's own
+    cgroup (one the sampler never saw). Other processes' kills on the machine (other jobs, other
+    stages, a pid reused) are passed over, and so are all where the kernel names cgroups other
+    than this process sees them (a container's cgroup namespace: its pids may be its own too)."""
     ours = set(roles) | ({root} if root is not None else set())
     if agent is not None and agent.failure is not None:
         ours.add(agent.failure.pid)
+    below = (w.cgroup or "").rstrip("/") + "/"
     for kill in w.kills:
-        if w.cgroup is not None and kill.memcg is not None and kill.memcg != w.cgroup:
-            continue  # another cgroup's process, whatever its pid (a reused one)
-        if kill.pid in ours or (w.cgroup is not None and kill.memcg == w.cgroup):
+        charged = None if w.cgroup is None or kill.memcg is None else (
+            kill.memcg == w.cgroup or kill.memcg.startswith(below))
+        if charged is False:
+            continue
+        if kill.pid in ours or (charged and w.stage_cgroup):
             return _victim(kill.pid, roles, root, agent), f"kernel: {kill.line}"
     return None
 
@@ -587,11 +594,13 @@ class StageProcess:
             return None
         roles = dict(self.sampler.stats.roles) if self.sampler is not None else {}
         root = self._proc.pid if self._proc is not None else None
+        limit = self.memory_limit
+        stage_cgroup = limit is not None and limit.source == "limits.memory"
         witnesses = OomWitnesses(
             kills=tuple(self.kernel_kills),
             kernel_error=self.kernel_log.error if self.kernel_log is not None else None,
-            cgroup=self.memory_limit.cgroup if self.memory_limit is not None
-            and self.memory_limit.source == "limits.memory" else None,
+            cgroup=limit.cgroup if limit is not None and stage_cgroup else memlimit.own_cgroup(),
+            stage_cgroup=stage_cgroup,
             last_seen={pid: row.t for pid, row in self.sampler.last_rows.items()}
             if self.sampler is not None else {},
             rose_after=self.rose_after, rose_at=self.rose_at)
