@@ -207,7 +207,9 @@ def first_failure(failures: dict[int, Any], error_time: Callable[[int], float | 
     killed by a signal other than SIGTERM (from outside, or by the kernel) comes first, since the
     ranks it leaves in a collective fail because of it; then one that exited non-zero, earliest
     first by the time its stage_error event was written (``error_time``); last the ranks torchrun
-    itself stopped with SIGTERM.
+    itself stopped with SIGTERM. Which rank the kernel's OOM killer killed is not decided here:
+    torchrun stops the other ranks within the second, by SIGKILL too, and this pick can be any of
+    them; :func:`harness.control.runner.find_oom_victim` asks the kernel's log and the samples.
     """
     def key(item: tuple[int, Any]) -> tuple[int, int, float, int]:
         rank, f = item
