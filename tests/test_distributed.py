@@ -7,6 +7,7 @@ model in a one-rank process group); the slow ones start real 2-rank jobs (gloo o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -170,6 +171,24 @@ def test_first_failure(failures: dict[int, Any], times: dict[int, float], first:
     got = distributed.first_failure(failures, times.get)
     assert got.rank == first
     assert got.ranks_failed == sorted(failures)
+
+
+def test_a_rank_torchrun_stopped_itself_comes_after_the_one_it_did_not() -> None:
+    # GIVEN rank 1 (pid 321) killed by the OOM killer and rank 0 (pid 300), which torchrun then
+    # stopped, ending by SIGKILL in the same second: alike in torchrun's records
+    failures = {0: _failure(-9, pid=300), 1: _failure(-9, pid=321)}
+    assert distributed.first_failure(failures).rank == 0  # the tie, by rank
+    # WHEN torchrun's log said it sent rank 0 its closing signal
+    with distributed.StoppedRanks() as stopped:
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").warning(
+            "Sending process %s closing signal %s", 300, "SIGTERM")
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").warning("other %s", 5)
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").warning(
+        "Sending process %s closing signal %s", 321, "SIGTERM")  # once removed, not heard
+    # THEN rank 1 failed first, and the record says whom torchrun stopped
+    assert stopped.pids == {300}
+    got = distributed.first_failure(failures, stopped=stopped.pids)
+    assert (got.rank, got.pid, got.ranks_failed, got.ranks_stopped) == (1, 321, [0, 1], [0])
 
 
 def test_describe() -> None:

@@ -178,6 +178,16 @@ def test_the_victim_is_who_the_kernel_or_the_samples_say_not_torchrun_s_tie(
     assert found[1].startswith(evidence)
 
 
+def test_torchrun_s_pick_is_evidence_when_it_logged_stopping_the_others() -> None:
+    # GIVEN no kernel log, ranks gone in one tick, and torchrun naming rank 1 and having stopped 0
+    agent = TORCHRUN_SAYS_0.model_copy(update={"failure": TORCHRUN_SAYS_0.failure.model_copy(  # type: ignore[union-attr]
+        update={"rank": 1, "local_rank": 1, "pid": 321, "ranks_stopped": [0]})})
+    found = find_oom_victim(1, [], RANK_ROLES, 10, agent, OomWitnesses(last_seen={300: 1.0, 321: 1.0}))
+    assert found is not None and (found[0].pid, found[0].rank) == (321, 1)
+    assert found[1] == ("torchrun: rank 1 (local rank 1, pid 321) was killed by SIGKILL; it stopped "
+                        "rank(s) 0 itself")
+
+
 def test_the_kernel_s_first_kill_of_the_stage_is_the_victim() -> None:
     # GIVEN the kernel killed the worker (pid 4242), then the main process (pid 77) in the stage's
     # cgroup; the main process's exit code alone would name the main process

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import math
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,36 @@ from harness.records.text import printable
 
 # Seconds torchrun waits for the other ranks to end on SIGTERM after one failed, before SIGKILL.
 SHUTDOWN_TIMEOUT_S = 5
+# Where torchrun logs each rank it stops once another has failed ("Sending process %s closing
+# signal %s", torch/distributed/elastic/multiprocessing/api.py).
+_TORCHRUN_LOGGER = "torch.distributed.elastic.multiprocessing.api"
+_CLOSING = "Sending process %s closing signal"
+
+
+class StoppedRanks(logging.Handler):
+    """The pids torchrun sent its closing signal: the ranks it stopped itself, after one failed.
+
+    They die too, in the same second (and by SIGKILL where the rank's own handler ends its group),
+    so torchrun's failure records alone cannot tell them from the rank that failed first. A torch
+    that words or routes the line otherwise leaves this empty: the choice is then by time and kind.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.pids: set[int] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith(_CLOSING) and record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            with contextlib.suppress(TypeError, ValueError):
+                self.pids.add(int(args[0]))  # type: ignore[call-overload]
+
+    def __enter__(self) -> StoppedRanks:
+        logging.getLogger(_TORCHRUN_LOGGER).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger(_TORCHRUN_LOGGER).removeHandler(self)
 
 
 def _split(endpoint: str) -> tuple[str, int]:
@@ -176,8 +207,10 @@ def run_agent(run_dir: Path, stage: str, scenario: Scenario, record_dir: Path) -
                          nproc_per_node=dist.nproc_per_node, backend=dist.backend,
                          rdzv_endpoint=endpoint, pid=os.getpid())
     args = ("-u", "-m", "harness.probe.stage", str(run_dir), stage, "--rank")
+    stopped = StoppedRanks()
     try:
-        elastic_launch(config, sys.executable)(*args)
+        with stopped:
+            elastic_launch(config, sys.executable)(*args)
         record.exit_code = 0
     except RendezvousError as exc:  # the nodes never met: say so in one line, no traceback
         record.exit_code = 1
@@ -189,7 +222,8 @@ def run_agent(run_dir: Path, stage: str, scenario: Scenario, record_dir: Path) -
         print(printable(f"harness: {record.rendezvous}"), flush=True)
     except ChildFailedError as exc:
         record.exit_code = 1
-        record.failure = first_failure(exc.failures, partial(_error_time, stage_dir(run_dir, stage)))
+        record.failure = first_failure(exc.failures, partial(_error_time, stage_dir(run_dir, stage)),
+                                       stopped.pids)
         for failure in exc.failures.values():  # a killed rank's workers are not torchrun's to stop
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(failure.pid, signal.SIGKILL)
@@ -199,11 +233,12 @@ def run_agent(run_dir: Path, stage: str, scenario: Scenario, record_dir: Path) -
     return record.exit_code or 0
 
 
-def first_failure(failures: dict[int, Any], error_time: Callable[[int], float | None] = lambda r: None
-                  ) -> RankFailure:
+def first_failure(failures: dict[int, Any], error_time: Callable[[int], float | None] = lambda r: None,
+                  stopped: Collection[int] = ()) -> RankFailure:
     """The failure that most likely caused the others.
 
-    torchrun stamps failures to the second, and those it finds at one look alike. At a tie a rank
+    A rank torchrun stopped itself (``stopped``: their pids, :class:`StoppedRanks`) comes after any
+    it did not. torchrun stamps failures to the second, and those it finds at one look alike. At a tie a rank
     killed by a signal other than SIGTERM (from outside, or by the kernel) comes first, since the
     ranks it leaves in a collective fail because of it; then one that exited non-zero, earliest
     first by the time its stage_error event was written (``error_time``); last the ranks torchrun
@@ -211,16 +246,17 @@ def first_failure(failures: dict[int, Any], error_time: Callable[[int], float | 
     torchrun stops the other ranks within the second, by SIGKILL too, and this pick can be any of
     them; :func:`harness.control.runner.find_oom_victim` asks the kernel's log and the samples.
     """
-    def key(item: tuple[int, Any]) -> tuple[int, int, float, int]:
+    def key(item: tuple[int, Any]) -> tuple[bool, int, int, float, int]:
         rank, f = item
         kind = 2 if f.exitcode == -signal.SIGTERM else 0 if f.exitcode < 0 else 1
         t = error_time(rank)
-        return f.timestamp, kind, t if t is not None else math.inf, rank
+        return f.pid in stopped, f.timestamp, kind, t if t is not None else math.inf, rank
 
     rank, f = min(failures.items(), key=key)
     sig = signal.Signals(-f.exitcode).name if f.exitcode < 0 else None
     return RankFailure(rank=rank, local_rank=f.local_rank, pid=f.pid, exit_code=f.exitcode,
-                       signal=sig, ranks_failed=sorted(failures))
+                       signal=sig, ranks_failed=sorted(failures),
+                       ranks_stopped=sorted(r for r, g in failures.items() if g.pid in stopped))
 
 
 def _error_time(stage_path: Path, rank: int) -> float | None:

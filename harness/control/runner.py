@@ -337,10 +337,11 @@ def find_oom_victim(
     place that decides. ``roles``: pid -> role as the sampler named them.
 
     The evidence, strongest first: the kernel's own log naming a process of the stage; a DataLoader
-    worker the stage's log names; for a distributed stage, the failed rank whose samples stopped
-    first (torchrun stamps failures to the second and stops the other ranks within it, so its
-    choice of the first is a guess at a tie), else the rank torchrun saw killed by SIGKILL; the
-    stage's main process killed by SIGKILL. None when nothing of the stage was killed (the counter
+    worker the stage's log names; for a distributed stage, a rank torchrun saw killed by SIGKILL
+    when it also logged stopping the others itself (``ranks_stopped``), else the failed rank whose
+    samples stopped first (torchrun stamps failures to the second and its stopped ranks die within
+    it, so without that its choice of the first is a guess at a tie), else the rank torchrun saw
+    killed by SIGKILL; the stage's main process killed by SIGKILL. None when nothing of the stage was killed (the counter
     rose for a process of no stage of ours). Where the kernel's log could not be read, the evidence
     says so.
     """
@@ -367,13 +368,17 @@ def _log_victim(log_lines: list[str], roles: Mapping[int, str]) -> tuple[OomVict
 def _signal_victim(rc: int | None, roles: Mapping[int, str], root: int | None,
                    agent: AgentRecord | None, w: OomWitnesses) -> tuple[OomVictim, str] | None:
     if agent is not None and agent.failure is not None:
-        if agent.failure.signal is not None or len(agent.failure.ranks_failed) > 1:
+        f = agent.failure
+        torchrun = OomVictim(pid=f.pid, role=f"rank {f.rank}", rank=f.rank), f"torchrun: {f.describe()}"
+        if f.signal == "SIGKILL" and f.ranks_stopped and f.rank not in f.ranks_stopped:
+            stopped = ", ".join(str(r) for r in f.ranks_stopped)
+            return torchrun[0], f"{torchrun[1]}; it stopped rank(s) {stopped} itself"
+        if f.signal is not None or len(f.ranks_failed) > 1:
             found = _first_rank_gone(w, roles, agent)
             if found is not None:
                 return found
-        if agent.failure.signal == "SIGKILL":
-            f = agent.failure
-            return OomVictim(pid=f.pid, role=f"rank {f.rank}", rank=f.rank), f"torchrun: {f.describe()}"
+        if f.signal == "SIGKILL":
+            return torchrun
     if agent is None and rc == -signal.SIGKILL:
         return OomVictim(pid=root, role="main"), "the stage's main process was killed by SIGKILL"
     return None

@@ -223,6 +223,7 @@ class RankFailure(_Record):
     exit_code: int
     signal: str | None = None
     ranks_failed: list[int] = []
+    ranks_stopped: list[int] = []  # those torchrun stopped itself once another had failed
 
     def describe(self) -> str:
         """One line: ``rank 1 (local rank 1, pid 123) was killed by SIGKILL``."""
