@@ -341,9 +341,9 @@ def find_oom_victim(
     when it also logged stopping the others itself (``ranks_stopped``), else the failed rank whose
     samples stopped first (torchrun stamps failures to the second and its stopped ranks die within
     it, so without that its choice of the first is a guess at a tie), else the rank torchrun saw
-    killed by SIGKILL; the stage's main process killed by SIGKILL. None when nothing of the stage was killed (the counter
-    rose for a process of no stage of ours). Where the kernel's log could not be read, the evidence
-    says so.
+    killed by SIGKILL; the stage's main process killed by SIGKILL. None when nothing of the stage
+    was killed (the counter rose for a process of no stage of ours). Where the kernel's log could
+    not be read, the evidence says so.
     """
     w = witnesses or OomWitnesses()
     found = _kernel_victim(w, roles, root, agent)
@@ -532,6 +532,7 @@ class StageProcess:
                 self._join(proc, cgroup)
         except BaseException:
             os.close(watch_write)
+            self.kernel_log.close()
             if cgroup is not None:
                 cgroup.remove()
             raise
