@@ -443,7 +443,8 @@ def test_main_process_killed_by_the_oom_killer(tmp_path: Path, capsys: pytest.Ca
     (pm,) = summary["oom"]
     # 16 MiB a step planted, read from 25 Hz samples against the cell's step. The kill comes ~2 s
     # into the loop, so most of the 5 s window is the stage's start at step 0 (RSS rising with no
-    # step taken), which read 20-26 MiB/step while it counted; over the loop's steps alone 16.2.
+    # step taken), which read 20-26 MiB/step while it counted; over the loop's steps alone 16.1-16.6
+    # in 11 runs here.
     # The rest: a row's step is read just before its RSS, so a row can hold the next step's tensor
     assert pm["mib_per_step"] == pytest.approx(16, rel=0.1)
     # the line that grew: 16 MiB a step since the window opened, still allocated when it died
@@ -519,8 +520,8 @@ def test_rank_killed_by_the_oom_killer(tmp_path: Path) -> None:
     found = find_oom_victim(1, [], roles, agent.pid, agent, no_kernel)
     assert found is not None and found[0].rank == 1 and found[1].endswith("it stopped rank(s) 0 itself "
                                                                           "(the kernel's log was not read: not asked)")
-    # ... and without that, the samples: rank 1's stopped a tick or more before rank 0's (0.04-0.21
-    # s in 29 of 30 runs here; in one both went in one tick, which leaves torchrun's bare pick)
+    # ... and without that, the samples: rank 1's stopped a tick or more before rank 0's (0.04-0.22
+    # s in 34 of 35 runs here; in one both went in one tick, which leaves torchrun's bare pick)
     agent.failure.ranks_stopped = []
     found = find_oom_victim(1, [], roles, agent.pid, agent, no_kernel)
     assert found is not None
