@@ -770,9 +770,9 @@ def run_stage(
         if instrumented:
             last = rank_last
     oom = sp.oom_post_mortem(agent)
-    if oom is not None and oom.record.victim.rank is not None and oom.record.victim.rank != rank:
+    if oom is not None and oom.victim.rank is not None and oom.victim.rank != rank:
         # the kernel's victim, not torchrun's pick at a same-second tie
-        rank = oom.record.victim.rank
+        rank = oom.victim.rank
         if instrumented and ranks is not None:
             last = ranks.get(str(rank))
     verdict = classify_outcome(rc, stopped_by=sp.stopped_by, limit=sp.limit, stage_error=stage_error,
