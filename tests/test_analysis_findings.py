@@ -430,16 +430,24 @@ def test_a_new_detector_registered_in_a_test_reaches_the_report(
     assert "docs/reports.md#findings-harnessanalysisfindingspy" in page
 
 
-def _rss_parts_run(tmp_path: Path, grows: str) -> Run:
+def _rss_parts_run(tmp_path: Path, grows: str, file_mib: int = 0, other_mib: int = 0) -> Run:
     """Epoch-end snapshots whose main RSS grows 40 MiB an epoch, and the sampler's ticks at them
-    with RSS's parts: the growth ``anon`` (allocations) or ``file`` (a memory-mapped file read)."""
+    with RSS's parts: the growth ``anon`` (allocations) or ``file`` (a memory-mapped file read);
+    or ``anon`` / ``shmem`` grows ``other_mib`` and file-backed pages ``file_mib`` an epoch."""
     snaps = [snapshot(f"epoch-{i + 1}", i + 1, 1000.0 + i, other=80, count=20, main_rss=300 + 40 * i,
                       main_uss=250 + 40 * i, heap=10, gc=[0, 0, 0]) for i in range(3)]
     rows = []
     for i in range(3):
-        anon, file = (200 + 40 * i, 100) if grows == "anon" else (200, 100 + 40 * i)
+        anon, file, shmem = (200 + 40 * i, 100, 0) if grows == "anon" else (200, 100 + 40 * i, 0)
+        if file_mib:
+            anon, file, shmem = 200, 100 + file_mib * i, 0
+            if grows == "anon":
+                anon += other_mib * i
+            else:
+                shmem += other_mib * i
         rows.append([f"{1000.0 + i:.4f}", 100, 0, "main", (300 + 40 * i) * MiB, 0, 40 * MiB, 0, 0,
-                     "", "", "", "train", i + 1, 10, "data", "", "", anon * MiB, file * MiB, 0])
+                     "", "", "", "train", i + 1, 10, "data", "", "", anon * MiB, file * MiB,
+                     shmem * MiB])
     return load_run(write_run(tmp_path, rows=rows, snapshots=snaps))
 
 
@@ -457,3 +465,24 @@ def test_rss_grown_by_a_memory_mapped_file_being_read_is_no_leak(tmp_path: Path)
     assert findings.leak(run, [], ticks(run.samples)) is None
     # without the ticks' parts (an older run directory) the same RSS growth was a leak
     assert findings.leak(run, []) is not None
+
+
+@pytest.mark.parametrize(("grows", "other", "file", "kind"), [
+    ("anon", 16, 24, "anonymous"),  # a leak beside a mapped file read faster than it leaks
+    ("shmem", 12, 28, "shared memory"),  # shared memory (a /dev/shm cache) beside it
+    ("anon", 4, 36, None),  # the file's pages, and anonymous memory under the 8 MiB floor
+])
+def test_a_leak_beside_a_memory_mapped_file_is_judged_by_its_anonymous_and_shared_memory(
+        tmp_path: Path, grows: str, other: int, file: int, kind: str | None) -> None:
+    # GIVEN RSS up 40 MiB an epoch, ``file`` MiB of it a mapped file's pages, ``other`` MiB of it
+    # anonymous or shared memory
+    run = _rss_parts_run(tmp_path, grows, file_mib=file, other_mib=other)
+    f = findings.leak(run, [], ticks(run.samples))
+    # THEN a leak where the anonymous or shared part grew by the floor, named; else none
+    if kind is None:
+        assert f is None
+    else:
+        assert f is not None
+        assert f.numbers["stages"]["train"]["kinds_per_epoch"]["file-backed"] == file * MiB
+        assert f"the memory that grew is {kind}" in f.text
+        assert f"file-backed pages, not counted: {file:.1f} MiB" in f.text

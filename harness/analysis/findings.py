@@ -47,7 +47,6 @@ LEAK_MIN_SITE_WINDOWS = 2  # windows of different epochs a site must keep memory
 # finding on its own (with one window, it only names the sites behind a snapshot growth)
 # (those two for captures without step marks; where the probe marked each step's end, a window
 # is read step by step: harness.analysis.trend.step_leaks and its LEAK_* thresholds)
-LEAK_FILE_SHARE = 0.5  # RSS growth at least this share file-backed pages is a file read, no leak
 RSS_KINDS = {"anonymous": "main_anon", "file-backed": "main_file", "shared memory": "main_shmem"}
 # copy-on-read: a worker's private memory grows ...
 COW_MIN_USS_GROWTH = 32 * MiB  # ... by at least this,
@@ -132,9 +131,12 @@ def leak(run: Run, captures: list[CaptureData], tk: pd.DataFrame | None = None) 
     kinds = _grown_kinds(run, tk if tk is not None else pd.DataFrame())
     for g in epoch_growth(run):
         grew = kinds.get(g.stage, {})
-        file_backed = grew.get("file-backed", 0.0) >= LEAK_FILE_SHARE * max(g.main_rss_per_epoch, 1.0)
-        if not (g.tensor_leak or (g.rss_leak and not file_backed)):
-            continue  # RSS grown by file-backed pages (a memory-mapped file read): no leak
+        # Where the ticks have RSS's parts, the growth judged is the anonymous and shared memory's:
+        # file-backed pages (a memory-mapped file being read) are the page cache's, not a leak,
+        # and do not hide one beside them either.
+        held = grew.get("anonymous", 0.0) + grew.get("shared memory", 0.0) if grew else None
+        if not (g.tensor_leak or (g.rss_leak and (held is None or held >= g.rss_floor()))):
+            continue
         per_epoch: dict[str, Any] = {
             "epochs": [g.boundaries[0].from_epoch] + [b.to_epoch for b in g.boundaries],
             "boundaries": len(g.boundaries),
@@ -152,10 +154,14 @@ def leak(run: Run, captures: list[CaptureData], tk: pd.DataFrame | None = None) 
                         f"({per_epoch['tensor_bytes_per_epoch']:,.0f} bytes of tensor data)")
         what.append(f"RSS {mib(per_epoch['main_rss_per_epoch'])} (growth_per_epoch, the figure "
                     f"`harness check` gates), USS {mib(per_epoch['main_uss_per_epoch'])}")
+        held_kinds = {k: v for k, v in grew.items() if k != "file-backed"}
         if grew:
             per_epoch["kinds_per_epoch"] = grew
-            top = max(grew, key=lambda k: grew[k])
-            what.append("by RSS's parts " + ", ".join(f"{k} {mib(v)}" for k, v in grew.items())
+        if held_kinds:
+            top = max(held_kinds, key=lambda k: held_kinds[k])
+            what.append("by RSS's parts " + ", ".join(f"{k} {mib(v)}" for k, v in held_kinds.items())
+                        + (f" (file-backed pages, not counted: {mib(grew['file-backed'])})"
+                           if "file-backed" in grew else "")
                         + f": the memory that grew is {top}")
         evidence.append(
             f"in stage {g.stage!r} the main process grew at each of the {len(g.boundaries)} epoch "

@@ -11,8 +11,11 @@ was anonymous memory and how much shared memory (and what the file-backed pages 
 Each series is cut to the time the workload ran (up to its stage's ``stage_end``: the shutdown
 after it is not the workload's) less a warm-up, and fitted against the training steps done (the
 probe's step counter, summed over the epochs' loops), not against time: the same leak keeps the
-same bytes a step on a fast machine and on a slow one, busy or idle. A stage with too few steps
-is fitted against time, and then no slope threshold applies (only the rises in bytes). The fit is
+same bytes a step on a fast machine and on a slow one, busy or idle. On that axis a series has
+one value a step (:func:`step_grid`: the last reading at or before it), however many readings
+each step had: a loaded machine reads an evaluation pass (at one step count) hundreds of times,
+an idle one a few, and either way its rise is one rise between two steps. A stage with too few
+steps is fitted against time, and then no slope threshold applies (only the rises in bytes). The fit is
 the Theil–Sen estimator (the median of the slopes between every pair of points, thinned to at most
 :data:`TREND_MAX_POINTS`), which a spike, a garbage collection or a worker restarting moves no more
 than any single point.
@@ -23,10 +26,11 @@ between its first and last quarters' medians over the steps between them, which 
 has as much as a line), and the growth is in the data, not only in the fitted line: the median of its last quarter exceeds the median of its first by
 :data:`TREND_MIN_RISE`, and by at least :data:`TREND_MIN_EXPLAINED` of what the line predicts
 between those quarters, and the rise is spread: of the rises between the medians of
-:data:`TREND_SEGMENTS` consecutive parts of the series, none is more than :data:`TREND_MAX_ONE_RISE`
-of the whole, nor two side by side more than :data:`TREND_MAX_TWO_RISES` (one step can straddle a
-part's edge on a slow machine), so one step up between two plateaus does not fire it, while a staircase (memory
-rising at each evaluation pass, flat between) of two steps or more does, wherever its steps fall.
+:data:`TREND_SEGMENTS` consecutive parts of the series (of its steps), none is more than
+:data:`TREND_MAX_ONE_RISE` of the whole, nor two side by side more than :data:`TREND_MAX_TWO_RISES`
+(a part's median can fall halfway up one step), so one step up between two plateaus (the first
+evaluation pass's first use) does not fire it, while a staircase (memory rising at each evaluation
+pass, flat between) of two steps or more does, wherever its steps fall.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ from harness.records.events import LoopEnd
 from harness.records.vocab import TRAINING_STEP_PHASES
 from harness.sizes import KiB, MiB, format_size
 
+TREND_GRID_MAX = 20_000  # a series on the steps axis has one point a step, at most this many
 TREND_MAX_POINTS = 400  # a series is thinned to this many points: ~80,000 pairs to take slopes of
 WARMUP_FRACTION = 0.25  # the first quarter of the running steps (time, without steps) is warm-up
-# (imports, first batches, the allocator's and the optimizer's first-use growth), and at least
-WARMUP_MIN_S = 2.0  # this many seconds
+# (imports, first batches, the allocator's and the optimizer's first-use growth), and on the time
+WARMUP_MIN_S = 2.0  # axis at least this many seconds
 TREND_MIN_POINTS = 20  # points a series needs after warm-up, and
 TREND_MIN_SPAN_S = 5.0  # seconds they must span (a smoke test pass's 2 s rose 23 MiB: start-up)
 TREND_MIN_STEPS = 20  # training steps a stage needs to be fitted against steps (else: time)
@@ -62,8 +67,7 @@ TREND_MIN_EXPLAINED = 0.5  # ... and at least this share of the fitted line's ri
 # of a few epochs has most pairs of points on one step, and its Theil-Sen slope is low.)
 TREND_SEGMENTS = 8  # the series cut into this many parts, each part's median: no rise between
 TREND_MAX_ONE_RISE = 0.6  # two consecutive ones more than this share of the first-to-last rise
-TREND_MAX_TWO_RISES = 0.75  # nor two rises side by side more than this (one step straddling an
-# edge: the clean memory-mapped reader's one step up at its first evaluation, on a loaded machine)
+TREND_MAX_TWO_RISES = 0.75  # nor two rises side by side more than this (one step read as two)
 TREND_MAX_SITES = 5  # sites named in the finding
 # Leaks counted per step (step_leaks; the leak finding and this one name them): a line that kept
 # memory made in steps throughout one training window whose step ends the probe marked,
@@ -146,9 +150,9 @@ class Trend:
 
     @property
     def spread(self) -> bool:
-        """No single rise makes most of the growth, nor two side by side: the segments are cut by
-        points (by time), and one step up taken while the machine is slow (an evaluation pass at
-        one step count, its ticks many) can straddle a segment's edge as two rises."""
+        """No single rise makes most of the growth, nor two side by side: one step up can be
+        read as two where a segment's median falls halfway up it (an even number of points, or
+        memory that climbs over a few steps)."""
         rises = self.segment_rises
         total = sum(rises)
         pairs = [a + b for a, b in zip(rises, rises[1:])] or list(rises)
@@ -181,6 +185,15 @@ def fit(stage: str, series: str, t: np.ndarray, y: np.ndarray, *, x: np.ndarray 
     t, y, xs = t[ok], y[ok], xs[ok]
     if len(t) < TREND_MIN_POINTS or t[-1] - t[0] < TREND_MIN_SPAN_S or xs[-1] - xs[0] <= 0:
         return None
+    points = int(len(t))
+    x0, x1 = float(xs[0]), float(xs[-1])
+    kept = {name: values[ok] for name, values in (parts or {}).items()}
+    if x is not None:  # one value a training step, however many readings each step had
+        xs, at = step_grid(xs)
+        if len(xs) < TREND_SEGMENTS:
+            return None
+        y = y[at]
+        kept = {name: v[at] for name, v in kept.items()}
     slope = theil_sen(xs, y)
     if slope is None:
         return None
@@ -188,20 +201,36 @@ def fit(stage: str, series: str, t: np.ndarray, y: np.ndarray, *, x: np.ndarray 
     my = [float(np.median(q)) for q in np.array_split(y, 4)]
     seg = [float(np.median(q)) for q in np.array_split(y, TREND_SEGMENTS) if len(q)]
     rises = {}
-    for name, values in (parts or {}).items():
-        v = values[ok]
+    for name, v in kept.items():
         if np.isnan(v).any() or not len(v):
             continue
         q = np.array_split(v, 4)
         rises[name] = float(np.median(q[-1]) - np.median(q[0]))
     return Trend(stage=stage, series=series, capture=capture,
                  axis="seconds" if x is None else "steps", t0=float(t[0]), t1=float(t[-1]),
-                 x0=float(xs[0]), x1=float(xs[-1]), points=int(len(t)), slope=slope,
+                 x0=x0, x1=x1, points=points, slope=slope,
                  rise=my[3] - my[0], quarters_apart=mx[3] - mx[0],
                  fitted_rise=slope * (mx[3] - mx[0]),
                  segment_rises=tuple(max(b - a, 0.0) for a, b in zip(seg, seg[1:])),
                  steps_per_epoch=steps_per_epoch if x is not None else None,
                  parts=rises, less_file=parts is not None and "file" in rises)
+
+
+def step_grid(x: np.ndarray, max_points: int = TREND_GRID_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """A grid of training steps over ``x`` (steps done at each reading, non-decreasing): every
+    step from the first to the last (at most ``max_points`` of them, evenly spaced), and at each
+    the index of the last reading taken at or before it: what memory held at that step, after
+    everything done at its step count (an evaluation pass, a checkpoint) and before the next.
+
+    A series cut so has one point a step whether the machine took ten readings a step or one
+    every ten steps: an evaluation pass's rise is one rise between two steps, however many
+    readings it took (on a loaded machine, many), not a ramp that parts cut by readings split.
+    """
+    first, last = float(np.ceil(x[0])), float(np.floor(x[-1]))
+    count = int(last - first) + 1
+    grid = (np.linspace(first, last, max_points) if count > max_points
+            else first + np.arange(max(count, 1), dtype=float))
+    return grid, np.searchsorted(x, grid, side="right") - 1
 
 
 def steps_done(g: pd.DataFrame) -> np.ndarray:
@@ -234,16 +263,19 @@ def _steps_per_epoch(run: Run, stage: str, g: pd.DataFrame) -> float | None:
     return float(g["done"].max()) / epochs.nunique()
 
 
-def _cut(x: pd.Series, t: pd.Series, phase: pd.Series | None = None) -> float:
-    """Where warm-up ends on axis ``x``: after a fraction of the span and at least
-    :data:`WARMUP_MIN_S` in, and after the stage's setup where the workload marks phases of its
-    own (its imports, model and data set-up are not the training loop's growth)."""
+def _cut(x: pd.Series, t: pd.Series, phase: pd.Series | None = None, *, by_steps: bool) -> float:
+    """Where warm-up ends on axis ``x``: after a fraction of the span (of the training steps, or
+    of the time and at least :data:`WARMUP_MIN_S` in), and after the stage's setup where the
+    workload marks phases of its own (its imports, model and data set-up are not the training
+    loop's growth). On the steps axis no time counts: a fast machine's first 2 s are more steps
+    than a slow one's."""
     x0, x1 = float(x.min()), float(x.max())
     cut = x0 + WARMUP_FRACTION * (x1 - x0)
     t = t.reset_index(drop=True)
     xs = x.reset_index(drop=True)
-    late = xs[t >= float(t.min()) + WARMUP_MIN_S]
-    cut = max(cut, float(late.min()) if not late.empty else x1)
+    if not by_steps:
+        late = xs[t >= float(t.min()) + WARMUP_MIN_S]
+        cut = max(cut, float(late.min()) if not late.empty else x1)
     if phase is not None:
         own = xs[~phase.reset_index(drop=True).isin(HARNESS_PHASES)]
         if not own.empty:
@@ -266,7 +298,7 @@ def trends(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Tren
         by_steps = float(g["done"].max()) >= TREND_MIN_STEPS
         axis = "done" if by_steps else "t"
         per_epoch = _steps_per_epoch(run, stage, g) if by_steps else None
-        cut = _cut(g[axis], g["t"], g["phase"])
+        cut = _cut(g[axis], g["t"], g["phase"], by_steps=by_steps)
         end = float(g["t"].max())
         w = g[g[axis] >= cut]
         t = w["t"].to_numpy(dtype=float)
@@ -291,7 +323,7 @@ def trends(run: Run, tk: pd.DataFrame, captures: list[CaptureData]) -> list[Tren
                 continue
             hx = np.interp(h["t"], g["t"], g["done"]) if by_steps else h["t"].to_numpy()
             h = h.assign(x=hx)
-            h = h[h["x"] >= max(cut, _cut(h["x"], h["t"]))]
+            h = h[h["x"] >= max(cut, _cut(h["x"], h["t"], by_steps=by_steps))]
             found = fit(stage, "heap", h["t"].to_numpy(dtype=float), h["heap"].to_numpy(dtype=float),
                         x=h["x"].to_numpy(dtype=float) if by_steps else None,
                         capture=c.capture.name, steps_per_epoch=per_epoch)
