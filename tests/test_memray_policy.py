@@ -134,7 +134,10 @@ class Trackers:
 
             def __exit__(self, *exc: object) -> None:
                 if os.getpid() != parent and directory is not None:
-                    (directory / f"closed-{os.getpid()}").write_text(path.name)
+                    # written whole, then named: the waiting child exits once the name exists
+                    done = directory / f"closed-{os.getpid()}"
+                    done.with_suffix(".tmp").write_text(path.name)
+                    done.with_suffix(".tmp").rename(done)
                 log.append(f"close {path.name}")
 
         return Tracker()
