@@ -235,13 +235,18 @@ def _tick(t: float, pid: int, role: str, epoch: int, uss: int, anon: int, phase:
 
 
 def _worker_run(tmp_path: Path, uss: dict[int, list[int]], anon: dict[int, list[int]] | None = None,
-                end: float = 1100.0, tail: int = 0, own: dict[int, list[int]] | None = None) -> Any:
+                end: float = 1100.0, tail: int = 0, own: dict[int, list[int]] | None = None,
+                own_anon: dict[int, list[int]] | None = None, parent: bool = False) -> Any:
     """Workers pid 201 and 202 (persistent), epochs 1-3, two USS ticks an epoch: ``uss[pid]`` the
     six readings (MiB), ``anon`` their anonymous RSS (default: as USS); ``tail``: a last tick
     in teardown that much above; ``own[pid]``: the worker's own readings at the ends of epochs
-    1-3 (``worker_epoch_end``, MiB, USS and anonymous RSS alike)."""
+    1-3 (``worker_epoch_end``, MiB; the last as it was told to exit), ``own_anon`` their
+    anonymous RSS (default: as USS); ``parent``: the main process ticked beside them, flat."""
     rows = [sample_row(t=1000.0, pid=100, ppid=1, role="main", rss=600 * MiB, stage="train",
                        epoch=0, step=0, phase="setup")]
+    if parent:
+        rows += [sample_row(t=1000.0 + 10 * i + 5, pid=100, ppid=1, role="main", rss=600 * MiB,
+                            stage="train", epoch=1 + i // 2, step=1, phase="data") for i in range(6)]
     for pid, values in uss.items():
         role = f"worker {pid - 201}"
         for i, u in enumerate(values):
@@ -256,9 +261,10 @@ def _worker_run(tmp_path: Path, uss: dict[int, list[int]], anon: dict[int, list[
                MemrayStop(t=1041.0, capture="train-e3-train-w0", epoch=3, step=250, batches=75, worker=0,
                           pid=201)]
     for pid, values in (own or {}).items():
+        anons = (own_anon or own or {})[pid]
         events += [WorkerEpochEnd(t=1000.0 + 20 * e - 3, epoch=e, worker=pid - 201, pid=pid, batches=96,
-                                  rss=(v + 100) * MiB, shared=100 * MiB, uss=v * MiB)
-                   for e, v in enumerate(values, 1)]
+                                  rss=(a + 100) * MiB, shared=100 * MiB, uss=v * MiB, exiting=e == len(values))
+                   for e, (v, a) in enumerate(zip(values, anons, strict=True), 1)]
     events += [StageEnd(t=end, stage="train")]
     return load_run(write_run(tmp_path, rows=rows, events=events))
 
@@ -323,6 +329,29 @@ def test_worker_leak_judged_on_what_the_worker_allocated_not_on_pages_it_was_lef
     assert (w["worker"], w["growth_per_epoch"]) == (0, 24 * MiB)
     assert (w["uss_growth"]["3"], w["anon_rss_growth"]["3"]) == (108 * MiB, 24 * MiB)
     assert "USS 40.0 MiB, 64.0 MiB, 172.0 MiB at the ends of epochs 1, 2, 3" in f.text
+
+
+def test_copy_on_read_ends_a_worker_at_its_own_reading_as_it_was_told_to_exit(tmp_path: Path) -> None:
+    # GIVEN clean workers, worker 1's last tick labelled inside epoch 3 but read as worker 0 had
+    # exited (a tick's reads come up to a second after its start on a loaded machine): the pages
+    # the two shared left to it, USS +35 MiB, its anonymous RSS flat (CI, loaded: copy_on_read
+    # named it in the clean run)
+    flat = [20, 30, 30, 30, 31, 31]
+    ticks = {201: flat, 202: [*flat[:5], 66]}
+    anon = {201: flat, 202: flat}
+    assert copy_on_read(_worker_run(tmp_path / "a", ticks, anon, parent=True), []) is not None
+    # WHEN each worker read itself at its epochs' ends, the last as it was told to exit
+    run = _worker_run(tmp_path / "b", ticks, anon, parent=True, own={201: [30, 30, 31], 202: [30, 30, 31]})
+    # THEN that is its end: nothing copied, and no tick of an exiting worker counts
+    assert copy_on_read(run, []) is None
+    # a worker that does copy the parent's pages as it reads them is found, to that reading
+    grows = {202: [20, 40, 52, 64, 76, 88]}
+    run = _worker_run(tmp_path / "c", grows, {202: [20, 21, 21, 21, 21, 21]}, parent=True,
+                      own={202: [40, 64, 100]}, own_anon={202: [21, 21, 21]})
+    f = copy_on_read(run, [])
+    assert f is not None
+    (w,) = f.numbers["workers"]
+    assert (w["pid"], w["uss_start"], w["uss_end"], w["anon_rss_growth"]) == (202, 20 * MiB, 100 * MiB, 1 * MiB)
 
 
 def test_no_worker_leak_when_clean_copying_or_only_at_teardown(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def worker_loop(*args: Any, **kwargs: Any) -> None:
     try:
         original(*args, **kwargs)
     finally:
-        windows.finish()
+        windows.finish(exiting=True)
 
 
 class _Indices:
@@ -203,7 +203,7 @@ class WorkerWindows:
     def on_message(self, message: Any) -> None:
         """The worker took ``message`` from its index queue; called before it acts on it."""
         if message is None:  # told to exit
-            self.finish()
+            self.finish(exiting=True)
             return
         if not isinstance(message, tuple) or len(message) != 2 or not isinstance(message[0], int):
             self.finish()  # _ResumeIteration: a persistent worker's next epoch
@@ -284,13 +284,13 @@ class WorkerWindows:
                                step=stop if stop is not None else self._last + 1,
                                batches=batches, worker=self.worker, pid=self.pid))
 
-    def finish(self) -> None:
+    def finish(self, exiting: bool = False) -> None:
         """The worker's epoch is over (it is told of the next, or to exit): end the open window,
         then read its memory."""
         self.close()
-        self._epoch_end()
+        self._epoch_end(exiting)
 
-    def _epoch_end(self) -> None:
+    def _epoch_end(self, exiting: bool = False) -> None:
         """Read this worker's memory as its epoch ends, if it fetched batches in that epoch."""
         fetched, self._fetched = self._fetched, 0
         if not fetched or self._epoch < 1:
@@ -299,7 +299,8 @@ class WorkerWindows:
 
         mem = psutil.Process(self.pid).memory_full_info()  # smaps_rollup, as the sampler reads USS
         self._write(WorkerEpochEnd(t=time.time(), epoch=self._epoch, worker=self.worker, pid=self.pid,
-                                   batches=fetched, rss=mem.rss, shared=mem.shared, uss=mem.uss))
+                                   batches=fetched, rss=mem.rss, shared=mem.shared, uss=mem.uss,
+                                   exiting=exiting))
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """Ended from outside with a window open: finish the capture, then end as asked."""

@@ -215,6 +215,9 @@ class WorkerEpochEnd(BaseEvent):
     rss: int  # bytes
     shared: int  # the resident part of rss in files and shared memory (statm's shared)
     uss: int  # from its smaps_rollup
+    # told to exit: its last reading; a sampler tick of it after is of a process exiting, and
+    # may read, as its own, pages a sibling that exited first shared with it
+    exiting: bool = False
 
 
 class TracedStep(BaseEvent):
