@@ -121,6 +121,7 @@ def test_persistent_workers_forked_before_any_window_track_their_own(
     assert sorted((e.epoch, e.worker, e.pid, e.batches) for e in ends) == sorted(
         (e.epoch, e.worker, e.pid, 8) for e in starts)
     assert all(0 < e.uss < e.rss and 0 < e.shared < e.rss for e in ends)
+    assert all(e.exiting == (e.epoch == 2) for e in ends)
     assert all(r.t >= stops[(f"train-e{r.epoch}-train-w{r.worker}", r.pid)].t for r in ends)
     kept = _line("self.kept.append")
     for c in got.values():
@@ -164,8 +165,8 @@ def test_a_spawned_worker_tracks_its_own(tmp_path: Path, monkeypatch: pytest.Mon
         probe.close()
     events, got = _read(stage)
     assert sorted(n.split(".")[0] for n in got) == ["train-e1-train-w0", "train-e2-train-w0"]
-    assert [(e.epoch, e.worker, e.batches) for e in events if isinstance(e, WorkerEpochEnd)] == [
-        (1, 0, 16), (2, 0, 16)]
+    assert [(e.epoch, e.worker, e.batches, e.exiting) for e in events if isinstance(e, WorkerEpochEnd)] == [
+        (1, 0, 16, False), (2, 0, 16, True)]
     for c in got.values():
         assert c.window.batches == 8
         kept = _kept(c, _line("self.kept.append"))
