@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import account, device
-from harness.analysis import workers as _workers  # noqa: F401 - registers the worker_leak detector
+from harness.analysis import workers as _workers  # also registers the worker_leak detector
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding, detectors, finding, mib
 from harness.analysis.load import Run
