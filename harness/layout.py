@@ -81,6 +81,7 @@ class Event(StrEnum):
     METRIC = "metric"
     MEMRAY_START = "memray_start"
     MEMRAY_STOP = "memray_stop"
+    WORKER_EPOCH_END = "worker_epoch_end"  # a DataLoader worker's own memory as its epoch ended
     TRACED_STEP = "traced_step"
     PHASE_TOTALS = "phase_totals"
     SNAPSHOT = "snapshot"

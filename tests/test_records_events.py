@@ -40,6 +40,7 @@ from harness.records.events import (
     TorchThreads,
     TracedStep,
     Watch,
+    WorkerEpochEnd,
     WorkloadEvent,
 )
 from harness.records.probe_config import ProbeConfig
@@ -61,6 +62,8 @@ EVERY_KIND: list[EventRecord] = [
                cuda={"forward": READING}),
     TracedStep(t=1.55, epoch=1, step=1, phases=["data", "forward"], tensors=TENSORS),
     MemrayStop(t=1.6, capture="train-e1-train", epoch=1, step=150),
+    WorkerEpochEnd(t=1.62, epoch=1, worker=0, pid=201, batches=96, rss=500 << 20, shared=380 << 20,
+                   uss=90 << 20),
     CudaOom(t=1.66, epoch=1, step=151, phase="backward", device=0, requested=2 << 30,
             allocated=70 << 20, reserved=108 << 20, largest_free_block=20 << 20, segments=6,
             device_free=300 << 20, device_total=80 << 30, file="cuda/train-oom1.pickle"),
@@ -151,6 +154,8 @@ WRONG = [
     ({"t": 1.0, "kind": "metric", "name": "loss", "value": "0.5", "epoch": 1}, "value"),
     ({"t": 1.0, "kind": "memray_start", "capture": "c", "epoch": 1, "step": 0, "growth": "1"}, "growth"),
     ({"t": 1.0, "kind": "memray_stop", "capture": "c", "epoch": 1, "step": "0"}, "step"),
+    ({"t": 1.0, "kind": "worker_epoch_end", "epoch": 1, "worker": 0, "pid": 201, "batches": 96,
+      "rss": 1, "shared": 1, "uss": 1.5}, "uss"),
     ({"t": 1.0, "kind": "traced_step", "epoch": 1, "step": 0, "phases": "forward", "tensors": {}},
      "phases"),
     ({"t": 1.0, "kind": "phase_totals", "epoch": 1, "span": "epoch", "seconds": {"data": "1"},

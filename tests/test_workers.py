@@ -34,7 +34,15 @@ from harness.layout import CELL_FILE, EVENTS_FILE, PROBE_CONFIG_FILE, STAGE_DIR_
 from harness.probe import cell as cellmod
 from harness.probe import workers
 from harness.probe.live import LiveProbe
-from harness.records.events import EpochEnd, EpochStart, MemrayStart, MemrayStop, StageEnd, StageStart
+from harness.records.events import (
+    EpochEnd,
+    EpochStart,
+    MemrayStart,
+    MemrayStop,
+    StageEnd,
+    StageStart,
+    WorkerEpochEnd,
+)
 from harness.records.probe_config import ProbeConfig
 from harness.records.scenario import CudaConfig, MemrayConfig, TensorsConfig
 from harness.records.vocab import PHASES
@@ -108,6 +116,13 @@ def test_persistent_workers_forked_before_any_window_track_their_own(
     assert all(stops[(e.capture, e.pid)].batches == 4 for e in starts)
     assert sorted(got) == sorted(f"train-e{e.epoch}-train-w{e.worker}.{e.pid}" for e in starts)
     assert parse_capture_name("train", "train-e2-train-w1").worker == 1
+    # and read its own memory as each epoch's 8 batches were all fetched (told of epoch 2; to exit)
+    ends = [e for e in events if isinstance(e, WorkerEpochEnd)]
+    assert sorted((e.epoch, e.worker, e.pid, e.batches) for e in ends) == sorted(
+        (e.epoch, e.worker, e.pid, 8) for e in starts)
+    assert all(0 < e.uss < e.rss and 0 < e.shared < e.rss for e in ends)
+    assert all(e.exiting == (e.epoch == 2) for e in ends)
+    assert all(r.t >= stops[(f"train-e{r.epoch}-train-w{r.worker}", r.pid)].t for r in ends)
     kept = _line("self.kept.append")
     for c in got.values():
         assert c.error is None and c.leaks_read
@@ -148,8 +163,10 @@ def test_a_spawned_worker_tracks_its_own(tmp_path: Path, monkeypatch: pytest.Mon
         del dl
     finally:
         probe.close()
-    _, got = _read(stage)
+    events, got = _read(stage)
     assert sorted(n.split(".")[0] for n in got) == ["train-e1-train-w0", "train-e2-train-w0"]
+    assert [(e.epoch, e.worker, e.batches, e.exiting) for e in events if isinstance(e, WorkerEpochEnd)] == [
+        (1, 0, 16, False), (2, 0, 16, True)]
     for c in got.values():
         assert c.window.batches == 8
         kept = _kept(c, _line("self.kept.append"))
@@ -219,12 +236,18 @@ def _tick(t: float, pid: int, role: str, epoch: int, uss: int, anon: int, phase:
 
 
 def _worker_run(tmp_path: Path, uss: dict[int, list[int]], anon: dict[int, list[int]] | None = None,
-                end: float = 1100.0, tail: int = 0) -> Any:
+                end: float = 1100.0, tail: int = 0, own: dict[int, list[int]] | None = None,
+                own_anon: dict[int, list[int]] | None = None, parent: bool = False) -> Any:
     """Workers pid 201 and 202 (persistent), epochs 1-3, two USS ticks an epoch: ``uss[pid]`` the
     six readings (MiB), ``anon`` their anonymous RSS (default: as USS); ``tail``: a last tick
-    in teardown that much above."""
+    in teardown that much above; ``own[pid]``: the worker's own readings at the ends of epochs
+    1-3 (``worker_epoch_end``, MiB; the last as it was told to exit), ``own_anon`` their
+    anonymous RSS (default: as USS); ``parent``: the main process ticked beside them, flat."""
     rows = [sample_row(t=1000.0, pid=100, ppid=1, role="main", rss=600 * MiB, stage="train",
                        epoch=0, step=0, phase="setup")]
+    if parent:
+        rows += [sample_row(t=1000.0 + 10 * i + 5, pid=100, ppid=1, role="main", rss=600 * MiB,
+                            stage="train", epoch=1 + i // 2, step=1, phase="data") for i in range(6)]
     for pid, values in uss.items():
         role = f"worker {pid - 201}"
         for i, u in enumerate(values):
@@ -237,8 +260,13 @@ def _worker_run(tmp_path: Path, uss: dict[int, list[int]], anon: dict[int, list[
         events += [EpochStart(t=1000.0 + 20 * (e - 1) - 1, epoch=e), EpochEnd(t=1000.0 + 20 * e - 2, epoch=e)]
     events += [MemrayStart(t=1040.0, capture="train-e3-train-w0", epoch=3, step=100, worker=0, pid=201),
                MemrayStop(t=1041.0, capture="train-e3-train-w0", epoch=3, step=250, batches=75, worker=0,
-                          pid=201),
-               StageEnd(t=end, stage="train")]
+                          pid=201)]
+    for pid, values in (own or {}).items():
+        anons = (own_anon or own or {})[pid]
+        events += [WorkerEpochEnd(t=1000.0 + 20 * e - 3, epoch=e, worker=pid - 201, pid=pid, batches=96,
+                                  rss=(a + 100) * MiB, shared=100 * MiB, uss=v * MiB, exiting=e == len(values))
+                   for e, (v, a) in enumerate(zip(values, anons, strict=True), 1)]
+    events += [StageEnd(t=end, stage="train")]
     return load_run(write_run(tmp_path, rows=rows, events=events))
 
 
@@ -267,6 +295,64 @@ def test_worker_leak_names_the_growing_worker_and_its_line(tmp_path: Path) -> No
         "__getitem__ (data.py:42)", 512 * 1024, 2.0)
     assert "worker 0 (pid 201, train) grows 24.0 MiB an epoch" in f.text
     assert "line __getitem__ (data.py:42) `self.kept.append(x)` keeps 524,288 bytes" in f.text
+
+
+def test_worker_leak_takes_an_epochs_end_from_the_workers_own_reading(tmp_path: Path) -> None:
+    # GIVEN worker 0 up 24 MiB in each epoch, but the sampler's ticks of epoch 3 both came early in
+    # it (64, 65 MiB): on a loaded machine the sampler's thread went seconds without a tick while
+    # the rest of the last epoch was fetched (CI: worker 0 not named)
+    ticks = {201: [20, 40, 52, 64, 64, 65], 202: [20, 30, 30, 30, 31, 31]}
+    assert analysis_workers.worker_leak(_worker_run(tmp_path / "a", ticks), []) is None
+    # WHEN the worker read its own memory as each epoch's batches were all fetched (40, 64, 88)
+    run = _worker_run(tmp_path / "b", ticks, own={201: [40, 64, 88], 202: [30, 30, 31]})
+    f = analysis_workers.worker_leak(run, [])
+    # THEN those are its epochs' ends: 24 MiB an epoch, and worker 1 is flat
+    assert f is not None
+    (w,) = f.numbers["workers"]
+    assert (w["worker"], w["epochs"], w["growth_per_epoch"], w["read_by_worker"]) == (0, [2, 3], 24 * MiB, [1, 2, 3])
+    assert w["uss_growth"] == {"1": 20 * MiB, "2": 24 * MiB, "3": 24 * MiB}
+    # a worker measured by its own readings alone (no tick of it) is measured all the same
+    g = {x.pid: x for x in analysis_workers.worker_growth(
+        _worker_run(tmp_path / "c", {202: ticks[202]}, own={201: [40, 64, 88]}))}
+    assert (g[201].worker, g[201].anon_growth, g[201].leaking()) == (0, {2: 24 * MiB, 3: 24 * MiB}, True)
+
+
+def test_worker_leak_judged_on_what_the_worker_allocated_not_on_pages_it_was_left(tmp_path: Path) -> None:
+    # GIVEN worker 0's anonymous RSS up 12 MiB a tick (24 an epoch), and its USS up 84 MiB more in
+    # epoch 3's last tick: pages it shared with the parent and worker 1, written by them, left to
+    # it alone (measured: +68 MiB in one tick, its anonymous RSS +12)
+    run = _worker_run(tmp_path, {201: [20, 40, 52, 64, 76, 172], 202: [20, 30, 30, 30, 31, 31]},
+                      {201: [20, 40, 52, 64, 76, 88], 202: [20, 30, 30, 30, 31, 31]})
+    f = analysis_workers.worker_leak(run, [])
+    assert f is not None
+    (w,) = f.numbers["workers"]
+    # THEN it leaks 24 MiB an epoch (what it allocated), its USS shown as it was
+    assert (w["worker"], w["growth_per_epoch"]) == (0, 24 * MiB)
+    assert (w["uss_growth"]["3"], w["anon_rss_growth"]["3"]) == (108 * MiB, 24 * MiB)
+    assert "USS 40.0 MiB, 64.0 MiB, 172.0 MiB at the ends of epochs 1, 2, 3" in f.text
+
+
+def test_copy_on_read_ends_a_worker_at_its_own_reading_as_it_was_told_to_exit(tmp_path: Path) -> None:
+    # GIVEN clean workers, worker 1's last tick labelled inside epoch 3 but read as worker 0 had
+    # exited (a tick's reads come up to a second after its start on a loaded machine): the pages
+    # the two shared left to it, USS +35 MiB, its anonymous RSS flat (CI, loaded: copy_on_read
+    # named it in the clean run)
+    flat = [20, 30, 30, 30, 31, 31]
+    ticks = {201: flat, 202: [*flat[:5], 66]}
+    anon = {201: flat, 202: flat}
+    assert copy_on_read(_worker_run(tmp_path / "a", ticks, anon, parent=True), []) is not None
+    # WHEN each worker read itself at its epochs' ends, the last as it was told to exit
+    run = _worker_run(tmp_path / "b", ticks, anon, parent=True, own={201: [30, 30, 31], 202: [30, 30, 31]})
+    # THEN that is its end: nothing copied, and no tick of an exiting worker counts
+    assert copy_on_read(run, []) is None
+    # a worker that does copy the parent's pages as it reads them is found, to that reading
+    grows = {202: [20, 40, 52, 64, 76, 88]}
+    run = _worker_run(tmp_path / "c", grows, {202: [20, 21, 21, 21, 21, 21]}, parent=True,
+                      own={202: [40, 64, 100]}, own_anon={202: [21, 21, 21]})
+    f = copy_on_read(run, [])
+    assert f is not None
+    (w,) = f.numbers["workers"]
+    assert (w["pid"], w["uss_start"], w["uss_end"], w["anon_rss_growth"]) == (202, 20 * MiB, 100 * MiB, 1 * MiB)
 
 
 def test_no_worker_leak_when_clean_copying_or_only_at_teardown(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import account, device
-from harness.analysis import workers as _workers  # noqa: F401 - registers the worker_leak detector
+from harness.analysis import workers as _workers  # also registers the worker_leak detector
 from harness.analysis.captures import CaptureData
 from harness.analysis.finding import Finding, detectors, finding, mib
 from harness.analysis.load import Run
@@ -272,10 +272,20 @@ def copy_on_read(run: Run, captures: list[CaptureData]) -> Finding | None:
     hits = []
     # each worker's first and last full tick, all at once: a long run has thousands of workers
     full = s[s["role"].str.startswith("worker") & s["uss"].notna()].sort_values("t", kind="stable")
+    # a worker's end: its own reading as it was told to exit, where it wrote one (a tick of it
+    # then may read pages an exited sibling left it), else its last tick
+    readings = _workers.own_readings(run)
+    full = _workers.before_exit(full, readings)
     keys = ["stage", "pid"]
     first = full.drop_duplicates(keys, keep="first").set_index(keys).sort_index()
     last = full.drop_duplicates(keys, keep="last").set_index(keys).reindex(first.index)
     count = full.groupby(keys).size().reindex(first.index)
+    for key, rs in readings.items():
+        ends = [r for r in rs if r.exiting]
+        if ends and key in last.index:
+            r = ends[0]
+            last.loc[key, ["t", "uss", "rss", "shared"]] = [r.t, float(r.uss), float(r.rss), float(r.shared)]
+            count[key] += 1
     growth = last["uss"] - first["uss"]
     anon = (last["rss"] - last["shared"]) - (first["rss"] - first["shared"])
     shared_part = growth - anon.clip(lower=0.0)

@@ -18,6 +18,12 @@ index past it, at a new epoch, at the exit signal, when the loop returns or rais
 
 A worker already tracked through ``follow_fork`` (forked while a main capture was open) keeps that
 tracking: memray runs one tracker a process.
+
+Each worker also reads its own memory (RSS, its shared part, USS) as each of its epochs ends: when
+a persistent worker is told of the next epoch, or any worker is told to exit, its batches of the
+epoch all fetched, and writes it as a ``worker_epoch_end`` event. The sampler's ticks cannot stand
+in for this: on a loaded machine the harness's sampler thread may not run for seconds, and a
+worker's last epoch then ends unseen (the whole rest of an epoch fetched between two ticks).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from harness.layout import (
     capture_name,
 )
 from harness.probe.imports import AfterImport
-from harness.records.events import MemrayStart, MemrayStop
+from harness.records.events import MemrayStart, MemrayStop, WorkerEpochEnd
 from harness.records.probe_config import ProbeConfig
 from harness.records.vocab import PHASES
 from harness.records.windows import fit_window
@@ -108,13 +114,13 @@ def worker_loop(*args: Any, **kwargs: Any) -> None:
     stage_dir = os.environ.get(STAGE_DIR_ENV)
     from harness.probe import steps
 
-    # forked under a capture that follows forks: memray tracks this worker already, and a
-    # tracker of its own would fail to start and spoil that capture's ending
-    if not stage_dir or len(args) <= _WORKER_ID_ARG or steps.followed:
+    if not stage_dir or len(args) <= _WORKER_ID_ARG:
         original(*args, **kwargs)
         return
     try:
-        windows = WorkerWindows(Path(stage_dir), int(args[_WORKER_ID_ARG]))
+        # forked under a capture that follows forks: memray tracks this worker already, and a
+        # tracker of its own would fail to start and spoil that capture's ending
+        windows = WorkerWindows(Path(stage_dir), int(args[_WORKER_ID_ARG]), track=not steps.followed)
     except (OSError, ValueError):  # no readable probe.json: run untracked, never fail the worker
         original(*args, **kwargs)
         return
@@ -126,7 +132,7 @@ def worker_loop(*args: Any, **kwargs: Any) -> None:
     try:
         original(*args, **kwargs)
     finally:
-        windows.close()
+        windows.finish(exiting=True)
 
 
 class _Indices:
@@ -155,14 +161,16 @@ class _Indices:
 
 
 class WorkerWindows:
-    """One worker's memray windows: over its batches with ``idx`` in the epoch's training window."""
+    """One worker's memray windows, over its batches with ``idx`` in the epoch's training window
+    (``track``: memray does not follow this worker already), and its memory at each epoch's end."""
 
     def __init__(self, stage_dir: Path, worker_id: int,
-                 tracker: Any = None) -> None:
+                 tracker: Any = None, track: bool = True) -> None:
         from harness.probe.steps import EpochWindows, memray_tracker
 
         self.cfg = ProbeConfig.read(stage_dir)
         self.enabled = wanted(self.cfg)
+        self.track = track
         self.dir = stage_dir
         self.worker = worker_id
         self.pid = os.getpid()
@@ -176,6 +184,7 @@ class WorkerWindows:
         self._resumed = False  # a persistent worker told of its next epoch, no batch of it yet
         self._stop = 0  # the open window's end: the first batch index past it
         self._last = 0  # the last batch index fetched in the open window
+        self._fetched = 0  # batches fetched in self._epoch since its memory was last read
         self._open: tuple[str, AbstractContextManager[Any], int, int] | None = None  # name, tracker, first idx, batches
         self._done: set[tuple[int, str]] = set()  # (epoch, window) captured already
         self._previous_handler: Any = None
@@ -194,10 +203,10 @@ class WorkerWindows:
     def on_message(self, message: Any) -> None:
         """The worker took ``message`` from its index queue; called before it acts on it."""
         if message is None:  # told to exit
-            self.close()
+            self.finish(exiting=True)
             return
         if not isinstance(message, tuple) or len(message) != 2 or not isinstance(message[0], int):
-            self.close()  # _ResumeIteration: a persistent worker's next epoch
+            self.finish()  # _ResumeIteration: a persistent worker's next epoch
             self._resumed = True
             return
         idx = message[0]
@@ -205,7 +214,12 @@ class WorkerWindows:
         if self._resumed:  # the main process may not have marked the new epoch yet
             epoch = max(epoch, self._epoch + 1)
             self._resumed = False
+        if epoch > self._epoch:  # a new epoch without a word to this worker (within one pass)
+            self._epoch_end()
         self._epoch = epoch = max(epoch, self._epoch)
+        self._fetched += 1
+        if not self.track:
+            return
         if self._open is not None:
             name, tracker, first, batches = self._open
             if first <= idx < self._stop:
@@ -270,6 +284,24 @@ class WorkerWindows:
                                step=stop if stop is not None else self._last + 1,
                                batches=batches, worker=self.worker, pid=self.pid))
 
+    def finish(self, exiting: bool = False) -> None:
+        """The worker's epoch is over (it is told of the next, or to exit): end the open window,
+        then read its memory."""
+        self.close()
+        self._epoch_end(exiting)
+
+    def _epoch_end(self, exiting: bool = False) -> None:
+        """Read this worker's memory as its epoch ends, if it fetched batches in that epoch."""
+        fetched, self._fetched = self._fetched, 0
+        if not fetched or self._epoch < 1:
+            return
+        import psutil
+
+        mem = psutil.Process(self.pid).memory_full_info()  # smaps_rollup, as the sampler reads USS
+        self._write(WorkerEpochEnd(t=time.time(), epoch=self._epoch, worker=self.worker, pid=self.pid,
+                                   batches=fetched, rss=mem.rss, shared=mem.shared, uss=mem.uss,
+                                   exiting=exiting))
+
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """Ended from outside with a window open: finish the capture, then end as asked."""
         self.close()
@@ -283,5 +315,5 @@ class WorkerWindows:
             self._events = EventWriter(self.dir / EVENTS_FILE)
         return self._events
 
-    def _write(self, event: MemrayStart | MemrayStop) -> None:
+    def _write(self, event: MemrayStart | MemrayStop | WorkerEpochEnd) -> None:
         self._writer().write(event)

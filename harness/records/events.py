@@ -203,6 +203,23 @@ class MemrayStop(BaseEvent):
     pid: int | None = _where_it_applies()
 
 
+class WorkerEpochEnd(BaseEvent):
+    """A DataLoader worker's own reading of its memory as its epoch ended (written by the worker,
+    :mod:`harness.probe.workers`): told of the next epoch, or to exit."""
+
+    kind: Literal[Event.WORKER_EPOCH_END] = Event.WORKER_EPOCH_END
+    epoch: int
+    worker: int  # its DataLoader worker id
+    pid: int
+    batches: int  # the batches it fetched in the epoch
+    rss: int  # bytes
+    shared: int  # the resident part of rss in files and shared memory (statm's shared)
+    uss: int  # from its smaps_rollup
+    # told to exit: its last reading; a sampler tick of it after is of a process exiting, and
+    # may read, as its own, pages a sibling that exited first shared with it
+    exiting: bool = False
+
+
 class TracedStep(BaseEvent):
     kind: Literal[Event.TRACED_STEP] = Event.TRACED_STEP
     epoch: int
@@ -287,14 +304,15 @@ class WorkloadEvent(BaseEvent):
 
 
 HarnessEvent = (StageStart | StageEnd | StageError | EpochStart | EpochEnd | LoopEnd | SectionStart
-                | SectionEnd | Watch | Metric | MemrayStart | MemrayStop | TracedStep | PhaseTotals
-                | SnapshotEvent | CudaHistory | TorchThreads | CudaOom)
+                | SectionEnd | Watch | Metric | MemrayStart | MemrayStop | WorkerEpochEnd | TracedStep
+                | PhaseTotals | SnapshotEvent | CudaHistory | TorchThreads | CudaOom)
 
 EVENT_MODELS: dict[Event, type[BaseEvent]] = {
     Event.STAGE_START: StageStart, Event.STAGE_END: StageEnd, Event.STAGE_ERROR: StageError,
     Event.EPOCH_START: EpochStart, Event.EPOCH_END: EpochEnd, Event.LOOP_END: LoopEnd,
     Event.SECTION_START: SectionStart, Event.SECTION_END: SectionEnd, Event.WATCH: Watch,
     Event.METRIC: Metric, Event.MEMRAY_START: MemrayStart, Event.MEMRAY_STOP: MemrayStop,
+    Event.WORKER_EPOCH_END: WorkerEpochEnd,
     Event.TRACED_STEP: TracedStep, Event.PHASE_TOTALS: PhaseTotals, Event.SNAPSHOT: SnapshotEvent,
     Event.CUDA_HISTORY: CudaHistory, Event.TORCH_THREADS: TorchThreads, Event.CUDA_OOM: CudaOom,
 }
@@ -313,6 +331,7 @@ EventRecord = Annotated[
     | Annotated[SectionStart, Tag(Event.SECTION_START)] | Annotated[SectionEnd, Tag(Event.SECTION_END)]
     | Annotated[Watch, Tag(Event.WATCH)] | Annotated[Metric, Tag(Event.METRIC)]
     | Annotated[MemrayStart, Tag(Event.MEMRAY_START)] | Annotated[MemrayStop, Tag(Event.MEMRAY_STOP)]
+    | Annotated[WorkerEpochEnd, Tag(Event.WORKER_EPOCH_END)]
     | Annotated[TracedStep, Tag(Event.TRACED_STEP)] | Annotated[PhaseTotals, Tag(Event.PHASE_TOTALS)]
     | Annotated[SnapshotEvent, Tag(Event.SNAPSHOT)] | Annotated[CudaHistory, Tag(Event.CUDA_HISTORY)]
     | Annotated[TorchThreads, Tag(Event.TORCH_THREADS)] | Annotated[CudaOom, Tag(Event.CUDA_OOM)]
