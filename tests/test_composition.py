@@ -222,12 +222,16 @@ def _malloc_and_free(chunk: int, total: int, out: dict[str, Any]) -> None:
         ctypes.memset(p, 1, chunk)
     out["held"] = _now()
     # bytes in use that are not resident (allocated elsewhere, never written): they hide as much
-    # free space from malloc_free, which counts the arenas' resident pages beyond those in use
+    # free space from malloc_free, which counts the arenas' resident pages beyond those in use.
+    # They are at most the arenas' bytes (in use and free) not resident: in_use - resident, the
+    # least they can be, read 0.3 MiB where they were 1.2 (native_heap counted them before the
+    # block was freed, when fordblks capped malloc_free, and not after)
     m = comp.mallinfo()
     vmas = comp.read_smaps()
     assert m is not None
     anonymous = comp.split_mappings(vmas).anonymous
-    out["deficit"] = max(m.in_use - comp.arena_resident(anonymous, vmas, m.arena), 0)
+    resident = comp.arena_resident(anonymous, vmas, m.arena, m.main_arena)
+    out["deficit"] = max(m.in_use + m.free - resident, 0)
     for p in ptrs[:-1]:
         libc.free(p)
     out["freed"] = _now()
@@ -274,9 +278,9 @@ def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_
 
 
 NONCONTIGUOUS = """
-import ctypes, json, mmap, sys
+import ctypes, json, mmap, sys, threading
 from harness.probe import composition as comp
-chunk, total = int(sys.argv[1]), int(sys.argv[2])
+chunk, total, shrunk = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 libc = ctypes.CDLL(None, use_errno=True)
 libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
 libc.mmap.restype = ctypes.c_void_p
@@ -285,6 +289,16 @@ libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.mallopt(-1, 128 * 1024)
 libc.mallopt(-3, 128 * 1024)
+def grow_and_shrink():  # a thread arena's heap grown, then trimmed by madvise: it stays mapped
+    ps = [libc.malloc(16 * 1024) for _ in range(shrunk // (16 * 1024))]
+    for p in ps:
+        ctypes.memset(p, 1, 16 * 1024)
+    for p in ps:
+        libc.free(p)
+if shrunk:
+    t = threading.Thread(target=grow_and_shrink)
+    t.start()
+    t.join()
 top, page = libc.sbrk(0), mmap.PAGESIZE
 at = (top + 16 * page) // page * page  # a page mapped just above the heap: brk cannot grow past it
 blocked = libc.mmap(at, page, 3, 0x22 | 0x100000, -1, 0) == at  # MAP_FIXED_NOREPLACE
@@ -303,15 +317,22 @@ print(json.dumps({"blocked": blocked, "brk": grown_by_brk, "before": before, "he
 """
 
 
-@pytest.mark.parametrize("chunk,total", [(100 * 1024, 40 * MiB), (20 * 1024, 24 * MiB)])
+@pytest.mark.parametrize("chunk,total,shrunk", [
+    (100 * 1024, 40 * MiB, 0),
+    (20 * 1024, 24 * MiB, 0),
+    # a thread heap trimmed by madvise stays mapped beyond its arena's bytes: judged from all
+    # the arenas' bytes together it hid the main arena's extension (42 MiB unexplained in a long
+    # test process); the main arena's own bytes (malloc_info) do not mix the two
+    (100 * 1024, 40 * MiB, 48 * MiB),
+])
 def test_a_main_arena_grown_by_mmap_holds_its_freed_block_too(tmp_path: Path, chunk: int,
-                                                               total: int) -> None:
+                                                               total: int, shrunk: int) -> None:
     # GIVEN a process whose heap cannot grow by brk (a page mapped just above it), so glibc grows
     # the main arena with anonymous mappings nothing marks as malloc's
     script = tmp_path / "noncontiguous.py"
     script.write_text(NONCONTIGUOUS, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script), str(chunk), str(total)], env=env,
+    done = subprocess.run([sys.executable, str(script), str(chunk), str(total), str(shrunk)], env=env,
                           capture_output=True, text=True, check=True, timeout=300)
     got = json.loads(done.stdout.splitlines()[-1])
     if not got["blocked"]:

@@ -35,7 +35,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,8 @@ class Malloc:
     in_use: int  # uordblks: allocated in the arenas
     mmapped: int  # hblkhd: allocated in chunks of their own (above the mmap threshold)
     free: int  # fordblks: free in the arenas (the top chunk included)
+    # the main arena's bytes from the system (``malloc_info``'s heap 0), None where not told
+    main_arena: int | None = None
 
 
 @functools.cache
@@ -266,7 +268,27 @@ def mallinfo() -> Malloc | None:
     fn.restype = _Mallinfo2
     m = fn()
     return Malloc(arena=int(m.arena), in_use=int(m.uordblks), mmapped=int(m.hblkhd),
-                  free=int(m.fordblks))
+                  free=int(m.fordblks), main_arena=main_arena_bytes())
+
+
+_MAIN_ARENA = re.compile(r'<heap nr="0">.*?<system type="current" size="(\d+)"/>', re.S)
+
+
+def main_arena_bytes() -> int | None:
+    """The bytes glibc's main arena holds from the system (its ``system_mem``: ``brk`` and,
+    once ``brk`` cannot grow, anonymous mappings), from ``malloc_info``'s first heap; None where
+    the C library has no ``malloc_info`` or says nothing parsable."""
+    try:
+        fn = _libc().malloc_info
+    except AttributeError:
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_int
+    with tempfile.TemporaryFile() as tmp:
+        if not _into_stream(tmp.fileno(), lambda stream: fn(0, stream)):
+            return None
+        tmp.seek(0)
+        found = _MAIN_ARENA.search(tmp.read().decode("ascii", errors="replace"))
+    return int(found.group(1)) if found else None
 
 
 _STAT = re.compile(r"^(#?[^=]+?)\s*=\s*([\d,]+)\s*$", re.M)
@@ -303,16 +325,14 @@ def pymalloc_stats() -> dict[str, int]:
     return out
 
 
-def _debug_malloc_stats_into(fd: int) -> bool:
-    """Write pymalloc's statistics to ``fd`` through a C stream of their own; False where the
-    interpreter does not export ``_PyObject_DebugMallocStats`` (the text is then not written)."""
+def _into_stream(fd: int, write: Callable[[int], object]) -> bool:
+    """Call ``write`` with a C stream (``FILE *``) of its own on a copy of ``fd``, then flush and
+    close it; False where the C library has no ``fdopen`` or it fails."""
     try:
-        fn = ctypes.pythonapi._PyObject_DebugMallocStats
         libc = _libc()
         fdopen, fclose = libc.fdopen, libc.fclose
     except AttributeError:
         return False
-    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
     fdopen.argtypes, fdopen.restype = [ctypes.c_int, ctypes.c_char_p], ctypes.c_void_p
     fclose.argtypes, fclose.restype = [ctypes.c_void_p], ctypes.c_int
     dup = os.dup(fd)
@@ -321,10 +341,21 @@ def _debug_malloc_stats_into(fd: int) -> bool:
         os.close(dup)
         return False
     try:
-        fn(stream)
+        write(stream)
     finally:
         fclose(stream)  # flushes the text and closes ``dup``
     return True
+
+
+def _debug_malloc_stats_into(fd: int) -> bool:
+    """Write pymalloc's statistics to ``fd`` through a C stream of their own; False where the
+    interpreter does not export ``_PyObject_DebugMallocStats`` (the text is then not written)."""
+    try:
+        fn = ctypes.pythonapi._PyObject_DebugMallocStats
+    except AttributeError:
+        return False
+    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+    return _into_stream(fd, fn)
 
 
 def python_objects(stats: Mapping[str, int]) -> tuple[int, int]:
@@ -347,20 +378,28 @@ def _is_arena_heap(v: Vma, nxt: Vma | None) -> bool:
             and nxt.end - v.start == ARENA_HEAP_MAX)
 
 
-def arena_resident(anonymous: Sequence[Vma], all_vmas: Sequence[Vma], arena_bytes: int = 0) -> int:
-    """Resident bytes of malloc's arenas: ``[heap]`` and the thread arenas' heaps, plus the bytes
-    the arenas hold (``arena_bytes``, mallinfo2's ``arena``) beyond those mappings' size.
+def arena_resident(anonymous: Sequence[Vma], all_vmas: Sequence[Vma], arena_bytes: int = 0,
+                   main_arena: int | None = None) -> int:
+    """Resident bytes of malloc's arenas: ``[heap]`` and the thread arenas' heaps, plus the main
+    arena's bytes beyond ``[heap]``.
 
     The main arena grows by ``brk`` while it can; once something is mapped just above ``[heap]``
     (a long-running process maps many libraries and buffers) glibc extends it with plain anonymous
-    mappings instead, which nothing marks. Those bytes are counted as resident: an upper bound, as
-    the count is a cap on the free bytes malloc holds."""
+    mappings instead, which nothing marks. Those bytes (``main_arena``, its ``system_mem``, less
+    ``[heap]``'s size) are counted as resident: an upper bound, as the count is a cap on the free
+    bytes malloc holds. Where ``main_arena`` is not known, the extension is guessed from all the
+    arenas' bytes (``arena_bytes``) beyond the mappings found; a thread heap shrunk by
+    ``madvise`` stays mapped beyond its arena's bytes and hides as much of the extension then."""
     following = {v.start: v for v in all_vmas}
-    resident = mapped = 0
+    resident = mapped = heap = 0
     for v in anonymous:
         if v.path == "[heap]" or _is_arena_heap(v, following.get(v.end)):
             resident += v.rss
             mapped += v.end - v.start
+            if v.path == "[heap]":
+                heap += v.end - v.start
+    if main_arena is not None:
+        return resident + max(main_arena - heap, 0)
     return resident + max(arena_bytes - mapped, 0)
 
 
@@ -472,7 +511,7 @@ def inside(role: str, storages: Storages, own: Sequence[str] = ()) -> ProcessCom
         # their own: what malloc holds in use beyond them is the libraries' native heap.
         parts["native_heap"] = max(m.in_use + m.mmapped - tensor_alloc, 0)
         # Free bytes count where they are resident: the arenas' resident pages not in use.
-        arenas = arena_resident(split.anonymous, vmas, m.arena)
+        arenas = arena_resident(split.anonymous, vmas, m.arena, m.main_arena)
         parts["malloc_free"] = max(min(m.free, arenas - m.in_use), 0)
     parts["unexplained"] = split.rss - sum(parts.values())
     return ProcessComposition(pid=os.getpid(), role=role, source="inside", rss=split.rss,
