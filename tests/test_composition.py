@@ -199,44 +199,47 @@ def test_other_tensors_count_their_resident_storage_once() -> None:
     assert abs(got - (3 + 16) * MiB) <= 2 * PAGE
 
 
-def _libc() -> Any:
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = (ctypes.c_size_t,)
-    libc.free.argtypes = (ctypes.c_void_p,)
-    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
-    return libc
-
-
-def _malloc_and_free(chunk: int, total: int, out: dict[str, Any]) -> None:
-    """Malloc ``total`` bytes in chunks below the mmap threshold, write them, compose, free all
-    but the last (which keeps the freed block from being the arena's top: nothing is trimmed),
-    compose again."""
-    libc = _libc()
-    out["before"] = _now()
+FREED = """
+import ctypes, json, sys, threading
+import torch  # a training process's heap: the libraries' own allocations around the block
+from harness.probe import composition as comp
+chunk, total, in_thread = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD; -3 M_MMAP_THRESHOLD: fixed, not dynamic
+libc.mallopt(-3, 128 * 1024)
+out = {}
+def now():
+    return comp.inside("main", comp.Storages()).model_dump(mode="json")
+def malloc_and_free():
+    out["before"] = now()
     before = comp.mallinfo()
-    assert before is not None
     out["free_before"] = before.free  # fordblks: free bytes, resident or not
     ptrs = [libc.malloc(chunk) for _ in range(total // chunk + 1)]
     for p in ptrs:
         ctypes.memset(p, 1, chunk)
-    out["held"] = _now()
-    # bytes in use that are not resident (allocated elsewhere, never written): they hide as much
-    # free space from malloc_free, which counts the arenas' resident pages beyond those in use.
-    # They are at most the arenas' bytes (in use and free) not resident: in_use - resident, the
-    # least they can be, read 0.3 MiB where they were 1.2 (native_heap counted them before the
-    # block was freed, when fordblks capped malloc_free, and not after)
+    out["held"] = now()
+    # bytes in use that are not resident (allocated elsewhere, never written) hide as much free
+    # space from malloc_free, which counts the arenas' resident pages beyond those in use. They
+    # are at most the arenas' bytes (in use and free) not resident: in_use - resident, the least
+    # they can be, read 0.3 MiB where they were 1.2
     m = comp.mallinfo()
     vmas = comp.read_smaps()
-    assert m is not None
     anonymous = comp.split_mappings(vmas).anonymous
     resident = comp.arena_resident(anonymous, vmas, m.arena, m.main_arena)
     out["deficit"] = max(m.in_use + m.free - resident, 0)
-    for p in ptrs[:-1]:
+    for p in ptrs[:-1]:  # all but the last, which keeps the block from being the top: no trim
         libc.free(p)
-    out["freed"] = _now()
-    libc.free(ptrs[-1])
-    libc.malloc_trim(0)
+    out["freed"] = now()
+if in_thread:
+    t = threading.Thread(target=malloc_and_free)
+    t.start()
+    t.join()
+else:
+    malloc_and_free()
+print(json.dumps(out))
+"""
 
 
 @pytest.mark.parametrize("chunk,total,in_thread", [
@@ -244,18 +247,20 @@ def _malloc_and_free(chunk: int, total: int, out: dict[str, Any]) -> None:
     (100 * 1024, 40 * MiB, False),
     (16 * 1024, 24 * MiB, True),  # a thread's own arena (a 64 MiB-aligned heap)
 ])
-def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_thread: bool) -> None:
-    libc = _libc()
-    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD; -3 M_MMAP_THRESHOLD: fixed, not dynamic
-    libc.mallopt(-3, 128 * 1024)
-    out: dict[str, Any] = {}
-    if in_thread:
-        t = threading.Thread(target=_malloc_and_free, args=(chunk, total, out))
-        t.start()
-        t.join()
-    else:
-        _malloc_and_free(chunk, total, out)
-    before, held, freed = out["before"], out["held"], out["freed"]
+def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_thread: bool,
+                                                      tmp_path: Path) -> None:
+    # In a process of its own. In the long test process, earlier tests' malloc_trim(0) left free
+    # chunks of the main arena's mmap'd extension not resident; the extension is counted as
+    # resident (its pages cannot be found), so those free bytes were counted as held free before
+    # the block reused them, and the block's freed pages then showed as unexplained (24 MiB of 40
+    # in CI). That limit is docs/run-directory.md's; this test checks the block's own account.
+    script = tmp_path / "freed.py"
+    script.write_text(FREED, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), str(chunk), str(total), str(int(in_thread))],
+                          env=env, capture_output=True, text=True, check=True, timeout=300)
+    out = json.loads(done.stdout.splitlines()[-1])
+    before, held, freed = (ProcessComposition.model_validate(out[k]) for k in ("before", "held", "freed"))
     for p in (before, held, freed):
         _adds_up(p)
     # Within 2 MiB: the chunks' headers (16 B each), holes the new chunks filled (free before,

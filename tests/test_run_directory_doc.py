@@ -56,7 +56,7 @@ RECORDS: list[DocRecord] = [
         "main", "true", "null", "traced_step"})),
     DocRecord("composition.jsonl", Moment, words=frozenset({
         "start", "epoch", "peak", "end", "inside", "outside",  # when, source
-        "uordblks", "hblkhd", "fordblks", "memfd", "null"})),
+        "uordblks", "hblkhd", "fordblks", "malloc_trim", "memfd", "null"})),
     DocRecord("probe.json", ProbeConfig, nested=False),
     DocRecord("events.jsonl", HarnessEvent | WorkloadEvent, words=frozenset({
         *Event, *PHASES, "zero_grad",  # the kinds, the phases
