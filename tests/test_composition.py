@@ -199,16 +199,30 @@ def test_other_tensors_count_their_resident_storage_once() -> None:
     assert abs(got - (3 + 16) * MiB) <= 2 * PAGE
 
 
-FREED = """
+def _run_script(code: str, *args: object) -> dict[str, Any]:
+    """Run ``code`` in a Python of its own, the repository importable: the JSON its last line
+    prints."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
+                          capture_output=True, text=True, check=True, timeout=300)
+    out: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return out
+
+
+# A script's start: the C library's malloc, with fixed trim and mmap thresholds
+MALLOC = """
 import ctypes, json, sys, threading
-import torch  # a training process's heap: the libraries' own allocations around the block
 from harness.probe import composition as comp
-chunk, total, in_thread = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-libc = ctypes.CDLL(None)
+libc = ctypes.CDLL(None, use_errno=True)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD; -3 M_MMAP_THRESHOLD: fixed, not dynamic
 libc.mallopt(-3, 128 * 1024)
+"""
+
+FREED = MALLOC + """
+import torch  # a training process's heap: the libraries' own allocations around the block
+chunk, total, in_thread = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 out = {}
 def now():
     return comp.inside("main", comp.Storages()).model_dump(mode="json")
@@ -227,7 +241,7 @@ def malloc_and_free():
     m = comp.mallinfo()
     vmas = comp.read_smaps()
     anonymous = comp.split_mappings(vmas).anonymous
-    resident = comp.arena_resident(anonymous, vmas, m.arena, m.main_arena)
+    resident = comp.arena_resident(anonymous, vmas, m.main_arena)
     out["deficit"] = max(m.in_use + m.free - resident, 0)
     for p in ptrs[:-1]:  # all but the last, which keeps the block from being the top: no trim
         libc.free(p)
@@ -247,19 +261,13 @@ print(json.dumps(out))
     (100 * 1024, 40 * MiB, False),
     (16 * 1024, 24 * MiB, True),  # a thread's own arena (a 64 MiB-aligned heap)
 ])
-def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_thread: bool,
-                                                      tmp_path: Path) -> None:
+def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_thread: bool) -> None:
     # In a process of its own. In the long test process, earlier tests' malloc_trim(0) left free
     # chunks of the main arena's mmap'd extension not resident; the extension is counted as
     # resident (its pages cannot be found), so those free bytes were counted as held free before
     # the block reused them, and the block's freed pages then showed as unexplained (24 MiB of 40
     # in CI). That limit is docs/run-directory.md's; this test checks the block's own account.
-    script = tmp_path / "freed.py"
-    script.write_text(FREED, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script), str(chunk), str(total), str(int(in_thread))],
-                          env=env, capture_output=True, text=True, check=True, timeout=300)
-    out = json.loads(done.stdout.splitlines()[-1])
+    out = _run_script(FREED, chunk, total, int(in_thread))
     before, held, freed = (ProcessComposition.model_validate(out[k]) for k in ("before", "held", "freed"))
     for p in (before, held, freed):
         _adds_up(p)
@@ -282,18 +290,12 @@ def test_a_freed_malloc_block_is_held_free_by_malloc(chunk: int, total: int, in_
     assert freed.parts.unexplained - before.parts.unexplained <= 2 * MiB + deficit
 
 
-NONCONTIGUOUS = """
-import ctypes, json, mmap, sys, threading
-from harness.probe import composition as comp
+NONCONTIGUOUS = MALLOC + """
+import mmap
 chunk, total, shrunk = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-libc = ctypes.CDLL(None, use_errno=True)
 libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-libc.mallopt(-1, 128 * 1024)
-libc.mallopt(-3, 128 * 1024)
 def grow_and_shrink():  # a thread arena's heap grown, then trimmed by madvise: it stays mapped
     ps = [libc.malloc(16 * 1024) for _ in range(shrunk // (16 * 1024))]
     for p in ps:
@@ -330,16 +332,11 @@ print(json.dumps({"blocked": blocked, "brk": grown_by_brk, "before": before, "he
     # test process); the main arena's own bytes (malloc_info) do not mix the two
     (100 * 1024, 40 * MiB, 48 * MiB),
 ])
-def test_a_main_arena_grown_by_mmap_holds_its_freed_block_too(tmp_path: Path, chunk: int,
-                                                               total: int, shrunk: int) -> None:
+def test_a_main_arena_grown_by_mmap_holds_its_freed_block_too(chunk: int, total: int,
+                                                               shrunk: int) -> None:
     # GIVEN a process whose heap cannot grow by brk (a page mapped just above it), so glibc grows
     # the main arena with anonymous mappings nothing marks as malloc's
-    script = tmp_path / "noncontiguous.py"
-    script.write_text(NONCONTIGUOUS, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script), str(chunk), str(total), str(shrunk)], env=env,
-                          capture_output=True, text=True, check=True, timeout=300)
-    got = json.loads(done.stdout.splitlines()[-1])
+    got = _run_script(NONCONTIGUOUS, chunk, total, shrunk)
     if not got["blocked"]:
         pytest.skip("no page could be mapped above the heap (MAP_FIXED_NOREPLACE refused)")
     assert got["brk"] < total // 4  # the chunks went to mappings of their own, not the heap
@@ -426,10 +423,7 @@ print(json.dumps({"made": made, "got": objects() - before, "available": availabl
 def test_python_objects_grow_by_the_objects_made() -> None:
     # In a process of its own: the test process's other threads (a sampler some earlier test left
     # running) would make objects of their own between the two readings.
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-c", PYTHON_OBJECTS], env=env, capture_output=True,
-                          text=True, check=True, timeout=300)
-    got = json.loads(done.stdout.splitlines()[-1])
+    got = _run_script(PYTHON_OBJECTS)
     made = got["made"]
     # python_objects counts whole pools: the new blocks first fill the free blocks of pools
     # already in use ("bytes in available blocks" before), which it counted already; beyond

@@ -243,7 +243,6 @@ class _Mallinfo2(ctypes.Structure):
 class Malloc:
     """glibc malloc's counters (``mallinfo2``), bytes."""
 
-    arena: int  # bytes the arenas hold from the system (brk and thread heaps)
     in_use: int  # uordblks: allocated in the arenas
     mmapped: int  # hblkhd: allocated in chunks of their own (above the mmap threshold)
     free: int  # fordblks: free in the arenas (the top chunk included)
@@ -267,7 +266,7 @@ def mallinfo() -> Malloc | None:
         return None
     fn.restype = _Mallinfo2
     m = fn()
-    return Malloc(arena=int(m.arena), in_use=int(m.uordblks), mmapped=int(m.hblkhd),
+    return Malloc(in_use=int(m.uordblks), mmapped=int(m.hblkhd),
                   free=int(m.fordblks), main_arena=main_arena_bytes())
 
 
@@ -283,11 +282,8 @@ def main_arena_bytes() -> int | None:
     except AttributeError:
         return None
     fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_int
-    with tempfile.TemporaryFile() as tmp:
-        if not _into_stream(tmp.fileno(), lambda stream: fn(0, stream)):
-            return None
-        tmp.seek(0)
-        found = _MAIN_ARENA.search(tmp.read().decode("ascii", errors="replace"))
+    text = _written_text(lambda stream: fn(0, stream))
+    found = _MAIN_ARENA.search(text) if text is not None else None
     return int(found.group(1)) if found else None
 
 
@@ -303,59 +299,64 @@ def pymalloc_stats() -> dict[str, int]:
     any other thread writing there, and once read 0 in a long test process. Where the C function
     is not exported, fd 2 is pointed at a temporary file for ``sys._debugmallocstats``.
     """
-    with tempfile.TemporaryFile() as tmp:
-        if not _debug_malloc_stats_into(tmp.fileno()):
-            debug = getattr(sys, "_debugmallocstats", None)
-            if debug is None:
-                return {}
-            sys.stderr.flush()
-            saved = os.dup(2)
-            try:
-                os.dup2(tmp.fileno(), 2)
-                debug()
-                _libc().fflush(None)  # a C stderr some library made buffered
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-        tmp.seek(0)
-        text = tmp.read().decode("utf-8", errors="replace")
+    fn = getattr(ctypes.pythonapi, "_PyObject_DebugMallocStats", None)
+    text = None
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+        text = _written_text(fn)
+    if text is None:
+        text = _debugmallocstats_through_fd2()
+    if text is None:
+        return {}
     out: dict[str, int] = {}
     for key, value in _STAT.findall(text):
         out[key.strip()] = int(value.replace(",", ""))
     return out
 
 
-def _into_stream(fd: int, write: Callable[[int], object]) -> bool:
-    """Call ``write`` with a C stream (``FILE *``) of its own on a copy of ``fd``, then flush and
-    close it; False where the C library has no ``fdopen`` or it fails."""
+def _written_text(write: Callable[[int], object]) -> str | None:
+    """The text ``write`` writes to the C stream (``FILE *``) it is called with: a temporary
+    file's, flushed and closed after the call; None where the C library has no ``fdopen`` or it
+    fails."""
     try:
         libc = _libc()
         fdopen, fclose = libc.fdopen, libc.fclose
     except AttributeError:
-        return False
+        return None
     fdopen.argtypes, fdopen.restype = [ctypes.c_int, ctypes.c_char_p], ctypes.c_void_p
     fclose.argtypes, fclose.restype = [ctypes.c_void_p], ctypes.c_int
-    dup = os.dup(fd)
-    stream = fdopen(dup, b"w")
-    if not stream:
-        os.close(dup)
-        return False
-    try:
-        write(stream)
-    finally:
-        fclose(stream)  # flushes the text and closes ``dup``
-    return True
+    with tempfile.TemporaryFile() as tmp:
+        dup = os.dup(tmp.fileno())
+        stream = fdopen(dup, b"w")
+        if not stream:
+            os.close(dup)
+            return None
+        try:
+            write(stream)
+        finally:
+            fclose(stream)  # flushes the text and closes ``dup``
+        tmp.seek(0)
+        return tmp.read().decode("utf-8", errors="replace")
 
 
-def _debug_malloc_stats_into(fd: int) -> bool:
-    """Write pymalloc's statistics to ``fd`` through a C stream of their own; False where the
-    interpreter does not export ``_PyObject_DebugMallocStats`` (the text is then not written)."""
-    try:
-        fn = ctypes.pythonapi._PyObject_DebugMallocStats
-    except AttributeError:
-        return False
-    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
-    return _into_stream(fd, fn)
+def _debugmallocstats_through_fd2() -> str | None:
+    """``sys._debugmallocstats()``'s text, with fd 2 pointed at a temporary file for the call;
+    None where Python has no pymalloc."""
+    debug = getattr(sys, "_debugmallocstats", None)
+    if debug is None:
+        return None
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            debug()
+            _libc().fflush(None)  # a C stderr some library made buffered
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return tmp.read().decode("utf-8", errors="replace")
 
 
 def python_objects(stats: Mapping[str, int]) -> tuple[int, int]:
@@ -378,7 +379,7 @@ def _is_arena_heap(v: Vma, nxt: Vma | None) -> bool:
             and nxt.end - v.start == ARENA_HEAP_MAX)
 
 
-def arena_resident(anonymous: Sequence[Vma], all_vmas: Sequence[Vma], arena_bytes: int = 0,
+def arena_resident(anonymous: Sequence[Vma], all_vmas: Sequence[Vma],
                    main_arena: int | None = None) -> int:
     """Resident bytes of malloc's arenas: ``[heap]`` and the thread arenas' heaps, plus the main
     arena's bytes beyond ``[heap]``.
@@ -387,20 +388,18 @@ def arena_resident(anonymous: Sequence[Vma], all_vmas: Sequence[Vma], arena_byte
     (a long-running process maps many libraries and buffers) glibc extends it with plain anonymous
     mappings instead, which nothing marks. Those bytes (``main_arena``, its ``system_mem``, less
     ``[heap]``'s size) are counted as resident: an upper bound, as the count is a cap on the free
-    bytes malloc holds. Where ``main_arena`` is not known, the extension is guessed from all the
-    arenas' bytes (``arena_bytes``) beyond the mappings found; a thread heap shrunk by
-    ``madvise`` stays mapped beyond its arena's bytes and hides as much of the extension then."""
+    bytes malloc holds. All the arenas' bytes together (mallinfo2's ``arena``) cannot stand in for
+    ``main_arena``: a thread heap trimmed by ``madvise`` stays mapped beyond its arena's bytes and
+    hid as much of the extension."""
     following = {v.start: v for v in all_vmas}
-    resident = mapped = heap = 0
+    resident = heap = 0
     for v in anonymous:
-        if v.path == "[heap]" or _is_arena_heap(v, following.get(v.end)):
+        if v.path == "[heap]":
             resident += v.rss
-            mapped += v.end - v.start
-            if v.path == "[heap]":
-                heap += v.end - v.start
-    if main_arena is not None:
-        return resident + max(main_arena - heap, 0)
-    return resident + max(arena_bytes - mapped, 0)
+            heap += v.end - v.start
+        elif _is_arena_heap(v, following.get(v.end)):
+            resident += v.rss
+    return resident + max((main_arena or 0) - heap, 0)
 
 
 class _Residency:
@@ -511,7 +510,7 @@ def inside(role: str, storages: Storages, own: Sequence[str] = ()) -> ProcessCom
         # their own: what malloc holds in use beyond them is the libraries' native heap.
         parts["native_heap"] = max(m.in_use + m.mmapped - tensor_alloc, 0)
         # Free bytes count where they are resident: the arenas' resident pages not in use.
-        arenas = arena_resident(split.anonymous, vmas, m.arena, m.main_arena)
+        arenas = arena_resident(split.anonymous, vmas, m.main_arena)
         parts["malloc_free"] = max(min(m.free, arenas - m.in_use), 0)
     parts["unexplained"] = split.rss - sum(parts.values())
     return ProcessComposition(pid=os.getpid(), role=role, source="inside", rss=split.rss,
